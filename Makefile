@@ -1,0 +1,40 @@
+# Tachograph: `make demo` and `make test` set themselves up from a clean clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint unit fmt bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/tacho demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy domain
+	$(BIN)/lint-imports
+
+test: install lint
+	bash scripts/run-tests.sh
+
+unit: install
+	$(BIN)/python -m pytest tests/unit tests/contract -q
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python bench/ledger.py
+
+clean:
+	rm -rf $(VENV) .tacho .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,465 @@
+"""The write path: validate → canonicalise → run rules → chain → leaf hash → append → checkpoint.
+
+Every entry point (Kafka, HTTP, OTLP, JSONL import, replay, console) calls :meth:`Ledger.append`
+with raw bytes and where they came from; one store transaction per batch holds the entries,
+their Merkle nodes, run states, quarantined messages, consumer offsets and any checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from domain import merkle
+from domain.canonical import dumps, parse_event
+from domain.checkpoint import Checkpoint, sign_checkpoint
+from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
+from domain.note import NoteSigner
+from domain.ports import (
+    CheckpointRow,
+    EntryRow,
+    Head,
+    HeldRow,
+    Incoming,
+    LedgerStore,
+    LedgerTx,
+    QuarantineRow,
+    Source,
+)
+from domain.run import RunState
+
+Clock = Callable[[], float]
+ROTATION_PREFIX = "tachograph key rotation"
+
+
+def iso(ts: float) -> str:
+    """RFC 3339 UTC text of a unix time (microsecond precision)."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """Tunables of the write path."""
+
+    origin: str
+    checkpoint_every: int = 10_000
+    checkpoint_interval_s: float = 5.0
+    max_held: int = 10_000
+    held_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one incoming item."""
+
+    status: str  # accepted | duplicate | quarantined | held
+    reason: str | None = None
+    index: int | None = None
+    event_id: str | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class AppendReport:
+    """Counts and per-item outcomes of one append call."""
+
+    results: list[Outcome] = field(default_factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    held: int = 0
+    size: int = 0
+    checkpoint: CheckpointRow | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's counts as JSON."""
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "held": self.held,
+            "size": self.size,
+        }
+
+
+@dataclass
+class _Parsed:
+    item: Incoming
+    event: dict[str, Any] | None
+    canonical: bytes | None
+    error: str | None
+
+
+def _event_hash(canonical: bytes) -> bytes:
+    return hashlib.sha256(canonical).digest()
+
+
+def parse_items(items: Sequence[Incoming]) -> list[_Parsed]:
+    """Validate items against the contract (pure; done outside the store transaction)."""
+    out: list[_Parsed] = []
+    for item in items:
+        try:
+            event, canonical = parse_event(item.raw)
+        except ContractError as e:
+            out.append(_Parsed(item, None, None, f"contract: {e}"))
+        else:
+            out.append(_Parsed(item, event, canonical, None))
+    return out
+
+
+class _Batch:
+    """Mutable working set of one append transaction."""
+
+    def __init__(self, ledger: Ledger, tx: LedgerTx, now: float) -> None:
+        self.ledger = ledger
+        self.tx = tx
+        self.now = now
+        self.received = iso(now)
+        self.head = tx.head()
+        self.range = merkle.CompactRange(self.head.size, self.head.frontier)
+        self.entries: list[EntryRow] = []
+        self.nodes: list[tuple[int, int, bytes]] = []
+        self.quarantine: list[QuarantineRow] = []
+        self.states: dict[tuple[str, str], RunState] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        self.known: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+        self.held: dict[tuple[str, str], dict[int, HeldRow]] = {}
+        self.held_new: list[HeldRow] = []
+        self.held_drop: list[tuple[str, str, int]] = []
+        self.held_total = 0
+        self.report = AppendReport()
+
+    def load(self, parsed: Sequence[_Parsed]) -> None:
+        keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
+        for key, raw in self.tx.load_runs(keys).items():
+            self.states[key] = RunState.from_bytes(raw)
+        ids = sorted({(p.event["workspace"], p.event["event_id"]) for p in parsed if p.event})
+        self.known = self.tx.event_hashes(ids)
+        for row in self.tx.load_held(keys):
+            self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
+        self.held_total = self.tx.count_held()
+
+    def quarantine_item(
+        self, item: Incoming, reason: str, event: dict[str, Any] | None = None
+    ) -> Outcome:
+        ws = run = eid = None
+        if event is not None:
+            ws, run, eid = event.get("workspace"), event.get("run_id"), event.get("event_id")
+        self.quarantine.append(
+            QuarantineRow(item.raw, reason, item.source, self.received, ws, run, eid)
+        )
+        self.report.quarantined += 1
+        return Outcome("quarantined", reason, None, eid, run)
+
+    def process(self, p: _Parsed) -> Outcome:
+        if p.event is None or p.canonical is None:
+            return self.quarantine_item(p.item, p.error or "contract: invalid")
+        ev = p.event
+        ws, run, seq, eid = ev["workspace"], ev["run_id"], ev["seq"], ev["event_id"]
+        key = (ws, run)
+        ehash = _event_hash(p.canonical)
+        known = self.known.get((ws, eid))
+        if known is not None:
+            if known == (run, seq, ehash):
+                self.report.duplicates += 1
+                return Outcome("duplicate", "identical event already stored", None, eid, run)
+            return self.quarantine_item(
+                p.item, f"conflict: event_id {eid!r} is already stored with different content", ev
+            )
+        state = self.states.get(key)
+        if state is None:
+            state = RunState(ws, run)
+            self.states[key] = state
+        if seq < state.next_seq:
+            return self.quarantine_item(
+                p.item, f"conflict: seq {seq} of run {run!r} is already stored with different content", ev
+            )
+        if seq > state.next_seq:
+            return self.hold(p, state)
+        outcome = self.accept(p.item, ev, p.canonical, ehash, state)
+        if outcome.status == "accepted":
+            self.release(key, state)
+        return outcome
+
+    def hold(self, p: _Parsed, state: RunState) -> Outcome:
+        ev = p.event
+        assert ev is not None
+        key = (state.workspace, state.run_id)
+        waiting = self.held.setdefault(key, {})
+        existing = waiting.get(ev["seq"])
+        if existing is not None:
+            if existing.raw == p.item.raw:
+                self.report.duplicates += 1
+                return Outcome("duplicate", "identical event already held", None, ev["event_id"], ev["run_id"])
+            return self.quarantine_item(
+                p.item, f"conflict: seq {ev['seq']} is already held with different content", ev
+            )
+        if self.held_total >= self.ledger.config.max_held:
+            return self.quarantine_item(
+                p.item,
+                f"gap: run {state.run_id!r} expects seq {state.next_seq}, got {ev['seq']}, "
+                f"and the hold buffer is full ({self.ledger.config.max_held})",
+                ev,
+            )
+        row = HeldRow(state.workspace, state.run_id, ev["seq"], p.item.raw, p.item.source, self.now)
+        waiting[ev["seq"]] = row
+        self.held_new.append(row)
+        self.held_total += 1
+        self.report.held += 1
+        return Outcome("held", f"waiting for seq {state.next_seq}", None, ev["event_id"], ev["run_id"])
+
+    def release(self, key: tuple[str, str], state: RunState) -> None:
+        waiting = self.held.get(key)
+        while waiting and state.next_seq in waiting:
+            row = waiting.pop(state.next_seq)
+            self.drop_held(row)
+            item = Incoming(row.raw, row.source)
+            parsed = parse_items([item])[0]
+            if parsed.event is None or parsed.canonical is None:  # cannot happen: validated before
+                self.quarantine_item(item, parsed.error or "contract: invalid")
+                break
+            ev = parsed.event
+            known = self.known.get((ev["workspace"], ev["event_id"]))
+            if known is not None:
+                self.quarantine_item(item, f"conflict: event_id {ev['event_id']!r} already stored", ev)
+                break
+            outcome = self.accept(item, ev, parsed.canonical, _event_hash(parsed.canonical), state)
+            if outcome.status != "accepted":
+                break
+
+    def drop_held(self, row: HeldRow) -> None:
+        if row in self.held_new:
+            self.held_new.remove(row)
+        else:
+            self.held_drop.append((row.workspace, row.run_id, row.seq))
+        self.held_total -= 1
+
+    def accept(
+        self,
+        item: Incoming,
+        ev: dict[str, Any],
+        canonical: bytes,
+        ehash: bytes,
+        state: RunState,
+    ) -> Outcome:
+        try:
+            state.check(ev)
+        except RunRuleError as e:
+            return self.quarantine_item(item, f"rule: {e}", ev)
+        index = self.range.size
+        data = dumps(
+            {
+                "event": orjson.Fragment(canonical),
+                "index": index,
+                "kind": "event",
+                "log": self.ledger.config.origin,
+                "prev": state.last_hash,
+                "received": self.received,
+                "source": item.source.to_json(),
+            }
+        )
+        leaf = merkle.leaf_hash(data)
+        self.nodes.extend(self.range.append(leaf))
+        state.apply(ev, leaf.hex())
+        key = (state.workspace, state.run_id)
+        self.dirty.add(key)
+        self.known[(ev["workspace"], ev["event_id"])] = (ev["run_id"], ev["seq"], ehash)
+        self.entries.append(
+            EntryRow(
+                index=index,
+                data=data,
+                leaf_hash=leaf,
+                kind="event",
+                workspace=ev["workspace"],
+                run_id=ev["run_id"],
+                seq=ev["seq"],
+                event_id=ev["event_id"],
+                event_type=ev["type"],
+                event_time=ev["time"],
+                event_hash=ehash,
+            )
+        )
+        self.report.accepted += 1
+        return Outcome("accepted", None, index, ev["event_id"], ev["run_id"])
+
+    def add_system_entry(self, kind: str, body: Mapping[str, Any]) -> EntryRow:
+        index = self.range.size
+        data = dumps(
+            {
+                **body,
+                "index": index,
+                "kind": kind,
+                "log": self.ledger.config.origin,
+                "received": self.received,
+            }
+        )
+        leaf = merkle.leaf_hash(data)
+        self.nodes.extend(self.range.append(leaf))
+        row = EntryRow(index=index, data=data, leaf_hash=leaf, kind=kind)
+        self.entries.append(row)
+        return row
+
+    def flush(
+        self,
+        consumer: str | None,
+        offsets: Mapping[tuple[str, int], int] | None,
+        force_checkpoint: bool = False,
+    ) -> AppendReport:
+        tx = self.tx
+        if self.entries:
+            tx.append_entries(self.entries)
+            tx.append_nodes(self.nodes)
+        if self.dirty:
+            tx.save_runs({k: self.states[k].to_bytes() for k in sorted(self.dirty)})
+        if self.quarantine:
+            tx.add_quarantine(self.quarantine)
+        if self.held_new:
+            tx.put_held(self.held_new)
+        if self.held_drop:
+            tx.drop_held(self.held_drop)
+        if consumer is not None and offsets:
+            tx.save_offsets(consumer, offsets)
+        self.head.size = self.range.size
+        self.head.frontier = list(self.range.hashes)
+        self.report.checkpoint = self.ledger.maybe_checkpoint(
+            tx, self.head, self.range.root(), self.now, force_checkpoint
+        )
+        tx.save_head(self.head)
+        self.report.size = self.head.size
+        return self.report
+
+
+class Ledger:
+    """The append-only, signed, Merkle-checkpointed ledger over one store."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        signer: NoteSigner,
+        config: LedgerConfig,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.config = config
+        self.clock = clock
+        self._init_meta()
+
+    def _init_meta(self) -> None:
+        with self.store.transaction() as tx:
+            origin = tx.meta("origin")
+            if origin is None:
+                tx.set_meta("origin", self.config.origin)
+                tx.set_meta("initial_vkey", self.signer.vkey)
+            elif origin != self.config.origin:
+                raise TachographError(
+                    f"store belongs to log {origin!r}, not {self.config.origin!r}"
+                )
+
+    def append(
+        self,
+        items: Sequence[Incoming],
+        *,
+        consumer: str | None = None,
+        offsets: Mapping[tuple[str, int], int] | None = None,
+    ) -> AppendReport:
+        """Validate and append a batch in one transaction (with Kafka offsets, if given)."""
+        parsed = parse_items(items)
+        with self.store.transaction() as tx:
+            batch = _Batch(self, tx, self.clock())
+            batch.load(parsed)
+            batch.report.results = [batch.process(p) for p in parsed]
+            return batch.flush(consumer, offsets)
+
+    def expire_held(self) -> AppendReport:
+        """Quarantine held events whose gap did not fill within the hold timeout."""
+        now = self.clock()
+        with self.store.transaction() as tx:
+            batch = _Batch(self, tx, now)
+            expired = tx.expired_held(now - self.config.held_timeout_s, 10_000)
+            for row in expired:
+                batch.quarantine_item(
+                    Incoming(row.raw, row.source),
+                    f"gap: run {row.run_id!r} seq {row.seq} waited {self.config.held_timeout_s:g}s "
+                    "for earlier events that never arrived",
+                )
+                batch.held_drop.append((row.workspace, row.run_id, row.seq))
+            return batch.flush(None, None)
+
+    def checkpoint(self, force: bool = True) -> CheckpointRow | None:
+        """Sign a checkpoint of the current tree now (if it grew, or ``force``)."""
+        with self.store.transaction() as tx:
+            batch = _Batch(self, tx, self.clock())
+            return batch.flush(None, None, force_checkpoint=force).checkpoint
+
+    def maybe_checkpoint(
+        self, tx: LedgerTx, head: Head, root: bytes, now: float, force: bool
+    ) -> CheckpointRow | None:
+        """Sign and store a checkpoint when N entries or T seconds have passed (or forced)."""
+        grown = head.size - head.checkpoint_size
+        due = grown >= self.config.checkpoint_every or (
+            grown > 0 and now - head.checkpoint_time >= self.config.checkpoint_interval_s
+        )
+        if not (due or (force and (grown > 0 or head.checkpoint_time == 0.0))):
+            return None
+        note = sign_checkpoint(Checkpoint(self.config.origin, head.size, root), self.signer)
+        row = CheckpointRow(head.size, note, iso(now))
+        tx.add_checkpoint(row)
+        head.checkpoint_size = head.size
+        head.checkpoint_time = now
+        return row
+
+    def rotate_key(self, new_signer: NoteSigner) -> CheckpointRow:
+        """Record a key rotation in the ledger, signed by the old key, then switch keys."""
+        with self.store.transaction() as tx:
+            batch = _Batch(self, tx, self.clock())
+            index = batch.range.size
+            statement = rotation_statement(self.config.origin, index, self.signer.vkey, new_signer.vkey)
+            batch.add_system_entry(
+                "key.rotated",
+                {
+                    "rotation": {
+                        "old_vkey": self.signer.vkey,
+                        "new_vkey": new_signer.vkey,
+                        "statement": self.signer.sign(statement),
+                    }
+                },
+            )
+            report = batch.flush(None, None, force_checkpoint=True)
+            tx.set_meta("current_vkey", new_signer.vkey)
+        self.signer = new_signer
+        assert report.checkpoint is not None
+        return report.checkpoint
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size``."""
+        if not 0 <= index < size <= self.store.size():
+            raise NotFoundError(f"no entry {index} in a tree of size {size}")
+        return merkle.inclusion_proof(index, size, self.store.node)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two tree sizes."""
+        if not 0 < size1 <= size2 <= self.store.size():
+            raise NotFoundError(f"no consistency proof from {size1} to {size2}")
+        return merkle.consistency_proof(size1, size2, self.store.node)
+
+    def root(self, size: int) -> bytes:
+        """Root hash of the tree of ``size`` entries."""
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return merkle.subtree_hash(0, size, self.store.node)
+
+
+def rotation_statement(origin: str, index: int, old_vkey: str, new_vkey: str) -> str:
+    """The text an old key signs to hand over to a new one."""
+    return f"{ROTATION_PREFIX}\n{origin}\n{index}\n{old_vkey}\n{new_vkey}\n"
+
+
+def source_of(kind: str, **kw: Any) -> Source:
+    """Shorthand for building a Source."""
+    return Source(kind=kind, **kw)

@@ -1,0 +1,249 @@
+"""The ledger store port: what the ledger needs from a database, and nothing more.
+
+Adapters (``domain/stores/memory.py``, ``sqlite.py``, ``postgres.py``) implement it; one abstract
+contract suite (``tests/contract/store_contract.py``) runs against each of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an event came from: a Kafka position, a file line, an HTTP request..."""
+
+    kind: str
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    name: str | None = None
+    line: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The source as the JSON object written into the entry metadata."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @staticmethod
+    def from_json(value: Mapping[str, Any]) -> Source:
+        """Rebuild a source from its JSON object."""
+        return Source(
+            kind=str(value.get("kind")),
+            topic=value.get("topic"),
+            partition=value.get("partition"),
+            offset=value.get("offset"),
+            name=value.get("name"),
+            line=value.get("line"),
+        )
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One raw event as received by an entry point, before validation."""
+
+    raw: bytes
+    source: Source
+
+
+@dataclass
+class Head:
+    """The log's head: its size, Merkle frontier and last checkpoint, locked while appending."""
+
+    size: int = 0
+    frontier: list[bytes] = field(default_factory=list)
+    checkpoint_size: int = 0
+    checkpoint_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """One ledger entry as stored: the canonical bytes and the columns indexed beside them."""
+
+    index: int
+    data: bytes
+    leaf_hash: bytes
+    kind: str
+    workspace: str | None = None
+    run_id: str | None = None
+    seq: int | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    event_time: str | None = None
+    event_hash: bytes | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """A message that could not be accepted, kept with its raw bytes and the reason."""
+
+    raw: bytes
+    reason: str
+    source: Source
+    received: str
+    workspace: str | None = None
+    run_id: str | None = None
+    event_id: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    """An event that arrived ahead of a gap in its run, waiting for the gap to fill."""
+
+    workspace: str
+    run_id: str
+    seq: int
+    raw: bytes
+    source: Source
+    held_at: float
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """A signed checkpoint as stored."""
+
+    size: int
+    note: str
+    created: str
+
+
+class LedgerTx(ABC):
+    """One store transaction; everything written through it commits or rolls back together."""
+
+    @abstractmethod
+    def head(self) -> Head:
+        """Read (and lock, where the adapter can) the log head."""
+
+    @abstractmethod
+    def save_head(self, head: Head) -> None:
+        """Persist the head."""
+
+    @abstractmethod
+    def meta(self, key: str) -> str | None:
+        """Read one ledger metadata value."""
+
+    @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one ledger metadata value."""
+
+    @abstractmethod
+    def load_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Serialized run states for the given (workspace, run_id) keys that exist."""
+
+    @abstractmethod
+    def save_runs(self, states: Mapping[tuple[str, str], bytes]) -> None:
+        """Upsert serialized run states."""
+
+    @abstractmethod
+    def event_hashes(
+        self, workspace_event_ids: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, int, bytes]]:
+        """For stored (workspace, event_id): (run_id, seq, event hash)."""
+
+    @abstractmethod
+    def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
+        """For stored (workspace, run_id, seq): the event hash."""
+
+    @abstractmethod
+    def append_entries(self, rows: Sequence[EntryRow]) -> None:
+        """Insert entries (indices are contiguous after the head)."""
+
+    @abstractmethod
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        """Insert complete Merkle nodes (level, index, hash); level 0 are leaves."""
+
+    @abstractmethod
+    def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        """Keep rejected messages with their reason."""
+
+    @abstractmethod
+    def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
+        """Held events of the given runs."""
+
+    @abstractmethod
+    def expired_held(self, older_than: float, limit: int) -> list[HeldRow]:
+        """Held events held since before ``older_than`` (oldest first)."""
+
+    @abstractmethod
+    def count_held(self) -> int:
+        """Number of held events."""
+
+    @abstractmethod
+    def put_held(self, rows: Sequence[HeldRow]) -> None:
+        """Hold events until their gap fills."""
+
+    @abstractmethod
+    def drop_held(self, keys: Sequence[tuple[str, str, int]]) -> None:
+        """Forget held events (released or quarantined)."""
+
+    @abstractmethod
+    def save_offsets(self, consumer: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Store the next offset to read per (topic, partition) for a consumer group."""
+
+    @abstractmethod
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        """Store a signed checkpoint."""
+
+
+class LedgerStore(ABC):
+    """A ledger database: transactions for writers, plain reads for everyone else."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[LedgerTx]:
+        """Open a write transaction (serialised against other writers)."""
+
+    @abstractmethod
+    def size(self) -> int:
+        """Number of entries."""
+
+    @abstractmethod
+    def entries(self, start: int = 0, end: int | None = None) -> Iterator[EntryRow]:
+        """Entries in index order, from ``start`` up to (not including) ``end``."""
+
+    @abstractmethod
+    def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(index, stored bytes) in index order: all the verifier reads."""
+
+    @abstractmethod
+    def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
+        """Entries of one run in seq order."""
+
+    @abstractmethod
+    def workspaces_of_run(self, run_id: str) -> list[str]:
+        """Workspaces holding a run with this id."""
+
+    @abstractmethod
+    def node(self, level: int, index: int) -> bytes:
+        """Hash of a complete Merkle subtree (raises NotFoundError if it does not exist)."""
+
+    @abstractmethod
+    def checkpoints(self) -> list[CheckpointRow]:
+        """All stored checkpoints, oldest first."""
+
+    @abstractmethod
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        """The newest checkpoint, if any."""
+
+    @abstractmethod
+    def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        """Next offsets to read per (topic, partition) for a consumer group."""
+
+    @abstractmethod
+    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
+        """Quarantined messages, oldest first."""
+
+    @abstractmethod
+    def quarantine_count(self) -> int:
+        """Number of quarantined messages."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """Read one ledger metadata value outside a transaction."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,405 @@
+"""SQLite ledger store: the embedded default (one file under TACHO_DATA_DIR)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from domain.errors import NotFoundError, StoreError, StoreIntegrityError
+from domain.ports import (
+    CheckpointRow,
+    EntryRow,
+    Head,
+    HeldRow,
+    LedgerStore,
+    LedgerTx,
+    QuarantineRow,
+    Source,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS head (
+  id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, frontier BLOB NOT NULL,
+  checkpoint_size INTEGER NOT NULL, checkpoint_time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+  idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf BLOB NOT NULL, kind TEXT NOT NULL,
+  workspace TEXT, run_id TEXT, seq INTEGER, event_id TEXT, type TEXT, time TEXT,
+  event_hash BLOB);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
+CREATE TABLE IF NOT EXISTS nodes (
+  level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+  PRIMARY KEY (level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+  workspace TEXT NOT NULL, run_id TEXT NOT NULL, state BLOB NOT NULL,
+  PRIMARY KEY (workspace, run_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, raw BLOB NOT NULL, reason TEXT NOT NULL,
+  source TEXT NOT NULL, received TEXT NOT NULL, workspace TEXT, run_id TEXT, event_id TEXT);
+CREATE TABLE IF NOT EXISTS held (
+  workspace TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL,
+  source TEXT NOT NULL, held_at REAL NOT NULL, PRIMARY KEY (workspace, run_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (
+  consumer TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL, PRIMARY KEY (consumer, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, size INTEGER NOT NULL, note TEXT NOT NULL,
+  created TEXT NOT NULL);
+"""
+
+_CHUNK = 500
+
+
+def _chunks(seq: Sequence[object], n: int = _CHUNK) -> Iterator[Sequence[object]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _frontier_bytes(frontier: Sequence[bytes]) -> bytes:
+    return b"".join(frontier)
+
+
+def _frontier_list(raw: bytes) -> list[bytes]:
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+def _entry(row: tuple[object, ...]) -> EntryRow:
+    return EntryRow(*row)  # type: ignore[arg-type]
+
+
+_ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, time, event_hash"
+
+
+class SQLiteTx(LedgerTx):
+    """A write transaction on one SQLite connection (BEGIN IMMEDIATE)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.c = conn
+
+    def head(self) -> Head:
+        row = self.c.execute(
+            "SELECT size, frontier, checkpoint_size, checkpoint_time FROM head WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            return Head()
+        return Head(row[0], _frontier_list(row[1]), row[2], row[3])
+
+    def save_head(self, head: Head) -> None:
+        self.c.execute(
+            "INSERT INTO head (id, size, frontier, checkpoint_size, checkpoint_time) "
+            "VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET size = excluded.size, "
+            "frontier = excluded.frontier, checkpoint_size = excluded.checkpoint_size, "
+            "checkpoint_time = excluded.checkpoint_time",
+            (head.size, _frontier_bytes(head.frontier), head.checkpoint_size, head.checkpoint_time),
+        )
+
+    def meta(self, key: str) -> str | None:
+        row = self.c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.c.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def load_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        out: dict[tuple[str, str], bytes] = {}
+        for ws, run in keys:
+            row = self.c.execute(
+                "SELECT state FROM runs WHERE workspace = ? AND run_id = ?", (ws, run)
+            ).fetchone()
+            if row is not None:
+                out[(ws, run)] = bytes(row[0])
+        return out
+
+    def save_runs(self, states: Mapping[tuple[str, str], bytes]) -> None:
+        self.c.executemany(
+            "INSERT INTO runs (workspace, run_id, state) VALUES (?, ?, ?) "
+            "ON CONFLICT (workspace, run_id) DO UPDATE SET state = excluded.state",
+            [(ws, run, st) for (ws, run), st in states.items()],
+        )
+
+    def event_hashes(
+        self, workspace_event_ids: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, int, bytes]]:
+        out: dict[tuple[str, str], tuple[str, int, bytes]] = {}
+        by_ws: dict[str, list[str]] = {}
+        for ws, eid in workspace_event_ids:
+            by_ws.setdefault(ws, []).append(eid)
+        for ws, ids in by_ws.items():
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for eid, run, seq, h in self.c.execute(
+                    f"SELECT event_id, run_id, seq, event_hash FROM entries "
+                    f"WHERE workspace = ? AND event_id IN ({marks})",
+                    (ws, *chunk),
+                ):
+                    out[(ws, eid)] = (run, seq, bytes(h))
+        return out
+
+    def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
+        out: dict[tuple[str, str, int], bytes] = {}
+        for ws, run, seq in keys:
+            row = self.c.execute(
+                "SELECT event_hash FROM entries WHERE workspace = ? AND run_id = ? AND seq = ?",
+                (ws, run, seq),
+            ).fetchone()
+            if row is not None:
+                out[(ws, run, seq)] = bytes(row[0])
+        return out
+
+    def append_entries(self, rows: Sequence[EntryRow]) -> None:
+        self.c.executemany(
+            f"INSERT INTO entries ({_ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.index, r.data, r.leaf_hash, r.kind, r.workspace, r.run_id, r.seq,
+                 r.event_id, r.event_type, r.event_time, r.event_hash)
+                for r in rows
+            ],
+        )
+
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        self.c.executemany(
+            "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
+            [n for n in nodes if n[0] > 0],
+        )
+
+    def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        self.c.executemany(
+            "INSERT INTO quarantine (raw, reason, source, received, workspace, run_id, event_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.raw, r.reason, orjson.dumps(r.source.to_json()).decode(), r.received,
+                 r.workspace, r.run_id, r.event_id)
+                for r in rows
+            ],
+        )
+
+    def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
+        out: list[HeldRow] = []
+        for ws, run in keys:
+            out.extend(
+                _held(r)
+                for r in self.c.execute(
+                    "SELECT workspace, run_id, seq, raw, source, held_at FROM held "
+                    "WHERE workspace = ? AND run_id = ? ORDER BY seq",
+                    (ws, run),
+                )
+            )
+        return out
+
+    def expired_held(self, older_than: float, limit: int) -> list[HeldRow]:
+        return [
+            _held(r)
+            for r in self.c.execute(
+                "SELECT workspace, run_id, seq, raw, source, held_at FROM held "
+                "WHERE held_at < ? ORDER BY held_at LIMIT ?",
+                (older_than, limit),
+            )
+        ]
+
+    def count_held(self) -> int:
+        return int(self.c.execute("SELECT count(*) FROM held").fetchone()[0])
+
+    def put_held(self, rows: Sequence[HeldRow]) -> None:
+        self.c.executemany(
+            "INSERT INTO held (workspace, run_id, seq, raw, source, held_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r.workspace, r.run_id, r.seq, r.raw, orjson.dumps(r.source.to_json()).decode(), r.held_at)
+                for r in rows
+            ],
+        )
+
+    def drop_held(self, keys: Sequence[tuple[str, str, int]]) -> None:
+        self.c.executemany(
+            "DELETE FROM held WHERE workspace = ? AND run_id = ? AND seq = ?", list(keys)
+        )
+
+    def save_offsets(self, consumer: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.c.executemany(
+            "INSERT INTO offsets (consumer, topic, partition, next_offset) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            [(consumer, t, p, o) for (t, p), o in offsets.items()],
+        )
+
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        self.c.execute(
+            "INSERT INTO checkpoints (size, note, created) VALUES (?, ?, ?)",
+            (row.size, row.note, row.created),
+        )
+
+
+def _held(r: tuple[Any, ...]) -> HeldRow:
+    return HeldRow(
+        str(r[0]), str(r[1]), int(r[2]), bytes(r[3]), Source.from_json(orjson.loads(r[4])), float(r[5])
+    )
+
+
+class SQLiteStore(LedgerStore):
+    """Ledger in one SQLite file (WAL, synchronous=FULL: a commit survives power loss)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._writer = self._connect()
+        self._writer.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=60
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -65536")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open SQLite ledger {self.path}: {e}") from e
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTx]:
+        with self._lock:
+            c = self._writer
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot begin a ledger transaction: {e}") from e
+            try:
+                yield SQLiteTx(c)
+            except sqlite3.IntegrityError as e:
+                c.execute("ROLLBACK")
+                raise StoreIntegrityError(f"ledger write rejected: {e}") from e
+            except sqlite3.Error as e:
+                c.execute("ROLLBACK")
+                raise StoreError(f"ledger write failed: {e}") from e
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    c.execute("COMMIT")
+                except sqlite3.Error as e:
+                    c.execute("ROLLBACK")
+                    raise StoreError(f"ledger commit failed: {e}") from e
+
+    def size(self) -> int:
+        row = self._reader().execute("SELECT size FROM head WHERE id = 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def entries(self, start: int = 0, end: int | None = None) -> Iterator[EntryRow]:
+        stop = end if end is not None else 2**62
+        cur = self._reader().execute(
+            f"SELECT {_ENTRY_COLS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, stop),
+        )
+        for row in cur:
+            yield _entry(row)
+
+    def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        stop = end if end is not None else 2**62
+        cur = self._reader().execute(
+            "SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, stop)
+        )
+        while True:
+            rows = cur.fetchmany(4096)
+            if not rows:
+                return
+            yield from rows
+
+    def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
+        return [
+            _entry(r)
+            for r in self._reader().execute(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE workspace = ? AND run_id = ? ORDER BY seq",
+                (workspace, run_id),
+            )
+        ]
+
+    def workspaces_of_run(self, run_id: str) -> list[str]:
+        return [
+            str(r[0])
+            for r in self._reader().execute(
+                "SELECT DISTINCT workspace FROM entries WHERE run_id = ? AND seq = 0", (run_id,)
+            )
+        ]
+
+    def node(self, level: int, index: int) -> bytes:
+        c = self._reader()
+        if level == 0:
+            row = c.execute("SELECT leaf FROM entries WHERE idx = ?", (index,)).fetchone()
+        else:
+            row = c.execute(
+                "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no Merkle node at level {level} index {index}")
+        return bytes(row[0])
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        return [
+            CheckpointRow(int(s), str(n), str(c))
+            for s, n, c in self._reader().execute(
+                "SELECT size, note, created FROM checkpoints ORDER BY id"
+            )
+        ]
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        row = self._reader().execute(
+            "SELECT size, note, created FROM checkpoints ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else CheckpointRow(int(row[0]), str(row[1]), str(row[2]))
+
+    def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        return {
+            (str(t), int(p)): int(o)
+            for t, p, o in self._reader().execute(
+                "SELECT topic, partition, next_offset FROM offsets WHERE consumer = ?", (consumer,)
+            )
+        }
+
+    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
+        return [
+            QuarantineRow(
+                bytes(raw), str(reason), Source.from_json(orjson.loads(src)), str(rec),
+                ws, run, eid, int(qid),
+            )
+            for qid, raw, reason, src, rec, ws, run, eid in self._reader().execute(
+                "SELECT id, raw, reason, source, received, workspace, run_id, event_id "
+                "FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        ]
+
+    def quarantine_count(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
