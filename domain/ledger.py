@@ -392,10 +392,17 @@ class Ledger:
             return batch.flush(None, None)
 
     def checkpoint(self, force: bool = True) -> CheckpointRow | None:
-        """Sign a checkpoint of the current tree now (if it grew, or ``force``)."""
+        """A signed checkpoint covering the whole tree: signed now if the tree grew.
+
+        With ``force=False`` only a checkpoint that is due (N entries or T seconds) is signed,
+        and None is returned when none was.
+        """
         with self.store.transaction() as tx:
             batch = _Batch(self, tx, self.clock())
-            return batch.flush(None, None, force_checkpoint=force).checkpoint
+            row = batch.flush(None, None, force_checkpoint=force).checkpoint
+        if row is None and force:
+            row = self.store.latest_checkpoint()
+        return row
 
     def maybe_checkpoint(
         self, tx: LedgerTx, head: Head, root: bytes, now: float, force: bool

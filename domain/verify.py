@@ -161,6 +161,8 @@ def _verify(
                 f"stored index {index} at position {position}: an entry is missing or out of order",
                 position,
             )
+        if not isinstance(data, bytes):
+            raise VerificationError(f"stored entry is {type(data).__name__}, not bytes", position)
         leaf = leaf_hash(data)
         try:
             d = loads(data)

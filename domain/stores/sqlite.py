@@ -324,7 +324,9 @@ class SQLiteStore(LedgerStore):
             rows = cur.fetchmany(4096)
             if not rows:
                 return
-            yield from rows
+            for idx, data in rows:
+                # a value rewritten as TEXT is still checked, byte for byte
+                yield idx, (data.encode() if isinstance(data, str) else data)
 
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         return [

@@ -1,0 +1,57 @@
+"""Who may do what: roles mapped to capabilities, checked on every request."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from domain.errors import TachographError
+
+
+class Capability(StrEnum):
+    """Things a request may do; each endpoint needs exactly one."""
+
+    INGEST = "ingest"
+    READ_HISTORY = "read_history"
+    EVIDENCE = "evidence"
+    READ_LOG = "read_log"
+    QUARANTINE = "quarantine"
+    ANALYTICS = "analytics"
+    EXPORT = "export"
+    REPLAY = "replay"
+    KEYS = "keys"
+
+
+GRANTS: dict[str, frozenset[Capability]] = {
+    "publisher": frozenset({Capability.INGEST}),
+    "auditor": frozenset(
+        {
+            Capability.READ_HISTORY,
+            Capability.EVIDENCE,
+            Capability.READ_LOG,
+            Capability.QUARANTINE,
+            Capability.EXPORT,
+        }
+    ),
+    "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
+    "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY}),
+    "admin": frozenset({Capability.KEYS}),
+    "approver": frozenset(),
+}
+
+
+class ForbiddenError(TachographError):
+    """The key is valid but its role lacks the capability an endpoint needs (HTTP 403)."""
+
+
+def roles_with(capability: Capability) -> list[str]:
+    """Roles that hold a capability (for error messages and docs)."""
+    return [role for role, caps in GRANTS.items() if capability in caps]
+
+
+def check(role: str, capability: Capability) -> None:
+    """Raise ``ForbiddenError`` unless ``role`` holds ``capability``."""
+    if capability not in GRANTS.get(role, frozenset()):
+        raise ForbiddenError(
+            f"role {role!r} may not {capability.value.replace('_', ' ')}; "
+            f"needs one of: {', '.join(roles_with(capability))}"
+        )

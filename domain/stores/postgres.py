@@ -1,0 +1,487 @@
+"""PostgreSQL ledger store: one ledger shared by ingest workers on several machines.
+
+Writers are serialised by locking the single ``head`` row (``SELECT ... FOR UPDATE``) at the
+start of every write transaction, so concurrent workers append one batch at a time and the
+Merkle frontier, run states and checkpoints they read are always the latest committed ones.
+Bulk writes use binary ``COPY`` and lookups use ``unnest`` arrays: a batch of 10,000 events
+costs about a dozen round trips. Reads use a separate autocommit connection per thread.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import pq
+
+from domain.errors import NotFoundError, StoreError, StoreIntegrityError
+from domain.ports import (
+    CheckpointRow,
+    EntryRow,
+    Head,
+    HeldRow,
+    LedgerStore,
+    LedgerTx,
+    QuarantineRow,
+    Source,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS head (
+  id INTEGER PRIMARY KEY CHECK (id = 1), size BIGINT NOT NULL, frontier BYTEA NOT NULL,
+  checkpoint_size BIGINT NOT NULL, checkpoint_time DOUBLE PRECISION NOT NULL);
+INSERT INTO head (id, size, frontier, checkpoint_size, checkpoint_time)
+  VALUES (1, 0, '\\x', 0, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS entries (
+  idx BIGINT PRIMARY KEY, data BYTEA NOT NULL, leaf BYTEA NOT NULL, kind TEXT NOT NULL,
+  workspace TEXT, run_id TEXT, seq BIGINT, event_id TEXT, type TEXT, time TEXT,
+  event_hash BYTEA);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
+CREATE INDEX IF NOT EXISTS entries_run_start ON entries (run_id) WHERE seq = 0;
+CREATE TABLE IF NOT EXISTS nodes (
+  level INTEGER NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx));
+CREATE TABLE IF NOT EXISTS runs (
+  workspace TEXT NOT NULL, run_id TEXT NOT NULL, state BYTEA NOT NULL,
+  PRIMARY KEY (workspace, run_id));
+CREATE TABLE IF NOT EXISTS quarantine (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, raw BYTEA NOT NULL, reason TEXT NOT NULL,
+  source TEXT NOT NULL, received TEXT NOT NULL, workspace TEXT, run_id TEXT, event_id TEXT);
+CREATE TABLE IF NOT EXISTS held (
+  workspace TEXT NOT NULL, run_id TEXT NOT NULL, seq BIGINT NOT NULL, raw BYTEA NOT NULL,
+  source TEXT NOT NULL, held_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (workspace, run_id, seq));
+CREATE INDEX IF NOT EXISTS held_by_age ON held (held_at);
+CREATE TABLE IF NOT EXISTS offsets (
+  consumer TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+  next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, partition));
+CREATE TABLE IF NOT EXISTS checkpoints (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, size BIGINT NOT NULL, note TEXT NOT NULL,
+  created TEXT NOT NULL);
+"""
+
+# pg_advisory_xact_lock key serialising concurrent schema creation ("tachograph" in ASCII).
+_SCHEMA_LOCK = 0x74616368_6F677261
+
+_ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, time, event_hash"
+_ENTRY_TYPES = [
+    "int8", "bytea", "bytea", "text", "text", "text", "int8", "text", "text", "text", "bytea",
+]  # fmt: skip
+_HELD_COLS = "workspace, run_id, seq, raw, source, held_at"
+_PAGE = 5_000
+_MAX_INDEX = 2**62
+
+
+def redact(dsn: str) -> str:
+    """The connection string with any password replaced by ``***`` (safe to log)."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+
+
+def _reason(e: psycopg.Error) -> str:
+    """A one-line driver message (first line of the server's error)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _source_text(source: Source) -> str:
+    return orjson.dumps(source.to_json()).decode()
+
+
+def _held(r: Sequence[Any]) -> HeldRow:
+    return HeldRow(
+        str(r[0]), str(r[1]), int(r[2]), bytes(r[3]), Source.from_json(orjson.loads(r[4])), float(r[5])
+    )
+
+
+def _entry(r: Sequence[Any]) -> EntryRow:
+    return EntryRow(
+        index=int(r[0]),
+        data=bytes(r[1]),
+        leaf_hash=bytes(r[2]),
+        kind=str(r[3]),
+        workspace=r[4],
+        run_id=r[5],
+        seq=None if r[6] is None else int(r[6]),
+        event_id=r[7],
+        event_type=r[8],
+        event_time=r[9],
+        event_hash=None if r[10] is None else bytes(r[10]),
+    )
+
+
+def _frontier_list(raw: bytes) -> list[bytes]:
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class PostgresTx(LedgerTx):
+    """A write transaction on the writer connection, holding the head row lock."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.c = conn
+
+    def _copy(self, table: str, cols: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        with (
+            self.c.cursor() as cur,
+            cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
+    def head(self) -> Head:
+        row = self.c.execute(
+            "SELECT size, frontier, checkpoint_size, checkpoint_time FROM head WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            return Head()
+        return Head(int(row[0]), _frontier_list(bytes(row[1])), int(row[2]), float(row[3]))
+
+    def save_head(self, head: Head) -> None:
+        self.c.execute(
+            "UPDATE head SET size = %s, frontier = %s, checkpoint_size = %s, checkpoint_time = %s "
+            "WHERE id = 1",
+            (head.size, b"".join(head.frontier), head.checkpoint_size, head.checkpoint_time),
+        )
+
+    def meta(self, key: str) -> str | None:
+        row = self.c.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.c.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def load_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        if not keys:
+            return {}
+        rows = self.c.execute(
+            "SELECT r.workspace, r.run_id, r.state FROM runs r "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, run_id) USING (workspace, run_id)",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+        return {(str(ws), str(run)): bytes(st) for ws, run, st in rows}
+
+    def save_runs(self, states: Mapping[tuple[str, str], bytes]) -> None:
+        if not states:
+            return
+        self.c.execute(
+            "INSERT INTO runs (workspace, run_id, state) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+            "ON CONFLICT (workspace, run_id) DO UPDATE SET state = excluded.state",
+            ([k[0] for k in states], [k[1] for k in states], list(states.values())),
+        )
+
+    def event_hashes(
+        self, workspace_event_ids: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, int, bytes]]:
+        if not workspace_event_ids:
+            return {}
+        rows = self.c.execute(
+            "SELECT e.workspace, e.event_id, e.run_id, e.seq, e.event_hash FROM entries e "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, event_id) "
+            "USING (workspace, event_id)",
+            ([k[0] for k in workspace_event_ids], [k[1] for k in workspace_event_ids]),
+        ).fetchall()
+        return {(str(ws), str(eid)): (str(run), int(seq), bytes(h)) for ws, eid, run, seq, h in rows}
+
+    def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
+        if not keys:
+            return {}
+        rows = self.c.execute(
+            "SELECT e.workspace, e.run_id, e.seq, e.event_hash FROM entries e "
+            "JOIN unnest(%s::text[], %s::text[], %s::int8[]) AS k(workspace, run_id, seq) "
+            "USING (workspace, run_id, seq)",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        ).fetchall()
+        return {(str(ws), str(run), int(seq)): bytes(h) for ws, run, seq, h in rows}
+
+    def append_entries(self, rows: Sequence[EntryRow]) -> None:
+        self._copy(
+            "entries",
+            _ENTRY_COLS,
+            _ENTRY_TYPES,
+            [
+                (r.index, r.data, r.leaf_hash, r.kind, r.workspace, r.run_id, r.seq,
+                 r.event_id, r.event_type, r.event_time, r.event_hash)
+                for r in rows
+            ],
+        )  # fmt: skip
+
+    def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        self._copy(
+            "nodes", "level, idx, hash", ["int4", "int8", "bytea"], [n for n in nodes if n[0] > 0]
+        )
+
+    def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        self._copy(
+            "quarantine",
+            "raw, reason, source, received, workspace, run_id, event_id",
+            ["bytea", "text", "text", "text", "text", "text", "text"],
+            [
+                (r.raw, r.reason, _source_text(r.source), r.received, r.workspace, r.run_id,
+                 r.event_id)
+                for r in rows
+            ],
+        )  # fmt: skip
+
+    def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
+        if not keys:
+            return []
+        rows = self.c.execute(
+            "SELECT h.workspace, h.run_id, h.seq, h.raw, h.source, h.held_at FROM held h "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, run_id) USING (workspace, run_id) "
+            "ORDER BY h.workspace, h.run_id, h.seq",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+        return [_held(r) for r in rows]
+
+    def expired_held(self, older_than: float, limit: int) -> list[HeldRow]:
+        rows = self.c.execute(
+            f"SELECT {_HELD_COLS} FROM held WHERE held_at < %s "
+            "ORDER BY held_at, workspace, run_id, seq LIMIT %s",
+            (older_than, limit),
+        ).fetchall()
+        return [_held(r) for r in rows]
+
+    def count_held(self) -> int:
+        row = self.c.execute("SELECT count(*) FROM held").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def put_held(self, rows: Sequence[HeldRow]) -> None:
+        self._copy(
+            "held",
+            _HELD_COLS,
+            ["text", "text", "int8", "bytea", "text", "float8"],
+            [(r.workspace, r.run_id, r.seq, r.raw, _source_text(r.source), r.held_at) for r in rows],
+        )
+
+    def drop_held(self, keys: Sequence[tuple[str, str, int]]) -> None:
+        if not keys:
+            return
+        self.c.execute(
+            "DELETE FROM held h USING unnest(%s::text[], %s::text[], %s::int8[]) "
+            "AS k(workspace, run_id, seq) "
+            "WHERE h.workspace = k.workspace AND h.run_id = k.run_id AND h.seq = k.seq",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        )
+
+    def save_offsets(self, consumer: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not offsets:
+            return
+        self.c.execute(
+            "INSERT INTO offsets (consumer, topic, partition, next_offset) "
+            "SELECT %s, * FROM unnest(%s::text[], %s::int4[], %s::int8[]) "
+            "ON CONFLICT (consumer, topic, partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset",
+            (consumer, [k[0] for k in offsets], [k[1] for k in offsets], list(offsets.values())),
+        )
+
+    def add_checkpoint(self, row: CheckpointRow) -> None:
+        self.c.execute(
+            "INSERT INTO checkpoints (size, note, created) VALUES (%s, %s, %s)",
+            (row.size, row.note, row.created),
+        )
+
+
+class PostgresStore(LedgerStore):
+    """Ledger in a PostgreSQL database, safe for concurrent writers in many processes.
+
+    Args:
+        dsn: libpq connection string or ``postgresql://`` URL.
+        lock_timeout_s: how long a writer waits for the ledger write lock before failing.
+    """
+
+    def __init__(self, dsn: str, *, lock_timeout_s: float = 60.0) -> None:
+        self.dsn = dsn
+        self.lock_timeout_s = lock_timeout_s
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[Conn] = []
+        self._readers_lock = threading.Lock()
+        self._writer: Conn = self._connect()
+        self._create_schema()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self) -> Conn:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            conn.execute(f"SET lock_timeout = {int(self.lock_timeout_s * 1000)}")
+        except psycopg.Error as e:
+            raise StoreError(
+                f"cannot open PostgreSQL ledger {redact(self.dsn)}: {_reason(e)}"
+            ) from e
+        return conn
+
+    def _create_schema(self) -> None:
+        try:
+            with self._writer.transaction():
+                self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                self._writer.execute(SCHEMA)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot create the ledger schema: {_reason(e)}") from e
+
+    def _writer_conn(self) -> Conn:
+        if self._writer.closed or self._writer.broken:
+            self._writer = self._connect()
+        return self._writer
+
+    def _reader(self) -> Conn:
+        conn: Conn | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._reader().cursor(binary=True) as cur:
+                return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+        except psycopg.Error as e:
+            raise StoreError(f"ledger read failed: {_reason(e)}") from e
+
+    # -- writes -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTx]:
+        with self._lock:
+            try:
+                conn = self._writer_conn()
+                with conn.transaction():
+                    conn.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")
+                    yield PostgresTx(conn)
+                    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                        raise StoreError(
+                            "ledger transaction was aborted by an earlier error; nothing was written"
+                        )
+            except psycopg.IntegrityError as e:
+                raise StoreIntegrityError(f"ledger write rejected: {_reason(e)}") from e
+            except psycopg.errors.LockNotAvailable as e:
+                raise StoreError(
+                    f"timed out after {self.lock_timeout_s:g}s waiting for the ledger write lock"
+                ) from e
+            except psycopg.Error as e:
+                raise StoreError(f"ledger write failed: {_reason(e)}") from e
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        rows = self._fetch("SELECT size FROM head WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def _pages(self, cols: str, start: int, end: int | None) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``entries`` in index order, a page per round trip (a consistent prefix)."""
+        stop = self.size() if end is None else min(end, _MAX_INDEX)
+        pos = start
+        while pos < stop:
+            rows = self._fetch(
+                f"SELECT {cols} FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx LIMIT %s",
+                (pos, stop, _PAGE),
+            )
+            if not rows:
+                return
+            yield from rows
+            pos = int(rows[-1][0]) + 1
+
+    def entries(self, start: int = 0, end: int | None = None) -> Iterator[EntryRow]:
+        for row in self._pages(_ENTRY_COLS, start, end):
+            yield _entry(row)
+
+    def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        for idx, data in self._pages("idx, data", start, end):
+            yield int(idx), bytes(data)
+
+    def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
+        return [
+            _entry(r)
+            for r in self._fetch(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE workspace = %s AND run_id = %s "
+                "ORDER BY seq",
+                (workspace, run_id),
+            )
+        ]
+
+    def workspaces_of_run(self, run_id: str) -> list[str]:
+        return [
+            str(r[0])
+            for r in self._fetch(
+                "SELECT DISTINCT workspace FROM entries WHERE run_id = %s AND seq = 0 "
+                "ORDER BY workspace",
+                (run_id,),
+            )
+        ]
+
+    def node(self, level: int, index: int) -> bytes:
+        if level == 0:
+            rows = self._fetch("SELECT leaf FROM entries WHERE idx = %s", (index,))
+        else:
+            rows = self._fetch(
+                "SELECT hash FROM nodes WHERE level = %s AND idx = %s", (level, index)
+            )
+        if not rows:
+            raise NotFoundError(f"no Merkle node at level {level} index {index}")
+        return bytes(rows[0][0])
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        return [
+            CheckpointRow(int(s), str(n), str(c))
+            for s, n, c in self._fetch("SELECT size, note, created FROM checkpoints ORDER BY id")
+        ]
+
+    def latest_checkpoint(self) -> CheckpointRow | None:
+        rows = self._fetch("SELECT size, note, created FROM checkpoints ORDER BY id DESC LIMIT 1")
+        return None if not rows else CheckpointRow(int(rows[0][0]), str(rows[0][1]), str(rows[0][2]))
+
+    def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        return {
+            (str(t), int(p)): int(o)
+            for t, p, o in self._fetch(
+                "SELECT topic, partition, next_offset FROM offsets WHERE consumer = %s",
+                (consumer,),
+            )
+        }
+
+    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
+        return [
+            QuarantineRow(
+                bytes(raw), str(reason), Source.from_json(orjson.loads(src)), str(rec),
+                ws, run, eid, int(qid),
+            )
+            for qid, raw, reason, src, rec, ws, run, eid in self._fetch(
+                "SELECT id, raw, reason, source, received, workspace, run_id, event_id "
+                "FROM quarantine WHERE id > %s ORDER BY id LIMIT %s",
+                (after_id, limit),
+            )
+        ]  # fmt: skip
+
+    def quarantine_count(self) -> int:
+        return int(self._fetch("SELECT count(*) FROM quarantine")[0][0])
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._fetch("SELECT value FROM meta WHERE key = %s", (key,))
+        return None if not rows else str(rows[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local.conn = None

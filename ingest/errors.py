@@ -1,0 +1,50 @@
+"""Errors raised by the ingest side: the publisher SDK, its transports and the Kafka worker."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from domain.errors import BackpressureError, TachographError
+
+
+class BudgetExceededError(TachographError):
+    """A run crossed one of its budget caps; ``budget.exceeded`` and a cancelled
+    ``run.completed`` have been recorded, and the agent must stop the run."""
+
+    def __init__(self, run_id: str, limit: str, limit_value: Decimal, observed: Decimal) -> None:
+        super().__init__(
+            f"run {run_id!r} exceeded its {limit} budget: {observed} > {limit_value}"
+        )
+        self.run_id = run_id
+        self.limit = limit
+        self.limit_value = limit_value
+        self.observed = observed
+
+
+class PublishBackpressureError(BackpressureError):
+    """The SDK's bounded publish buffer stayed full for ``max_block_ms``: slow down or flush."""
+
+
+class DeliveryError(TachographError):
+    """One or more events were not delivered (broker error, timeout, or rejected by the ledger).
+
+    ``failures`` lists ``(event_id or key, reason)`` pairs.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        shown = "; ".join(f"{k}: {r}" for k, r in failures[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} event(s) not delivered: {shown}{more}")
+        self.failures = failures
+
+
+class RunClosedError(TachographError):
+    """An event was recorded on a run that is already completed (only feedback may follow)."""
+
+
+class DevBrokerError(TachographError):
+    """The embedded development broker (Tansu) could not be started."""
+
+
+class IngestConfigError(TachographError):
+    """The ingest worker was configured inconsistently (topic, bootstrap, batch size...)."""

@@ -1,0 +1,128 @@
+"""The ledger commands as a user runs them: `tacho import / verify / checkpoint / evidence / keys`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from domain.note import NoteVerifier
+
+TACHO = [sys.executable, "-m", "api.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tacho(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TACHO_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    proc = subprocess.run([*TACHO, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tacho {args} exited {proc.returncode}: {proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("w") / "events.jsonl"
+    tacho(path.parent, "generate", str(path), "--runs", "60", "--seed", "5")
+    return path
+
+
+def test_import_reports_counts_and_quarantines_bad_lines(tmp_path, workload):
+    mixed = tmp_path / "mixed.jsonl"
+    lines = workload.read_bytes().splitlines()
+    mixed.write_bytes(b"\n".join([*lines[:5], b"{broken", b'{"spec": "tachograph.event/1"}', *lines[5:]]) + b"\n")
+    out = json.loads(tacho(tmp_path, "import", str(mixed), "--json").stdout)
+    assert out["accepted"] == len(lines) and out["quarantined"] == 2 and out["duplicates"] == 0
+    again = json.loads(tacho(tmp_path, "import", str(workload), "--json").stdout)
+    assert again == {"accepted": 0, "duplicates": len(lines), "quarantined": 0, "held": 0, "lines": len(lines)}
+    q = json.loads(tacho(tmp_path, "quarantine", "list", "--json").stdout)
+    assert q["total"] == 2
+    assert q["items"][0]["source"] == {"kind": "file", "name": "mixed.jsonl", "line": 6}
+    assert q["items"][0]["reason"].startswith("contract: not JSON")
+    shown = json.loads(tacho(tmp_path, "quarantine", "show", str(q["items"][0]["id"]), "--json").stdout)
+    assert shown["raw"] == "{broken"
+
+
+def test_the_signing_key_is_created_with_mode_0600(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    key = tmp_path / "keys" / "ledger.skey"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    vkey = tacho(tmp_path, "keys").stdout.strip()
+    assert vkey.startswith("tachograph.local/")
+    assert NoteVerifier.from_vkey(vkey).name == vkey.split("+")[0]
+    assert "PRIVATE" not in tacho(tmp_path, "keys", "--json").stdout
+
+
+def test_verify_passes_then_fails_with_position_after_an_edit(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    ok = json.loads(tacho(tmp_path, "verify", "--json").stdout)
+    assert ok["ok"] is True and ok["entries"] > 500 and ok["checkpoints"] >= 1
+    c = sqlite3.connect(tmp_path / "ledger.db")
+    c.execute("UPDATE entries SET data = replace(data, 'succeeded', 'failed') WHERE idx = (SELECT min(idx) FROM entries WHERE type = 'run.completed')")
+    c.commit()
+    bad = tacho(tmp_path, "verify", "--json", check=False)
+    assert bad.returncode == 1
+    out = json.loads(bad.stdout)
+    assert out["ok"] is False and isinstance(out["position"], int) and out["reason"]
+
+
+def test_verify_with_a_trusted_checkpoint_detects_a_rollback(tmp_path, workload):
+    half = tmp_path / "half.jsonl"
+    lines = workload.read_bytes().splitlines(keepends=True)
+    half.write_bytes(b"".join(lines[: len(lines) // 2]))
+    tacho(tmp_path, "import", str(half))
+    backup = (tmp_path / "ledger.db").read_bytes()
+    tacho(tmp_path, "import", str(workload))
+    trusted = tmp_path / "trusted.note"
+    trusted.write_text(tacho(tmp_path, "checkpoint").stdout)
+    assert tacho(tmp_path, "verify", "--trusted-checkpoint", str(trusted)).returncode == 0
+    for suffix in ("-wal", "-shm"):
+        Path(str(tmp_path / "ledger.db") + suffix).unlink(missing_ok=True)
+    (tmp_path / "ledger.db").write_bytes(backup)
+    assert tacho(tmp_path, "verify").returncode == 0  # a valid earlier state on its own
+    rolled = tacho(tmp_path, "verify", "--trusted-checkpoint", str(trusted), "--json", check=False)
+    assert rolled.returncode == 1 and "rollback" in json.loads(rolled.stdout)["reason"]
+
+
+def test_verify_rejects_checkpoints_from_a_key_that_is_not_trusted(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    other = tmp_path / "other"
+    tacho(other, "import", str(workload))
+    foreign = tacho(other, "keys").stdout.strip()
+    res = tacho(tmp_path, "verify", "--trusted-key", foreign, "--json", check=False)
+    assert res.returncode == 1 and json.loads(res.stdout)["ok"] is False
+
+
+def test_key_rotation_is_recorded_and_history_still_verifies_from_the_first_key(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    first = tacho(tmp_path, "keys").stdout.strip()
+    rotated = json.loads(tacho(tmp_path, "keys", "rotate", "--json").stdout)
+    assert rotated["old_vkey"] == first and rotated["new_vkey"] != first
+    assert tacho(tmp_path, "keys").stdout.strip() == rotated["new_vkey"]
+    more = tmp_path / "more.jsonl"
+    tacho(tmp_path, "generate", str(more), "--runs", "5", "--seed", "9", "--workspace", "beta")
+    tacho(tmp_path, "import", str(more))
+    assert tacho(tmp_path, "verify", "--trusted-key", first).returncode == 0
+    assert tacho(tmp_path, "verify", "--trusted-key", rotated["new_vkey"], check=False).returncode == 1
+
+
+def test_evidence_bundle_round_trip_and_offline_verification(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    bundle = tmp_path / "run.json"
+    tacho(tmp_path, "evidence", "run-0000004", "-o", str(bundle))
+    vkey = tacho(tmp_path, "keys").stdout.strip()
+    offline = tmp_path / "elsewhere"  # no store at all
+    out = json.loads(tacho(offline, "verify-evidence", str(bundle), "--trusted-key", vkey, "--json").stdout)
+    assert out["ok"] is True and out["run_id"] == "run-0000004" and out["entries"] >= 3
+    assert not (offline / "ledger.db").exists()
+    data = json.loads(bundle.read_text())
+    data["entries"].pop(1)
+    bundle.write_text(json.dumps(data))
+    res = tacho(offline, "verify-evidence", str(bundle), "--trusted-key", vkey, check=False)
+    assert res.returncode == 1 and "INVALID" in res.stdout

@@ -1,0 +1,203 @@
+"""The write path: accepted once, duplicates absorbed, conflicts and breaches quarantined."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from domain.canonical import dumps
+from domain.ledger import Ledger
+from domain.ports import Incoming, Source
+from domain.verify import verify_log
+from tests.factories import FakeClock, event, items, make_ledger, workload_events
+
+MODEL_CALL = {
+    "call_id": "m1", "provider": "openai", "model": "gpt-4.1", "input_tokens": 10,
+    "output_tokens": 5, "cost_usd": "0.01", "latency_ms": 120,
+}
+
+
+def verify(ledger: Ledger, **kw):
+    return verify_log(
+        ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
+        [ledger.signer.vkey], **kw,
+    )
+
+
+def stored_event_ids(ledger: Ledger) -> list[str]:
+    return [e.event_id for e in ledger.store.entries()]
+
+
+def test_every_valid_event_is_stored_once_in_arrival_order(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    events = workload_events(runs=25)
+    report = ledger.append(items(events))
+    assert report.accepted == len(events) and report.quarantined == 0
+    assert stored_event_ids(ledger) == [e["event_id"] for e in events]
+    ledger.checkpoint()
+    assert verify(ledger).ok
+
+
+def test_redelivered_events_are_absorbed_as_duplicates(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    events = workload_events(runs=5)
+    ledger.append(items(events))
+    again = ledger.append(items(events[:10]) + items(events[:3]))
+    assert (again.accepted, again.duplicates, again.quarantined) == (0, 13, 0)
+    assert ledger.store.size() == len(events)
+
+
+def test_a_duplicate_inside_one_batch_is_absorbed(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    ev = event()
+    report = ledger.append(items([ev, ev]))
+    assert [o.status for o in report.results] == ["accepted", "duplicate"]
+
+
+def test_same_event_id_with_different_content_is_a_quarantined_conflict(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items([event()]))
+    changed = event(data={"workflow": "other", "mode": "execute", "risk_tier": "low"})
+    report = ledger.append(items([changed]))
+    assert report.quarantined == 1
+    assert "conflict" in report.results[0].reason
+    q = ledger.store.quarantine()
+    assert q[0].raw == dumps(changed) and q[0].source.line == 1
+
+
+def test_same_seq_with_a_different_event_id_is_a_conflict(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items([event()]))
+    report = ledger.append(items([event(event_id="other-id")]))
+    assert report.results[0].status == "quarantined"
+    assert "seq 0" in report.results[0].reason
+
+
+def test_a_bad_neighbour_does_not_lose_valid_events(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    good = [event(seq=0), event(seq=1, etype="model.called", data=MODEL_CALL)]
+    batch = [
+        items([good[0]])[0],
+        Incoming(b"\xff not utf8", Source(kind="file", name="x", line=2)),
+        Incoming(b"{", Source(kind="file", name="x", line=3)),
+        items([good[1]])[0],
+    ]
+    report = ledger.append(batch)
+    assert [o.status for o in report.results] == ["accepted", "quarantined", "quarantined", "accepted"]
+    reasons = [q.reason for q in ledger.store.quarantine()]
+    assert reasons[0].startswith("contract: not UTF-8") and "not JSON" in reasons[1]
+    assert ledger.store.quarantine_count() == 2
+
+
+def test_an_event_ahead_of_a_gap_is_held_and_released_when_the_gap_fills(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    e0, e1, e2 = event(seq=0), event(seq=1, etype="model.called", data=MODEL_CALL), event(
+        seq=2, etype="run.completed", data={"outcome": "succeeded"}
+    )
+    assert ledger.append(items([e0, e2])).held == 1
+    assert ledger.store.size() == 1
+    report = ledger.append(items([e1]))
+    assert report.accepted == 2
+    assert [e.seq for e in ledger.store.run_entries("acme", "r1")] == [0, 1, 2]
+
+
+def test_a_gap_that_never_fills_is_quarantined_after_the_timeout(tmp_path):
+    clock = FakeClock()
+    ledger = make_ledger(tmp_path / "l.db", clock=clock, held_timeout_s=30)
+    ledger.append(items([event(seq=0), event(seq=5, etype="model.called", data=MODEL_CALL)]))
+    assert ledger.expire_held().quarantined == 0
+    clock.advance(31)
+    report = ledger.expire_held()
+    assert report.quarantined == 1
+    assert ledger.store.quarantine()[0].reason.startswith("gap:")
+
+
+def test_the_hold_buffer_is_bounded(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", max_held=2)
+    later = [event(seq=s, etype="model.called", data={**MODEL_CALL, "call_id": f"m{s}"}) for s in (3, 4, 5)]
+    report = ledger.append(items([event(seq=0), *later]))
+    assert [o.status for o in report.results] == ["accepted", "held", "held", "quarantined"]
+    assert "hold buffer is full" in report.results[-1].reason
+
+
+def test_run_rule_breaches_are_quarantined_with_the_rule(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    report = ledger.append(
+        items(
+            [
+                event(seq=0),
+                event(seq=1, etype="run.completed", data={"outcome": "succeeded"}),
+                event(seq=2, etype="model.called", data=MODEL_CALL),
+            ]
+        )
+    )
+    assert report.results[2].status == "quarantined"
+    assert "after run.completed" in report.results[2].reason
+
+
+def test_a_batch_is_one_transaction_and_a_few_signatures(tmp_path, monkeypatch):
+    ledger = make_ledger(tmp_path / "l.db", checkpoint_every=4000)
+    calls = {"tx": 0}
+    real_tx = ledger.store.transaction
+
+    def counting_tx():
+        calls["tx"] += 1
+        return real_tx()
+
+    monkeypatch.setattr(ledger.store, "transaction", counting_tx)
+    events = workload_events(runs=800)
+    assert len(events) >= 10_000
+    report = ledger.append(items(events[:10_000]))
+    assert report.accepted == 10_000
+    assert calls == {"tx": 1}
+    assert [c.size for c in ledger.store.checkpoints()] == [10_000]  # one signature
+
+
+def test_checkpoints_are_signed_every_n_entries_and_every_t_seconds(tmp_path):
+    clock = FakeClock()
+    ledger = make_ledger(tmp_path / "l.db", clock=clock, checkpoint_every=100, checkpoint_interval_s=10)
+    events = workload_events(runs=30)
+    ledger.append(items(events[:150]))
+    assert [c.size for c in ledger.store.checkpoints()] == [150]
+    ledger.append(items(events[150:160]))
+    assert len(ledger.store.checkpoints()) == 1
+    clock.advance(11)
+    ledger.append(items(events[160:161]))
+    assert [c.size for c in ledger.store.checkpoints()] == [150, 161]
+
+
+def test_a_failed_transaction_stores_nothing(tmp_path, monkeypatch):
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items([event()]))
+    from domain.stores import sqlite as sqlite_store
+
+    def broken(self, rows):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_store.SQLiteTx, "add_quarantine", broken)
+    with pytest.raises(Exception, match="disk I/O error"):
+        ledger.append(items([event("r2"), event("r1")]) + [Incoming(b"{", Source("file"))])
+    assert ledger.store.size() == 1
+    monkeypatch.undo()
+    report = ledger.append(items([event("r2")]))
+    assert report.accepted == 1 and ledger.store.size() == 2
+
+
+def test_the_store_refuses_a_different_log(tmp_path):
+    make_ledger(tmp_path / "l.db")
+    with pytest.raises(Exception, match="belongs to log"):
+        make_ledger(tmp_path / "l.db", origin="other.example/log")
+
+
+def test_inclusion_and_consistency_proofs_verify_against_signed_roots(tmp_path):
+    from domain import merkle
+
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items(workload_events(runs=10)))
+    size = ledger.store.size()
+    root = ledger.root(size)
+    for entry in ledger.store.entries():
+        merkle.verify_inclusion(entry.leaf_hash, entry.index, size, ledger.inclusion_proof(entry.index, size), root)
+    for m in (1, 7, size // 2, size):
+        merkle.verify_consistency(m, size, ledger.root(m), root, ledger.consistency_proof(m, size))
