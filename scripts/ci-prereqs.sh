@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what the real-service test harness (tests/harness/) needs on a fresh Debian 12 box,
+# and prefetch the Apache Kafka jars into .cache/kafka. Idempotent; starts no services
+# (the pytest fixtures in tests/conftest.py start and stop them).
+#
+#   scripts/ci-prereqs.sh            # PYTHON=... to pick the interpreter (default .venv/bin/python)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "ci-prereqs: need root or sudo to install packages" >&2; exit 1
+  fi
+fi
+
+missing=()
+# PostgreSQL server binaries (initdb/postgres), not just the client
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# Apache Kafka 4.x needs Java 17+ and Maven to fetch its jars (usually present already)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "ci-prereqs: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+else
+  echo "ci-prereqs: apt packages already present"
+fi
+
+PYTHON="${PYTHON:-}"
+if [ -z "$PYTHON" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+"$PYTHON" -m tests.harness.kafka --fetch --status

@@ -1,0 +1,263 @@
+"""Root fixtures: real external services (Kafka brokers, PostgreSQL, headless Chromium).
+
+Fixtures
+--------
+- ``tansu_broker`` (session)  -> ``tests.harness.kafka.Tansu``, started once.
+- ``apache_kafka`` (session)  -> ``tests.harness.kafka.ApacheKafka``, started once.
+- ``kafka_broker`` (session, parametrized over the *available* brokers: ids ``tansu``/``apache``)
+  -> the broker object; use ``.bootstrap``, ``.create_topic()``, ``.name``.
+- ``topic_factory`` (function) -> ``make(partitions=1, *, broker=None, create=True) -> str``:
+  a unique topic name per call, created (leaders elected) on ``broker`` -- default: the
+  broker of the test's ``kafka_broker``/``apache_kafka``/``tansu_broker`` fixture.
+- ``postgres_server`` (session) -> ``tests.harness.postgres.PostgresServer``.
+- ``postgres_dsn_factory`` (function) -> ``make(name=None) -> dsn``: a new database per call.
+- ``browser`` (function) -> a selenium 4 Chrome WebDriver (headless Debian chromium).
+
+Unavailable services are reported in the header and the terminal summary (never silently
+passed). With ``TACHO_REQUIRE_ALL_SERVICES=1`` (CI) any unavailable service fails the session.
+Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` markers automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from tests.harness import browser as _browser
+from tests.harness import kafka as _kafka
+from tests.harness import postgres as _postgres
+
+REQUIRE_ALL = os.environ.get("TACHO_REQUIRE_ALL_SERVICES", "") not in ("", "0", "false", "no")
+
+_BROKER_FIXTURE = {"tansu": "tansu_broker", "apache": "apache_kafka"}
+_KAFKA_FIXTURES = {"kafka_broker", "topic_factory", *_BROKER_FIXTURE.values()}
+_PG_FIXTURES = {"postgres_server", "postgres_dsn_factory"}
+_BROWSER_FIXTURES = {"browser"}
+
+
+def _service_status() -> dict[str, str | None]:
+    """{service: None if it can run here, else the reason}."""
+    status: dict[str, str | None] = {
+        f"kafka:{name}": reason for name, reason in _kafka.broker_availability().items()
+    }
+    status["postgres"] = _postgres.postgres_unavailable_reason()
+    status["chromium"] = _browser.chromium_unavailable_reason()
+    return status
+
+
+_AVAILABLE_BROKERS = _kafka.available_brokers()
+
+# what actually happened this session, for the terminal summary
+_started: dict[str, float] = {}  # service -> startup seconds
+_broker_tests: Counter[str] = Counter()  # broker -> collected tests parametrized with it
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting hooks
+# ----------------------------------------------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for service, reason in _service_status().items():
+        lines.append(
+            f"service {service}: " + ("available" if reason is None else f"UNAVAILABLE ({reason})")
+        )
+    lines.append(
+        f"kafka_broker params: {_AVAILABLE_BROKERS or 'NONE'}"
+        + ("  [TACHO_REQUIRE_ALL_SERVICES=1]" if REQUIRE_ALL else "")
+    )
+    return lines
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not REQUIRE_ALL:
+        return
+    missing = {s: r for s, r in _service_status().items() if r is not None}
+    if missing:
+        detail = "\n".join(f"  - {s}: {r}" for s, r in missing.items())
+        pytest.exit(
+            "TACHO_REQUIRE_ALL_SERVICES=1 but these services cannot run here:\n"
+            f"{detail}\n(run scripts/ci-prereqs.sh)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _KAFKA_FIXTURES:
+            item.add_marker(pytest.mark.kafka)
+        if names & _PG_FIXTURES:
+            item.add_marker(pytest.mark.postgres)
+        if names & _BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _broker_tests.clear()
+    for item in session.items:  # after -k/-m deselection
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "kafka_broker" in callspec.params:
+            _broker_tests[callspec.params["kafka_broker"]] += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    tr = terminalreporter
+    status = _service_status()
+    used = _started or _broker_tests
+    if not used and all(r is None for r in status.values()):
+        return
+    tr.write_sep("-", "external services (tests/harness)")
+    for name in _kafka.BROKER_NAMES:
+        reason = status[f"kafka:{name}"]
+        key = f"kafka:{name}"
+        if reason is not None:
+            tr.write_line(f"kafka {name:7s} NOT RUN -- unavailable: {reason}", yellow=True)
+        elif key in _started:
+            tr.write_line(
+                f"kafka {name:7s} ran (startup {_started[key]:.1f}s; "
+                f"{_broker_tests[name]} kafka_broker-parametrized tests selected)",
+                green=True,
+            )
+        else:
+            tr.write_line(f"kafka {name:7s} available, not started (no test needed it)")
+    for service in ("postgres", "chromium"):
+        reason = status[service]
+        if reason is not None:
+            tr.write_line(f"{service:13s} NOT RUN -- unavailable: {reason}", yellow=True)
+        elif service in _started:
+            tr.write_line(f"{service:13s} ran (startup {_started[service]:.1f}s)", green=True)
+        else:
+            tr.write_line(f"{service:13s} available, not started (no test needed it)")
+
+
+def _unavailable(service: str, reason: str) -> None:
+    msg = f"{service} unavailable: {reason}"
+    if REQUIRE_ALL:
+        pytest.fail(f"TACHO_REQUIRE_ALL_SERVICES=1: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kafka
+# ----------------------------------------------------------------------------------------------
+
+
+def _broker_fixture(name: str):
+    reason = _kafka.broker_availability()[name]
+    if reason is not None:
+        _unavailable(f"kafka broker {name}", reason)
+    broker = _kafka.make_broker(name)
+    try:
+        broker.start()
+    except BaseException:
+        broker.close()
+        raise
+    _started[f"kafka:{name}"] = broker.startup_seconds or 0.0
+    return broker
+
+
+@pytest.fixture(scope="session")
+def tansu_broker():
+    broker = _broker_fixture("tansu")
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka():
+    broker = _broker_fixture("apache")
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(
+    scope="session",
+    params=_AVAILABLE_BROKERS
+    or [pytest.param("none", marks=pytest.mark.skip(reason="no Kafka broker can run here"))],
+)
+def kafka_broker(request: pytest.FixtureRequest):
+    """Each available broker in turn (ids: tansu, apache); started once per session."""
+    return request.getfixturevalue(_BROKER_FIXTURE[request.param])
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9._-]+", "-", text).strip("-")[:60] or "t"
+
+
+@pytest.fixture
+def topic_factory(request: pytest.FixtureRequest):
+    """``make(partitions=1, *, broker=None, create=True) -> topic name`` (unique per call)."""
+    counter = iter(range(1, 1_000_000))
+    base = _sanitize(request.node.name)
+
+    def default_broker():
+        for fixture in ("kafka_broker", "apache_kafka", "tansu_broker"):
+            if fixture in request.fixturenames:
+                return request.getfixturevalue(fixture)
+        raise RuntimeError(
+            "topic_factory needs a broker: pass broker=..., or also request the "
+            "kafka_broker / apache_kafka / tansu_broker fixture"
+        )
+
+    def make(partitions: int = 1, *, broker=None, create: bool = True) -> str:
+        name = f"{base}-{next(counter)}-{uuid.uuid4().hex[:8]}"
+        if create:
+            (broker or default_broker()).create_topic(name, partitions)
+        return name
+
+    return make
+
+
+# ----------------------------------------------------------------------------------------------
+# PostgreSQL
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    reason = _postgres.postgres_unavailable_reason()
+    if reason is not None:
+        _unavailable("postgres", reason)
+    server = _postgres.PostgresServer()
+    try:
+        server.start()
+    except BaseException:
+        server.close()
+        raise
+    _started["postgres"] = server.startup_seconds or 0.0
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_dsn_factory(postgres_server):
+    """``make(name=None) -> dsn``: creates a fresh database per call (never a shared one)."""
+
+    def make(name: str | None = None) -> str:
+        return postgres_server.create_database(name)
+
+    return make
+
+
+# ----------------------------------------------------------------------------------------------
+# Browser
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser():
+    reason = _browser.chromium_unavailable_reason()
+    if reason is not None:
+        _unavailable("chromium", reason)
+    t0 = time.monotonic()
+    driver = _browser.make_driver()
+    _started.setdefault("chromium", time.monotonic() - t0)
+    yield driver
+    driver.quit()
