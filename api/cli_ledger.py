@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -118,6 +119,7 @@ def cmd_verify(
             origin=store.get_meta("origin"),
             trusted_checkpoint=trusted_checkpoint.read_text() if trusted_checkpoint else None,
             allow_unsigned_tail=allow_unsigned_tail,
+            workers=min(os.cpu_count() or 1, 4) if total > 50_000 else 1,
         )
     if json_out:
         print_json(result.to_json())

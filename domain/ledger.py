@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from domain import merkle
 from domain.canonical import dumps, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
@@ -133,6 +131,13 @@ class _Batch:
         self.held_drop: list[tuple[str, str, int]] = []
         self.held_total = 0
         self.report = AppendReport()
+        origin = dumps(ledger.config.origin)
+        self.middle = b',"kind":"event","log":' + origin + b',"prev":'
+        self.received_json = b',"received":' + dumps(self.received) + b',"source":'
+
+    @staticmethod
+    def source_json(source: Source) -> bytes:
+        return dumps(source.to_json())
 
     def load(self, parsed: Sequence[_Parsed]) -> None:
         keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
@@ -140,9 +145,10 @@ class _Batch:
             self.states[key] = RunState.from_bytes(raw)
         ids = sorted({(p.event["workspace"], p.event["event_id"]) for p in parsed if p.event})
         self.known = self.tx.event_hashes(ids)
-        for row in self.tx.load_held(keys):
-            self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
         self.held_total = self.tx.count_held()
+        if self.held_total:
+            for row in self.tx.load_held(keys):
+                self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
 
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None
@@ -252,16 +258,20 @@ class _Batch:
         except RunRuleError as e:
             return self.quarantine_item(item, f"rule: {e}", ev)
         index = self.range.size
-        data = dumps(
-            {
-                "event": orjson.Fragment(canonical),
-                "index": index,
-                "kind": "event",
-                "log": self.ledger.config.origin,
-                "prev": state.last_hash,
-                "received": self.received,
-                "source": item.source.to_json(),
-            }
+        # Same bytes as dumps({...}) with sorted keys, assembled directly: this is the hot path.
+        prev = b"null" if state.last_hash is None else b'"' + state.last_hash.encode() + b'"'
+        data = b"".join(
+            (
+                b'{"event":',
+                canonical,
+                b',"index":',
+                str(index).encode(),
+                self.middle,
+                prev,
+                self.received_json,
+                self.source_json(item.source),
+                b"}",
+            )
         )
         leaf = merkle.leaf_hash(data)
         self.nodes.extend(self.range.append(leaf))

@@ -26,7 +26,18 @@ class Source:
 
     def to_json(self) -> dict[str, Any]:
         """The source as the JSON object written into the entry metadata."""
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.topic is not None:
+            out["topic"] = self.topic
+        if self.partition is not None:
+            out["partition"] = self.partition
+        if self.offset is not None:
+            out["offset"] = self.offset
+        if self.name is not None:
+            out["name"] = self.name
+        if self.line is not None:
+            out["line"] = self.line
+        return out
 
     @staticmethod
     def from_json(value: Mapping[str, Any]) -> Source:

@@ -6,17 +6,18 @@ so the same code checks a live store, a Parquet export or a copied file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any
-
-import orjson
 
 from domain import merkle
 from domain.checkpoint import Checkpoint, open_checkpoint
 from domain.errors import CheckpointError, SignatureError, TachographError, VerificationError
 from domain.ledger import rotation_statement
 from domain.note import NoteVerifier, open_note
+from domain.verify_scan import ChunkScan, NodeMap, chain_broken, scan_chunk, seq_gap
 
 
 @dataclass
@@ -54,6 +55,8 @@ def verify_log(
     origin: str | None = None,
     trusted_checkpoint: str | None = None,
     allow_unsigned_tail: bool = False,
+    workers: int = 1,
+    chunk_bits: int = 14,
 ) -> VerifyResult:
     """Check every entry, run chain, Merkle root, checkpoint signature and key rotation.
 
@@ -65,12 +68,13 @@ def verify_log(
         origin: the log's origin; taken from the first checkpoint when not given.
         trusted_checkpoint: a signed checkpoint kept outside the system (detects rollback).
         allow_unsigned_tail: do not fail on entries newer than the latest checkpoint.
+        workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel.
     """
     result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes))
     try:
         _verify(
             entries, checkpoint_notes, trusted_keys, origin, trusted_checkpoint,
-            allow_unsigned_tail, result,
+            allow_unsigned_tail, result, chunk_bits, workers,
         )
     except VerificationError as e:
         result.reason = e.reason
@@ -88,6 +92,8 @@ def _verify(
     trusted_checkpoint: str | None,
     allow_unsigned_tail: bool,
     result: VerifyResult,
+    chunk_bits: int = 14,
+    workers: int = 1,
 ) -> None:
     try:
         verifiers = [NoteVerifier.from_vkey(k) for k in trusted_keys]
@@ -148,54 +154,57 @@ def _verify(
                     size - 1,
                 )
 
-    rng = merkle.CompactRange()
-    chains: dict[tuple[str, str], tuple[str, int]] = {}
-    event_ids: set[tuple[str, str]] = set()
+    sizes = sorted(by_size)
+    nodes = NodeMap()
+    chains: dict[tuple[Any, Any], tuple[str, int]] = {}
+    event_ids: dict[tuple[Any, Any], int] = {}
     check_sigs(0, merkle.EMPTY_ROOT)
-    leaf_hash = merkle.leaf_hash
-    loads = orjson.loads
     position = 0
-    for index, data in entries:
-        if index != position:
-            raise VerificationError(
-                f"stored index {index} at position {position}: an entry is missing or out of order",
-                position,
-            )
-        if not isinstance(data, bytes):
-            raise VerificationError(f"stored entry is {type(data).__name__}, not bytes", position)
-        leaf = leaf_hash(data)
-        try:
-            d = loads(data)
-        except orjson.JSONDecodeError as e:
-            raise VerificationError(f"entry bytes are not valid JSON ({e})", position) from e
-        if not isinstance(d, dict) or d.get("index") != position:
-            raise VerificationError(
-                f"entry says index {d.get('index') if isinstance(d, dict) else '?'} but sits at "
-                f"position {position} (deleted, inserted, duplicated or reordered entry)",
-                position,
-            )
+    for scan in _scans(entries, origin, sizes, chunk_bits, workers):
         if origin is None:
-            origin = d.get("log")
-        if d.get("log") != origin:
-            raise VerificationError(
-                f"entry belongs to log {d.get('log')!r}, not {origin!r} (spliced from another ledger)",
-                position,
-            )
-        kind = d.get("kind")
-        if kind == "event":
-            _check_event(d, position, leaf, chains, event_ids)
-        elif kind == "key.rotated":
-            new_key = _check_rotation(d, position, origin, keys_for(position + 1))
-            timeline.append((position + 2, [new_key]))
-        else:
-            raise VerificationError(f"unknown entry kind {kind!r}", position)
-        rng.append(leaf)
-        position += 1
-        if position in by_size:
-            check_sigs(position, rng.root())
+            origin = scan.origin
+        errors: list[tuple[int, int, str]] = [(scan.error[0], 0, scan.error[1])] if scan.error else []
+        # stitch each run's first entry in this chunk to its last entry in earlier chunks
+        for key, span in scan.runs.items():
+            prev = chains.get(key)
+            expected_prev = prev[0] if prev else None
+            expected_seq = prev[1] + 1 if prev else 0
+            if span.first_prev != expected_prev:
+                errors.append((span.first_position, 1, chain_broken(span.run_id, span.first_prev, expected_prev)))
+            elif span.first_seq != expected_seq:
+                errors.append((span.first_position, 1, seq_gap(span.run_id, span.first_seq, expected_seq)))
+        for ws, eid, pos in scan.event_ids:
+            if (ws, eid) in event_ids:
+                errors.append((pos, 2, f"event_id {eid!r} appears twice"))
+                break
+            event_ids[(ws, eid)] = pos
+        limit = min(errors)[0] if errors else scan.start + scan.count
+        for pos, d in scan.rotations:
+            if pos >= limit:
+                break
+            try:
+                new_key = _check_rotation(d, pos, origin, keys_for(pos + 1))
+            except VerificationError as e:
+                errors.append((pos, 3, e.reason))
+                break
+            timeline.append((pos + 2, [new_key]))
+        nodes.nodes.update(scan.nodes)
+        for size in sizes:
+            if scan.start < size <= scan.start + scan.count and size <= limit:
+                try:
+                    check_sigs(size, nodes.root(size))
+                except VerificationError as e:
+                    errors.append((size - 1, 4, e.reason))
+                    break
+        if errors:
+            pos, _, reason = min(errors)
+            raise VerificationError(reason, pos)
+        for key, span in scan.runs.items():
+            chains[key] = (span.last_leaf, span.last_seq)
+        position = scan.start + scan.count
     result.entries = position
     result.runs = len(chains)
-    result.root = rng.root().hex()
+    result.root = nodes.root(position).hex()
     beyond = [cp for cp, _, _ in parsed if cp.size > position]
     if beyond:
         cp = max(beyond, key=lambda c: c.size)
@@ -211,38 +220,6 @@ def _verify(
             "(run `tacho checkpoint` to sign them)",
             covered,
         )
-
-
-def _check_event(
-    d: dict[str, Any],
-    position: int,
-    leaf: bytes,
-    chains: dict[tuple[str, str], tuple[str, int]],
-    event_ids: set[tuple[str, str]],
-) -> None:
-    ev = d.get("event")
-    if not isinstance(ev, dict):
-        raise VerificationError("event entry has no event object", position)
-    key = (ev.get("workspace"), ev.get("run_id"))
-    prev = chains.get(key)  # type: ignore[arg-type]
-    expected_prev = prev[0] if prev else None
-    if d.get("prev") != expected_prev:
-        raise VerificationError(
-            f"run {ev.get('run_id')!r} chain broken: prev is {d.get('prev')!r}, expected "
-            f"{expected_prev!r} (an entry of this run was removed, inserted or spliced)",
-            position,
-        )
-    expected_seq = prev[1] + 1 if prev else 0
-    if ev.get("seq") != expected_seq:
-        raise VerificationError(
-            f"run {ev.get('run_id')!r} seq {ev.get('seq')} where {expected_seq} was expected",
-            position,
-        )
-    eid = (ev.get("workspace"), ev.get("event_id"))
-    if eid in event_ids:
-        raise VerificationError(f"event_id {eid[1]!r} appears twice", position)
-    event_ids.add(eid)  # type: ignore[arg-type]
-    chains[key] = (leaf.hex(), expected_seq)  # type: ignore[index]
 
 
 def _check_rotation(
@@ -268,3 +245,33 @@ def _check_rotation(
     if opened.text != statement:
         raise VerificationError("key rotation statement does not match the entry", position)
     return new_key
+
+
+def _chunks(entries: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    it = iter(entries)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _scans(
+    entries: Iterable[tuple[int, bytes]],
+    origin: str | None,
+    sizes: Sequence[int],
+    chunk_bits: int,
+    workers: int,
+) -> Iterator[ChunkScan]:
+    """Scan aligned chunks in order, in this process or in a pool of ``workers``."""
+    size = 1 << chunk_bits
+    chunks = _chunks(entries, size)
+    if workers <= 1:
+        for n, chunk in enumerate(chunks):
+            yield scan_chunk(n * size, chunk, origin, sizes)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending: list[Future[ChunkScan]] = []
+        for n, chunk in enumerate(chunks):
+            pending.append(pool.submit(scan_chunk, n * size, chunk, origin, sizes))
+            while len(pending) > workers + 1:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()

@@ -25,6 +25,7 @@ from domain.ports import (
 
 RunKey = tuple[str, str]
 SeqKey = tuple[str, str, int]
+_MAX_INDEX = 2**62
 
 
 def _seq_key(row: EntryRow) -> SeqKey | None:
@@ -285,9 +286,9 @@ class MemoryStore(LedgerStore):
     def _rows(self, start: int, end: int | None) -> list[EntryRow]:
         with self._data_lock:
             entries = self._data.entries
-            stop = self._data.head.size if end is None else end
-            if stop <= len(entries) and all(i in entries for i in (start, stop - 1)):
-                return [entries[i] for i in range(start, stop) if i in entries]
+            if end is not None and end - start <= 4 * len(entries):
+                return [entries[i] for i in range(start, end) if i in entries]
+            stop = end if end is not None else _MAX_INDEX
             return [entries[i] for i in sorted(entries) if start <= i < stop]
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[EntryRow]:

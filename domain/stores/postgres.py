@@ -352,7 +352,7 @@ class PostgresStore(LedgerStore):
     def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             with self._reader().cursor(binary=True) as cur:
-                return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+                return cur.execute(query, params).fetchall()
         except psycopg.Error as e:
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
 
@@ -364,7 +364,7 @@ class PostgresStore(LedgerStore):
             try:
                 conn = self._writer_conn()
                 with conn.transaction():
-                    conn.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")
+                    conn.execute("SELECT 1 FROM head WHERE id = 1")
                     yield PostgresTx(conn)
                     if conn.info.transaction_status == pq.TransactionStatus.INERROR:
                         raise StoreError(
@@ -386,17 +386,17 @@ class PostgresStore(LedgerStore):
         return int(rows[0][0]) if rows else 0
 
     def _pages(self, cols: str, start: int, end: int | None) -> Iterator[tuple[Any, ...]]:
-        """Rows of ``entries`` in index order, a page per round trip (a consistent prefix)."""
-        stop = self.size() if end is None else min(end, _MAX_INDEX)
+        """Rows of ``entries`` in index order, one page per round trip (keyset pagination)."""
+        stop = _MAX_INDEX if end is None else min(end, _MAX_INDEX)
         pos = start
         while pos < stop:
             rows = self._fetch(
                 f"SELECT {cols} FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx LIMIT %s",
                 (pos, stop, _PAGE),
             )
-            if not rows:
-                return
             yield from rows
+            if len(rows) < _PAGE:
+                return
             pos = int(rows[-1][0]) + 1
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterator[EntryRow]:

@@ -113,12 +113,17 @@ class SQLiteTx(LedgerTx):
 
     def load_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         out: dict[tuple[str, str], bytes] = {}
+        by_ws: dict[str, list[str]] = {}
         for ws, run in keys:
-            row = self.c.execute(
-                "SELECT state FROM runs WHERE workspace = ? AND run_id = ?", (ws, run)
-            ).fetchone()
-            if row is not None:
-                out[(ws, run)] = bytes(row[0])
+            by_ws.setdefault(ws, []).append(run)
+        for ws, runs in by_ws.items():
+            for chunk in _chunks(runs):
+                marks = ",".join("?" * len(chunk))
+                for run, state in self.c.execute(
+                    f"SELECT run_id, state FROM runs WHERE workspace = ? AND run_id IN ({marks})",
+                    (ws, *chunk),
+                ):
+                    out[(ws, run)] = bytes(state)
         return out
 
     def save_runs(self, states: Mapping[tuple[str, str], bytes]) -> None:

@@ -27,13 +27,14 @@ def build(tmp_path, runs=12, name="l.db", **kw) -> Ledger:
 
 
 def check(ledger: Ledger, keys=None, **kw):
-    return verify_log(
-        ledger.store.raw_entries(),
-        [c.note for c in ledger.store.checkpoints()],
-        keys or [signer().vkey],
-        origin=None,
-        **kw,
+    """Verify in one pass, and again in small chunks over two processes: same verdict."""
+    args = ([c.note for c in ledger.store.checkpoints()], keys or [signer().vkey])
+    one = verify_log(ledger.store.raw_entries(), *args, origin=None, **kw)
+    chunked = verify_log(ledger.store.raw_entries(), *args, origin=None, chunk_bits=3, workers=2, **kw)
+    assert (one.ok, one.position, one.reason, one.root) == (
+        chunked.ok, chunked.position, chunked.reason, chunked.root
     )
+    return one
 
 
 def db(ledger: Ledger) -> sqlite3.Connection:

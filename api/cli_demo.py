@@ -1,0 +1,125 @@
+"""`tacho demo`: the main job end to end on embedded defaults, narrated for a newcomer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.rule import Rule
+
+from api.bootstrap import build_ledger
+from api.output import console
+from api.settings import Settings
+from domain.canonical import dumps
+from domain.evidence import build_evidence, verify_evidence
+from domain.ledger import Ledger
+from domain.verify import verify_log
+from domain.workload import Workload
+from ingest.jsonl import import_jsonl
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _ingest_via_kafka(settings: Settings, ledger: Ledger, runs: int, seed: int) -> bool:
+    """Publish simulated agent runs through the SDK onto Kafka and ingest them (issue 3)."""
+    if not (_have("ingest.simulate") and _have("ingest.worker")):
+        return False
+    from api import demo_steps
+
+    return demo_steps.kafka_stage(settings, ledger, runs, seed)
+
+
+def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> None:
+    c = console()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo-events.jsonl"
+        with path.open("wb") as f:
+            for ev in Workload(seed=seed, runs=runs, workspaces=("acme", "globex")).events():
+                f.write(dumps(ev) + b"\n")
+        totals = import_jsonl(ledger, path)
+    c.print(
+        f"imported: accepted [green]{totals.accepted}[/], duplicates {totals.duplicates}, "
+        f"quarantined {totals.quarantined}"
+    )
+
+
+def _verify_stage(ledger: Ledger) -> str:
+    c = console()
+    store = ledger.store
+    keys = [k for k in {store.get_meta("initial_vkey"), ledger.signer.vkey} if k]
+    result = verify_log(
+        store.raw_entries(),
+        [cp.note for cp in store.checkpoints()],
+        keys,
+        origin=store.get_meta("origin"),
+        workers=min(os.cpu_count() or 1, 4) if store.size() > 50_000 else 1,
+    )
+    status = "[green]OK[/]" if result.ok else f"[red]BREACH[/] at {result.position}: {result.reason}"
+    c.print(
+        f"verify: {status} — {result.entries} entries, {result.runs} runs, "
+        f"{result.checkpoints} signed checkpoints, root {result.root}",
+        soft_wrap=True,
+    )
+    if not result.ok:
+        raise typer.Exit(1)
+    cp = ledger.checkpoint(force=True)
+    assert cp is not None
+    c.print("latest signed checkpoint (C2SP signed note; keep a copy outside the system):")
+    c.print(cp.note.rstrip("\n"), soft_wrap=True, markup=False, style="cyan")
+    return ledger.signer.vkey
+
+
+def _evidence_stage(ledger: Ledger, vkey: str, out_dir: Path) -> None:
+    c = console()
+    entries = list(ledger.store.entries(0, 200))
+    run = next((e for e in entries if e.event_type == "run.started"), None)
+    if run is None or run.workspace is None or run.run_id is None:
+        c.print("no run to bundle")
+        return
+    bundle = build_evidence(ledger, run.workspace, run.run_id)
+    path = out_dir / f"evidence-{run.run_id}.json"
+    path.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+    result = verify_evidence(orjson.loads(path.read_bytes()), [vkey])
+    state = "[green]OK[/]" if result.ok else f"[red]INVALID[/] {result.reason}"
+    c.print(
+        f"evidence bundle {path}: {state} — run {result.run_id} ({result.workspace}), "
+        f"{result.entries} entries proven in the signed tree of size {result.tree_size}, "
+        f"outcome {result.outcome}"
+    )
+    c.print(f"  check it anywhere: tacho verify-evidence {path} --trusted-key '{vkey}'", soft_wrap=True)
+
+
+def cmd_demo(
+    runs: Annotated[int, typer.Option(help="simulated agent runs")] = 400,
+    seed: Annotated[int, typer.Option(help="workload seed")] = 7,
+    via: Annotated[str, typer.Option(help="kafka (dev broker) or file")] = "kafka",
+) -> None:
+    """Run the main job on embedded defaults: agents → ledger → verify → evidence → views → replay."""
+    settings = Settings()
+    c = console()
+    c.print(Rule(f"Tachograph demo — data in {settings.data_dir.resolve()}"))
+    ledger = build_ledger(settings)
+    c.print(Rule("1. agents publish runs; the ledger appends them"))
+    if via != "kafka" or not _ingest_via_kafka(settings, ledger, runs, seed):
+        _ingest_via_file(ledger, runs, seed)
+    c.print(Rule("2. verify the whole ledger"))
+    vkey = _verify_stage(ledger)
+    c.print(Rule("3. one run's evidence bundle, verified offline"))
+    _evidence_stage(ledger, vkey, settings.data_dir)
+    if _have("api.demo_steps"):
+        from api import demo_steps
+
+        demo_steps.later_stages(settings, ledger)
+    c.print(Rule("done"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `tacho demo`."""
+    app.command("demo")(cmd_demo)

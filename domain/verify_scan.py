@@ -1,0 +1,173 @@
+"""Scan one aligned chunk of ledger entries: the per-entry half of verification.
+
+A chunk starts at a multiple of its power-of-two size, so the perfect Merkle nodes it
+computes are nodes of the whole tree. Chunks are independent, which lets the verifier scan
+them in parallel processes and stitch run chains and tree roots together in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from domain import merkle
+
+Node = tuple[int, int]  # (level, index)
+
+
+@dataclass
+class RunSpan:
+    """One run's entries inside a chunk: how it starts (to stitch) and where it ends."""
+
+    first_position: int
+    first_prev: Any
+    first_seq: Any
+    run_id: Any
+    last_leaf: str
+    last_seq: int
+
+
+@dataclass
+class ChunkScan:
+    """What a chunk scan found."""
+
+    start: int
+    count: int = 0
+    error: tuple[int, str] | None = None
+    origin: str | None = None
+    nodes: dict[Node, bytes] = field(default_factory=dict)
+    runs: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)
+    event_ids: list[tuple[Any, Any, int]] = field(default_factory=list)
+    rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def frontier_nodes(start: int, size: int, hashes: Sequence[bytes]) -> dict[Node, bytes]:
+    """(level, index) of each frontier hash of a range starting at aligned ``start``."""
+    out: dict[Node, bytes] = {}
+    offset = 0
+    i = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            out[(level, (start + offset) >> level)] = hashes[i]
+            offset += 1 << level
+            i += 1
+    return out
+
+
+def scan_chunk(
+    start: int,
+    rows: Sequence[tuple[int, bytes]],
+    origin: str | None,
+    checkpoint_sizes: Sequence[int],
+) -> ChunkScan:
+    """Check each entry on its own and within the chunk; collect what stitching needs."""
+    scan = ChunkScan(start=start, origin=origin)
+    sizes = {s - start for s in checkpoint_sizes if start < s <= start + len(rows)}
+    rng = merkle.CompactRange()
+    leaf_hash = merkle.leaf_hash
+    loads = orjson.loads
+    runs = scan.runs
+    event_ids = scan.event_ids
+    position = start
+    for index, data in rows:
+        error = None
+        if index != position:
+            error = f"stored index {index} at position {position}: an entry is missing or out of order"
+        elif not isinstance(data, bytes):
+            error = f"stored entry is {type(data).__name__}, not bytes"
+        if error is not None:
+            scan.error = (position, error)
+            break
+        leaf = leaf_hash(data)
+        try:
+            d = loads(data)
+        except orjson.JSONDecodeError as e:
+            scan.error = (position, f"entry bytes are not valid JSON ({e})")
+            break
+        if not isinstance(d, dict) or d.get("index") != position:
+            got = d.get("index") if isinstance(d, dict) else "?"
+            scan.error = (
+                position,
+                f"entry says index {got} but sits at position {position} "
+                "(deleted, inserted, duplicated or reordered entry)",
+            )
+            break
+        log = d.get("log")
+        if scan.origin is None:
+            scan.origin = log
+        if log != scan.origin:
+            scan.error = (
+                position,
+                f"entry belongs to log {log!r}, not {scan.origin!r} (spliced from another ledger)",
+            )
+            break
+        kind = d.get("kind")
+        if kind == "event":
+            ev = d.get("event")
+            if not isinstance(ev, dict):
+                scan.error = (position, "event entry has no event object")
+                break
+            key = (ev.get("workspace"), ev.get("run_id"))
+            seq = ev.get("seq")
+            span = runs.get(key)
+            if span is None:
+                runs[key] = RunSpan(position, d.get("prev"), seq, ev.get("run_id"), leaf.hex(), seq)  # type: ignore[arg-type]
+            else:
+                if d.get("prev") != span.last_leaf:
+                    scan.error = (position, chain_broken(ev.get("run_id"), d.get("prev"), span.last_leaf))
+                    break
+                if seq != span.last_seq + 1:
+                    scan.error = (position, seq_gap(ev.get("run_id"), seq, span.last_seq + 1))
+                    break
+                span.last_leaf = leaf.hex()
+                span.last_seq = seq
+            event_ids.append((ev.get("workspace"), ev.get("event_id"), position))
+        elif kind == "key.rotated":
+            scan.rotations.append((position, d))
+        else:
+            scan.error = (position, f"unknown entry kind {kind!r}")
+            break
+        rng.append(leaf)
+        position += 1
+        if position - start in sizes:
+            scan.nodes.update(frontier_nodes(start, rng.size, rng.hashes))
+    scan.count = position - start
+    scan.nodes.update(frontier_nodes(start, rng.size, rng.hashes))
+    return scan
+
+
+def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
+    return (
+        f"run {run_id!r} chain broken: prev is {prev!r}, expected {expected!r} "
+        "(an entry of this run was removed, inserted or spliced)"
+    )
+
+
+def seq_gap(run_id: Any, seq: Any, expected: Any) -> str:
+    return f"run {run_id!r} seq {seq} where {expected} was expected"
+
+
+class NodeMap:
+    """Perfect-node hashes known so far; higher nodes are derived from lower ones on demand."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[Node, bytes] = {}
+
+    def get(self, level: int, index: int) -> bytes:
+        """Hash of the perfect subtree (level, index)."""
+        h = self.nodes.get((level, index))
+        if h is None:
+            if level == 0:
+                raise KeyError((level, index))
+            h = merkle.node_hash(self.get(level - 1, 2 * index), self.get(level - 1, 2 * index + 1))
+            self.nodes[(level, index)] = h
+        return h
+
+    def root(self, size: int) -> bytes:
+        """Root of the tree of ``size`` leaves."""
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return merkle.subtree_hash(0, size, self.get)
