@@ -1,0 +1,151 @@
+"""Replay commands: ``tacho replay`` (fidelity / what-if / release gate), ``replay show``, ``replay list``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.bootstrap import build_ledger
+from api.cli_ledger import JsonOpt, progress_bar
+from api.output import console, err_console, print_json
+from api.settings import Settings
+from domain.ledger import iso
+from replay.agents import load_agent, read_prompt_overrides
+from replay.engine import ReplayConfig, run_replay
+from replay.history import load_runs
+from replay.models import HttpModelConfig, ModelRegistry, PriceTable
+from replay.render import render_report
+from replay.report import Gate, estimate
+from replay.store import ReplayReports
+
+replay_app = typer.Typer(help="Replay recorded runs against new models or prompts; gate releases on the diff.")
+
+
+def _rate(value: str | None, option: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        rate = Decimal(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{option} must be a rate like 0.05 or 5%, got {value!r}") from None
+    return rate
+
+
+def _reports(settings: Settings) -> ReplayReports:
+    return ReplayReports(settings.data_dir / "replays")
+
+
+@replay_app.callback(invoke_without_command=True)
+def cmd_replay(
+    ctx: typer.Context,
+    workflow: Annotated[str | None, typer.Option(help="replay runs of this workflow")] = None,
+    agent: Annotated[str | None, typer.Option(help="agent code as module:function")] = None,
+    since: Annotated[str | None, typer.Option(help="only runs started at or after this RFC 3339 date/time")] = None,
+    runs: Annotated[list[str] | None, typer.Option("--runs", help="replay these run ids (repeatable)")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N runs (oldest first)")] = None,
+    model: Annotated[str | None, typer.Option(help="candidate model (what-if replay)")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="candidate prompt NAME=FILE (repeatable)")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --model")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env var holding the API key for --base-url")] = None,
+    prices: Annotated[Path | None, typer.Option(help="JSON price table over the defaults")] = None,
+    max_outcome_change: Annotated[str | None, typer.Option(help="gate: max outcome change rate (0.05 or 5%)")] = None,
+    max_cost_increase: Annotated[str | None, typer.Option(help="gate: max relative total cost increase")] = None,
+    max_violation_increase: Annotated[str | None, typer.Option(help="gate: max violation rate increase (absolute)")] = None,
+    estimate_only: Annotated[bool, typer.Option("--estimate", help="price the replay from recorded tokens; run nothing")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="parallel replays")] = 2,
+    replay_id: Annotated[str | None, typer.Option("--id", help="replay id (default: generated)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replay recorded runs: fidelity with no candidate, what-if with --model/--prompt."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if agent is None or (workflow is None and not runs):
+        raise typer.BadParameter("give --agent module:function and --workflow W (or --runs ID...)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # agent modules live in the user's project
+    settings = Settings()
+    spec = load_agent(agent)
+    overrides = read_prompt_overrides(prompt or [])
+    if overrides:
+        spec = spec.with_prompts(overrides)
+    price_table = PriceTable.from_file(prices) if prices else PriceTable()
+    http = {model: HttpModelConfig(base_url, model, api_key_env)} if model and base_url else {}
+    models = ModelRegistry(http, sleep=time.sleep, clock=time.monotonic, prices=price_table)
+    if model:
+        models.get(model)  # fail fast on an unknown candidate
+    ledger = build_ledger(settings)
+    recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs or (), limit=limit)
+    if not recorded:
+        raise typer.BadParameter(f"no finished runs of workflow {workflow!r} match")
+    gate = Gate(
+        _rate(max_outcome_change, "--max-outcome-change"),
+        _rate(max_cost_increase, "--max-cost-increase"),
+        _rate(max_violation_increase, "--max-violation-increase"),
+    )
+    if estimate_only:
+        est = estimate(recorded, model, price_table)
+        failures = gate.failures({"cost_increase": est["cost_increase"]})
+        est["gate"] = {"passed": not failures, "failures": failures}
+        if json_out:
+            print_json(est)
+        else:
+            console().print(
+                f"{est['runs']} runs, {est['model_calls']} model calls, {est['input_tokens']} in / "
+                f"{est['output_tokens']} out tokens: recorded ${est['cost_before_usd']}, "
+                f"estimated on {model or 'the recorded models'} ${est['cost_estimated_usd']}"
+            )
+            for f in failures:
+                console().print(f"[red]gate failed:[/] {f}")
+        raise typer.Exit(1 if failures else 0)
+    rid = replay_id or f"rp-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    config = ReplayConfig(rid, iso(time.time()), candidate_model=model, gate=gate, workers=workers)
+    with progress_bar(len(recorded), "replaying") as bar:
+        task = bar.add_task("replay", total=len(recorded))
+        report = run_replay(recorded, spec, config, models, ledger=ledger,
+                            progress=lambda n: bar.advance(task, n))
+    ledger.checkpoint(force=True)
+    _reports(settings).save(report)
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report, console())
+        err_console().print(f"stored: tacho replay show {rid}")
+    raise typer.Exit(0 if report["gate"]["passed"] else 1)
+
+
+@replay_app.command("show")
+def cmd_show(replay_id: Annotated[str, typer.Argument(help="replay id")], json_out: JsonOpt = False) -> None:
+    """Print a stored replay's report."""
+    report = _reports(Settings()).load(replay_id)
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report, console())
+
+
+@replay_app.command("list")
+def cmd_list(json_out: JsonOpt = False) -> None:
+    """List stored replays, oldest first."""
+    rows = _reports(Settings()).list()
+    if json_out:
+        print_json(rows)
+        return
+    c = console()
+    if not rows:
+        c.print("no replays yet; run `tacho replay --workflow W --agent module:function`")
+    for r in rows:
+        mark = "[green]passed[/]" if r["passed"] else "[red]failed[/]"
+        c.print(f"{r['replay_id']}  {r['created']}  {r['mode']:<8} {r['runs']:>6} runs  "
+                f"change {r['outcome_change_rate']}  {mark}  {r['candidate']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``replay`` command group."""
+    app.add_typer(replay_app, name="replay")

@@ -1,0 +1,1 @@
+"""Example agents: plain Python functions over the Tachograph replay context."""

@@ -1,0 +1,81 @@
+"""Loading agent code by ``module:function`` reference, with its tools, prompts and identity."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from replay.context import Agent
+from replay.errors import AgentLoadError, PromptError
+from replay.tools import ToolRegistry
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent function plus what its module declares: ``TOOLS``, ``PROMPTS``, ``WORKFLOW``, ``AGENT``."""
+
+    ref: str
+    fn: Agent
+    tools: ToolRegistry
+    prompts: Mapping[str, str]
+    workflow: str | None = None
+    identity: Mapping[str, str] = field(default_factory=dict)
+    prompt_overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def with_prompts(self, overrides: Mapping[str, str]) -> AgentSpec:
+        """The same agent with some prompts replaced (each must already be registered)."""
+        unknown = sorted(set(overrides) - set(self.prompts))
+        if unknown:
+            raise PromptError(
+                f"{self.ref} has no prompt named {', '.join(map(repr, unknown))}; "
+                f"its prompts: {', '.join(sorted(self.prompts)) or 'none'}"
+            )
+        return replace(self, prompts={**self.prompts, **overrides}, prompt_overrides=dict(overrides))
+
+
+def load_agent(ref: str) -> AgentSpec:
+    """Import ``module:function`` and the tools and prompts its module declares."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise AgentLoadError(f"--agent must look like module:function, got {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise AgentLoadError(f"cannot import {module_name!r} for agent {ref!r}: {e}") from e
+    fn: Any = getattr(module, attr, None)
+    if not callable(fn):
+        raise AgentLoadError(f"{module_name} has no function {attr!r}")
+    tools = getattr(module, "TOOLS", None) or ToolRegistry()
+    if not isinstance(tools, ToolRegistry):
+        raise AgentLoadError(f"{module_name}.TOOLS must be a replay.tools.ToolRegistry")
+    return AgentSpec(
+        ref=ref,
+        fn=fn,
+        tools=tools,
+        prompts=dict(getattr(module, "PROMPTS", {}) or {}),
+        workflow=getattr(module, "WORKFLOW", None),
+        identity=dict(getattr(module, "AGENT", {}) or {}),
+    )
+
+
+def read_prompt_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """Parse ``NAME=FILE`` pairs into {name: file text}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise PromptError(f"--prompt must look like NAME=FILE, got {pair!r}")
+        try:
+            out[name] = Path(file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PromptError(f"cannot read prompt file {file!r} for {name!r}: {e.strerror}") from e
+    return out
+
+
+def prompt_digest(text: str) -> str:
+    """A short content hash naming a prompt version in labels."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,172 @@
+"""The replay engine: fidelity and what-if replays of recorded runs, recorded into the ledger.
+
+Runs replay in parallel (``concurrent.futures``), but results and ledger appends follow the
+input order, so the outcome never depends on scheduling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.ledger import Ledger
+from domain.ports import Source
+from replay.agents import AgentSpec, prompt_digest
+from replay.context import run_agent
+from replay.history import RecordedRun
+from replay.models import ModelRegistry
+from replay.recorder import LedgerRecorder, RunSpec
+from replay.replaying import ReplayContext
+from replay.report import Gate, RunResult, feedback_of, figures, summarize
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """One replay: its id, when it was made (injected), the candidate, and the gate."""
+
+    replay_id: str
+    created: str
+    candidate_model: str | None = None
+    gate: Gate = field(default_factory=Gate)
+    workers: int = 2
+    chunk: int = 256
+
+    def mode(self, agent: AgentSpec) -> str:
+        """``fidelity`` with no candidate, else ``what-if``."""
+        return "what-if" if self.candidate_model or agent.prompt_overrides else "fidelity"
+
+    def candidate(self, agent: AgentSpec) -> str:
+        """A label naming the candidate: model and prompt versions."""
+        parts = []
+        if self.candidate_model:
+            parts.append(f"model={self.candidate_model}")
+        parts.extend(f"prompt.{k}={prompt_digest(v)}" for k, v in sorted(agent.prompt_overrides.items()))
+        return ";".join(parts) or "recorded"
+
+
+def replay_run_id(replay_id: str, run_id: str) -> str:
+    """The run id of a replay of ``run_id`` (at most 128 characters)."""
+    rid = f"{replay_id}.{run_id}"
+    if len(rid) <= 128:
+        return rid
+    return f"{replay_id}.{hashlib.sha256(run_id.encode()).hexdigest()[:32]}"
+
+
+def replay_spec(run: RecordedRun, config: ReplayConfig, agent: AgentSpec) -> RunSpec:
+    """The ``run.started`` of a replay: the recorded run's, with replay labels and ``replay_of``."""
+    d = run.started
+    labels = dict(d.get("labels") or {})
+    labels.update({
+        "replay.id": config.replay_id,
+        "replay.candidate": config.candidate(agent),
+        "replay.mode": config.mode(agent),
+    })
+    return RunSpec(
+        workspace=run.workspace,
+        run_id=replay_run_id(config.replay_id, run.run_id),
+        workflow=d["workflow"],
+        agent=run.events[0]["agent"],
+        mode=d["mode"],
+        risk_tier=d["risk_tier"],
+        input=d.get("input"),
+        budget=d.get("budget"),
+        labels=labels,
+        replay_of=run.run_id,
+    )
+
+
+def replay_one(
+    run: RecordedRun, agent: AgentSpec, config: ReplayConfig, models: ModelRegistry
+) -> tuple[RunResult, list[dict[str, Any]]]:
+    """Replay one recorded run (pure: no ledger, no clock); return its result and events."""
+    mode = config.mode(agent)
+    ctx = ReplayContext(
+        replay_spec(run, config, agent), run, mode=mode, tools=agent.tools, prompts=agent.prompts,
+        models=models, candidate_model=config.candidate_model,
+    )
+    events = run_agent(agent.fn, ctx)
+    accepted = feedback_of(run)
+    before = figures(run.events, accepted)
+    after_raw = figures(events, None)
+    result = RunResult(run.run_id, run.workspace, ctx.spec.run_id, "", before, after_raw)
+    # feedback carries over only to a run whose outcome and result are unchanged
+    after = figures(events, None if result.changed else accepted)
+    result.after = after
+    result.first_divergence = ctx.divergence.to_json() if ctx.divergence else None
+    result.approvals_now_required = list(ctx.approvals_required)
+    completed = events[-1]["data"]
+    result.error = completed.get("error")
+    if mode == "fidelity":
+        result.status = "nondeterministic" if ctx.divergence else "reproduced"
+    elif completed.get("result", {}) and "replay_stopped" in (completed.get("result") or {}):
+        result.status = "stopped"
+    elif ctx.divergence is not None:
+        result.status = "diverged"
+    else:
+        result.status = "changed" if result.changed else "unchanged"
+    return result, events
+
+
+def _chunks(runs: Sequence[RecordedRun], n: int) -> Iterator[Sequence[RecordedRun]]:
+    for i in range(0, len(runs), n):
+        yield runs[i : i + n]
+
+
+def run_replay(
+    runs: Sequence[RecordedRun],
+    agent: AgentSpec,
+    config: ReplayConfig,
+    models: ModelRegistry,
+    *,
+    ledger: Ledger | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Replay runs in parallel, record them in input order, and return the replay report."""
+    recorder = (
+        LedgerRecorder(ledger, Source(kind="replay", name=config.replay_id)) if ledger else None
+    )
+    results: list[RunResult] = []
+
+    def one(run: RecordedRun) -> tuple[RunResult, list[dict[str, Any]]]:
+        return replay_one(run, agent, config, models)
+
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        for chunk in _chunks(runs, config.chunk):
+            for result, events in pool.map(one, chunk):
+                results.append(result)
+                if recorder is not None:
+                    recorder.add(events)
+                if progress is not None:
+                    progress(1)
+    totals = recorder.flush() if recorder is not None else None
+    summary = summarize(results)
+    mode = config.mode(agent)
+    failures = config.gate.failures(summary)
+    if mode == "fidelity" and summary["statuses"].get("nondeterministic"):
+        failures.append(f"{summary['statuses']['nondeterministic']} run(s) did not reproduce their recording")
+    return {
+        "replay_id": config.replay_id,
+        "created": config.created,
+        "mode": mode,
+        "agent": agent.ref,
+        "candidate": config.candidate(agent),
+        "candidate_model": config.candidate_model,
+        "prompts": {k: prompt_digest(v) for k, v in sorted(agent.prompt_overrides.items())},
+        "summary": summary,
+        "gate": {**config.gate.to_json(), "passed": not failures, "failures": failures},
+        "recorded": None if totals is None else {
+            "accepted": totals.accepted, "duplicates": totals.duplicates,
+            "quarantined": totals.quarantined, "problems": totals.problems[:20],
+        },
+        "runs": [r.to_json() for r in results],
+    }
+
+
+def report_passed(report: Mapping[str, Any]) -> bool:
+    """Whether a replay report passed its gate."""
+    return bool(report["gate"]["passed"])

@@ -1,0 +1,373 @@
+"""Model adapters behind one interface: request → response, usage and exact Decimal cost.
+
+Two kinds: :class:`OpenAIChatModel`, the OpenAI-compatible chat-completions protocol over HTTP
+(vLLM, Ollama, hosted providers), and :class:`SimulatedModel`, deterministic local models
+(``sim-*``) whose answers depend only on the request content and the model name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from domain.canonical import dumps, loads
+from replay.errors import (
+    ModelAuthError,
+    ModelRequestError,
+    ModelResponseError,
+    ModelUnavailableError,
+    PricingError,
+    UnknownModelError,
+)
+
+MILLION = Decimal(1_000_000)
+NANO = Decimal("1e-9")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat-completions request: model, messages ({role, content}) and extra params."""
+
+    model: str
+    messages: tuple[Mapping[str, Any], ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def key(self) -> bytes:
+        """Canonical bytes of the request (what simulated models hash)."""
+        return dumps({"model": self.model, "messages": list(self.messages), "params": dict(self.params)})
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """One model answer with its usage."""
+
+    content: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: Decimal
+    finish_reason: str | None = "stop"
+    tool_calls: list[Any] | None = None
+
+
+class ModelAdapter(Protocol):
+    """What the runtime needs from a model: a name, a provider, and one call."""
+
+    @property
+    def name(self) -> str:
+        """The model name (as priced and recorded)."""
+        ...
+
+    @property
+    def provider(self) -> str:
+        """Who serves it (recorded as ``provider``)."""
+        ...
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        """Send one request and return the answer (raises ModelError subclasses)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per one million input and output tokens."""
+
+    input_per_m: Decimal
+    output_per_m: Decimal
+
+
+DEFAULT_PRICES: dict[str, Price] = {
+    "sim-small-v1": Price(Decimal("0.15"), Decimal("0.60")),
+    "sim-large-v2": Price(Decimal("2.50"), Decimal("10.00")),
+    "gpt-4.1-mini": Price(Decimal("0.40"), Decimal("1.60")),
+    "gpt-4.1": Price(Decimal("2.00"), Decimal("8.00")),
+    "claude-haiku-4": Price(Decimal("0.80"), Decimal("4.00")),
+}
+
+
+class PriceTable:
+    """Per-model prices; cost of a call is exact, rounded to 9 decimal places."""
+
+    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
+        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+
+    @staticmethod
+    def from_file(path: Path, base: Mapping[str, Price] | None = None) -> PriceTable:
+        """Load ``{"model": {"input_per_m": "0.4", "output_per_m": "1.6"}}`` over the defaults."""
+        try:
+            raw = loads(path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise PricingError(f"cannot read price table {path}: {e}") from e
+        prices = dict(DEFAULT_PRICES if base is None else base)
+        if not isinstance(raw, dict):
+            raise PricingError(f"price table {path} must be a JSON object of model → prices")
+        for model, p in raw.items():
+            try:
+                prices[model] = Price(Decimal(str(p["input_per_m"])), Decimal(str(p["output_per_m"])))
+            except (KeyError, TypeError, ArithmeticError) as e:
+                raise PricingError(
+                    f"price table {path}: model {model!r} needs input_per_m and output_per_m numbers"
+                ) from e
+        return PriceTable(prices)
+
+    def price(self, model: str) -> Price:
+        """The price of a model (raises PricingError naming the model if it has none)."""
+        try:
+            return self.prices[model]
+        except KeyError:
+            raise PricingError(
+                f"no price for model {model!r}; known: {', '.join(sorted(self.prices))} "
+                "(add it with a price table file)"
+            ) from None
+
+    def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
+        """Exact cost of one call in US dollars."""
+        p = self.price(model)
+        return ((p.input_per_m * input_tokens + p.output_per_m * output_tokens) / MILLION).quantize(NANO)
+
+
+def count_tokens(text: str) -> int:
+    """A rough, deterministic token count (about four characters a token)."""
+    return len(text) // 4 + 1
+
+
+_CHOOSE = re.compile(r"^CHOOSE:\s*(.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SimulatedModel:
+    """A deterministic local model: the answer is a pure function of model name and request.
+
+    A request whose last message has a line ``CHOOSE: a | b | c`` gets one option back; with
+    probability ``skill`` (decided by hashing the request) it is an option named in the text,
+    else a hash-chosen one. Anything else gets a short deterministic sentence.
+    """
+
+    name: str
+    skill: Decimal
+    base_latency_ms: int
+    ms_per_token: int
+    provider: str = "simulated"
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        """Answer deterministically (no network, no clock, no randomness)."""
+        digest = hashlib.sha256(self.name.encode() + b"\0" + request.key()).digest()
+        u = Decimal(int.from_bytes(digest[:8], "big")) / Decimal(2**64)
+        last = str(request.messages[-1].get("content", "")) if request.messages else ""
+        match = _CHOOSE.search(last)
+        if match:
+            options = [o.strip() for o in match.group(1).split("|") if o.strip()]
+            text = _CHOOSE.sub("", last).lower()
+            named = [o for o in options if re.search(rf"\b{re.escape(o.lower())}\b", text)]
+            if named and u < self.skill:
+                content = named[0]
+            else:
+                content = options[digest[8] % len(options)] if options else ""
+        else:
+            words = re.findall(r"[A-Za-z]+", last)[:6]
+            content = f"{' '.join(words)} ({self.name} note {digest[:3].hex()})".strip()
+        tin = sum(count_tokens(str(m.get("content", ""))) + 4 for m in request.messages)
+        tout = count_tokens(content)
+        return ChatResponse(
+            content=content,
+            input_tokens=tin,
+            output_tokens=tout,
+            latency_ms=Decimal(self.base_latency_ms + self.ms_per_token * tout),
+        )
+
+
+SIMULATED: dict[str, SimulatedModel] = {
+    "sim-small-v1": SimulatedModel("sim-small-v1", Decimal("0.70"), 80, 2),
+    "sim-large-v2": SimulatedModel("sim-large-v2", Decimal("0.97"), 200, 6),
+}
+
+Sleep = Callable[[float], None]
+Monotonic = Callable[[], float]
+
+
+class OpenAIChatModel:
+    """An OpenAI-compatible ``POST {base_url}/chat/completions`` client with retries.
+
+    Retries 429, 5xx, timeouts and connection errors with exponential backoff (honouring a
+    numeric ``Retry-After``); other errors are raised at once with a clear message. The API key
+    is read from the environment variable named in the config and never logged or shown.
+    """
+
+    provider = "openai-compatible"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key_env: str | None,
+        sleep: Sleep,
+        clock: Monotonic,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.sleep = sleep
+        self.clock = clock
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._client = httpx.Client(timeout=timeout_s, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatModel(base_url={self.base_url!r}, model={self.name!r}, api_key_env={self.api_key_env!r})"
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ModelAuthError(
+                    f"environment variable {self.api_key_env} (the API key for {self.name}) is not set"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            after = response.headers.get("retry-after", "")
+            if after.replace(".", "", 1).isdigit():
+                return min(float(after), self.max_backoff_s)
+        return float(min(self.backoff_s * (2**attempt), self.max_backoff_s))
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        """Call the endpoint (with retries) and parse the first choice and the usage."""
+        body = dumps({**dict(request.params), "model": self.name, "messages": list(request.messages)})
+        headers = self._headers()
+        url = f"{self.base_url}/chat/completions"
+        last_problem = ""
+        for attempt in range(self.max_retries + 1):
+            started = self.clock()
+            response: httpx.Response | None = None
+            try:
+                response = self._client.post(url, content=body, headers=headers)
+            except httpx.TimeoutException:
+                last_problem = "timed out"
+            except httpx.TransportError as e:
+                last_problem = f"connection failed ({type(e).__name__})"
+            else:
+                status = response.status_code
+                if status < 300:
+                    elapsed = Decimal(str(round((self.clock() - started) * 1000, 3)))
+                    return _parse_completion(response, self.name, elapsed)
+                if status in (401, 403):
+                    raise ModelAuthError(
+                        f"{self.name} at {self.base_url}: HTTP {status}, credentials refused "
+                        f"(check {self.api_key_env or 'the API key'})"
+                    )
+                if status != 429 and status < 500:
+                    raise ModelRequestError(
+                        f"{self.name} at {self.base_url}: HTTP {status}: {_error_text(response)}"
+                    )
+                last_problem = f"HTTP {status}: {_error_text(response)}"
+            if attempt < self.max_retries:
+                self.sleep(self._delay(attempt, response))
+        raise ModelUnavailableError(
+            f"{self.name} at {self.base_url}: gave up after {self.max_retries + 1} attempts; "
+            f"last: {last_problem}"
+        )
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return str(data["error"].get("message", ""))[:200]
+    return str(data)[:200]
+
+
+def _parse_completion(response: httpx.Response, model: str, latency_ms: Decimal) -> ChatResponse:
+    try:
+        data = loads(response.content)
+        choice = data["choices"][0]
+        message = choice["message"]
+        usage = data.get("usage") or {}
+        tin = int(usage.get("prompt_tokens", 0))
+        tout = int(usage.get("completion_tokens", 0))
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ModelResponseError(
+            f"{model}: not a chat-completions response ({type(e).__name__}: {e})"
+        ) from e
+    return ChatResponse(
+        content=message.get("content") or "",
+        input_tokens=tin,
+        output_tokens=tout,
+        latency_ms=latency_ms,
+        finish_reason=choice.get("finish_reason"),
+        tool_calls=message.get("tool_calls") or None,
+    )
+
+
+@dataclass(frozen=True)
+class HttpModelConfig:
+    """Configuration of one OpenAI-compatible model: where, which, and the key's env var."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 4
+
+
+class ModelRegistry:
+    """Resolves model names to adapters: simulated models plus configured HTTP models."""
+
+    def __init__(
+        self,
+        http: Mapping[str, HttpModelConfig] | None = None,
+        *,
+        sleep: Sleep | None = None,
+        clock: Monotonic | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.http = dict(http or {})
+        self.sleep = sleep
+        self.clock = clock
+        self.prices = prices or PriceTable()
+        self._built: dict[str, ModelAdapter] = {k: v for k, v in SIMULATED.items()}
+
+    def register(self, adapter: ModelAdapter) -> None:
+        """Make an adapter available under its name (e.g. a local model of your own)."""
+        self._built[adapter.name] = adapter
+
+    def get(self, name: str) -> ModelAdapter:
+        """The adapter for a model name (raises UnknownModelError with the known names)."""
+        if name in self._built:
+            return self._built[name]
+        cfg = self.http.get(name)
+        if cfg is None:
+            raise UnknownModelError(
+                f"no adapter for model {name!r}; simulated: {', '.join(sorted(SIMULATED))}; "
+                f"configured: {', '.join(sorted(self.http)) or 'none'}"
+            )
+        if self.sleep is None or self.clock is None:
+            raise UnknownModelError(f"model {name!r} needs a sleep function and a clock injected")
+        adapter = OpenAIChatModel(
+            base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env,
+            sleep=self.sleep, clock=self.clock, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+        )
+        self._built[name] = adapter
+        return adapter

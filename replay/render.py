@@ -1,0 +1,73 @@
+"""The replay diff report for people at a terminal (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{float(value) * 100:.1f}%"
+
+
+def _usd(value: Any) -> str:
+    return "—" if value is None else f"${value}"
+
+
+def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:
+    """Print a replay's headline figures, before/after table, gate and changed runs."""
+    s = report["summary"]
+    b, a = s["before"], s["after"]
+    console.print(
+        f"[bold]replay {report['replay_id']}[/] ({report['mode']}) of {s['runs']} run(s) "
+        f"with {report['agent']} — candidate: {report['candidate']}"
+    )
+    t = Table(show_edge=False)
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    rows = (
+        ("success rate", _pct(b["success_rate"]), _pct(a["success_rate"])),
+        ("acceptance rate", _pct(b["acceptance_rate"]), _pct(a["acceptance_rate"])),
+        ("cost", _usd(b["cost_usd"]), _usd(a["cost_usd"])),
+        ("cost per successful outcome", _usd(b["cost_per_success"]), _usd(a["cost_per_success"])),
+        ("violation rate", _pct(b["violation_rate"]), _pct(a["violation_rate"])),
+        ("policy denials", str(b["denials"]), str(a["denials"])),
+        ("approvals requested", str(b["approvals"]), str(a["approvals"])),
+        ("tokens", str(b["tokens"]), str(a["tokens"])),
+        ("model + tool latency (ms)", str(b["latency_ms"]), str(a["latency_ms"])),
+    )
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    console.print(
+        f"outcome change rate [bold]{_pct(s['outcome_change_rate'])}[/], "
+        f"cost change {_pct(s['cost_increase'])}, statuses {s['statuses']}, "
+        f"runs now needing approval {s['approvals_now_required_runs']}"
+    )
+    changed = [r for r in report["runs"] if r["changed"] or r["first_divergence"]]
+    if changed:
+        ct = Table(title="changed or diverged runs", show_edge=False)
+        for col in ("run", "status", "outcome", "first divergence"):
+            ct.add_column(col)
+        for r in changed[:max_runs]:
+            d = r["first_divergence"]
+            where = "—" if d is None else f"seq {d['seq']} ({d['kind']}): expected {_short(d['expected'])}, got {_short(d['actual'])}"
+            ct.add_row(r["run_id"], r["status"], f"{r['before']['outcome']} → {r['after']['outcome']}", where)
+        console.print(ct)
+        if len(changed) > max_runs:
+            console.print(f"… and {len(changed) - max_runs} more (use --json)")
+    gate = report["gate"]
+    if gate["passed"]:
+        console.print("[green]gate passed[/]")
+    else:
+        for f in gate["failures"]:
+            console.print(f"[red]gate failed:[/] {f}")
+
+
+def _short(value: Any, n: int = 70) -> str:
+    text = str(value)
+    return text if len(text) <= n else text[: n - 1] + "…"

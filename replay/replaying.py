@@ -1,0 +1,218 @@
+"""Replay contexts: the same agent code, answered from a recording (fidelity) or a candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from domain.canonical import dumps
+from replay.context import (
+    ApprovalDecision,
+    Context,
+    ModelAnswer,
+    RunStop,
+    ToolAnswer,
+    advance,
+    money_text,
+)
+from replay.history import RecordedRun
+from replay.models import ChatRequest, ModelRegistry
+from replay.recorder import RunSpec
+from replay.tools import ToolRegistry
+
+REPLAY_LABELS = ("replay.id", "replay.candidate", "replay.mode")
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first step where a replay differs from its recording (a value, never an exception)."""
+
+    seq: int
+    kind: str
+    expected: Any
+    actual: Any
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"seq": self.seq, "kind": self.kind, "expected": self.expected, "actual": self.actual}
+
+
+def comparable(event: Mapping[str, Any] | None) -> Any:
+    """The parts of an event a fidelity replay must reproduce: its type and data."""
+    if event is None:
+        return None
+    data = dict(event["data"])
+    if event["type"] == "run.started":
+        data.pop("replay_of", None)
+        labels = {k: v for k, v in (data.get("labels") or {}).items() if k not in REPLAY_LABELS}
+        data.pop("labels", None)
+        if labels:
+            data["labels"] = labels
+    return {"type": event["type"], "data": data}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return dumps(a) == dumps(b)
+
+
+class ReplayContext(Context):
+    """Answers agent code from a recorded run.
+
+    ``fidelity``: model responses, tool results and approvals come from the recording, and every
+    event must equal the recorded one at the same seq; the first difference stops the run.
+    ``what-if``: model calls go to the candidate model (with candidate prompts); a tool call is
+    answered from the recording while tool and canonical args match the next recorded call;
+    after a divergence only a registered side-effect-free stand-in is called, otherwise the run
+    stops. A live tool is never called.
+    """
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        recorded: RecordedRun,
+        *,
+        mode: str,
+        tools: ToolRegistry,
+        prompts: Mapping[str, str],
+        models: ModelRegistry,
+        candidate_model: str | None = None,
+    ) -> None:
+        rec_models = [e["data"]["model"] for e in recorded.events if e["type"] == "model.called"]
+        model = candidate_model or (rec_models[0] if rec_models else "sim-small-v1")
+        super().__init__(spec, tools=tools, prompts=prompts, model=model, prices=models.prices)
+        self.recorded = recorded.events
+        self.mode = mode
+        self.models = models
+        self.candidate_model = candidate_model
+        self.divergence: Divergence | None = None
+        self.approvals_required: list[str] = []
+        self._rec_models = [e for e in self.recorded if e["type"] == "model.called"]
+        self._rec_tools = [e for e in self.recorded if e["type"] == "tool.called"]
+        self._rec_approvals = _approvals(self.recorded)
+        self._model_i = 0
+        self._tool_i = 0
+
+    # --- time: recorded while aligned, then advanced by latencies -------------------------------
+    def _stamp(self, seq: int, etype: str, advance_ms: Any) -> str:
+        if self.divergence is None and seq < len(self.recorded) and self.recorded[seq]["type"] == etype:
+            return str(self.recorded[seq]["time"])
+        last = self.events[-1]["time"] if self.events else self.recorded[0]["time"]
+        return advance(last, advance_ms)
+
+    def _diverge(self, seq: int, kind: str, expected: Any, actual: Any) -> None:
+        if self.divergence is None:
+            self.divergence = Divergence(seq, kind, expected, actual)
+
+    def _after_emit(self, event: dict[str, Any]) -> None:
+        if self.mode != "fidelity" or self.divergence is not None:
+            return
+        seq = event["seq"]
+        expected = comparable(self.recorded[seq]) if seq < len(self.recorded) else None
+        actual = comparable(event)
+        if not _same(expected, actual):
+            self._diverge(seq, "event", expected, actual)
+            if event["type"] != "run.completed":
+                raise RunStop("failed", f"non-determinism at seq {seq}: the agent did not reproduce its recording")
+
+    def _fidelity_slot(self, etype: str, actual: Any) -> dict[str, Any]:
+        seq = len(self.events)
+        rec = self.recorded[seq] if seq < len(self.recorded) else None
+        if rec is None or rec["type"] != etype:
+            self._diverge(seq, "event", comparable(rec), actual)
+            raise RunStop("failed", f"non-determinism at seq {seq}: expected {rec['type'] if rec else 'the end of the run'}, got {etype}")
+        return rec
+
+    # --- answers -----------------------------------------------------------------------------------
+    def _answer_model(self, call_id: str, request: dict[str, Any]) -> ModelAnswer:
+        if self.mode == "fidelity":
+            rec = self._fidelity_slot("model.called", {"type": "model.called", "request": request})
+            d = rec["data"]
+            response = d.get("response")
+            if response is None:
+                seq = len(self.events)
+                self._diverge(seq, "unreplayable", "a recorded model response", None)
+                raise RunStop("failed", f"model call at seq {seq} was recorded without its response")
+            return ModelAnswer(
+                d["model"], d["provider"], response.get("content"), d["input_tokens"],
+                d["output_tokens"], d["cost_usd"], d["latency_ms"], response.get("finish_reason"),
+                response.get("tool_calls"),
+            )
+        if self.candidate_model is not None:
+            name = self.candidate_model
+        elif self._model_i < len(self._rec_models):
+            name = self._rec_models[self._model_i]["data"]["model"]
+        else:
+            name = self.model
+        self._model_i += 1
+        adapter = self.models.get(name)
+        r = adapter.complete(ChatRequest(name, tuple(request["messages"]), request.get("params") or {}))
+        cost = self.prices.cost(name, r.input_tokens, r.output_tokens)
+        return ModelAnswer(
+            adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
+            money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,
+        )
+
+    def _answer_tool(self, call_id: str, name: str, args: dict[str, Any]) -> ToolAnswer:
+        seq = len(self.events)
+        if self.mode == "fidelity":
+            rec = self._fidelity_slot("tool.called", {"type": "tool.called", "tool": name, "args": args})
+            return _recorded_tool(rec["data"])
+        if self.divergence is None:
+            nxt = self._rec_tools[self._tool_i]["data"] if self._tool_i < len(self._rec_tools) else None
+            if nxt is not None and nxt["tool"] == name and _same(nxt["args"], args):
+                self._tool_i += 1
+                return _recorded_tool(nxt)
+            self._diverge(
+                seq, "tool",
+                None if nxt is None else {"tool": nxt["tool"], "args": nxt["args"]},
+                {"tool": name, "args": args},
+            )
+        tool = self.tools.get(name)
+        stand_in = tool.replay_stand_in()
+        if stand_in is None:
+            raise RunStop(
+                "cancelled",
+                f"replay stopped at seq {seq}: {name} diverged from the recording and has "
+                f"{tool.side_effect} side effects and no simulator",
+                {"replay_stopped": name},
+            )
+        try:
+            result = stand_in(args)
+        except Exception as e:  # the simulator's failure is the tool's recorded error
+            return ToolAnswer("error", None, f"{type(e).__name__}: {e}", 0, tool.side_effect)
+        return ToolAnswer("ok", result, None, 0, tool.side_effect)
+
+    def _answer_approval(
+        self, approval_id: str, summary: str, risk: str, change_id: str | None
+    ) -> ApprovalDecision | None:
+        if self.mode == "fidelity":
+            seq = len(self.events) - 1
+            rec = self.recorded[seq + 1] if seq + 1 < len(self.recorded) else None
+            if rec is None or rec["type"] != "approval.decided":
+                return None
+            d = rec["data"]
+            return ApprovalDecision(d["decision"], d["by"], d.get("reason"))
+        for i, (req, decided) in enumerate(self._rec_approvals):
+            if req["summary"] == summary and req["risk"] == risk:
+                self._rec_approvals.pop(i)
+                if decided is None:
+                    return None
+                return ApprovalDecision(decided["decision"], decided["by"], decided.get("reason"))
+        self.approvals_required.append(summary)
+        return None
+
+
+def _recorded_tool(d: Mapping[str, Any]) -> ToolAnswer:
+    return ToolAnswer(d["status"], d.get("result"), d.get("error"), d["latency_ms"], d["side_effect"])
+
+
+def _approvals(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    decided = {
+        e["data"]["approval_id"]: e["data"] for e in events if e["type"] == "approval.decided"
+    }
+    return [
+        (e["data"], decided.get(e["data"]["approval_id"]))
+        for e in events
+        if e["type"] == "approval.requested"
+    ]

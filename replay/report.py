@@ -1,0 +1,215 @@
+"""Replay results: per-run figures before/after, per-replay rates, the estimate and the gate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from domain.canonical import dumps
+from replay.history import RecordedRun
+from replay.models import PriceTable
+
+RATE = Decimal("1e-6")
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What one run did, in numbers."""
+
+    outcome: str | None
+    result: Any
+    cost_usd: Decimal
+    tokens: int
+    latency_ms: Decimal
+    model_calls: int
+    tool_calls: int
+    denials: int
+    approvals: int
+    accepted: bool | None
+
+    @property
+    def successful(self) -> bool:
+        """Succeeded and not rejected by later feedback (the contract's successful outcome)."""
+        return self.outcome == "succeeded" and self.accepted is not False
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (money as exact decimal strings)."""
+        return {
+            "outcome": self.outcome, "result": self.result, "cost_usd": str(self.cost_usd),
+            "tokens": self.tokens, "latency_ms": str(self.latency_ms),
+            "model_calls": self.model_calls, "tool_calls": self.tool_calls,
+            "denials": self.denials, "approvals": self.approvals, "accepted": self.accepted,
+        }
+
+
+def figures(events: Sequence[Mapping[str, Any]], accepted: bool | None) -> RunFigures:
+    """Figures of one run's events."""
+    cost = Decimal(0)
+    latency = Decimal(0)
+    tokens = calls = tools = denials = approvals = 0
+    outcome: str | None = None
+    result: Any = None
+    for e in events:
+        t, d = e["type"], e["data"]
+        if t == "model.called":
+            cost += Decimal(str(d["cost_usd"]))
+            tokens += int(d["input_tokens"]) + int(d["output_tokens"])
+            latency += Decimal(str(d["latency_ms"]))
+            calls += 1
+        elif t == "tool.called":
+            latency += Decimal(str(d["latency_ms"]))
+            tools += 1
+        elif t == "policy.evaluated" and d["decision"] == "deny":
+            denials += 1
+        elif t == "approval.requested":
+            approvals += 1
+        elif t == "run.completed":
+            outcome = d["outcome"]
+            result = d.get("result")
+    return RunFigures(outcome, result, cost, tokens, latency, calls, tools, denials, approvals, accepted)
+
+
+def feedback_of(run: RecordedRun) -> bool | None:
+    """The latest feedback verdict on a recorded run, if any."""
+    return bool(run.feedback[-1]["data"]["accepted"]) if run.feedback else None
+
+
+@dataclass
+class RunResult:
+    """One replayed run: before and after, and where it first differed."""
+
+    run_id: str
+    workspace: str
+    replay_run_id: str
+    status: str  # reproduced | nondeterministic | unchanged | changed | diverged | stopped
+    before: RunFigures
+    after: RunFigures
+    first_divergence: dict[str, Any] | None = None
+    approvals_now_required: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether the outcome or its result differ from the recording."""
+        return self.before.outcome != self.after.outcome or dumps(self.before.result) != dumps(
+            self.after.result
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "run_id": self.run_id, "workspace": self.workspace, "replay_run_id": self.replay_run_id,
+            "status": self.status, "changed": self.changed, "before": self.before.to_json(),
+            "after": self.after.to_json(), "first_divergence": self.first_divergence,
+            "approvals_now_required": self.approvals_now_required, "error": self.error,
+        }
+
+
+def _rate(n: int | Decimal, d: int | Decimal) -> Decimal | None:
+    return (Decimal(n) / Decimal(d)).quantize(RATE) if d else None
+
+
+def side_summary(figs: Sequence[RunFigures]) -> dict[str, Any]:
+    """Rates and totals of one side (before or after) of a replay."""
+    n = len(figs)
+    successes = sum(1 for f in figs if f.successful)
+    judged = [f for f in figs if f.accepted is not None]
+    cost = sum((f.cost_usd for f in figs), Decimal(0))
+    return {
+        "runs": n,
+        "successes": successes,
+        "success_rate": _rate(successes, n),
+        "acceptance_rate": _rate(sum(1 for f in judged if f.accepted), len(judged)),
+        "cost_usd": cost,
+        "cost_per_success": (cost / successes).quantize(Decimal("1e-9")) if successes else None,
+        "violation_rate": _rate(sum(1 for f in figs if f.denials), n),
+        "denials": sum(f.denials for f in figs),
+        "approvals": sum(f.approvals for f in figs),
+        "tokens": sum(f.tokens for f in figs),
+        "latency_ms": sum((f.latency_ms for f in figs), Decimal(0)),
+        "model_calls": sum(f.model_calls for f in figs),
+    }
+
+
+def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
+    """Per-replay figures: change rate, before/after rates, changed runs."""
+    before = side_summary([r.before for r in results])
+    after = side_summary([r.after for r in results])
+    changed = [r.run_id for r in results if r.changed]
+    cost_increase = (
+        ((after["cost_usd"] - before["cost_usd"]) / before["cost_usd"]).quantize(RATE)
+        if before["cost_usd"] else None
+    )
+    vb, va = before["violation_rate"], after["violation_rate"]
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    return {
+        "runs": len(results),
+        "outcome_change_rate": _rate(len(changed), len(results)),
+        "changed_runs": changed,
+        "statuses": dict(sorted(statuses.items())),
+        "cost_increase": cost_increase,
+        "violation_increase": (va - vb) if va is not None and vb is not None else None,
+        "approvals_now_required_runs": sum(1 for r in results if r.approvals_now_required),
+        "before": before,
+        "after": after,
+    }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Release-gate thresholds (rates as fractions: 0.05 = 5%)."""
+
+    max_outcome_change: Decimal | None = None
+    max_cost_increase: Decimal | None = None
+    max_violation_increase: Decimal | None = None
+
+    def failures(self, summary: Mapping[str, Any]) -> list[str]:
+        """The thresholds a summary crosses, each as a sentence."""
+        out: list[str] = []
+        checks = (
+            ("outcome change rate", summary.get("outcome_change_rate"), self.max_outcome_change),
+            ("cost increase", summary.get("cost_increase"), self.max_cost_increase),
+            ("violation rate increase", summary.get("violation_increase"), self.max_violation_increase),
+        )
+        for what, value, limit in checks:
+            if limit is not None and value is not None and Decimal(value) > limit:
+                out.append(f"{what} {value} is over the limit {limit}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "max_outcome_change": self.max_outcome_change,
+            "max_cost_increase": self.max_cost_increase,
+            "max_violation_increase": self.max_violation_increase,
+        }
+
+
+def estimate(runs: Sequence[RecordedRun], candidate_model: str | None, prices: PriceTable) -> dict[str, Any]:
+    """Price a what-if replay from recorded token counts before spending anything."""
+    before = after = Decimal(0)
+    tin = tout = calls = 0
+    for run in runs:
+        for e in run.events:
+            if e["type"] != "model.called":
+                continue
+            d = e["data"]
+            calls += 1
+            tin += int(d["input_tokens"])
+            tout += int(d["output_tokens"])
+            before += Decimal(str(d["cost_usd"]))
+            after += prices.cost(candidate_model or d["model"], int(d["input_tokens"]), int(d["output_tokens"]))
+    return {
+        "runs": len(runs),
+        "model_calls": calls,
+        "input_tokens": tin,
+        "output_tokens": tout,
+        "candidate_model": candidate_model,
+        "cost_before_usd": before,
+        "cost_estimated_usd": after,
+        "cost_increase": ((after - before) / before).quantize(RATE) if before else None,
+    }
