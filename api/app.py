@@ -1,0 +1,221 @@
+"""The HTTP API app factory: ``create_app(settings)`` builds everything (nothing at import)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.audit_trail import AuditTrail, AuditTrailError
+from api.auth import ForbiddenError
+from api.bootstrap import build_ledger
+from api.deps import Limits, Services
+from api.keys_store import AuthError, KeyRequestError, KeyStore
+from api.metrics import Metrics
+from api.routes import analytics, audit, ingest, log, ops
+from api.routes import keys as key_routes
+from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
+from api.run_index import RunIndex
+from api.settings import Settings
+from domain.errors import (
+    BackpressureError,
+    ContractError,
+    NotFoundError,
+    ProofError,
+    RunRuleError,
+    TachographError,
+)
+from domain.ledger import Ledger
+from projections.errors import ProjectionError, ReportError
+
+VERSION = "0.1.0"
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (AuthError, 401),
+    (ForbiddenError, 403),
+    (NotFoundError, 404),
+    (BodyTooLarge, 413),
+    (UnsupportedMedia, 415),
+    (ContractError, 400),
+    (BadBody, 400),
+    (KeyRequestError, 422),
+    (BadParameter, 422),
+    (RunRuleError, 409),
+    (ProofError, 400),
+    (BackpressureError, 503),
+    (AuditTrailError, 503),
+    (Unavailable, 503),
+    (ReportError, 422),
+    (ProjectionError, 503),
+]
+
+DESCRIPTION = """\
+Tachograph records what AI agents did in a signed, Merkle-checkpointed ledger.
+
+Every endpoint except `/healthz`, `/readyz`, `/metrics` and the docs needs an API key
+(`Authorization: Bearer tacho_<id>_<secret>`, from `tacho apikey create`). A key sees only its
+own workspace; another workspace's run answers 404 like a missing one. Every read of an audit
+history or evidence is itself recorded in the ledger (run `audit-YYYY-MM-DD` of the workspace).
+"""
+
+
+def status_of(exc: TachographError) -> int:
+    """The HTTP status of a Tachograph error (500 only for errors no client can cause)."""
+    for cls, code in STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def error_response(status: int, error: str, message: str, problems: list[dict[str, str]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error body."""
+    return JSONResponse(
+        {"error": error, "message": message, "problems": problems or []},
+        status_code=status,
+        headers=headers,
+    )
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before reading them all."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await self._refuse(send, declared)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(f"request body is over the {self.limit}-byte limit")
+            return msg
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, send: Send, size: int) -> None:
+        resp = error_response(
+            413, "BodyTooLarge", f"request body of {size} bytes is over the {self.limit}-byte limit"
+        )
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(k.encode(), v.encode()) for k, v in resp.headers.items()]})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    keys: KeyStore | None = None,
+    clock: Callable[[], float] = time.time,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """Build the API over the configured ledger and key store."""
+    ledger = ledger or build_ledger(settings)
+    keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
+    limits = limits or Limits()
+    services = Services(
+        settings=settings,
+        ledger=ledger,
+        keys=keys,
+        runs=RunIndex(ledger.store),
+        audit=AuditTrail(ledger, clock),
+        metrics=Metrics(),
+        limits=limits,
+        clock=clock,
+    )
+
+    app = FastAPI(
+        title="Tachograph API",
+        version=VERSION,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    _install_errors(app)
+    _install_metrics(app, services.metrics)
+    for module in (ingest, audit, log, analytics, key_routes, ops):
+        app.include_router(module.router)
+    _install_docs(app)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    return app
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(TachographError)
+    async def tacho_error(request: Request, exc: TachographError) -> JSONResponse:
+        status = status_of(exc)
+        problems = [{"path": p, "rule": r} for p, r in getattr(exc, "problems", [])]
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}
+        message = str(exc) if status < 500 else f"{type(exc).__name__}: {exc}"
+        return error_response(status, type(exc).__name__, message, problems, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_params(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"path": ".".join(str(p) for p in e.get("loc", ())), "rule": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{p['path']}: {p['rule']}" for p in problems)
+        return error_response(422, "RequestValidationError", f"invalid request: {detail}", problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "HTTPException", str(exc.detail),
+                              headers=dict(exc.headers or {}))
+
+
+def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+
+def _install_docs(app: FastAPI) -> None:
+    static = files("api") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Tachograph API",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )

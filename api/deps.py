@@ -1,0 +1,104 @@
+"""Request dependencies as ``Annotated`` aliases: services, the current key, role checks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.audit_trail import AuditTrail
+from api.auth import Capability, check
+from api.keys_store import ApiKey, AuthError, KeyStore
+from api.metrics import Metrics
+from api.run_index import RunIndex
+from api.settings import Settings
+from domain.ledger import Ledger
+
+
+@dataclass
+class Limits:
+    """Request limits of the HTTP API."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 10_000
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use, built once by ``create_app``."""
+
+    settings: Settings
+    ledger: Ledger
+    keys: KeyStore
+    runs: RunIndex
+    audit: AuditTrail
+    metrics: Metrics
+    limits: Limits
+    clock: Callable[[], float]
+    ingest_lock: threading.Lock = field(default_factory=threading.Lock)
+    verify_cache: dict[str, Any] = field(default_factory=dict)
+
+
+def get_services(request: Request) -> Services:
+    """The app's services."""
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_ledger(services: ServicesDep) -> Ledger:
+    """The ledger."""
+    return services.ledger
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `tacho apikey create`: `Authorization: Bearer tacho_<id>_<secret>`",
+)
+
+
+def current_key(
+    services: ServicesDep,
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The live API key of the request (401 when missing, unknown, revoked or expired)."""
+    if creds is None:
+        raise AuthError("missing API key: send `Authorization: Bearer tacho_<id>_<secret>`")
+    key = services.keys.authenticate(creds.credentials)
+    request.state.key_id = key.id
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def require(capability: Capability) -> Any:
+    """A dependency that yields the current key if its role holds ``capability`` (else 403)."""
+
+    def dep(key: CurrentKey) -> ApiKey:
+        check(key.role, capability)
+        return key
+
+    dep.__name__ = f"require_{capability.value}"
+    return Depends(dep)
+
+
+Publisher = Annotated[ApiKey, require(Capability.INGEST)]
+HistoryReader = Annotated[ApiKey, require(Capability.READ_HISTORY)]
+EvidenceReader = Annotated[ApiKey, require(Capability.EVIDENCE)]
+LogReader = Annotated[ApiKey, require(Capability.READ_LOG)]
+QuarantineReader = Annotated[ApiKey, require(Capability.QUARANTINE)]
+Analyst = Annotated[ApiKey, require(Capability.ANALYTICS)]
+Exporter = Annotated[ApiKey, require(Capability.EXPORT)]
+Engineer = Annotated[ApiKey, require(Capability.REPLAY)]
+Admin = Annotated[ApiKey, require(Capability.KEYS)]

@@ -1,0 +1,235 @@
+"""Ingest over HTTP: contract events (JSON array or NDJSON) and OTLP traces."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import jiter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from api.deps import Limits, Publisher, ServicesDep
+from api.keys_store import ApiKey
+from api.routes.errors import BadBody, BodyTooLarge, UnsupportedMedia
+from api.schemas import IngestReport, ItemResult, errors
+from domain.canonical import dumps
+from domain.ports import Incoming, Source
+from ingest import otlp
+
+router = APIRouter(tags=["ingest"])
+
+EVENTS_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "description": "one event object or an array of events (docs/event.schema.json); "
+                "items that break the contract (even non-objects) are quarantined one by one",
+                "oneOf": [
+                    {"type": "array", "items": {}},
+                    {"type": "object"},
+                ],
+            }
+        },
+        "application/x-ndjson": {
+            "schema": {"type": "string", "description": "one event per line"}
+        },
+    },
+}
+TRACES_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/x-protobuf": {
+            "schema": {"type": "string", "format": "binary",
+                       "description": "OTLP ExportTraceServiceRequest (protobuf)"}
+        },
+        "application/json": {
+            "schema": {"type": "object", "description": "OTLP ExportTraceServiceRequest (JSON)"}
+        },
+    },
+}
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, decompressed (gzip or deflate) within the size limit."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMedia(f"content-encoding {encoding!r} is not supported (use gzip or none)")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limits.max_body_bytes + 1)
+    except zlib.error as e:
+        raise BadBody(f"body is not valid {encoding}: {e}") from e
+    if len(out) > limits.max_body_bytes or d.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed body is over the {limits.max_body_bytes}-byte limit")
+    if not d.eof:
+        raise BadBody(f"{encoding} body is truncated")
+    return out
+
+
+Raw = tuple[bytes, str | None]
+
+
+def _ws(value: Any) -> str | None:
+    ws = value.get("workspace") if isinstance(value, dict) else None
+    return ws if isinstance(ws, str) else None
+
+
+def _split(body: bytes, content_type: str) -> list[Raw]:
+    """(raw event text, its workspace if readable) of a JSON array / object / NDJSON body."""
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype in ("application/x-ndjson", "application/jsonl", "application/jsonlines", "text/plain"):
+        return [(line, _workspace_of(line)) for line in (x.strip() for x in body.split(b"\n")) if line]
+    if ctype not in ("application/json", ""):
+        raise UnsupportedMedia(
+            f"content-type {ctype!r} is not supported: send application/json (an array of events) "
+            "or application/x-ndjson (one event per line)"
+        )
+    try:
+        value = jiter.from_json(body, float_mode="decimal")
+    except ValueError as e:
+        raise BadBody(f"body is not JSON: {e}; nothing was stored") from e
+    if isinstance(value, dict):
+        return [(body, _ws(value))]
+    if not isinstance(value, list):
+        raise BadBody("body must be a JSON array of events or one event object; nothing was stored")
+    return [(_dump(v), _ws(v)) for v in value]
+
+
+def _dump(value: Any) -> bytes:
+    try:
+        return dumps(value)
+    except (TypeError, ValueError):  # a non-finite number: keep something the ledger can quarantine
+        return repr(value).encode()
+
+
+def _workspace_of(raw: bytes) -> str | None:
+    try:
+        value = jiter.from_json(raw, float_mode="decimal")
+    except ValueError:
+        return None
+    return _ws(value)
+
+
+def append_events(services: ServicesDep, key: ApiKey, raws: list[Raw], kind: str) -> IngestReport:
+    """Check the workspace of each event, append the rest in one transaction, report per item."""
+    results: list[ItemResult | None] = [None] * len(raws)
+    items: list[Incoming] = []
+    positions: list[int] = []
+    for n, (raw, ws) in enumerate(raws):
+        if ws is not None and ws != key.workspace:
+            results[n] = ItemResult(
+                item=n, status="rejected",
+                reason=f"workspace: this key writes to workspace {key.workspace!r}, not {ws!r}",
+            )
+            continue
+        items.append(Incoming(raw, Source(kind=kind, name=f"{key.workspace}/{key.id}", line=n)))
+        positions.append(n)
+    report = services.ledger.append(items) if items else None
+    if report is not None:
+        for n, o in zip(positions, report.results, strict=True):
+            results[n] = ItemResult(item=n, status=o.status, reason=o.reason, event_id=o.event_id,
+                                    run_id=o.run_id, index=o.index)
+    done = [r for r in results if r is not None]
+    counts = {s: sum(1 for r in done if r.status == s) for s in
+              ("accepted", "duplicate", "held", "quarantined", "rejected")}
+    for status, count in counts.items():
+        if count:
+            services.metrics.ingested.labels(kind, status).inc(count)
+    return IngestReport(
+        accepted=counts["accepted"], duplicates=counts["duplicate"], held=counts["held"],
+        quarantined=counts["quarantined"], rejected=counts["rejected"],
+        size=report.size if report else services.ledger.store.size(), results=done,
+    )
+
+
+@router.post(
+    "/v1/events",
+    response_model=IngestReport,
+    summary="Append events (JSON array or NDJSON)",
+    description=(
+        "Validates and appends events through the same path as Kafka ingest, in one ledger "
+        "transaction. Each item gets a result: accepted (with its ledger index), duplicate, held "
+        "(waiting for an earlier seq), quarantined (kept with the reason) or rejected (event of "
+        "another workspace; not stored). gzip bodies are accepted. Needs role publisher."
+    ),
+    responses=errors(400, 401, 403, 413, 415, 422),
+    openapi_extra={"requestBody": EVENTS_BODY},
+)
+async def post_events(request: Request, services: ServicesDep, key: Publisher) -> IngestReport:
+    body = await read_body(request, services.limits)
+    raws = _split(body, request.headers.get("content-type", "application/json"))
+    if len(raws) > services.limits.max_batch:
+        raise BodyTooLarge(f"{len(raws)} events in one request; the limit is {services.limits.max_batch}")
+    return await run_in_threadpool(append_events, services, key, raws, "http")
+
+
+def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView]) -> tuple[int, str]:
+    """Map spans to events run by run and append them; return (rejected spans, message)."""
+    rejected, reasons = 0, []
+    with services.ingest_lock:
+        raws: list[Raw] = []
+        for run_id, run_spans in otlp.group_by_run(spans).items():
+            rows = services.ledger.store.run_entries(key.workspace, run_id)
+            cursor = otlp.RunCursor(
+                next_seq=len(rows),
+                event_ids={r.event_id for r in rows if r.event_id},
+                completed=any(r.event_type == "run.completed" for r in rows),
+            )
+            events, _dups = otlp.events_for_run(run_spans, key.workspace, run_id, cursor)
+            raws.extend((dumps(ev), key.workspace) for ev in events)
+        if raws:
+            report = append_events(services, key, raws, "otlp")
+            for r in report.results:
+                if r.status in ("quarantined", "rejected"):
+                    rejected += 1
+                    reasons.append(r.reason or r.status)
+    return rejected, "; ".join(reasons[:5])
+
+
+@router.post(
+    "/v1/traces",
+    summary="Ingest OpenTelemetry traces (OTLP/HTTP)",
+    description=(
+        "OTLP/HTTP trace export in protobuf (`application/x-protobuf`) or JSON, optionally gzip. "
+        "GenAI semantic conventions (`gen_ai.operation.name` chat / execute_tool / invoke_agent, "
+        "`gen_ai.request.model`, `gen_ai.usage.*`, `gen_ai.provider.name`) and OpenInference "
+        "attributes (`openinference.span.kind`, `llm.model_name`, `llm.token_count.*`, "
+        "`tool.name`) become contract events of the key's workspace; one trace is one run. "
+        "Needs role publisher."
+    ),
+    responses={
+        200: {"description": "ExportTraceServiceResponse (partial_success names rejected spans)",
+              "content": {"application/x-protobuf": {}, "application/json": {}}},
+        **errors(400, 401, 403, 413, 415, 422),
+    },
+    openapi_extra={"requestBody": TRACES_BODY},
+    response_class=Response,
+)
+async def post_traces(request: Request, services: ServicesDep, key: Publisher) -> Response:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in ("application/x-protobuf", "application/json"):
+        raise UnsupportedMedia(
+            f"content-type {ctype!r} is not OTLP: send application/x-protobuf or application/json"
+        )
+    as_json = ctype == "application/json"
+    body = await read_body(request, services.limits)
+    req = otlp.decode_request(body, json=as_json)
+    spans = otlp.spans_of(req)
+    rejected, message = await run_in_threadpool(_otlp_events, services, key, spans)
+    resp = ExportTraceServiceResponse()
+    if rejected:
+        resp.partial_success.rejected_spans = rejected
+        resp.partial_success.error_message = message
+    if as_json:
+        from google.protobuf import json_format
+
+        return Response(json_format.MessageToJson(resp), media_type="application/json")
+    return Response(resp.SerializeToString(), media_type="application/x-protobuf")

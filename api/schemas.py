@@ -1,0 +1,236 @@
+"""Request and response bodies of the HTTP API (documented in the OpenAPI spec)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Problem(BaseModel):
+    """One field that breaks a rule."""
+
+    path: str
+    rule: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: the error's type, a message naming the problem, and field problems."""
+
+    error: str = Field(description="error type, e.g. ContractError, AuthError, NotFoundError")
+    message: str
+    problems: list[Problem] = Field(default_factory=list)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request body"},
+    401: {"model": ErrorBody, "description": "missing, unknown, revoked or expired API key"},
+    403: {"model": ErrorBody, "description": "the key's role may not do this"},
+    404: {"model": ErrorBody, "description": "not found (or in another workspace)"},
+    413: {"model": ErrorBody, "description": "request body or batch too large"},
+    415: {"model": ErrorBody, "description": "unsupported content type or encoding"},
+    422: {"model": ErrorBody, "description": "invalid parameters"},
+    503: {"model": ErrorBody, "description": "a dependency is unavailable"},
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses for an endpoint."""
+    return {c: ERRORS[c] for c in codes}
+
+
+class ItemResult(BaseModel):
+    """What happened to one submitted event."""
+
+    item: int = Field(description="position of the event in the request, from 0")
+    status: str = Field(description="accepted | duplicate | held | quarantined | rejected")
+    reason: str | None = None
+    event_id: str | None = None
+    run_id: str | None = None
+    index: int | None = Field(None, description="ledger position of an accepted event")
+
+
+class IngestReport(BaseModel):
+    """Counts and per-item results of one ingest request."""
+
+    accepted: int
+    duplicates: int
+    held: int
+    quarantined: int
+    rejected: int
+    size: int = Field(description="ledger size after the request")
+    results: list[ItemResult]
+
+
+class Agent(BaseModel):
+    """An agent identity."""
+
+    id: str | None
+    version: str | None
+
+
+class RunOut(BaseModel):
+    """A run summary."""
+
+    workspace: str
+    run_id: str
+    workflow: str | None
+    mode: str | None
+    risk_tier: str | None
+    agent: Agent
+    started: str
+    completed: str | None
+    outcome: str | None
+    events: int
+    model_calls: int
+    tool_calls: int
+    denials: int
+    tokens: int
+    cost_usd: str
+    first_index: int
+    last_index: int
+
+
+class RunPage(BaseModel):
+    """One page of runs; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    runs: list[RunOut]
+    next_cursor: str | None
+
+
+class TimelineStep(BaseModel):
+    """One step of a run timeline."""
+
+    seq: int
+    index: int
+    time: str
+    offset_ms: float | None = Field(description="milliseconds since the run started")
+    type: str
+    summary: str
+
+
+class Timeline(BaseModel):
+    """A run's steps in order, with its summary."""
+
+    run: RunOut
+    steps: list[TimelineStep]
+
+
+class EntryOut(BaseModel):
+    """A stored entry of a run: the event and its ledger position."""
+
+    index: int
+    seq: int
+    leaf_hash: str
+    prev: str | None
+    received: str
+    source: dict[str, Any]
+    event: dict[str, Any]
+
+
+class RunEvents(BaseModel):
+    """Every stored entry of one run."""
+
+    workspace: str
+    run_id: str
+    entries: list[EntryOut]
+
+
+class CheckpointOut(BaseModel):
+    """A signed checkpoint (C2SP signed-note text)."""
+
+    size: int
+    root: str
+    note: str
+    created: str
+
+
+class InclusionProof(BaseModel):
+    """RFC 9162 inclusion proof of one entry (hashes in hex)."""
+
+    index: int
+    size: int
+    leaf_hash: str
+    root: str
+    proof: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    """RFC 9162 consistency proof between two tree sizes (hashes in hex)."""
+
+    first: int
+    second: int
+    first_root: str
+    second_root: str
+    proof: list[str]
+
+
+class Verification(BaseModel):
+    """Result of verifying the whole ledger from its stored bytes."""
+
+    ok: bool
+    entries: int
+    checkpoints: int
+    runs: int
+    root: str | None
+    position: int | None
+    reason: str | None
+    trusted_keys: list[str]
+    checked_at: str
+
+
+class QuarantinedOut(BaseModel):
+    """A quarantined message with its reason."""
+
+    id: int
+    reason: str
+    received: str
+    source: dict[str, Any]
+    workspace: str | None
+    run_id: str | None
+    event_id: str | None
+    raw: str = Field(description="the raw bytes as UTF-8 text (invalid bytes replaced)")
+
+
+class QuarantinePage(BaseModel):
+    """One page of quarantined messages."""
+
+    items: list[QuarantinedOut]
+    next_cursor: int | None
+
+
+class KeyOut(BaseModel):
+    """An API key's public fields."""
+
+    id: str
+    workspace: str
+    role: str
+    created: str
+    expires: str | None
+    revoked: str | None
+    label: str
+
+
+class KeyCreate(BaseModel):
+    """A new key request (the workspace is the admin key's own)."""
+
+    role: Literal["publisher", "auditor", "analyst", "engineer", "admin", "approver"]
+    expires: str | None = Field(
+        None, description="lifetime: days, hours or minutes, e.g. 30d, 12h, 90m",
+        pattern=r"^[1-9]\d{0,4}[dhm]$",
+    )
+    label: str = Field("", max_length=200)
+
+
+class KeyCreated(BaseModel):
+    """A new key and its secret, shown only this once."""
+
+    key: KeyOut
+    secret: str
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

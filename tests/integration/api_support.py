@@ -1,0 +1,108 @@
+"""Fixtures and helpers for the HTTP API tests: an app over a fresh data dir, keys per role."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.bootstrap import build_ledger
+from api.deps import Limits, Services
+from api.keys_store import ROLES, KeyStore
+from api.settings import Settings
+from domain.canonical import dumps
+from domain.ledger import Ledger
+from domain.workload import Workload
+
+
+class Clock:
+    """A wall clock the test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class Api:
+    """A running app (in process, real ASGI) with one key per role of workspace ``acme``."""
+
+    app: FastAPI
+    client: TestClient
+    ledger: Ledger
+    keys: KeyStore
+    clock: Clock
+    data_dir: Path
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def services(self) -> Services:
+        return self.app.state.services  # type: ignore[no-any-return]
+
+    def auth(self, role: str) -> dict[str, str]:
+        """Authorization header of the role's key."""
+        return {"Authorization": f"Bearer {self.secrets[role]}"}
+
+    def key(self, workspace: str, role: str, **kw: Any) -> str:
+        """A new key's secret."""
+        return self.keys.create(workspace, role, **kw)[1]
+
+
+def make_api(tmp_path: Path, limits: Limits | None = None) -> Api:
+    """A fresh API over its own data dir."""
+    settings = Settings(data_dir=tmp_path / "data", checkpoint_interval_s=0.5)
+    clock = Clock()
+    ledger = build_ledger(settings)
+    keys = KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
+    app = create_app(settings, ledger=ledger, keys=keys, clock=clock, limits=limits)
+    api = Api(app, TestClient(app), ledger, keys, clock, settings.data_dir)
+    for role in ROLES:
+        api.secrets[role] = api.key("acme", role)
+    return api
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    """An API over a fresh data dir."""
+    a = make_api(tmp_path)
+    yield a
+    a.client.close()
+    a.ledger.store.close()
+
+
+def workload(runs: int = 6, seed: int = 5, workspaces: tuple[str, ...] = ("acme",)) -> list[dict[str, Any]]:
+    """Deterministic contract events."""
+    return list(Workload(seed=seed, runs=runs, workspaces=workspaces).events())
+
+
+def publish(api: Api, events: list[dict[str, Any]], role: str = "publisher") -> dict[str, Any]:
+    """POST events as a JSON array; the response body."""
+    body = b"[" + b",".join(dumps(e) for e in events) + b"]"
+    r = api.client.post("/v1/events", content=body, headers={**api.auth(role),
+                        "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def audit_reads(api: Api, workspace: str = "acme") -> list[dict[str, Any]]:
+    """The tool.called records of the workspace's audit runs (reads recorded in the ledger)."""
+    from domain.canonical import loads
+
+    out = []
+    for row in api.ledger.store.entries():
+        if row.workspace == workspace and (row.run_id or "").startswith("audit-") \
+                and row.event_type == "tool.called":
+            out.append(loads(row.data)["event"])
+    return out
