@@ -112,14 +112,15 @@ def cmd_verify(
                     bar.update(task, completed=n)
                 yield item
 
+        parallel = total > 50_000 and hasattr(store, "range_reader")
         result = verify_log(
-            entries(),
+            store.range_reader() if parallel else entries(),  # type: ignore[attr-defined]
             [c.note for c in store.checkpoints()],
             keys,
             origin=store.get_meta("origin"),
             trusted_checkpoint=trusted_checkpoint.read_text() if trusted_checkpoint else None,
             allow_unsigned_tail=allow_unsigned_tail,
-            workers=min(os.cpu_count() or 1, 4) if total > 50_000 else 1,
+            workers=min(os.cpu_count() or 1, 4) if parallel else 1,
         )
     if json_out:
         print_json(result.to_json())

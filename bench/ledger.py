@@ -83,7 +83,7 @@ def main() -> None:
         assert totals.accepted == n, totals.to_json()
         t = time.perf_counter()
         result = verify_log(
-            ledger.store.raw_entries(),
+            ledger.store.range_reader(),
             [c.note for c in ledger.store.checkpoints()],
             [signer.vkey],
             workers=os.cpu_count() or 1,

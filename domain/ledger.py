@@ -51,7 +51,7 @@ class LedgerConfig:
     held_timeout_s: float = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What happened to one incoming item."""
 
@@ -85,29 +85,51 @@ class AppendReport:
         }
 
 
+RULE_KEYS = ("approval_id", "change_id", "decision", "action", "target", "reversible")
+ENVELOPE_KEYS = ("workspace", "run_id", "seq", "event_id", "type", "time")
+
+
 @dataclass
-class _Parsed:
+class Parsed:
+    """One item after validation: the facts the write path needs, or why it failed."""
+
     item: Incoming
     event: dict[str, Any] | None
     canonical: bytes | None
     error: str | None
 
 
+def slim(event: dict[str, Any]) -> dict[str, Any]:
+    """The envelope and the data fields the run rules read (cheap to pass between processes)."""
+    out = {k: event[k] for k in ENVELOPE_KEYS}
+    data = event["data"]
+    out["data"] = {k: data[k] for k in RULE_KEYS if k in data}
+    return out
+
+
+ParseResult = tuple[dict[str, Any] | None, bytes | None, str | None]
+
+
+def validate_raw(raws: Sequence[bytes]) -> list[ParseResult]:
+    """Validate raw events (pure, picklable results): (slim facts, canonical bytes, error)."""
+    out: list[ParseResult] = []
+    for raw in raws:
+        try:
+            event, canonical = parse_event(raw)
+        except ContractError as e:
+            out.append((None, None, f"contract: {e}"))
+        else:
+            out.append((slim(event), canonical, None))
+    return out
+
+
 def _event_hash(canonical: bytes) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def parse_items(items: Sequence[Incoming]) -> list[_Parsed]:
+def parse_items(items: Sequence[Incoming]) -> list[Parsed]:
     """Validate items against the contract (pure; done outside the store transaction)."""
-    out: list[_Parsed] = []
-    for item in items:
-        try:
-            event, canonical = parse_event(item.raw)
-        except ContractError as e:
-            out.append(_Parsed(item, None, None, f"contract: {e}"))
-        else:
-            out.append(_Parsed(item, event, canonical, None))
-    return out
+    return [Parsed(item, *result) for item, result in zip(items, validate_raw([i.raw for i in items]), strict=True)]
 
 
 class _Batch:
@@ -139,11 +161,18 @@ class _Batch:
     def source_json(source: Source) -> bytes:
         return dumps(source.to_json())
 
-    def load(self, parsed: Sequence[_Parsed]) -> None:
-        keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
+    def load(self, parsed: Sequence[Parsed]) -> None:
+        run_keys: set[tuple[str, str]] = set()
+        id_keys: set[tuple[str, str]] = set()
+        for p in parsed:
+            ev = p.event
+            if ev is not None:
+                run_keys.add((ev["workspace"], ev["run_id"]))
+                id_keys.add((ev["workspace"], ev["event_id"]))
+        keys = sorted(run_keys)
         for key, raw in self.tx.load_runs(keys).items():
             self.states[key] = RunState.from_bytes(raw)
-        ids = sorted({(p.event["workspace"], p.event["event_id"]) for p in parsed if p.event})
+        ids = sorted(id_keys)
         self.known = self.tx.event_hashes(ids)
         self.held_total = self.tx.count_held()
         if self.held_total:
@@ -162,7 +191,7 @@ class _Batch:
         self.report.quarantined += 1
         return Outcome("quarantined", reason, None, eid, run)
 
-    def process(self, p: _Parsed) -> Outcome:
+    def process(self, p: Parsed) -> Outcome:
         if p.event is None or p.canonical is None:
             return self.quarantine_item(p.item, p.error or "contract: invalid")
         ev = p.event
@@ -192,7 +221,7 @@ class _Batch:
             self.release(key, state)
         return outcome
 
-    def hold(self, p: _Parsed, state: RunState) -> Outcome:
+    def hold(self, p: Parsed, state: RunState) -> Outcome:
         ev = p.event
         assert ev is not None
         key = (state.workspace, state.run_id)
@@ -377,9 +406,17 @@ class Ledger:
         *,
         consumer: str | None = None,
         offsets: Mapping[tuple[str, int], int] | None = None,
+        parsed: Sequence[Parsed] | None = None,
     ) -> AppendReport:
-        """Validate and append a batch in one transaction (with Kafka offsets, if given)."""
-        parsed = parse_items(items)
+        """Validate and append a batch in one transaction (with Kafka offsets, if given).
+
+        ``parsed`` may carry the items already validated (e.g. by ``validate_raw`` in another
+        process); it must be the result for exactly these items.
+        """
+        if parsed is None:
+            parsed = parse_items(items)
+        elif len(parsed) != len(items):
+            raise ValueError("parsed results do not match the items")
         with self.store.transaction() as tx:
             batch = _Batch(self, tx, self.clock())
             batch.load(parsed)

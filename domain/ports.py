@@ -70,7 +70,7 @@ class Head:
     checkpoint_time: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EntryRow:
     """One ledger entry as stored: the canonical bytes and the columns indexed beside them."""
 

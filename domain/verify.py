@@ -17,7 +17,16 @@ from domain.checkpoint import Checkpoint, open_checkpoint
 from domain.errors import CheckpointError, SignatureError, TachographError, VerificationError
 from domain.ledger import rotation_statement
 from domain.note import NoteVerifier, open_note
-from domain.verify_scan import ChunkScan, NodeMap, chain_broken, scan_chunk, seq_gap
+from domain.verify_scan import (
+    ChunkScan,
+    NodeMap,
+    RangeReader,
+    RangeReaderBase,
+    chain_broken,
+    scan_chunk,
+    scan_range,
+    seq_gap,
+)
 
 
 @dataclass
@@ -48,7 +57,7 @@ def _check_checkpoint(note: str, origin: str | None) -> Checkpoint:
 
 
 def verify_log(
-    entries: Iterable[tuple[int, bytes]],
+    entries: Iterable[tuple[int, bytes]] | RangeReader,
     checkpoint_notes: Sequence[str],
     trusted_keys: Sequence[str],
     *,
@@ -85,7 +94,7 @@ def verify_log(
 
 
 def _verify(
-    entries: Iterable[tuple[int, bytes]],
+    entries: Iterable[tuple[int, bytes]] | RangeReader,
     checkpoint_notes: Sequence[str],
     trusted_keys: Sequence[str],
     origin: str | None,
@@ -161,6 +170,10 @@ def _verify(
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
     for scan in _scans(entries, origin, sizes, chunk_bits, workers):
+        if scan.start != position:
+            raise VerificationError(
+                f"entries {position}..{scan.start - 1} are missing (deleted or truncated)", position
+            )
         if origin is None:
             origin = scan.origin
         errors: list[tuple[int, int, str]] = [(scan.error[0], 0, scan.error[1])] if scan.error else []
@@ -254,14 +267,33 @@ def _chunks(entries: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tu
 
 
 def _scans(
-    entries: Iterable[tuple[int, bytes]],
+    entries: Iterable[tuple[int, bytes]] | RangeReader,
     origin: str | None,
     sizes: Sequence[int],
     chunk_bits: int,
     workers: int,
 ) -> Iterator[ChunkScan]:
-    """Scan aligned chunks in order, in this process or in a pool of ``workers``."""
+    """Scan aligned chunks in order, in this process or in a pool of ``workers``.
+
+    With a ``RangeReader`` the workers read their chunks themselves (nothing large crosses
+    process boundaries); with a plain iterable the chunks are sent to them.
+    """
     size = 1 << chunk_bits
+    if isinstance(entries, RangeReaderBase):
+        total = entries.size()
+        starts = range(0, total, size)
+        if workers <= 1:
+            for start in starts:
+                yield scan_range(entries, start, min(start + size, total), origin, sizes)
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [
+                pool.submit(scan_range, entries, start, min(start + size, total), origin, sizes)
+                for start in starts
+            ]
+            for fut in futures:
+                yield fut.result()
+        return
     chunks = _chunks(entries, size)
     if workers <= 1:
         for n, chunk in enumerate(chunks):

@@ -7,6 +7,7 @@ them in parallel processes and stitch run chains and tree roots together in orde
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +66,8 @@ def scan_chunk(
 ) -> ChunkScan:
     """Check each entry on its own and within the chunk; collect what stitching needs."""
     scan = ChunkScan(start=start, origin=origin)
-    sizes = {s - start for s in checkpoint_sizes if start < s <= start + len(rows)}
-    rng = merkle.CompactRange()
+    sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(rows)]
+    leaves: list[bytes] = []
     leaf_hash = merkle.leaf_hash
     loads = orjson.loads
     runs = scan.runs
@@ -82,11 +83,13 @@ def scan_chunk(
             scan.error = (position, error)
             break
         leaf = leaf_hash(data)
-        try:
-            d = loads(data)
-        except orjson.JSONDecodeError as e:
-            scan.error = (position, f"entry bytes are not valid JSON ({e})")
-            break
+        d = _fast_fields(data, loads)
+        if d is None:
+            try:
+                d = loads(data)
+            except orjson.JSONDecodeError as e:
+                scan.error = (position, f"entry bytes are not valid JSON ({e})")
+                break
         if not isinstance(d, dict) or d.get("index") != position:
             got = d.get("index") if isinstance(d, dict) else "?"
             scan.error = (
@@ -130,13 +133,56 @@ def scan_chunk(
         else:
             scan.error = (position, f"unknown entry kind {kind!r}")
             break
-        rng.append(leaf)
+        leaves.append(leaf)
         position += 1
-        if position - start in sizes:
-            scan.nodes.update(frontier_nodes(start, rng.size, rng.hashes))
     scan.count = position - start
-    scan.nodes.update(frontier_nodes(start, rng.size, rng.hashes))
+    wanted = sorted(s for s in sizes if s <= scan.count)
+    scan.nodes = _perfect_nodes(start, leaves, [*wanted, scan.count])
     return scan
+
+
+def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dict[Node, bytes]:
+    """Frontier nodes at each of ``sizes`` (relative to ``start``), from all levels at once."""
+    levels = [leaves]
+    node = merkle.node_hash
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([node(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+    out: dict[Node, bytes] = {}
+    for size in sizes:
+        offset = 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                out[(level, (start >> level) + (offset >> level))] = levels[level][offset >> level]
+                offset += 1 << level
+    return out
+
+
+def _fast_fields(data: bytes, loads: Any) -> dict[str, Any] | None:
+    """The fields verification reads, from the tail of a canonical event entry.
+
+    Canonical entries end with ``,"index":N,"kind":...,"source":{...}}`` after the event, and
+    the event ends with its envelope keys after ``data``; parsing only those tails is about
+    three times cheaper than parsing the whole entry. Anything unexpected returns None and
+    the caller parses the whole entry. The leaf hash still covers every byte.
+    """
+    if not data.startswith(b'{"event":{'):
+        return None
+    i = data.rfind(b',"index":')
+    if i < 0:
+        return None
+    j = data.rfind(b',"event_id":', 0, i)
+    if j < 0:
+        return None
+    try:
+        meta = loads(b"{" + data[i + 1 :])
+        event = loads(b"{" + data[j + 1 : i])
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(meta, dict) and isinstance(event, dict)) or meta.get("kind") != "event":
+        return None
+    meta["event"] = event
+    return meta
 
 
 def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
@@ -148,6 +194,28 @@ def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
 
 def seq_gap(run_id: Any, seq: Any, expected: Any) -> str:
     return f"run {run_id!r} seq {seq} where {expected} was expected"
+
+
+class RangeReaderBase(ABC):
+    """Reads stored entries by index range; picklable, so worker processes read for themselves."""
+
+    @abstractmethod
+    def size(self) -> int:
+        """Number of entries."""
+
+    @abstractmethod
+    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(index, bytes) for indices in [start, end), in order."""
+
+
+RangeReader = RangeReaderBase
+
+
+def scan_range(
+    reader: RangeReader, start: int, end: int, origin: str | None, checkpoint_sizes: Sequence[int]
+) -> ChunkScan:
+    """Read one chunk through ``reader`` and scan it (runs in a worker process)."""
+    return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes)
 
 
 class NodeMap:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from domain.ledger import Ledger
+from domain.ledger import Ledger, Parsed, ParseResult, validate_raw
 from domain.ports import Incoming, Source
 
 
@@ -41,18 +43,36 @@ def read_lines(f: BinaryIO, name: str) -> Iterator[Incoming]:
             yield Incoming(raw, Source(kind="file", name=name, line=n))
 
 
+def _batches(path: Path, batch_size: int) -> Iterator[list[Incoming]]:
+    batch: list[Incoming] = []
+    with path.open("rb") as f:
+        for item in read_lines(f, path.name):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
 def import_jsonl(
     ledger: Ledger,
     path: Path,
     batch_size: int = 5000,
     progress: Callable[[int], None] | None = None,
+    parallel: bool | None = None,
 ) -> ImportTotals:
-    """Append every line of a JSONL file; sign a checkpoint at the end."""
-    totals = ImportTotals()
-    batch: list[Incoming] = []
+    """Append every line of a JSONL file; sign a checkpoint at the end.
 
-    def flush() -> None:
-        report = ledger.append(batch)
+    With ``parallel`` (default: on machines with more than one core), the next batch is
+    validated in a second process while this one appends the current batch.
+    """
+    totals = ImportTotals()
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) > 1 and path.stat().st_size > 4_000_000
+
+    def add(batch: list[Incoming], parsed: list[Parsed] | None) -> None:
+        report = ledger.append(batch, parsed=parsed)
         totals.accepted += report.accepted
         totals.duplicates += report.duplicates
         totals.quarantined += report.quarantined
@@ -61,14 +81,24 @@ def import_jsonl(
         totals.lines += len(batch)
         if progress is not None:
             progress(len(batch))
-        batch.clear()
 
-    with path.open("rb") as f:
-        for item in read_lines(f, path.name):
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-    if batch:
-        flush()
+    if not parallel:
+        for batch in _batches(path, batch_size):
+            add(batch, None)
+    else:
+        with ProcessPoolExecutor(1) as pool:
+            pending: tuple[list[Incoming], Future[list[ParseResult]]] | None = None
+            for batch in _batches(path, batch_size):
+                fut = pool.submit(validate_raw, [i.raw for i in batch])
+                if pending is not None:
+                    add(pending[0], _zip(pending))
+                pending = (batch, fut)
+            if pending is not None:
+                add(pending[0], _zip(pending))
     ledger.checkpoint(force=True)
     return totals
+
+
+def _zip(pending: tuple[list[Incoming], Future[list[ParseResult]]]) -> list[Parsed]:
+    batch, fut = pending
+    return [Parsed(item, *result) for item, result in zip(batch, fut.result(), strict=True)]

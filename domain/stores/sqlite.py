@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from domain.ports import (
     QuarantineRow,
     Source,
 )
+from domain.verify_scan import RangeReaderBase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -249,6 +251,35 @@ def _held(r: tuple[Any, ...]) -> HeldRow:
     )
 
 
+_READERS: dict[tuple[int, str], sqlite3.Connection] = {}
+
+
+class SQLiteRangeReader(RangeReaderBase):
+    """Reads entry ranges from a SQLite ledger file; each process opens its own connection."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _conn(self) -> sqlite3.Connection:
+        key = (os.getpid(), self.path)  # never reuse a connection across fork
+        conn = _READERS.get(key)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            _READERS[key] = conn
+        return conn
+
+    def size(self) -> int:
+        # every stored row counts, whatever the head says: extra rows must be seen
+        row = self._conn().execute("SELECT coalesce(max(idx) + 1, 0) FROM entries").fetchone()
+        return int(row[0])
+
+    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        rows = self._conn().execute(
+            "SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        ).fetchall()
+        return [(i, d.encode() if isinstance(d, str) else d) for i, d in rows]
+
+
 class SQLiteStore(LedgerStore):
     """Ledger in one SQLite file (WAL, synchronous=FULL: a commit survives power loss)."""
 
@@ -403,6 +434,10 @@ class SQLiteStore(LedgerStore):
     def get_meta(self, key: str) -> str | None:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def range_reader(self) -> SQLiteRangeReader:
+        """A picklable reader for parallel verification."""
+        return SQLiteRangeReader(self.path)
 
     def close(self) -> None:
         self._writer.close()

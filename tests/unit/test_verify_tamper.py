@@ -31,9 +31,12 @@ def check(ledger: Ledger, keys=None, **kw):
     args = ([c.note for c in ledger.store.checkpoints()], keys or [signer().vkey])
     one = verify_log(ledger.store.raw_entries(), *args, origin=None, **kw)
     chunked = verify_log(ledger.store.raw_entries(), *args, origin=None, chunk_bits=3, workers=2, **kw)
+    ranged = verify_log(ledger.store.range_reader(), *args, origin=None, chunk_bits=4, workers=2, **kw)
     assert (one.ok, one.position, one.reason, one.root) == (
         chunked.ok, chunked.position, chunked.reason, chunked.root
     )
+    assert (one.ok, one.position, one.root) == (ranged.ok, ranged.position, ranged.root), ranged
+    assert one.ok or ranged.reason
     return one
 
 
