@@ -1,0 +1,189 @@
+"""Projection commands: ``tacho project``, ``tacho export parquet``, ``tacho report ...``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from api.bootstrap import open_store
+from api.cli_ledger import JsonOpt, progress_bar
+from api.output import console, err_console, print_json
+from api.settings import Settings
+from projections.demo import analytics_path
+from projections.errors import ReportError
+from projections.lake import export_parquet
+from projections.projector import DEFAULT_BATCH, ProjectionStatus, open_projector
+from projections.reports import FORMATS, REPORTS, parse_by, rich_table, run_report, to_csv
+
+export_app = typer.Typer(help="Export projected tables.", no_args_is_help=True)
+
+
+def _print_status(status: ProjectionStatus, json_out: bool) -> None:
+    if json_out:
+        print_json(status.to_json())
+        return
+    rate = status.to_json()["entries_per_second"]
+    console().print(
+        ("rebuilt; " if status.rebuilt else "")
+        + f"applied {status.applied:,} entries ({status.events:,} events) in {status.seconds:.2f}s"
+        + (f" ({rate:,}/s)" if rate else "")
+        + f"; position {status.position:,} of {status.ledger_size:,}, lag {status.lag:,}"
+    )
+
+
+def _follow(settings: Settings, batch_size: int, interval: float, json_out: bool) -> None:
+    """Keep the projection current, releasing the DuckDB file between polls for readers."""
+    store = open_store(settings)
+    stop = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    out = err_console()
+    while not stop:
+        with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=50) as p:
+            status = p.catch_up()
+        if json_out:
+            sys.stdout.write(
+                __import__("orjson").dumps({"metric": "projection", **status.to_json()}).decode()
+                + "\n"
+            )
+            sys.stdout.flush()
+        elif status.applied:
+            out.print(
+                f"applied {status.applied:,}; position {status.position:,}, lag {status.lag:,}"
+            )
+        deadline = time.monotonic() + interval
+        while not stop and time.monotonic() < deadline:
+            time.sleep(min(0.05, interval))
+
+
+def cmd_project(
+    follow: Annotated[bool, typer.Option("--follow", help="keep projecting as the ledger grows")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="recreate everything from the ledger")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="ledger entries per DuckDB transaction")] = DEFAULT_BATCH,
+    interval: Annotated[float, typer.Option(min=0.01, help="seconds between polls with --follow")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Project the ledger into TACHO_DATA_DIR/analytics.duckdb (position kept with the rows)."""
+    settings = Settings()
+    store = open_store(settings)
+    with open_projector(store, analytics_path(settings.data_dir), batch_size) as projector:
+        if rebuild:
+            projector.create()
+        else:
+            projector.ensure()
+        total = max(store.size() - projector.position(), 0)
+        with progress_bar(total, "projecting") as bar:
+            task = bar.add_task("project", total=total)
+            status = projector.catch_up(lambda n: bar.advance(task, n))
+        status.rebuilt = status.rebuilt or rebuild
+    _print_status(status, json_out)
+    if follow:
+        _follow(settings, batch_size, interval, json_out)
+
+
+def cmd_export_parquet(
+    directory: Annotated[Path, typer.Argument(file_okay=False, help="the lake directory")],
+    since: Annotated[str | None, typer.Option(help="only events on/after this date (YYYY-MM-DD)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export event-grain tables as Parquet (hive workspace=/date=, zstd), incrementally."""
+    day = None
+    if since:
+        try:
+            day = date.fromisoformat(since)
+        except ValueError as e:
+            raise ReportError(f"--since must be a date like 2026-11-02, got {since!r}") from e
+    settings = Settings()
+    store = open_store(settings)
+    with open_projector(store, analytics_path(settings.data_dir), retries=25) as projector:
+        projector.catch_up()
+        report = export_parquet(projector.con, directory, store.get_meta("origin"), day)
+    if json_out:
+        print_json(report.to_json())
+        return
+    console().print(
+        f"exported {report.rows:,} rows in {len(report.files)} files "
+        f"(positions {report.start:,}..{report.end:,}) to {directory}"
+        + (f"; removed {report.removed_orphans} orphan files" if report.removed_orphans else "")
+    )
+
+
+def _report(name: str):  # type: ignore[no-untyped-def]
+    def command(
+        by: Annotated[str | None, typer.Option(help="comma-separated dimensions")] = None,
+        since: Annotated[str | None, typer.Option(help="runs started on/after (YYYY-MM-DD)")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="table | json | csv | png")] = "table",
+        output: Annotated[Path | None, typer.Option("-o", "--output", help="write to a file")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        if json_out:
+            fmt = "json"
+        if fmt not in FORMATS:
+            raise ReportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt == "png" and name != "cost-per-outcome":
+            raise ReportError("--format png is available for cost-per-outcome")
+        if fmt == "png" and output is None:
+            raise ReportError("--format png needs -o FILE.png")
+        settings = Settings()
+        store = open_store(settings)
+        with open_projector(store, analytics_path(settings.data_dir), retries=25) as projector:
+            projector.catch_up()
+            report = run_report(projector.con, name, parse_by(by, name), since)
+        if fmt == "png":
+            from projections.chart import cost_chart
+
+            assert output is not None
+            cost_chart(report, output)
+            console().print(f"wrote {output}")
+            return
+        if fmt == "table":
+            if output is not None:
+                from rich.console import Console
+
+                with output.open("w") as f:
+                    Console(file=f, width=160).print(rich_table(report))
+            else:
+                console().print(rich_table(report))
+            return
+        if fmt == "json":
+            if output is not None:
+                import orjson
+
+                output.write_bytes(
+                    orjson.dumps(report.to_json(), default=str, option=orjson.OPT_INDENT_2)
+                )
+            else:
+                print_json(report.to_json())
+            return
+        text = to_csv(report)
+        if output is not None:
+            output.write_text(text)
+        else:
+            sys.stdout.write(text)
+
+    command.__doc__ = f"{REPORTS[name].title} (default --by {','.join(REPORTS[name].default_by)})."
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    """Add the projection commands to the CLI."""
+    app.command("project")(cmd_project)
+    export_app.command("parquet")(cmd_export_parquet)
+    app.add_typer(export_app, name="export")
+    report_app = typer.Typer(help="Analytics reports (cost, violations, budgets, approvals).",
+                             no_args_is_help=True)
+    for name in REPORTS:
+        report_app.command(name)(_report(name))
+    app.add_typer(report_app, name="report")

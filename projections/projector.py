@@ -1,0 +1,270 @@
+"""The projector: applies the ledger's global order to the analytics DuckDB file.
+
+Each batch of entries becomes rows of ``events`` and recomputed rows of ``run_facts`` for
+the runs it touches; the new position is written in the SAME DuckDB transaction, so a crash
+at any point leaves the rows and the position consistent (no double counting on restart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from domain.ports import LedgerStore
+from projections.errors import AnalyticsBusyError, LedgerMismatchError
+from projections.schema import (
+    RUN_FACTS_DDL,
+    RUN_FACTS_SELECT,
+    SCHEMA_VERSION,
+    STATE_DDL,
+    events_ddl,
+    insert_events_sql,
+)
+from projections.transform import Batch
+from projections.views import view_ddl
+
+DEFAULT_BATCH = 50_000
+TABLES = ("events", "run_facts", "projection_state")
+
+
+def connect(path: Path, read_only: bool = False, retries: int = 0) -> duckdb.DuckDBPyConnection:
+    """Open the analytics file (UTC session); AnalyticsBusyError if another process holds it."""
+    attempt = 0
+    while True:
+        try:
+            if read_only:
+                con = duckdb.connect(str(path), read_only=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                con = duckdb.connect(str(path))
+            con.execute("SET TimeZone = 'UTC'")
+            return con
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            if attempt >= retries:
+                raise AnalyticsBusyError(
+                    f"{path} is in use by another process (is `tacho project --follow` running?); "
+                    "retry, or read the Parquet lake"
+                ) from e
+            attempt += 1
+            time.sleep(0.2)
+
+
+@dataclass
+class ProjectionStatus:
+    """Where the projection stands against the ledger."""
+
+    position: int
+    ledger_size: int
+    applied: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    rebuilt: bool = False
+
+    @property
+    def lag(self) -> int:
+        """Ledger entries not yet projected."""
+        return max(self.ledger_size - self.position, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as JSON."""
+        return {
+            "position": self.position,
+            "ledger_size": self.ledger_size,
+            "lag": self.lag,
+            "applied_entries": self.applied,
+            "projected_events": self.events,
+            "seconds": round(self.seconds, 3),
+            "entries_per_second": round(self.applied / self.seconds) if self.seconds > 0 else None,
+            "rebuilt": self.rebuilt,
+        }
+
+
+Progress = Callable[[int], None]
+
+
+class Projector:
+    """Brings one analytics DuckDB connection up to date with a ledger store."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        con: duckdb.DuckDBPyConnection,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        self.store = store
+        self.con = con
+        self.batch_size = batch_size
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _state(self, key: str) -> str | None:
+        rows = self.con.execute(
+            "SELECT value FROM projection_state WHERE name = ?", [key]
+        ).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    def _tables(self) -> set[str]:
+        rows = self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def create(self) -> None:
+        """Drop and recreate every table and view, at position 0 (one transaction)."""
+        con = self.con
+        con.begin()
+        try:
+            for name in ("projection_state", "run_facts", "events"):
+                con.execute(f"DROP TABLE IF EXISTS {name} CASCADE")
+            con.execute(STATE_DDL)
+            con.execute(events_ddl())
+            con.execute(RUN_FACTS_DDL)
+            for stmt in view_ddl():
+                con.execute(stmt)
+            origin = self.store.get_meta("origin") or ""
+            con.executemany(
+                "INSERT INTO projection_state VALUES (?, ?)",
+                [["position", "0"], ["schema_version", SCHEMA_VERSION], ["origin", origin]],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+    def ensure(self) -> bool:
+        """Create the schema if missing or outdated; True if it was (re)created."""
+        if "projection_state" not in self._tables() or self._state("schema_version") != SCHEMA_VERSION:
+            self.create()
+            return True
+        origin = self.store.get_meta("origin") or ""
+        if (self._state("origin") or "") != origin:
+            raise LedgerMismatchError(
+                f"the analytics database was projected from ledger {self._state('origin')!r}, "
+                f"not {origin!r}: run `tacho project --rebuild`"
+            )
+        return False
+
+    def position(self) -> int:
+        """Next ledger index to apply."""
+        return int(self._state("position") or 0)
+
+    # -- applying -------------------------------------------------------------------------
+
+    def apply(self, batch: Batch, expected_start: int) -> None:
+        """Write one batch and its new position in one transaction."""
+        con = self.con
+        events = batch.table()
+        touched = batch.touched()
+        con.begin()
+        try:
+            current = self.position()
+            if current != expected_start:
+                raise LedgerMismatchError(
+                    f"projection position moved from {expected_start} to {current} underneath us "
+                    "(two projectors on one file?)"
+                )
+            if events.num_rows:
+                con.register("_stage", events)
+                con.register("_touched", touched)
+                con.execute(insert_events_sql("_stage"))
+                low = con.execute(
+                    "SELECT min(first_idx) FROM run_facts r SEMI JOIN _touched t "
+                    "ON r.workspace = t.workspace AND r.run_id = t.run_id"
+                ).fetchall()[0][0]
+                low = min(int(low), expected_start) if low is not None else expected_start
+                con.execute(
+                    "DELETE FROM run_facts WHERE (workspace, run_id) IN "
+                    "(SELECT (workspace, run_id) FROM _touched)"
+                )
+                con.execute(
+                    "INSERT INTO run_facts "
+                    + RUN_FACTS_SELECT.format(touched="_touched", low=int(low))
+                )
+            con.execute(
+                "UPDATE projection_state SET value = ? WHERE name = 'position'", [str(batch.end)]
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        finally:
+            for name in ("_stage", "_touched"):
+                with suppress(duckdb.Error):
+                    con.unregister(name)
+
+    def batches(self, start: int, end: int) -> Iterator[Batch]:
+        """Read the ledger from ``start`` to ``end`` in batches."""
+        pos = start
+        while pos < end:
+            stop = min(pos + self.batch_size, end)
+            batch = Batch()
+            batch.extend(self.store.raw_entries(pos, stop))
+            if batch.end <= pos:  # the store had fewer entries than it said
+                return
+            yield batch
+            pos = batch.end
+
+    def catch_up(self, progress: Progress | None = None, limit: int | None = None) -> ProjectionStatus:
+        """Apply every ledger entry after the stored position (optionally at most ``limit``)."""
+        started = time.perf_counter()
+        rebuilt = self.ensure()
+        pos = self.position()
+        size = self.store.size()
+        if pos > size:
+            raise LedgerMismatchError(
+                f"the analytics database is at position {pos} but the ledger has only {size} "
+                "entries: run `tacho project --rebuild`"
+            )
+        end = size if limit is None else min(size, pos + limit)
+        status = ProjectionStatus(position=pos, ledger_size=size, rebuilt=rebuilt)
+        for batch in self.batches(pos, end):
+            self.apply(batch, status.position)
+            status.position = batch.end
+            status.applied += batch.entries
+            status.events += len(batch.rows)
+            if progress is not None:
+                progress(batch.entries)
+        status.seconds = time.perf_counter() - started
+        return status
+
+    def rebuild(self, progress: Progress | None = None) -> ProjectionStatus:
+        """Recreate everything from the ledger's first entry."""
+        self.create()
+        status = self.catch_up(progress)
+        status.rebuilt = True
+        return status
+
+
+@contextmanager
+def open_projector(
+    store: LedgerStore, path: Path, batch_size: int = DEFAULT_BATCH, retries: int = 0
+) -> Iterator[Projector]:
+    """A projector over the analytics file at ``path`` (closed on exit)."""
+    con = connect(path, retries=retries)
+    try:
+        yield Projector(store, con, batch_size)
+    finally:
+        con.close()
+
+
+def status_of(store: LedgerStore, path: Path) -> ProjectionStatus:
+    """Position and lag of the analytics file at ``path`` (read-only)."""
+    size = store.size()
+    if not path.exists():
+        return ProjectionStatus(position=0, ledger_size=size)
+    con = connect(path, read_only=True, retries=10)
+    try:
+        rows = con.execute("SELECT value FROM projection_state WHERE name = 'position'").fetchall()
+    except duckdb.CatalogException:
+        rows = []
+    finally:
+        con.close()
+    return ProjectionStatus(position=int(rows[0][0]) if rows else 0, ledger_size=size)

@@ -1,0 +1,294 @@
+"""The analytics views (SQL) over ``events`` and ``run_facts``; see docs/analytics.md.
+
+Figures follow shared/EVENT_CONTRACT.md "Outcome figures": a successful outcome is a run that
+succeeded with no rejecting feedback; cost per outcome is the total cost of every run in the
+group (failed, escalated, cancelled and unfinished runs included) over its successful outcomes.
+Money stays DECIMAL(38, 9); a division of money is rounded half-up to 9 places in integer
+nano-dollars (DuckDB would otherwise divide decimals as binary floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from projections.errors import ReportError
+
+MACROS = [
+    # exact money / count, rounded half up to 9 decimal places; NULL when count is 0
+    """CREATE OR REPLACE MACRO usd_div(total, n) AS CASE WHEN n = 0 THEN NULL ELSE
+        CAST(((2 * CAST(total * 1000000000 AS HUGEINT) + n) // (2 * n)) // 1000000000
+             AS DECIMAL(38, 9))
+        + CAST(CAST(((2 * CAST(total * 1000000000 AS HUGEINT) + n) // (2 * n)) % 1000000000
+                    AS DECIMAL(38, 0)) * CAST(0.000000001 AS DECIMAL(18, 9)) AS DECIMAL(38, 9))
+        END""",
+    "CREATE OR REPLACE MACRO ratio(a, b) AS CASE WHEN b = 0 THEN NULL ELSE a / b END",
+]
+
+# dimension name -> SQL expression over run_facts
+RUN_DIMENSIONS = {
+    "workspace": "workspace",
+    "workflow": "workflow",
+    "route": "route",
+    "agent": "agent_id",
+    "agent_version": "agent_version",
+    "mode": "mode",
+    "risk_tier": "risk_tier",
+    "day": "CAST(started_at AS DATE)",
+    "week": "CAST(date_trunc('week', started_at) AS DATE)",
+}
+PERIODS = ("day", "week")
+
+
+def _dims(by: Sequence[str], allowed: dict[str, str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for name in by:
+        if name not in allowed:
+            raise ReportError(
+                f"{what} cannot be grouped by {name!r}; choose from {', '.join(allowed)}"
+            )
+        out.append((name, allowed[name]))
+    return out
+
+
+def _where(since: str | None, column: str) -> str:
+    if not since:
+        return ""
+    try:
+        day = date.fromisoformat(since)
+    except ValueError as e:
+        raise ReportError(f"--since must be a date like 2026-11-02, got {since!r}") from e
+    return f"WHERE CAST({column} AS DATE) >= DATE '{day.isoformat()}'"
+
+
+def cost_per_outcome_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Cost per successful outcome of the runs grouped by ``by`` (run start time for periods)."""
+    dims = _dims(by, RUN_DIMENSIONS, "cost per outcome")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    return f"""
+SELECT {select},
+    count(*) AS runs,
+    count(*) FILTER (WHERE successful) AS successful_outcomes,
+    sum(cost_usd) AS total_cost_usd,
+    usd_div(sum(cost_usd), count(*) FILTER (WHERE successful)) AS cost_per_outcome_usd,
+    quantile_disc(cost_usd, 0.5) AS p50_cost_per_run_usd,
+    quantile_disc(cost_usd, 0.95) AS p95_cost_per_run_usd
+FROM run_facts {_where(since, "started_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+def violation_rates_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Runs with a denial over runs, denials per 1,000 tool calls, approvals, by run dimensions."""
+    dims = _dims(by, RUN_DIMENSIONS, "violation rates")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    return f"""
+SELECT {select},
+    count(*) AS runs,
+    count(*) FILTER (WHERE denials > 0) AS runs_with_denial,
+    ratio(count(*) FILTER (WHERE denials > 0), count(*)) AS violation_rate,
+    CAST(sum(tool_calls) AS BIGINT) AS tool_calls,
+    CAST(sum(denials) AS BIGINT) AS denials,
+    ratio(1000 * sum(denials), sum(tool_calls)) AS denials_per_1000_tool_calls,
+    CAST(sum(approvals_required) AS BIGINT) AS approvals_required,
+    CAST(sum(approvals_requested) AS BIGINT) AS approvals_requested,
+    CAST(sum(approvals_granted) AS BIGINT) AS approvals_granted,
+    CAST(sum(approvals_rejected) AS BIGINT) AS approvals_rejected
+FROM run_facts {_where(since, "started_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+POLICY_DIMENSIONS = {
+    "workspace": "p.workspace",
+    "workflow": "r.workflow",
+    "policy": "p.policy",
+    "agent": "r.agent_id",
+    "agent_version": "r.agent_version",
+    "day": "CAST(r.started_at AS DATE)",
+    "week": "CAST(date_trunc('week', r.started_at) AS DATE)",
+}
+
+
+def violation_rates_by_policy_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Per policy: evaluations, denials, runs that evaluated it and how many it denied."""
+    dims = _dims(by, POLICY_DIMENSIONS, "violation rates by policy")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    return f"""
+WITH p AS (
+    SELECT workspace, run_id, policy,
+        count(*) AS evaluations,
+        count(*) FILTER (WHERE decision = 'deny') AS denials,
+        count(*) FILTER (WHERE decision = 'require_approval') AS approvals_required
+    FROM events WHERE type = 'policy.evaluated' GROUP BY ALL
+)
+SELECT {select},
+    count(*) AS runs,
+    count(*) FILTER (WHERE p.denials > 0) AS runs_with_denial,
+    ratio(count(*) FILTER (WHERE p.denials > 0), count(*)) AS violation_rate,
+    CAST(sum(p.evaluations) AS BIGINT) AS evaluations,
+    CAST(sum(p.denials) AS BIGINT) AS denials,
+    CAST(sum(r.tool_calls) AS BIGINT) AS tool_calls,
+    ratio(1000 * sum(p.denials), sum(r.tool_calls)) AS denials_per_1000_tool_calls,
+    CAST(sum(p.approvals_required) AS BIGINT) AS approvals_required
+FROM p JOIN run_facts r USING (workspace, run_id) {_where(since, "r.started_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+APPROVAL_DIMENSIONS = {
+    "workspace": "a.workspace",
+    "workflow": "r.workflow",
+    "risk": "a.risk",
+    "agent": "r.agent_id",
+    "agent_version": "r.agent_version",
+    "decided_by": "a.decided_by",
+    "day": "CAST(a.requested_at AS DATE)",
+    "week": "CAST(date_trunc('week', a.requested_at) AS DATE)",
+}
+
+
+def approval_latency_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Approval requests and decisions with p50/p95 latency (ms) from request to decision."""
+    dims = _dims(by, APPROVAL_DIMENSIONS, "approval latency")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    return f"""
+SELECT {select},
+    count(*) AS requested,
+    count(a.decided_at) AS decided,
+    count(*) FILTER (WHERE a.decided_at IS NULL) AS pending,
+    count(*) FILTER (WHERE a.decision = 'approved') AS granted,
+    count(*) FILTER (WHERE a.decision = 'rejected') AS rejected,
+    quantile_disc(a.latency_ms, 0.5) AS p50_latency_ms,
+    quantile_disc(a.latency_ms, 0.95) AS p95_latency_ms,
+    max(a.latency_ms) AS max_latency_ms
+FROM approval_requests a JOIN run_facts r USING (workspace, run_id)
+{_where(since, "a.requested_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+BUDGET_DIMENSIONS = {
+    "workspace": "r.workspace",
+    "workflow": "r.workflow",
+    "limit": "b.budget_limit",
+    "agent": "r.agent_id",
+    "agent_version": "r.agent_version",
+    "route": "r.route",
+    "day": "CAST(r.started_at AS DATE)",
+    "week": "CAST(date_trunc('week', r.started_at) AS DATE)",
+}
+
+
+def budget_summary_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Budget breaches per group: breaches, runs breached over runs, cost of breached runs."""
+    dims = _dims(by, BUDGET_DIMENSIONS, "budget breaches")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    if "limit" in by:
+        # breaches per limit: the runs are those that breached that limit
+        source = """run_facts r JOIN (SELECT workspace, run_id, budget_limit, count(*) AS n
+            FROM events WHERE type = 'budget.exceeded' GROUP BY ALL) b USING (workspace, run_id)"""
+        figures = """CAST(sum(b.n) AS BIGINT) AS breaches, count(*) AS runs_breached,
+    sum(r.cost_usd) AS cost_of_breached_runs_usd"""
+    else:
+        source = "run_facts r"
+        figures = """CAST(sum(r.budget_breaches) AS BIGINT) AS breaches,
+    count(*) FILTER (WHERE r.budget_breaches > 0) AS runs_breached,
+    count(*) AS runs,
+    ratio(count(*) FILTER (WHERE r.budget_breaches > 0), count(*)) AS breach_rate,
+    coalesce(sum(r.cost_usd) FILTER (WHERE r.budget_breaches > 0), 0)::DECIMAL(38, 9)
+        AS cost_of_breached_runs_usd"""
+    return f"""
+SELECT {select}, {figures}
+FROM {source} {_where(since, "r.started_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+def outcome_slo_sql(by: Sequence[str], since: str | None = None) -> str:
+    """Success rate, acceptance rate and time to human correction by run dimensions."""
+    dims = _dims(by, RUN_DIMENSIONS, "outcome SLO")
+    select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
+    names = ", ".join(f'"{name}"' for name, _ in dims)
+    return f"""
+SELECT {select},
+    count(*) AS runs,
+    count(outcome) AS completed,
+    count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
+    count(*) FILTER (WHERE outcome = 'failed') AS failed,
+    count(*) FILTER (WHERE outcome = 'escalated') AS escalated,
+    count(*) FILTER (WHERE outcome = 'cancelled') AS cancelled,
+    count(*) FILTER (WHERE successful) AS successful_outcomes,
+    ratio(count(*) FILTER (WHERE outcome = 'succeeded'), count(outcome)) AS success_rate,
+    count(accepted) AS runs_with_feedback,
+    count(*) FILTER (WHERE accepted) AS accepted_runs,
+    ratio(count(*) FILTER (WHERE accepted), count(accepted)) AS acceptance_rate,
+    count(corrected_at) AS corrected_runs,
+    quantile_disc(time_to_correction_ms, 0.5) AS p50_time_to_correction_ms,
+    quantile_disc(time_to_correction_ms, 0.95) AS p95_time_to_correction_ms
+FROM run_facts {_where(since, "started_at")}
+GROUP BY {names} ORDER BY {names}"""
+
+
+_EVENT_COLUMNS = "idx, workspace, date, run_id, seq, event_id, time, agent_id, agent_version, trace_id"
+
+EVENT_GRAIN = {
+    "model_calls": f"""SELECT {_EVENT_COLUMNS}, call_id, provider, model,
+        provider || '/' || model AS model_route, input_tokens, output_tokens, cost_usd,
+        latency_ms, confidence, finish_reason
+        FROM events WHERE type = 'model.called'""",
+    "tool_calls": f"""SELECT {_EVENT_COLUMNS}, call_id, tool, status, side_effect, error,
+        latency_ms FROM events WHERE type = 'tool.called'""",
+    "policy_evaluations": f"""SELECT {_EVENT_COLUMNS}, policy, action, decision, reason,
+        risk_score FROM events WHERE type = 'policy.evaluated'""",
+    "approvals": f"""SELECT {_EVENT_COLUMNS},
+        CASE type WHEN 'approval.requested' THEN 'requested' ELSE 'decided' END AS kind,
+        approval_id, summary, risk, change_id, decision, "by", reason
+        FROM events WHERE type IN ('approval.requested', 'approval.decided')""",
+    "changes": f"""SELECT {_EVENT_COLUMNS}, substr(type, 8) AS kind, change_id, target,
+        reversible, "by", reason
+        FROM events WHERE type IN ('change.proposed', 'change.applied', 'change.reverted')""",
+    "budget_breaches": """SELECT e.idx, e.workspace, e.date, e.run_id, e.seq, e.event_id,
+        e.time, e.agent_id, e.agent_version, e.trace_id, r.workflow, r.route,
+        e.budget_limit AS "limit", e.limit_value, e.observed, r.outcome, r.cost_usd AS run_cost_usd
+        FROM events e JOIN run_facts r USING (workspace, run_id)
+        WHERE e.type = 'budget.exceeded'""",
+}
+
+AGGREGATE_VIEWS = {
+    "runs": "SELECT * EXCLUDE (first_idx, last_idx) FROM run_facts",
+    "approval_requests": """SELECT q.workspace, q.run_id, q.approval_id, q.risk, q.change_id,
+        q.summary, q.time AS requested_at, d.time AS decided_at, d.decision, d."by" AS decided_by,
+        epoch_ms(d.time) - epoch_ms(q.time) AS latency_ms
+        FROM events q LEFT JOIN events d
+          ON d.type = 'approval.decided' AND d.workspace = q.workspace
+         AND d.run_id = q.run_id AND d.approval_id = q.approval_id
+        WHERE q.type = 'approval.requested'""",
+    "cost_per_outcome": cost_per_outcome_sql(["workspace", "workflow", "day"]),
+    "cost_per_outcome_weekly": cost_per_outcome_sql(["workspace", "workflow", "week"]),
+    "cost_per_outcome_by_route": cost_per_outcome_sql(["workspace", "workflow", "route"]),
+    "cost_per_outcome_by_agent_version": cost_per_outcome_sql(
+        ["workspace", "workflow", "agent", "agent_version"]
+    ),
+    "violation_rates": violation_rates_sql(["workspace", "workflow", "agent", "agent_version"]),
+    "violation_rates_by_policy": violation_rates_by_policy_sql(
+        ["workspace", "workflow", "policy"]
+    ),
+    "approval_latency": approval_latency_sql(["workspace", "workflow", "risk"]),
+    "outcome_slo": outcome_slo_sql(["workspace", "workflow"]),
+}
+
+VIEW_NAMES = tuple(EVENT_GRAIN) + tuple(AGGREGATE_VIEWS)
+
+
+def view_ddl() -> list[str]:
+    """Statements creating the macros and every view (idempotent)."""
+    out = list(MACROS)
+    # approval_requests first: approval_latency reads it; runs before budget_breaches is fine
+    order = ["runs", "approval_requests"] + [v for v in AGGREGATE_VIEWS if v not in (
+        "runs", "approval_requests")]
+    for name in order:
+        out.append(f"CREATE OR REPLACE VIEW {name} AS {AGGREGATE_VIEWS[name]}")
+    for name, sql in EVENT_GRAIN.items():
+        out.append(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    return out

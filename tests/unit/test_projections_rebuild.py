@@ -1,0 +1,105 @@
+"""Projections are a pure function of the ledger prefix: any batch split equals a rebuild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domain.ports import LedgerStore
+from projections.errors import LedgerMismatchError
+from projections.projector import Projector, connect
+from tests.factories import make_ledger
+from tests.unit.test_projections_figures import build_store, hand_built, workload_events
+
+TABLES = {"events": "idx", "run_facts": "workspace, run_id"}
+
+
+def snapshot(con: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every projected table, in a stable order, plus the position."""
+    out = {name: con.execute(f"SELECT * FROM {name} ORDER BY {order}").fetchall()
+           for name, order in TABLES.items()}
+    out["state"] = con.execute("SELECT * FROM projection_state ORDER BY name").fetchall()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ledger_store(tmp_path_factory: pytest.TempPathFactory) -> LedgerStore:
+    tmp = tmp_path_factory.mktemp("rebuild")
+    return build_store(tmp / "ledger.db", hand_built() + workload_events(40))
+
+
+@pytest.fixture(scope="module")
+def rebuilt(ledger_store: LedgerStore, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    con = connect(tmp_path_factory.mktemp("full") / "a.duckdb")
+    status = Projector(ledger_store, con).rebuild()
+    assert status.position == ledger_store.size()
+    yield snapshot(con)
+    con.close()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=12))
+def test_incremental_projection_in_random_batches_equals_a_rebuild(
+    ledger_store: LedgerStore, rebuilt: dict[str, Any], cuts: list[int], tmp_path_factory
+) -> None:  # type: ignore[no-untyped-def]
+    con = connect(tmp_path_factory.mktemp("inc") / "a.duckdb")
+    try:
+        for n, limit in enumerate(cuts):
+            # a fresh projector (as after a restart) for every other step
+            projector = Projector(ledger_store, con, batch_size=20 + (limit * 7) % 150)
+            projector.catch_up(limit=limit)
+            if n % 2:
+                projector = Projector(ledger_store, con, batch_size=limit)
+        Projector(ledger_store, con, batch_size=cuts[0]).catch_up()
+        assert snapshot(con) == rebuilt
+    finally:
+        con.close()
+
+
+def test_projecting_a_ledger_as_it_grows_equals_a_rebuild(tmp_path: Path) -> None:
+    events = hand_built() + workload_events(30)
+    ledger = make_ledger(tmp_path / "ledger.db")
+    from tests.factories import items
+
+    con = connect(tmp_path / "inc.duckdb")
+    step = 37
+    for i in range(0, len(events), step):
+        ledger.append(items(events[i:i + step]))
+        Projector(ledger.store, con, batch_size=25).catch_up()
+    full = connect(tmp_path / "full.duckdb")
+    Projector(ledger.store, full).rebuild()
+    assert snapshot(con) == snapshot(full)
+    assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] == len(events)
+
+
+def test_a_rebuild_replaces_everything(ledger_store: LedgerStore, rebuilt, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    con = connect(tmp_path / "a.duckdb")
+    projector = Projector(ledger_store, con)
+    projector.catch_up()
+    con.execute("DELETE FROM run_facts WHERE run_id = 'h-1'")
+    projector.rebuild()
+    assert snapshot(con) == rebuilt
+
+
+def test_a_database_projected_from_another_ledger_is_refused(
+    ledger_store: LedgerStore, tmp_path: Path
+) -> None:
+    con = connect(tmp_path / "a.duckdb")
+    Projector(ledger_store, con).catch_up()
+    other = make_ledger(tmp_path / "other.db", origin="other.example/log")
+    with pytest.raises(LedgerMismatchError, match="rebuild"):
+        Projector(other.store, con).catch_up()
+
+
+def test_a_database_ahead_of_its_ledger_is_refused(tmp_path: Path) -> None:
+    events = hand_built()
+    big = build_store(tmp_path / "big.db", events)
+    small = build_store(tmp_path / "small.db", events[:5])
+    con = connect(tmp_path / "a.duckdb")
+    Projector(big, con).catch_up()
+    with pytest.raises(LedgerMismatchError, match="only 5 entries"):
+        Projector(small, con).catch_up()
