@@ -1,0 +1,161 @@
+"""What the approval queue and the changes page show, folded incrementally from the ledger."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.canonical import loads
+from domain.ports import LedgerStore
+
+
+@dataclass
+class ApprovalItem:
+    """One ``approval.requested`` and, once made, its decision."""
+
+    workspace: str
+    run_id: str
+    approval_id: str
+    summary: str
+    risk: str
+    change_id: str | None
+    requested: str
+    index: int
+    decision: str | None = None
+    by: str | None = None
+    reason: str | None = None
+    decided: str | None = None
+    decided_index: int | None = None
+
+
+@dataclass
+class ChangeItem:
+    """One proposed change of a run, and whether it was applied or reverted."""
+
+    workspace: str
+    run_id: str
+    change_id: str
+    target: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    reversible: bool
+    proposed: str
+    index: int
+    applied: str | None = None
+    applied_index: int | None = None
+    reverted: str | None = None
+    reverted_by: str | None = None
+    revert_reason: str | None = None
+
+
+@dataclass
+class RunFacts:
+    """Per-run facts the runs list needs beyond the API's run summary."""
+
+    workflow: str | None = None
+    budget: dict[str, Any] = field(default_factory=dict)
+    breaches: int = 0
+    completed: bool = False
+
+
+class Board:
+    """Approvals, changes and per-run facts by (workspace, run), refreshed from unseen entries."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
+        self.seen = 0
+        self.approvals: dict[tuple[str, str, str], ApprovalItem] = {}
+        self.changes: dict[tuple[str, str, str], ChangeItem] = {}
+        self.runs: dict[tuple[str, str], RunFacts] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Fold in every entry appended since the last refresh."""
+        with self._lock:
+            size = self.store.size()
+            if size <= self.seen:
+                return
+            for row in self.store.entries(self.seen, size):
+                if row.kind == "event" and row.event_type is not None and row.workspace is not None:
+                    self._apply(row.index, loads(row.data)["event"])
+            self.seen = size
+
+    def _apply(self, index: int, ev: dict[str, Any]) -> None:
+        ws, run, t, d = ev["workspace"], ev["run_id"], ev["type"], ev["data"]
+        facts = self.runs.setdefault((ws, run), RunFacts())
+        if t == "run.started":
+            facts.workflow, facts.budget = d["workflow"], dict(d.get("budget") or {})
+        elif t == "budget.exceeded":
+            facts.breaches += 1
+        elif t == "run.completed":
+            facts.completed = True
+        elif t == "approval.requested":
+            self.approvals[(ws, run, d["approval_id"])] = ApprovalItem(
+                ws, run, d["approval_id"], d["summary"], d["risk"], d.get("change_id"), ev["time"], index)
+        elif t == "approval.decided":
+            a = self.approvals.get((ws, run, d["approval_id"]))
+            if a is not None:
+                a.decision, a.by, a.reason = d["decision"], d["by"], d.get("reason")
+                a.decided, a.decided_index = ev["time"], index
+        elif t == "change.proposed":
+            self.changes[(ws, run, d["change_id"])] = ChangeItem(
+                ws, run, d["change_id"], d["target"], d["before"], d["after"], d["reversible"],
+                ev["time"], index)
+        elif t == "change.applied":
+            c = self.changes.get((ws, run, d["change_id"]))
+            if c is not None:
+                c.applied, c.applied_index = ev["time"], index
+        elif t == "change.reverted":
+            c = self.changes.get((ws, run, d["change_id"]))
+            if c is not None:
+                c.reverted, c.reverted_by, c.revert_reason = ev["time"], d["by"], d.get("reason")
+
+    def facts(self, workspace: str, run_id: str) -> RunFacts:
+        """The per-run facts (empty when the run is unknown)."""
+        self.refresh()
+        return self.runs.get((workspace, run_id), RunFacts())
+
+    def pending(self, workspace: str) -> list[ApprovalItem]:
+        """Undecided approvals of runs still open, oldest first."""
+        self.refresh()
+        return sorted((a for a in self.approvals.values() if a.workspace == workspace
+                       and a.decision is None and not self.runs[(a.workspace, a.run_id)].completed),
+                      key=lambda a: a.index)
+
+    def decided(self, workspace: str, limit: int = 50) -> list[ApprovalItem]:
+        """Decided approvals, newest decision first."""
+        self.refresh()
+        done = [a for a in self.approvals.values() if a.workspace == workspace and a.decision]
+        return sorted(done, key=lambda a: -(a.decided_index or 0))[:limit]
+
+    def change(self, workspace: str, run_id: str, change_id: str) -> ChangeItem | None:
+        """One change, if it exists."""
+        self.refresh()
+        return self.changes.get((workspace, run_id, change_id))
+
+    def applied(self, workspace: str, limit: int = 200) -> list[ChangeItem]:
+        """Applied changes, newest first."""
+        self.refresh()
+        done = [c for c in self.changes.values() if c.workspace == workspace and c.applied]
+        return sorted(done, key=lambda c: -(c.applied_index or 0))[:limit]
+
+
+def diff_rows(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
+    """A compact before/after diff: (field path, before, after, changed), nested keys flattened."""
+    def flat(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            for k in value:
+                flat(value[k], f"{prefix}.{k}" if prefix else str(k), out)
+        else:
+            out[prefix or "(value)"] = value
+        return out
+
+    b, a = flat(before, "", {}), flat(after, "", {})
+    missing = object()
+    rows = []
+    for key in sorted(set(b) | set(a)):
+        bv, av = b.get(key, missing), a.get(key, missing)
+        rows.append((key, None if bv is missing else bv, None if av is missing else av, bv != av))
+    rows.sort(key=lambda r: not r[3])
+    return rows

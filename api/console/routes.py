@@ -1,0 +1,505 @@
+"""The console's pages and actions (server-rendered Jinja2, htmx for in-page actions)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+
+from api.auth import GRANTS, Capability, ForbiddenError, check
+from api.console.actions import ConsoleActionError, decide, record_action, revert
+from api.console.insights import AnalyticsMissing, build_charts
+from api.console.kill_switch import KillSwitchError, check_flip
+from api.console.session import COOKIE, LOGIN_COOKIE, CsrfError, Session, SignInRequired, same_token
+from api.console.state import ConsoleState
+from api.console.timeline import run_view
+from api.deps import Services
+from api.keys_store import AuthError
+from api.run_index import RunFilter, RunSummary
+from domain.canonical import dumps
+from domain.errors import NotFoundError, TachographError
+from domain.evidence import build_evidence, verify_evidence
+from replay.errors import ReplayNotFoundError
+
+PAGE_SIZE = 25
+AUDIT_WORKFLOW = "tachograph.audit"
+
+NAV: list[tuple[str, str, Capability | None]] = [
+    ("runs", "Runs", Capability.READ_HISTORY),
+    ("approvals", "Approvals", Capability.APPROVE),
+    ("changes", "Changes", Capability.READ_HISTORY),
+    ("ledger", "Ledger", Capability.READ_LOG),
+    ("analytics", "Cost & quality", Capability.ANALYTICS),
+    ("replays", "Replays", Capability.REPLAY),
+    ("kill-switches", "Kill switches", None),
+]
+
+CONSOLE_STATUS: list[tuple[type[Exception], int]] = [
+    (AuthError, 401), (CsrfError, 403), (ForbiddenError, 403), (NotFoundError, 404),
+    (ReplayNotFoundError, 404), (ConsoleActionError, 409), (KillSwitchError, 422),
+]
+
+
+def _status(exc: TachographError) -> int:
+    for cls, code in CONSOLE_STATUS:
+        if isinstance(exc, cls):
+            return code
+    from api.app import status_of  # the app module imports this one
+
+    return status_of(exc)
+
+
+class ConsoleRoute(APIRoute):
+    """A route whose errors are pages (or htmx fragments), and whose missing session signs in."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SignInRequired as e:
+                target = "/console/login?" + urlencode({"next": request.url.path, "why": str(e)})
+                if request.headers.get("HX-Request"):
+                    return Response(status_code=200, headers={"HX-Redirect": target})
+                return RedirectResponse(target, status_code=303)
+            except TachographError as e:
+                status = _status(e)
+                state: ConsoleState = request.app.state.console
+                fragment = bool(request.headers.get("HX-Request"))
+                template = "error_fragment.html" if fragment else "error.html"
+                context: dict[str, Any] = {"status": status, "message": str(e), "error": type(e).__name__}
+                if not isinstance(e, AuthError):
+                    try:
+                        session = person(request)
+                    except TachographError:
+                        pass  # an error page without the navigation
+                    else:
+                        context.update(session=session, nav=navigation(session))
+                return state.render(request, template, context, status=status)
+
+        return wrapped
+
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+def _state(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+
+def person(request: Request) -> Session:
+    """The signed-in person of the request (raises SignInRequired)."""
+    return _state(request).sessions.get(request.cookies.get(COOKIE))
+
+
+def may(session: Session, capability: Capability | None) -> bool:
+    """Whether the person's role holds a capability (None: every console role)."""
+    return capability is None or capability in GRANTS.get(session.role, frozenset())
+
+
+def navigation(session: Session) -> list[tuple[str, str]]:
+    """The pages the person's role may open, as (slug, title)."""
+    return [(slug, title) for slug, title, cap in NAV if may(session, cap)]
+
+
+def need(session: Session, capability: Capability) -> None:
+    """Raise ForbiddenError unless the person's role holds ``capability``."""
+    check(session.role, capability)
+
+
+async def checked_form(request: Request, session: Session) -> dict[str, str]:
+    """The posted form, after checking its origin and CSRF token (raises CsrfError)."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise CsrfError(f"refused: the form came from another origin ({origin})")
+    form = await request.form()
+    values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    token = values.get("csrf") or request.headers.get("x-csrf-token")
+    if not same_token(token, session.csrf):
+        raise CsrfError("refused: the form has no valid CSRF token (reload the page and try again)")
+    return values
+
+
+def page(request: Request, session: Session, template: str, **context: Any) -> HTMLResponse:
+    """Render a console page for the signed-in person."""
+    return _state(request).render(request, template,
+                                  {"session": session, "nav": navigation(session), **context})
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _read(request: Request, session: Session, action: str, **target: Any) -> None:
+    """Record a read of an audit history or evidence in the ledger (refused if it cannot be)."""
+    services = _services(request)
+    key = services.keys.get(session.key_id)
+    services.audit.record(key, f"console.{action}", request.method, request.url.path,
+                          dict(request.query_params), {**target, "by": session.identity})
+
+
+def _back(path: str, message: str, ok: bool = True) -> RedirectResponse:
+    return RedirectResponse(f"{path}?{urlencode({'msg': message, 'ok': int(ok)})}", status_code=303)
+
+
+# -- sign in ------------------------------------------------------------------------------------
+@router.get("")
+@router.get("/")
+def home(request: Request) -> Response:
+    session = person(request)
+    first = next((slug for slug, _, cap in NAV if may(session, cap)), "kill-switches")
+    return RedirectResponse(f"/console/{first}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/console/") and "//" not in target and "\\" not in target:
+        return target
+    return "/console/"
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None, why: str | None = None) -> HTMLResponse:
+    state = _state(request)
+    token = state.new_login_token()
+    resp = state.render(request, "login.html", {"csrf": token, "next": _safe_next(next), "why": why})
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/console",
+                    secure=request.url.scheme == "https", max_age=3600)
+    return resp
+
+
+@router.post("/login")
+async def login(request: Request, api_key: Annotated[str, Form(max_length=200)] = "",
+                csrf: Annotated[str, Form(max_length=200)] = "",
+                next: Annotated[str, Form(max_length=500)] = "/console/") -> Response:
+    state = _state(request)
+    if not same_token(csrf, request.cookies.get(LOGIN_COOKIE, "")) or not csrf:
+        raise CsrfError("refused: the sign-in form has no valid CSRF token (reload the page)")
+    try:
+        token, session = state.sessions.sign_in(api_key)
+    except AuthError as e:
+        fresh = state.new_login_token()
+        resp = state.render(request, "login.html", {"csrf": fresh, "next": _safe_next(next), "error": str(e)},
+                            status=401)
+        resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", path="/console",
+                        secure=request.url.scheme == "https", max_age=3600)
+        return resp
+    await run_in_threadpool(record_action, _services(request), session, "sign_in", "/console/login",
+                            {"role": session.role})
+    done = RedirectResponse(_safe_next(next), status_code=303)
+    done.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/console",
+                    secure=request.url.scheme == "https", max_age=int(state.sessions.ttl_s))
+    done.delete_cookie(LOGIN_COOKIE, path="/console")
+    return done
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    session = person(request)
+    await checked_form(request, session)
+    await run_in_threadpool(record_action, _services(request), session, "sign_out", "/console/logout", {})
+    _state(request).sessions.end(request.cookies.get(COOKIE))
+    resp = RedirectResponse("/console/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/console")
+    return resp
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def _money(text: str | None) -> Decimal | None:
+    if not text:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation as e:
+        raise ConsoleActionError(f"minimum cost {text!r} is not a number") from e
+    if not value.is_finite() or value < 0:
+        raise ConsoleActionError(f"minimum cost {text!r} must be a number ≥ 0")
+    return value
+
+
+@router.get("/runs")
+def runs_page(
+    request: Request,
+    workflow: Annotated[str | None, Query(max_length=512)] = None,
+    agent_version: Annotated[str | None, Query(max_length=512)] = None,
+    outcome: Annotated[str | None, Query(max_length=20)] = None,
+    denials: Annotated[str | None, Query(max_length=5)] = None,
+    breaches: Annotated[str | None, Query(max_length=5)] = None,
+    min_cost: Annotated[str | None, Query(max_length=40)] = None,
+    page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.READ_HISTORY)
+    services = _services(request)
+    state = _state(request)
+    least = _money(min_cost)
+    outcome = outcome or None
+    flt = RunFilter(session.workspace, workflow or None, None, outcome)
+    everything, _ = services.runs.page(RunFilter(session.workspace), 10**9, None, True)
+    matching, _ = services.runs.page(flt, 10**9, None, True)
+    workflows = sorted({s.workflow for s in everything if s.workflow})
+    versions = sorted({s.agent_version for s in everything if s.agent_version})
+
+    def keep(s: RunSummary) -> bool:
+        if s.workflow == AUDIT_WORKFLOW and workflow != AUDIT_WORKFLOW:
+            return False
+        if agent_version and s.agent_version != agent_version:
+            return False
+        if denials == "yes" and s.denials == 0:
+            return False
+        if breaches == "yes" and state.board.facts(s.workspace, s.run_id).breaches == 0:
+            return False
+        return least is None or s.cost_usd >= least
+
+    rows = [s for s in matching if keep(s)]
+    pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
+    page_no = min(page_no, pages)
+    shown = rows[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]
+    outcomes: dict[str, int] = {}
+    for s in rows:
+        outcomes[s.outcome or "running"] = outcomes.get(s.outcome or "running", 0) + 1
+    totals = {
+        "runs": len(rows), "cost": sum((s.cost_usd for s in rows), Decimal(0)),
+        "denials": sum(s.denials for s in rows),
+        "breaches": sum(state.board.facts(s.workspace, s.run_id).breaches for s in rows),
+        "model_calls": sum(s.model_calls for s in rows), "tokens": sum(s.tokens for s in rows),
+        "outcomes": dict(sorted(outcomes.items())),
+    }
+    breach_of = {s.run_id: state.board.facts(s.workspace, s.run_id).breaches for s in shown}
+    _read(request, session, "runs.list", returned=len(shown))
+    params = {k: v for k, v in {"workflow": workflow, "agent_version": agent_version, "outcome": outcome,
+                                "denials": denials, "breaches": breaches, "min_cost": min_cost}.items() if v}
+    return page(request, session, "runs.html", runs=shown, totals=totals, workflows=workflows,
+                versions=versions, f=params, page_no=page_no, pages=pages, breach_of=breach_of,
+                query=lambda n: urlencode({**params, "page": n}))
+
+
+@router.get("/runs/{run_id}")
+def run_page(request: Request, run_id: str) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.READ_HISTORY)
+    services = _services(request)
+    summary = services.runs.get(session.workspace, run_id)
+    rows = services.ledger.store.run_entries(session.workspace, run_id)
+    if summary is None or not rows:
+        raise NotFoundError(f"no run {run_id!r}")
+    view = run_view(rows)
+    _read(request, session, "run.timeline", run_id=run_id)
+    return page(request, session, "run.html", run=summary, view=view,
+                can_verify=may(session, Capability.EVIDENCE), quoted=quote(run_id, safe=""))
+
+
+def _bundle(services: Services, session: Session, run_id: str) -> dict[str, Any]:
+    return build_evidence(services.ledger, session.workspace, run_id)
+
+
+@router.post("/runs/{run_id}/verify")
+async def verify_run(request: Request, run_id: str) -> HTMLResponse:
+    session = person(request)
+    await checked_form(request, session)
+    need(session, Capability.EVIDENCE)
+    services = _services(request)
+    bundle = await run_in_threadpool(_bundle, services, session, run_id)
+    store = services.ledger.store
+    trusted = [k for k in (store.get_meta("initial_vkey"), services.ledger.signer.vkey) if k]
+    result = await run_in_threadpool(verify_evidence, bundle, list(dict.fromkeys(trusted)))
+    await run_in_threadpool(_read, request, session, "run.verify", run_id=run_id, ok=result.ok)
+    return _state(request).render(request, "verify_result.html", {"result": result})
+
+
+@router.get("/runs/{run_id}/evidence.json")
+async def download_bundle(request: Request, run_id: str) -> Response:
+    session = person(request)
+    need(session, Capability.EVIDENCE)
+    services = _services(request)
+    bundle = await run_in_threadpool(_bundle, services, session, run_id)
+    await run_in_threadpool(_read, request, session, "run.evidence", run_id=run_id)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_id)
+    return Response(dumps(bundle), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{safe}.evidence.json"'})
+
+
+# -- approvals and changes ---------------------------------------------------------------------
+@router.get("/approvals")
+def approvals_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.APPROVE)
+    board = _state(request).board
+    pending = board.pending(session.workspace)
+    diffs = {}
+    for a in pending:
+        change = board.change(a.workspace, a.run_id, a.change_id) if a.change_id else None
+        diffs[(a.run_id, a.approval_id)] = change
+    return page(request, session, "approvals.html", pending=pending, diffs=diffs,
+                decided=board.decided(session.workspace), msg=msg, ok=ok,
+                workflow_of=lambda a: board.facts(a.workspace, a.run_id).workflow)
+
+
+@router.post("/approvals/{run_id}/{approval_id}")
+async def decide_approval(request: Request, run_id: str, approval_id: str) -> Response:
+    session = person(request)
+    form = await checked_form(request, session)
+    need(session, Capability.APPROVE)
+    decision = form.get("decision", "")
+    reason = form.get("reason", "").strip() or None
+    if decision == "rejected" and not reason:
+        return _back("/console/approvals", f"say why you reject {approval_id}", ok=False)
+    index = await run_in_threadpool(decide, _services(request), session, run_id, approval_id,
+                                    decision, reason)
+    return _back("/console/approvals",
+                 f"{approval_id} of {run_id} {decision} by {session.identity} (ledger index {index})")
+
+
+@router.get("/changes")
+def changes_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.READ_HISTORY)
+    board = _state(request).board
+    changes = board.applied(session.workspace)
+    return page(request, session, "changes.html", changes=changes, msg=msg, ok=ok,
+                can_revert=may(session, Capability.REVERT),
+                facts=lambda c: board.facts(c.workspace, c.run_id),
+                hooks=_state(request).revert_hooks)
+
+
+@router.post("/changes/{run_id}/{change_id}/revert")
+async def revert_change(request: Request, run_id: str, change_id: str) -> Response:
+    session = person(request)
+    form = await checked_form(request, session)
+    need(session, Capability.REVERT)
+    state = _state(request)
+    change = state.board.change(session.workspace, run_id, change_id)
+    if change is None or not change.applied:
+        raise NotFoundError(f"no applied change {change_id!r} in run {run_id!r}")
+    workflow = state.board.facts(session.workspace, run_id).workflow
+    reason = form.get("reason", "").strip() or None
+    index = await run_in_threadpool(revert, _services(request), session, change, workflow,
+                                    state.revert_hooks, reason)
+    return _back("/console/changes", f"{change_id} of {run_id} reverted by {session.identity} "
+                                     f"(ledger index {index})")
+
+
+# -- ledger -------------------------------------------------------------------------------------
+@router.get("/ledger")
+def ledger_page(request: Request) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.READ_LOG)
+    services = _services(request)
+    store = services.ledger.store
+    cps = store.checkpoints()
+    latest = cps[-1] if cps else None
+    root = services.ledger.root(latest.size).hex() if latest else None
+    return page(request, session, "ledger.html", size=store.size(), latest=latest, root=root,
+                history=list(reversed(cps))[:50], checkpoints=len(cps), origin=services.ledger.config.origin,
+                verification=services.verify_cache.get("result"))
+
+
+@router.post("/ledger/verify")
+async def verify_ledger(request: Request) -> HTMLResponse:
+    session = person(request)
+    await checked_form(request, session)
+    need(session, Capability.READ_LOG)
+    from api.routes.log import verification
+
+    services = _services(request)
+    key = services.keys.get(session.key_id)
+    result = await run_in_threadpool(verification, services, key)
+    await run_in_threadpool(record_action, services, session, "ledger.verify", "/console/ledger/verify",
+                            {"ok": result.ok, "entries": result.entries})
+    return _state(request).render(request, "ledger_verification.html", {"v": result})
+
+
+# -- cost and quality ---------------------------------------------------------------------------
+@router.get("/analytics")
+async def analytics_page(
+    request: Request,
+    since: Annotated[str | None, Query(pattern=r"^(\d{4}-\d{2}-\d{2})?$")] = None,
+    period: Annotated[str, Query(pattern=r"^(day|week)$")] = "week",
+) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.ANALYTICS)
+    services = _services(request)
+    try:
+        charts = await run_in_threadpool(build_charts, services.settings.data_dir, session.workspace,
+                                         since or None, period)
+        missing = None
+    except AnalyticsMissing as e:
+        charts, missing = [], str(e)
+    return page(request, session, "analytics.html", charts=charts, missing=missing, since=since or "",
+                period=period)
+
+
+# -- replays ------------------------------------------------------------------------------------
+@router.get("/replays")
+def replays_page(request: Request) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.REPLAY)
+    reports = _state(request).replays(_services(request))
+    mine = [r for r in reports.list() if _has_workspace(reports.load(r["replay_id"]), session.workspace)]
+    return page(request, session, "replays.html", replays=list(reversed(mine)))
+
+
+def _has_workspace(report: dict[str, Any], workspace: str) -> bool:
+    return any(r.get("workspace") == workspace for r in report.get("runs", []))
+
+
+@router.get("/replays/{replay_id}")
+def replay_page(request: Request, replay_id: str) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.REPLAY)
+    report = _state(request).replays(_services(request)).load(replay_id)
+    if not _has_workspace(report, session.workspace):
+        raise NotFoundError(f"no replay {replay_id!r}")
+    runs = [r for r in report["runs"] if r["workspace"] == session.workspace]
+    runs.sort(key=lambda r: (not r["changed"], r["status"] == "reproduced", r["run_id"]))
+
+    def delta(a: Any, b: Any) -> Decimal | None:
+        return None if a is None or b is None else Decimal(str(b)) - Decimal(str(a))
+
+    return page(request, session, "replay.html", report=report, runs=runs, delta=delta,
+                s=report["summary"], changed=sum(1 for r in runs if r["changed"]))
+
+
+# -- kill switches ------------------------------------------------------------------------------
+@router.get("/kill-switches")
+def kill_switches_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLResponse:
+    session = person(request)
+    state = _state(request)
+    services = _services(request)
+    switches = {s.workflow: s for s in state.kill_switches.switches(session.workspace)}
+    seen, _ = services.runs.page(RunFilter(session.workspace), 10**9, None, True)
+    workflows = sorted({s.workflow for s in seen if s.workflow and s.workflow != AUDIT_WORKFLOW} | set(switches))
+    return page(request, session, "kill_switches.html", workflows=workflows, switches=switches,
+                history=state.kill_switches.history(session.workspace), msg=msg, ok=ok,
+                can_flip=may(session, Capability.HALT))
+
+
+@router.post("/kill-switches")
+async def flip_kill_switch(request: Request) -> Response:
+    session = person(request)
+    form = await checked_form(request, session)
+    need(session, Capability.HALT)
+    workflow = form.get("workflow", "").strip()
+    action = form.get("action", "")
+    if action not in ("halt", "resume"):
+        raise KillSwitchError(f"action must be halt or resume, not {action!r}")
+    try:
+        workflow, reason = check_flip(workflow, form.get("reason", ""))
+    except KillSwitchError as e:
+        return _back("/console/kill-switches", str(e), ok=False)
+    services = _services(request)
+    index = await run_in_threadpool(record_action, services, session, "kill_switch." + action,
+                                    "/console/kill-switches", {"workflow": workflow, "reason": reason})
+    _state(request).kill_switches.flip(session.workspace, workflow, action == "halt", session.identity,
+                                       reason, index)
+    verb = "halted" if action == "halt" else "resumed"
+    return _back("/console/kill-switches", f"{workflow} {verb} by {session.identity} (ledger index {index})")

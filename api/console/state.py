@@ -1,0 +1,79 @@
+"""What the console keeps between requests: templates, sessions, the board, kill switches, hooks."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.resources import files
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from api.console.actions import RevertHook
+from api.console.board import Board, diff_rows
+from api.console.kill_switch import KillSwitches
+from api.console.session import Sessions
+from api.deps import Services
+from domain.canonical import dumps
+from replay.store import ReplayReports
+
+
+def money(value: Any) -> str:
+    """Exact USD text of a Decimal (or decimal string), never through a float."""
+    if value is None:
+        return "—"
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    return f"${d:f}"
+
+
+def json_text(value: Any) -> str:
+    """Compact canonical JSON of a value, for showing args, results and diffs."""
+    return dumps(value).decode()
+
+
+def percent(value: Any) -> str:
+    """A rate (0..1) as a percentage."""
+    return "—" if value is None else f"{Decimal(str(value)) * 100:.1f}%"
+
+
+@dataclass
+class ConsoleState:
+    """The console's long-lived parts, built once by ``mount_console``."""
+
+    templates: Jinja2Templates
+    sessions: Sessions
+    board: Board
+    kill_switches: KillSwitches
+    revert_hooks: Mapping[str, RevertHook]
+
+    @staticmethod
+    def make_templates() -> Jinja2Templates:
+        """Templates from the package (autoescaped), with the console's filters."""
+        templates = Jinja2Templates(directory=str(files("api.console") / "templates"))
+        templates.env.filters.update(money=money, json=json_text, percent=percent)
+        templates.env.globals["change_diff"] = lambda c: diff_rows(c.before, c.after)
+        return templates
+
+    def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+        """A page (or fragment) from a template."""
+        resp = self.templates.TemplateResponse(request, name, context, status_code=status)
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+        return resp
+
+    @staticmethod
+    def new_login_token() -> str:
+        """A fresh CSRF token for the sign-in form (double-submitted as a cookie)."""
+        return secrets.token_urlsafe(32)
+
+    @staticmethod
+    def replays(services: Services) -> ReplayReports:
+        """The stored replay reports of the data dir."""
+        return ReplayReports(services.settings.data_dir / "replays")

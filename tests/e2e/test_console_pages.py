@@ -1,0 +1,236 @@
+"""The operator console in real headless Chromium against a uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from selenium.webdriver.common.by import By
+
+from api.console.kill_switch import is_halted
+from domain.evidence import verify_evidence
+from tests.e2e.console_support import HOOKED_WORKFLOW, WS, shot, sign_in, text_of, wait_for
+
+
+def _session_client(driver, server) -> httpx.Client:
+    """An HTTP client carrying the browser's session cookie."""
+    cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
+    return httpx.Client(base_url=server.url, cookies=cookies)
+
+
+def test_an_auditor_signs_in_filters_runs_opens_a_timeline_verifies_it_and_downloads_its_bundle(
+        browser, console_server):
+    server = console_server
+    browser.get(server.url + "/console/runs")
+    assert "/console/login" in browser.current_url  # no session: sign in first
+    sign_in(browser, server, "auditor", "/console/runs")
+    cookie = next(c for c in browser.get_cookies() if c["name"] == "tacho_console")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert server.identity("auditor") in browser.find_element(By.CLASS_NAME, "who").text
+    shot(browser, "runs")
+
+    browser.find_element(By.CSS_SELECTOR, "#f-outcome option[value='']")  # the filter is there
+    browser.find_element(By.ID, "f-outcome").send_keys("failed")
+    browser.find_element(By.ID, "apply-filters").click()
+    wait_for(browser, lambda d: "outcome=failed" in d.current_url)
+    outcomes = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody .pill")]
+    total = int(browser.find_element(By.ID, "total-runs").text)
+    assert outcomes and set(outcomes) == {"failed"}
+    expected = sum(1 for r in server.ledger.store.entries()
+                   if r.event_type == "run.completed" and b'"outcome":"failed"' in r.data
+                   and r.workspace == WS)
+    assert total == expected
+
+    browser.get(server.url + "/console/runs?workflow=ticket-triage")
+    first = browser.find_element(By.CSS_SELECTOR, "a.run-link")
+    run_id = first.text
+    first.click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "run-title").text == run_id)
+    steps = browser.find_elements(By.CSS_SELECTOR, "#timeline li.step")
+    assert [int(s.get_attribute("data-seq")) for s in steps] == [e["seq"] for e in server.events(run_id)]
+    positions = browser.find_element(By.ID, "ledger-positions").text
+    rows = server.ledger.store.run_entries(WS, run_id)
+    assert f"entries {rows[0].index} … {rows[-1].index}" in positions
+
+    browser.find_element(By.ID, "verify-run").click()
+    verdict = text_of(browser, "verify-outcome", "erif")
+    assert verdict.startswith("Verified:") and f"{len(rows)} entries" in verdict
+    shot(browser, "run-timeline")
+
+    with _session_client(browser, server) as client:
+        bundle = client.get(f"/console/runs/{run_id}/evidence.json")
+    assert bundle.status_code == 200 and "attachment" in bundle.headers["content-disposition"]
+    assert verify_evidence(bundle.json(), [server.ledger.signer.vkey]).ok
+
+    browser.get(server.url + "/console/ledger")
+    size = server.ledger.store.size()
+    browser.find_element(By.ID, "verify-ledger").click()
+    wait_for(browser, lambda d: "Ledger verified" in d.find_element(By.ID, "verification").text)
+    assert f"{size} entries" in browser.find_element(By.ID, "verification").text
+    shot(browser, "ledger")
+
+    actions = [a["action"] for a in server.console_actions() if a["key_id"] == server.key_ids["auditor"]]
+    assert {"console.sign_in", "console.runs.list", "console.run.timeline", "console.run.verify",
+            "console.run.evidence", "console.ledger.verify"} <= set(actions)
+
+
+def test_an_approver_approves_and_rejects_pending_changes_and_the_ledger_names_them(browser, console_server):
+    server = console_server
+    sign_in(browser, server, "approver", "/console/approvals")
+    card = browser.find_element(By.ID, "approval-ap-1")
+    assert "high risk" in card.text and "credit_limit" in card.text and "2500" in card.text
+    shot(browser, "approvals")
+
+    card.find_element(By.CLASS_NAME, "reason").send_keys("customer verified by phone")
+    card.find_element(By.CSS_SELECTOR, "button.approve").click()
+    text_of(browser, "flash", "ap-1 of pend-approve approved")
+
+    card = browser.find_element(By.ID, "approval-ap-2")
+    card.find_element(By.CSS_SELECTOR, "button.reject").click()  # no reason: refused, nothing written
+    text_of(browser, "flash", "say why you reject")
+    assert [e["type"] for e in server.events("pend-reject")][-1] == "approval.requested"
+    card = browser.find_element(By.ID, "approval-ap-2")
+    card.find_element(By.CLASS_NAME, "reason").send_keys("limit too high for a silver customer")
+    card.find_element(By.CSS_SELECTOR, "button.reject").click()
+    text_of(browser, "flash", "ap-2 of pend-reject rejected")
+
+    approved = server.events("pend-approve")[-1]
+    rejected = server.events("pend-reject")[-1]
+    assert approved["type"] == "approval.decided" and approved["seq"] == 5
+    assert approved["data"] == {"approval_id": "ap-1", "decision": "approved",
+                                "by": server.identity("approver"), "reason": "customer verified by phone"}
+    assert rejected["data"]["decision"] == "rejected" and rejected["data"]["by"] == server.identity("approver")
+    decided = browser.find_element(By.ID, "decided").text
+    assert "ap-1" in decided and "ap-2" in decided and server.identity("approver") in decided
+    assert not browser.find_elements(By.ID, "approval-ap-1")
+    shot(browser, "approvals-decided")
+    recorded = [a for a in server.console_actions() if a["action"] == "console.approval.decide"]
+    assert {a["target"]["approval_id"] for a in recorded} >= {"ap-1", "ap-2"}
+    assert all(a["target"]["by"] == server.identity("approver") for a in recorded)
+
+    # deciding again (a stale tab) is refused by the run rules and records nothing
+    with _session_client(browser, server) as client:
+        page = client.get("/console/approvals").text
+        csrf = re.search(r'X-CSRF-Token": "([^"]+)"', page).group(1)
+        again = client.post("/console/approvals/pend-approve/ap-1",
+                            data={"csrf": csrf, "decision": "rejected", "reason": "x"})
+    assert again.status_code == 409 and "already decided" in again.text
+    assert len(server.events("pend-approve")) == 6
+
+
+def test_a_form_posted_without_its_csrf_token_or_from_another_origin_is_refused(browser, console_server):
+    server = console_server
+    sign_in(browser, server, "approver", "/console/approvals")
+    before = len(server.events("pend-nocsrf"))
+    card = browser.find_element(By.ID, "approval-ap-3")
+    browser.execute_script("arguments[0].querySelector('input[name=csrf]').remove()", card)
+    card.find_element(By.CSS_SELECTOR, "button.approve").click()
+    text_of(browser, "error-message", "CSRF")
+    assert "403" in browser.title
+    with _session_client(browser, server) as client:
+        csrf = re.search(r'X-CSRF-Token": "([^"]+)"', client.get("/console/approvals").text).group(1)
+        forged = client.post("/console/approvals/pend-nocsrf/ap-3", data={"csrf": csrf, "decision": "approved"},
+                             headers={"Origin": "http://evil.example"})
+        wrong = client.post("/console/approvals/pend-nocsrf/ap-3", data={"csrf": "x" * 43, "decision": "approved"})
+    assert forged.status_code == 403 and wrong.status_code == 403
+    login = httpx.post(server.url + "/console/login", data={"api_key": server.secrets["auditor"]})
+    assert login.status_code == 403  # the sign-in form has its own token too
+    assert len(server.events("pend-nocsrf")) == before
+
+
+def test_roles_see_only_their_pages_and_a_publisher_cannot_sign_in(browser, console_server):
+    server = console_server
+    sign_in(browser, server, "auditor", "/console/approvals")
+    assert "403" in browser.title and "approver" in browser.find_element(By.ID, "error-message").text
+    nav = browser.find_element(By.TAG_NAME, "nav").text
+    assert "Approvals" not in nav and "Runs" in nav and "Ledger" in nav
+    browser.find_element(By.ID, "sign-out").click()
+    wait_for(browser, lambda d: "/console/login" in d.current_url)
+    browser.get(server.url + "/console/runs")
+    assert "/console/login" in browser.current_url  # the session ended
+    browser.find_element(By.ID, "api-key").send_keys(server.secrets["publisher"])
+    browser.find_element(By.ID, "sign-in").click()
+    text_of(browser, "login-error", "cannot sign in to the console")
+    browser.find_element(By.ID, "api-key").send_keys("tacho_000000000000_" + "A" * 43)
+    browser.find_element(By.ID, "sign-in").click()
+    text_of(browser, "login-error", "unknown API key")
+
+
+def test_an_engineer_reverts_a_reversible_change_through_its_hook_and_irreversible_ones_are_labelled(
+        browser, console_server):
+    server = console_server
+    sign_in(browser, server, "engineer", "/console/changes")
+    sent = browser.find_element(By.ID, "change-ch-send-1")
+    assert "irreversible — cannot be undone" in sent.text and not sent.find_elements(By.CSS_SELECTOR, "button.revert")
+    shot(browser, "changes")
+
+    failing = browser.find_element(By.ID, "change-ch-void-2")
+    failing.find_element(By.CLASS_NAME, "reason").send_keys("wrong invoice")
+    failing.find_element(By.CSS_SELECTOR, "button.revert").click()
+    assert "revert hook" in text_of(browser, "error-message", "already paid")
+    assert [e["type"] for e in server.events("open-void-fails")][-1] == "change.applied"
+
+    browser.get(server.url + "/console/changes")
+    card = browser.find_element(By.ID, "change-ch-void-1")
+    card.find_element(By.CLASS_NAME, "reason").send_keys("voided the wrong invoice")
+    card.find_element(By.CSS_SELECTOR, "button.revert").click()
+    text_of(browser, "flash", "ch-void-1 of open-void reverted")
+    last = server.events("open-void")[-1]
+    assert last["type"] == "change.reverted" and last["data"] == {
+        "change_id": "ch-void-1", "by": server.identity("engineer"), "reason": "voided the wrong invoice"}
+    assert server.reverted == [("ch-void-1", server.identity("engineer"), "voided the wrong invoice")]
+    assert "reverted by " + server.identity("engineer") in browser.find_element(By.ID, "change-ch-void-1").text
+    actions = {a["action"] for a in server.console_actions() if a["key_id"] == server.key_ids["engineer"]}
+    assert {"console.change.revert", "console.change.revert_failed"} <= actions
+
+
+def test_an_analyst_sees_cost_and_quality_charts(browser, console_server):
+    server = console_server
+    sign_in(browser, server, "analyst", "/console/analytics")
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 6
+    titles = [c.get_attribute("aria-label") for c in charts]
+    assert any("by week" in t for t in titles) and any("agent version" in t for t in titles)
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline, svg.chart circle")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")) >= 5
+    assert not browser.find_elements(By.ID, "analytics-missing")
+    shot(browser, "analytics")
+
+
+def test_an_engineer_opens_a_replay_diff_with_changed_outcomes_first(browser, console_server):
+    server = console_server
+    sign_in(browser, server, "engineer", "/console/replays")
+    link = browser.find_element(By.CSS_SELECTOR, "a.replay-link")
+    assert link.text == "whatif-large"
+    link.click()
+    wait_for(browser, lambda d: d.find_elements(By.ID, "replay-runs"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#replay-runs tbody tr")
+    flags = [("changed" in (r.get_attribute("class") or "")) for r in rows]
+    assert flags == sorted(flags, reverse=True)  # every changed run is listed before the unchanged
+    assert "cost" in browser.find_element(By.ID, "replay-deltas").text
+    shot(browser, "replay")
+
+
+def test_an_admin_halts_a_workflow_and_the_sdk_check_sees_it_until_resumed(browser, console_server):
+    server = console_server
+    assert is_halted(server.data_dir, WS, HOOKED_WORKFLOW) is None
+    sign_in(browser, server, "admin", "/console/kill-switches")
+    row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
+    row.find_element(By.CLASS_NAME, "reason").send_keys("refunds misfiring, investigating")
+    row.find_element(By.CSS_SELECTOR, "button.reject").click()
+    text_of(browser, "flash", f"{HOOKED_WORKFLOW} halted")
+    state = is_halted(server.data_dir, WS, HOOKED_WORKFLOW)
+    assert state is not None and state.by == server.identity("admin")
+    assert state.reason == "refunds misfiring, investigating" and "halted by its kill switch" in state.refusal()
+    assert is_halted(server.data_dir, "other-ws", HOOKED_WORKFLOW) is None
+    recorded = [a for a in server.console_actions() if a["action"] == "console.kill_switch.halt"]
+    assert recorded and recorded[-1]["target"] == {"workflow": HOOKED_WORKFLOW, "by": server.identity("admin"),
+                                                   "reason": "refunds misfiring, investigating"}
+    shot(browser, "kill-switches")
+    row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
+    row.find_element(By.CLASS_NAME, "reason").send_keys("fixed")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    text_of(browser, "flash", f"{HOOKED_WORKFLOW} resumed")
+    assert is_halted(server.data_dir, WS, HOOKED_WORKFLOW) is None
+    history = browser.find_element(By.ID, "switch-history").text
+    assert "halt" in history and "resume" in history
