@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +22,8 @@ from api.bootstrap import build_ledger
 from api.deps import Limits, Services
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
-from api.routes import analytics, audit, ingest, log, ops
+from api.replay_jobs import ReplayJobs
+from api.routes import analytics, audit, ingest, log, ops, replays
 from api.routes import keys as key_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
 from api.run_index import RunIndex
@@ -36,6 +38,7 @@ from domain.errors import (
 )
 from domain.ledger import Ledger
 from projections.errors import ProjectionError, ReportError
+from replay.store import ReplayReports
 
 VERSION = "0.1.0"
 
@@ -128,6 +131,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, let a running replay finish (queued ones are dropped)."""
+    yield
+    services: Services = app.state.services
+    await run_in_threadpool(services.replays.close)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -139,7 +150,7 @@ def create_app(
     """Build the API over the configured ledger and key store."""
     ledger = ledger or build_ledger(settings)
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
-    limits = limits or Limits()
+    limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
     services = Services(
         settings=settings,
         ledger=ledger,
@@ -149,6 +160,9 @@ def create_app(
         metrics=Metrics(),
         limits=limits,
         clock=clock,
+        replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
+                           settings.replay_agents, max_queued=settings.replay_queue,
+                           workers=settings.replay_workers),
     )
 
     app = FastAPI(
@@ -157,13 +171,17 @@ def create_app(
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.services = services
     _install_errors(app)
     _install_metrics(app, services.metrics)
-    for module in (ingest, audit, log, analytics, key_routes, ops):
+    for module in (ingest, audit, log, analytics, replays, key_routes, ops):
         app.include_router(module.router)
     _install_docs(app)
+    from api.console import mount_console  # the operator console (issue 7)
+
+    mount_console(app, services)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     return app
 
@@ -194,16 +212,36 @@ def _install_errors(app: FastAPI) -> None:
                               headers=dict(exc.headers or {}))
 
 
-def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
+class RequestMetrics:
+    """Count requests and time them by route (plain ASGI: no body copying, no extra task)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+        status = 500
+
+        async def sending(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
+def _install_metrics(app: FastAPI, metrics: Metrics) -> None:
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
 
 def _install_docs(app: FastAPI) -> None:

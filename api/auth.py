@@ -19,6 +19,9 @@ class Capability(StrEnum):
     EXPORT = "export"
     REPLAY = "replay"
     KEYS = "keys"
+    APPROVE = "approve"
+    REVERT = "revert"
+    HALT = "halt"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
@@ -33,9 +36,9 @@ GRANTS: dict[str, frozenset[Capability]] = {
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
-    "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY}),
-    "admin": frozenset({Capability.KEYS}),
-    "approver": frozenset(),
+    "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT, Capability.HALT}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT}),
+    "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY}),
 }
 
 

@@ -26,8 +26,11 @@ def cmd_serve(
     import uvicorn
 
     from api.app import create_app
+    from api.deps import Limits
 
-    app = create_app(Settings())
+    settings = Settings()
+    limits = Limits(max_body_bytes=settings.api_max_body_bytes, max_batch=settings.api_max_batch)
+    app = create_app(settings, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 

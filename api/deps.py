@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -17,6 +17,9 @@ from api.metrics import Metrics
 from api.run_index import RunIndex
 from api.settings import Settings
 from domain.ledger import Ledger
+
+if TYPE_CHECKING:
+    from api.replay_jobs import ReplayJobs
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Services:
     metrics: Metrics
     limits: Limits
     clock: Callable[[], float]
+    replays: ReplayJobs
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -234,3 +235,70 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+RATE_LIMIT = Field(None, ge=0, le=1_000_000, description="a fraction: 0.05 = 5%")
+
+
+class ReplayStart(BaseModel):
+    """A replay request: which recorded runs, which agent code, which candidate, which gate."""
+
+    model_config = {"extra": "forbid"}
+
+    agent: str = Field(
+        description="agent code as module:function; must be on the server's allow-list "
+        "(setting `replay_agents`)", min_length=3, max_length=200,
+    )
+    workflow: str | None = Field(
+        None, max_length=512, description="replay finished runs of this workflow "
+        "(default: the agent module's WORKFLOW when `runs` is not given)",
+    )
+    runs: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]] = Field(
+        default_factory=list, max_length=10_000, description="replay exactly these run ids"
+    )
+    since: str | None = Field(
+        None, pattern=r"^\d{4}-\d{2}-\d{2}([Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2}))?$",
+        description="only runs started at or after this RFC 3339 date or time",
+    )
+    limit: int | None = Field(None, ge=1, le=1_000_000, description="at most N runs, oldest first")
+    model: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="candidate model (what-if replay); none: fidelity replay",
+    )
+    prompts: dict[Annotated[str, Field(min_length=1, max_length=200)],
+                  Annotated[str, Field(max_length=200_000)]] = Field(
+        default_factory=dict, max_length=100,
+        description="candidate prompts by name (each must be one the agent registers)",
+    )
+    max_outcome_change: Decimal | None = RATE_LIMIT
+    max_cost_increase: Decimal | None = RATE_LIMIT
+    max_violation_increase: Decimal | None = RATE_LIMIT
+
+
+class ReplayProgress(BaseModel):
+    """How far a replay has got."""
+
+    done: int
+    total: int | None = Field(description="runs to replay (unknown until they are loaded)")
+
+
+class ReplayJobOut(BaseModel):
+    """A replay's state; ``report`` is set once it finished (tachograph replay report)."""
+
+    replay_id: str
+    status: Literal["queued", "running", "finished", "failed"]
+    created: str
+    finished: str | None
+    agent: str | None
+    mode: str | None
+    candidate: str | None
+    progress: ReplayProgress
+    passed: bool | None = Field(description="whether the release gate passed (when finished)")
+    error: str | None
+    report: dict[str, Any] | None = None
+
+
+class ReplayList(BaseModel):
+    """Replays of the key's workspace, oldest first (without their reports)."""
+
+    replays: list[ReplayJobOut]

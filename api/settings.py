@@ -23,6 +23,16 @@ class Settings(BaseSettings):
     held_timeout_s: float = Field(60.0, gt=0, description="quarantine held events after T seconds")
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")
+    api_max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="HTTP API: largest request body (after gzip), bytes"
+    )
+    api_max_batch: int = Field(10_000, ge=1, description="HTTP API: most events in one request")
+    replay_agents: list[str] = Field(
+        ["examples.triage:triage", "examples.invoices:match_invoice"],
+        description="agents (module:function) the HTTP API may replay; JSON list in the environment",
+    )
+    replay_queue: int = Field(8, ge=1, description="HTTP API: replays queued or running at once")
+    replay_workers: int = Field(2, ge=1, description="runs replayed in parallel within one replay")
 
     @property
     def key_path(self) -> Path:

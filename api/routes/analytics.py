@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,7 +15,6 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api.deps import Analyst, Exporter, Services, ServicesDep
-from api.keys_store import ApiKey
 from api.routes.audit import audited
 from api.routes.errors import BadParameter, Unavailable
 from api.schemas import errors
@@ -27,15 +27,73 @@ Since = Annotated[
     Query(pattern=DATE, description="runs started on or after this date (YYYY-MM-DD)",
           json_schema_extra={"format": "date"}),
 ]
+Until = Annotated[
+    str | None,
+    Query(pattern=DATE, description="runs started before this date (YYYY-MM-DD, exclusive)",
+          json_schema_extra={"format": "date"}),
+]
+Outcome = Annotated[
+    Literal["succeeded", "failed", "escalated", "cancelled", "running"] | None,
+    Query(description="only runs that ended so (`running`: not completed yet)"),
+]
+HasDenial = Annotated[bool | None, Query(description="only runs with (true) or without (false) a policy denial")]
+Text = Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$")]
 
 
-def _date(text: str | None) -> str | None:
+def _date(text: str | None, name: str = "since") -> str | None:
     if text is None:
         return None
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError as e:
-        raise BadParameter(f"since: {text!r} is not a calendar date") from e
+        raise BadParameter(f"{name}: {text!r} is not a calendar date") from e
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """The runs-list filters, applied to the runs an analytics report counts."""
+
+    workspace: str
+    workflow: str | None = None
+    agent: str | None = None
+    outcome: str | None = None
+    until: str | None = None
+    has_denial: bool | None = None
+
+    def where(self) -> str:
+        """SQL condition over ``run_facts`` (values are quoted literals; dates are parsed dates)."""
+        conds = [f"workspace = {_literal(self.workspace)}"]
+        if self.workflow is not None:
+            conds.append(f"workflow = {_literal(self.workflow)}")
+        if self.agent is not None:
+            conds.append(f"agent_id = {_literal(self.agent)}")
+        if self.outcome == "running":
+            conds.append("outcome IS NULL")
+        elif self.outcome is not None:
+            conds.append(f"outcome = {_literal(self.outcome)}")
+        if self.until is not None:
+            conds.append(f"CAST(started_at AS DATE) < DATE '{self.until}'")
+        if self.has_denial is not None:
+            conds.append("denials > 0" if self.has_denial else "denials = 0")
+        return " AND ".join(conds)
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (quotes doubled; NUL refused by the query patterns)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def scope_runs(con: Any, scope: RunScope) -> None:
+    """Shadow ``run_facts`` in this session with a temporary view of the runs in scope.
+
+    Every report reads its runs from ``run_facts``, so one view applies the same filters to all.
+    """
+    db = con.execute("SELECT current_database()").fetchone()[0]
+    quoted = '"' + str(db).replace('"', '""') + '"'
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW run_facts AS "
+        f"SELECT * FROM {quoted}.main.run_facts WHERE {scope.where()}"
+    )
 
 
 REPORT_NAMES = Literal["cost-per-outcome", "violations", "budgets", "approvals", "outcomes"]
@@ -55,8 +113,8 @@ def _analytics_file(services: Services) -> Path:
     return path
 
 
-def _report(services: Services, key: ApiKey, name: str, by: list[str], since: str | None,
-            workflow: str | None, agent: str | None) -> dict[str, Any]:
+def _report(services: Services, name: str, by: list[str], since: str | None,
+            scope: RunScope) -> dict[str, Any]:
     from projections.projector import connect
     from projections.reports import REPORTS, run_report
 
@@ -65,18 +123,19 @@ def _report(services: Services, key: ApiKey, name: str, by: list[str], since: st
         "workspace", *REPORTS[name].default_by]
     con = connect(path, read_only=True, retries=20)
     try:
+        scope_runs(con, scope)
         report = run_report(con, name, dims, since)
     finally:
         con.close()
     out = report.to_json()
-    rows = [r for r in out["rows"] if r.get("workspace") == key.workspace]
-    if workflow is not None:
-        rows = [r for r in rows if r.get("workflow") == workflow]
-    if agent is not None:
-        rows = [r for r in rows if r.get("agent") in (None, agent)]
+    rows = [r for r in out["rows"] if r.get("workspace") == scope.workspace]
     for r in rows:
         r.pop("workspace", None)
-    return {"report": name, "workspace": key.workspace, "by": dims[1:], "since": since,
+    filters = {k: v for k, v in (("workflow", scope.workflow), ("agent", scope.agent),
+                                 ("outcome", scope.outcome), ("until", scope.until),
+                                 ("has_denial", scope.has_denial)) if v is not None}
+    return {"report": name, "workspace": scope.workspace, "by": dims[1:], "since": since,
+            "filters": filters,
             "rows": [{k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                       for k, v in r.items()} for r in rows]}
 
@@ -86,8 +145,10 @@ def _report(services: Services, key: ApiKey, name: str, by: list[str], since: st
     summary="An analytics report of the key's workspace",
     description="Cost per outcome, violation rates, budget breaches, approval latency or outcome "
     "SLO from the projections (`tacho project`), grouped by `by` (comma separated: workflow, "
-    "agent, agent_version, route, day, week, policy, limit, risk... as the report allows) for runs "
-    "started since `since`. Money is an exact decimal string. Role analyst.",
+    "agent, agent_version, route, day, week, policy, limit, risk... as the report allows). "
+    "The runs counted take the runs list's filters: `workflow`, `agent`, `outcome`, `has_denial` "
+    "and the start-date range `since` (inclusive) to `until` (exclusive); the approvals report "
+    "applies `since` to the request time. Money is an exact decimal string. Role analyst.",
     responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
                **errors(401, 403, 422, 503)},
 )
@@ -97,15 +158,19 @@ async def analytics_report(
     report: REPORT_NAMES,
     by: Annotated[str | None, Query(pattern=r"^[a-z_,-]{0,200}$")] = None,
     since: Since = None,
-    workflow: Annotated[str | None, Query(max_length=512)] = None,
-    agent: Annotated[str | None, Query(max_length=512)] = None,
+    until: Until = None,
+    workflow: Text = None,
+    agent: Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$", description="agent id")] = None,
+    outcome: Outcome = None,
+    has_denial: HasDenial = None,
 ) -> dict[str, Any]:
     dims = [p.strip().replace("-", "_") for p in (by or "").split(",") if p.strip()]
-    return await run_in_threadpool(_report, services, key, report, dims,
-                                   _date(since), workflow, agent)
+    scope = RunScope(key.workspace, workflow, agent, outcome, _date(until, "until"), has_denial)
+    return await run_in_threadpool(_report, services, report, dims, _date(since), scope)
 
 
-def _export(services: Services, table: str, workspace: str, since: str | None) -> Path:
+def _export(services: Services, table: str, workspace: str, since: str | None,
+            until: str | None) -> Path:
     from projections.projector import connect
 
     path = _analytics_file(services)
@@ -117,6 +182,8 @@ def _export(services: Services, table: str, workspace: str, since: str | None) -
         where = f"workspace = '{workspace}'"  # workspace matched ^[a-z0-9-]{1,64}$ at key creation
         if since:
             where += f" AND date >= DATE '{since}'"  # since is a parsed date
+        if until:
+            where += f" AND date < DATE '{until}'"  # so is until
         con.execute(
             f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY idx) TO '{name}' "
             "(FORMAT parquet, COMPRESSION zstd)"
@@ -130,8 +197,8 @@ def _export(services: Services, table: str, workspace: str, since: str | None) -
     "/v1/export/{table}.parquet",
     summary="Download a projection table of the key's workspace as Parquet",
     description="One Parquet file of the workspace's rows of a projection table (events, "
-    "model_calls, tool_calls, policy_evaluations, approvals, changes), optionally since a date. "
-    "Roles auditor, analyst. Audited.",
+    "model_calls, tool_calls, policy_evaluations, approvals, changes), optionally of the days "
+    "from `since` (inclusive) to `until` (exclusive). Roles auditor, analyst. Audited.",
     responses={200: {"content": {"application/vnd.apache.parquet": {}}},
                **errors(401, 403, 422, 503)},
     response_class=FileResponse,
@@ -141,10 +208,13 @@ async def export_table(
     services: ServicesDep,
     key: Exporter,
     table: TABLES,
-    since: Since = None,
+    since: Annotated[str | None, Query(pattern=DATE, description="rows dated on or after (YYYY-MM-DD)",
+                                       json_schema_extra={"format": "date"})] = None,
+    until: Annotated[str | None, Query(pattern=DATE, description="rows dated before (YYYY-MM-DD)",
+                                       json_schema_extra={"format": "date"})] = None,
 ) -> FileResponse:
     path = await run_in_threadpool(_export, services, table, key.workspace,
-                                   _date(since))
+                                   _date(since), _date(until, "until"))
     await run_in_threadpool(audited, services, key, request, "export.parquet",
                             workspace=key.workspace, table=table)
     return FileResponse(

@@ -197,10 +197,11 @@ def _visible(row_ws: str | None, source: dict[str, Any], workspace: str) -> bool
     summary="Quarantined messages of the key's workspace",
     description="Messages that could not be accepted, with the reason and raw bytes, oldest "
     "first. Messages whose workspace is unreadable are shown to the workspace of the key that "
-    "sent them over HTTP. Role auditor.",
-    responses=errors(401, 403, 422),
+    "sent them over HTTP. Role auditor. Audited.",
+    responses=errors(401, 403, 422, 503),
 )
 def quarantine(
+    request: Request,
     services: ServicesDep,
     key: QuarantineReader,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -225,4 +226,5 @@ def quarantine(
                 if len(items) >= limit:
                     break
     more = len(items) >= limit
+    audited(services, key, request, "quarantine.list", workspace=key.workspace, returned=len(items))
     return QuarantinePage(items=items, next_cursor=items[-1].id if more and items else None)

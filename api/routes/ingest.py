@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jiter
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -14,8 +15,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from api.deps import Limits, Publisher, ServicesDep
 from api.keys_store import ApiKey
 from api.routes.errors import BadBody, BodyTooLarge, UnsupportedMedia
-from api.schemas import IngestReport, ItemResult, errors
-from domain.canonical import dumps
+from api.schemas import IngestReport, errors
+from domain.canonical import MAX_EVENT_BYTES, dumps, parse_event, validate_event
+from domain.errors import ContractError
+from domain.ledger import Parsed, ParseResult, slim
 from domain.ports import Incoming, Source
 from ingest import otlp
 
@@ -74,7 +77,12 @@ async def read_body(request: Request, limits: Limits) -> bytes:
     return out
 
 
-Raw = tuple[bytes, str | None]
+class Item(NamedTuple):
+    """One submitted event: the bytes to keep, its workspace if readable, its validation."""
+
+    raw: bytes
+    workspace: str | None
+    result: ParseResult
 
 
 def _ws(value: Any) -> str | None:
@@ -82,11 +90,32 @@ def _ws(value: Any) -> str | None:
     return ws if isinstance(ws, str) else None
 
 
-def _split(body: bytes, content_type: str) -> list[Raw]:
-    """(raw event text, its workspace if readable) of a JSON array / object / NDJSON body."""
+def item_of_value(value: Any) -> Item:
+    """Validate an already-parsed event (the body is parsed once, not once more per event)."""
+    try:
+        event, canonical = validate_event(value)
+        if len(canonical) > MAX_EVENT_BYTES:
+            raise ContractError(f"event is {len(canonical)} bytes, over the {MAX_EVENT_BYTES}-byte limit",
+                                [("(event)", "oversize")])
+    except ContractError as e:
+        return Item(_dump(value), _ws(value), (None, None, f"contract: {e}"))
+    return Item(canonical, event["workspace"], (slim(event), canonical, None))
+
+
+def item_of_line(line: bytes) -> Item:
+    """Validate one NDJSON line."""
+    try:
+        event, canonical = parse_event(line)
+    except ContractError as e:
+        return Item(line, _workspace_of(line), (None, None, f"contract: {e}"))
+    return Item(line, event["workspace"], (slim(event), canonical, None))
+
+
+def _split(body: bytes, content_type: str) -> list[Item]:
+    """The events of a JSON array / object / NDJSON body, each validated."""
     ctype = content_type.split(";", 1)[0].strip().lower()
     if ctype in ("application/x-ndjson", "application/jsonl", "application/jsonlines", "text/plain"):
-        return [(line, _workspace_of(line)) for line in (x.strip() for x in body.split(b"\n")) if line]
+        return [item_of_line(line) for line in (x.strip() for x in body.split(b"\n")) if line]
     if ctype not in ("application/json", ""):
         raise UnsupportedMedia(
             f"content-type {ctype!r} is not supported: send application/json (an array of events) "
@@ -97,10 +126,10 @@ def _split(body: bytes, content_type: str) -> list[Raw]:
     except ValueError as e:
         raise BadBody(f"body is not JSON: {e}; nothing was stored") from e
     if isinstance(value, dict):
-        return [(body, _ws(value))]
+        return [item_of_value(value)]
     if not isinstance(value, list):
         raise BadBody("body must be a JSON array of events or one event object; nothing was stored")
-    return [(_dump(v), _ws(v)) for v in value]
+    return [item_of_value(v) for v in value]
 
 
 def _dump(value: Any) -> bytes:
@@ -118,36 +147,48 @@ def _workspace_of(raw: bytes) -> str | None:
     return _ws(value)
 
 
-def append_events(services: ServicesDep, key: ApiKey, raws: list[Raw], kind: str) -> IngestReport:
-    """Check the workspace of each event, append the rest in one transaction, report per item."""
-    results: list[ItemResult | None] = [None] * len(raws)
+STATUSES = ("accepted", "duplicate", "held", "quarantined", "rejected")
+
+
+def append_events(services: ServicesDep, key: ApiKey, batch: list[Item], kind: str) -> dict[str, Any]:
+    """Check the workspace of each event, append the rest in one transaction, report per item.
+
+    The report is a plain dict (an ``IngestReport``): per-item models cost more than the append.
+    """
+    results: list[dict[str, Any] | None] = [None] * len(batch)
     items: list[Incoming] = []
+    parsed: list[Parsed] = []
     positions: list[int] = []
-    for n, (raw, ws) in enumerate(raws):
+    name = f"{key.workspace}/{key.id}"
+    for n, (raw, ws, result) in enumerate(batch):
         if ws is not None and ws != key.workspace:
-            results[n] = ItemResult(
-                item=n, status="rejected",
-                reason=f"workspace: this key writes to workspace {key.workspace!r}, not {ws!r}",
-            )
+            results[n] = {
+                "item": n, "status": "rejected",
+                "reason": f"workspace: this key writes to workspace {key.workspace!r}, not {ws!r}",
+                "event_id": None, "run_id": None, "index": None,
+            }
             continue
-        items.append(Incoming(raw, Source(kind=kind, name=f"{key.workspace}/{key.id}", line=n)))
+        incoming = Incoming(raw, Source(kind=kind, name=name, line=n))
+        items.append(incoming)
+        parsed.append(Parsed(incoming, *result))
         positions.append(n)
-    report = services.ledger.append(items) if items else None
+    report = services.ledger.append(items, parsed=parsed) if items else None
     if report is not None:
         for n, o in zip(positions, report.results, strict=True):
-            results[n] = ItemResult(item=n, status=o.status, reason=o.reason, event_id=o.event_id,
-                                    run_id=o.run_id, index=o.index)
+            results[n] = {"item": n, "status": o.status, "reason": o.reason, "event_id": o.event_id,
+                          "run_id": o.run_id, "index": o.index}
     done = [r for r in results if r is not None]
-    counts = {s: sum(1 for r in done if r.status == s) for s in
-              ("accepted", "duplicate", "held", "quarantined", "rejected")}
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in done:
+        counts[r["status"]] += 1
     for status, count in counts.items():
         if count:
             services.metrics.ingested.labels(kind, status).inc(count)
-    return IngestReport(
-        accepted=counts["accepted"], duplicates=counts["duplicate"], held=counts["held"],
-        quarantined=counts["quarantined"], rejected=counts["rejected"],
-        size=report.size if report else services.ledger.store.size(), results=done,
-    )
+    return {
+        "accepted": counts["accepted"], "duplicates": counts["duplicate"], "held": counts["held"],
+        "quarantined": counts["quarantined"], "rejected": counts["rejected"],
+        "size": report.size if report else services.ledger.store.size(), "results": done,
+    }
 
 
 @router.post(
@@ -163,19 +204,26 @@ def append_events(services: ServicesDep, key: ApiKey, raws: list[Raw], kind: str
     responses=errors(400, 401, 403, 413, 415, 422),
     openapi_extra={"requestBody": EVENTS_BODY},
 )
-async def post_events(request: Request, services: ServicesDep, key: Publisher) -> IngestReport:
+async def post_events(request: Request, services: ServicesDep, key: Publisher) -> Response:
     body = await read_body(request, services.limits)
-    raws = _split(body, request.headers.get("content-type", "application/json"))
-    if len(raws) > services.limits.max_batch:
-        raise BodyTooLarge(f"{len(raws)} events in one request; the limit is {services.limits.max_batch}")
-    return await run_in_threadpool(append_events, services, key, raws, "http")
+    ctype = request.headers.get("content-type", "application/json")
+    return await run_in_threadpool(_ingest, services, key, body, ctype)
+
+
+def _ingest(services: ServicesDep, key: ApiKey, body: bytes, ctype: str) -> Response:
+    """Split, validate and append one request body (off the event loop); the JSON report."""
+    batch = _split(body, ctype)
+    if len(batch) > services.limits.max_batch:
+        raise BodyTooLarge(f"{len(batch)} events in one request; the limit is {services.limits.max_batch}")
+    report = append_events(services, key, batch, "http")
+    return Response(orjson.dumps(report), media_type="application/json")
 
 
 def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView]) -> tuple[int, str]:
     """Map spans to events run by run and append them; return (rejected spans, message)."""
     rejected, reasons = 0, []
     with services.ingest_lock:
-        raws: list[Raw] = []
+        batch: list[Item] = []
         for run_id, run_spans in otlp.group_by_run(spans).items():
             rows = services.ledger.store.run_entries(key.workspace, run_id)
             cursor = otlp.RunCursor(
@@ -184,13 +232,13 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
                 completed=any(r.event_type == "run.completed" for r in rows),
             )
             events, _dups = otlp.events_for_run(run_spans, key.workspace, run_id, cursor)
-            raws.extend((dumps(ev), key.workspace) for ev in events)
-        if raws:
-            report = append_events(services, key, raws, "otlp")
-            for r in report.results:
-                if r.status in ("quarantined", "rejected"):
+            batch.extend(item_of_value(ev) for ev in events)
+        if batch:
+            report = append_events(services, key, batch, "otlp")
+            for r in report["results"]:
+                if r["status"] in ("quarantined", "rejected"):
                     rejected += 1
-                    reasons.append(r.reason or r.status)
+                    reasons.append(r["reason"] or r["status"])
     return rejected, "; ".join(reasons[:5])
 
 

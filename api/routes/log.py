@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from api.deps import LogReader, ServicesDep
+from api.routes.audit import audited
 from api.schemas import CheckpointOut, ConsistencyProof, InclusionProof, Verification, errors
 from domain.errors import NotFoundError
 from domain.ledger import iso
@@ -38,20 +39,23 @@ def checkpoint(services: ServicesDep, key: LogReader) -> CheckpointOut:
     "/v1/log/proof/inclusion",
     response_model=InclusionProof,
     summary="RFC 9162 inclusion proof",
-    description="Proof that entry `index` is in the tree of `size` entries. Role auditor.",
-    responses=errors(401, 403, 404, 422),
+    description="Proof that entry `index` is in the tree of `size` entries. Role auditor. Audited.",
+    responses=errors(401, 403, 404, 422, 503),
 )
 def inclusion(
+    request: Request,
     services: ServicesDep,
     key: LogReader,
     index: Annotated[int, Query(ge=0, le=2**62, description="entry index")],
     size: Size,
 ) -> InclusionProof:
     proof = services.ledger.inclusion_proof(index, size)
-    return InclusionProof(
+    out = InclusionProof(
         index=index, size=size, leaf_hash=services.ledger.store.node(0, index).hex(),
         root=services.ledger.root(size).hex(), proof=[h.hex() for h in proof],
     )
+    audited(services, key, request, "log.inclusion", index=index, size=size)
+    return out
 
 
 @router.get(
@@ -59,15 +63,18 @@ def inclusion(
     response_model=ConsistencyProof,
     summary="RFC 9162 consistency proof",
     description="Proof that the tree of `first` entries is a prefix of the tree of `second`. "
-    "Role auditor.",
-    responses=errors(401, 403, 404, 422),
+    "Role auditor. Audited.",
+    responses=errors(401, 403, 404, 422, 503),
 )
-def consistency(services: ServicesDep, key: LogReader, first: Size, second: Size) -> ConsistencyProof:
+def consistency(request: Request, services: ServicesDep, key: LogReader, first: Size,
+                second: Size) -> ConsistencyProof:
     proof = services.ledger.consistency_proof(first, second)
-    return ConsistencyProof(
+    out = ConsistencyProof(
         first=first, second=second, first_root=services.ledger.root(first).hex(),
         second_root=services.ledger.root(second).hex(), proof=[h.hex() for h in proof],
     )
+    audited(services, key, request, "log.consistency", first=first, second=second)
+    return out
 
 
 @router.get(

@@ -60,9 +60,9 @@ class Api:
         return self.keys.create(workspace, role, **kw)[1]
 
 
-def make_api(tmp_path: Path, limits: Limits | None = None) -> Api:
-    """A fresh API over its own data dir."""
-    settings = Settings(data_dir=tmp_path / "data", checkpoint_interval_s=0.5)
+def make_api(tmp_path: Path, limits: Limits | None = None, **overrides: Any) -> Api:
+    """A fresh API over its own data dir (``overrides``: other settings)."""
+    settings = Settings(data_dir=tmp_path / "data", checkpoint_interval_s=0.5, **overrides)
     clock = Clock()
     ledger = build_ledger(settings)
     keys = KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
@@ -78,6 +78,12 @@ def api(tmp_path: Path) -> Iterator[Api]:
     """An API over a fresh data dir."""
     a = make_api(tmp_path)
     yield a
+    close_api(a)
+
+
+def close_api(a: Api) -> None:
+    """Wait for background replays, then close the client and the store."""
+    a.services.replays.close()
     a.client.close()
     a.ledger.store.close()
 

@@ -28,6 +28,10 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("GET", "/v1/log/verification", Capability.READ_LOG, None),
     ("GET", "/v1/analytics/cost-per-outcome", Capability.ANALYTICS, None),
     ("GET", "/v1/export/events.parquet", Capability.EXPORT, None),
+    ("POST", "/v1/replays", Capability.REPLAY,
+     b'{"agent": "examples.triage:triage", "runs": ["{run}"]}'),
+    ("GET", "/v1/replays", Capability.REPLAY, None),
+    ("GET", "/v1/replays/{replay}", Capability.REPLAY, None),
     ("GET", "/v1/keys", Capability.KEYS, None),
 ]
 
@@ -40,6 +44,18 @@ def seeded(api: Api) -> tuple[Api, str]:
     return api, events[0]["run_id"]
 
 
+def _replay_of(a: Api, run: str) -> str:
+    """The id of a replay of ``run`` started by the workspace's engineer."""
+    r = a.client.post("/v1/replays", json={"agent": "examples.triage:triage", "runs": [run]},
+                      headers=a.auth("engineer"))
+    assert r.status_code == 202, r.text
+    return str(r.json()["replay_id"])
+
+
+def _fill(text: str, run: str, replay: str) -> str:
+    return text.replace("{run}", run).replace("{replay}", replay)
+
+
 def _call(a: Api, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
     headers = {**headers, "Content-Type": "application/json"}
     return a.client.request(method, path, content=body, headers=headers).status_code
@@ -47,22 +63,28 @@ def _call(a: Api, method: str, path: str, body: bytes | None, headers: dict[str,
 
 def test_every_endpoint_answers_each_role_by_its_grants(seeded: tuple[Api, str]) -> None:
     a, run = seeded
+    replay = _replay_of(a, run)
     table = {}
     for method, path, cap, body in ENDPOINTS:
-        url = path.replace("{run}", run)
+        url = _fill(path, run, replay)
+        content = _fill(body.decode(), run, replay).encode() if body else None
         for role in ROLES:
-            status = _call(a, method, url, body, a.auth(role))
+            status = _call(a, method, url, content, a.auth(role))
             table[(url, role)] = status
             if cap in GRANTS[role]:
                 # granted: never refused; analytics/export answer 503 until `tacho project` ran
-                assert status in (200, 201, 503), (url, role, status)
+                assert status in (200, 201, 202, 503), (url, role, status)
             else:
                 assert status == 403, (url, role, status)
     assert table[("/v1/runs", "auditor")] == 200
+    assert table[("/v1/replays", "engineer")] == 200
+    assert table[("/v1/replays", "admin")] == 403  # admin manages keys only (issue 6)
+    assert table[("/v1/replays", "auditor")] == 403
 
 
 def test_missing_malformed_expired_and_revoked_keys_get_401_everywhere(seeded: tuple[Api, str]) -> None:
     a, run = seeded
+    replay = _replay_of(a, run)
     expiring = a.key("acme", "admin", expires=a.clock() + 60)
     revoked_secret = a.key("acme", "admin")
     revoked_id = revoked_secret.split("_")[1]
@@ -77,7 +99,7 @@ def test_missing_malformed_expired_and_revoked_keys_get_401_everywhere(seeded: t
     }
     for method, path, _cap, body in ENDPOINTS:
         for name, h in headers.items():
-            r = a.client.request(method, path.replace("{run}", run), content=body, headers=h)
+            r = a.client.request(method, _fill(path, run, replay), content=body, headers=h)
             assert r.status_code == 401, (path, name, r.status_code)
             assert r.json()["error"] == "AuthError"
     r = a.client.get("/v1/keys", headers=headers["expired"])

@@ -31,6 +31,29 @@ def test_every_history_and_evidence_read_is_recorded_in_the_ledger(api: Api) -> 
     assert len(audit_reads(api)) == 4
 
 
+def test_quarantine_and_proof_reads_are_recorded_with_what_they_asked_for(api: Api) -> None:
+    publish(api, [*workload(runs=2), {"not": "an event"}])
+    api.ledger.checkpoint(force=True)
+    size = api.ledger.store.size()
+    h = api.auth("auditor")
+    q = api.client.get("/v1/quarantine", headers=h)
+    assert q.status_code == 200 and len(q.json()["items"]) == 1
+    assert api.client.get(f"/v1/log/proof/inclusion?index=1&size={size}", headers=h).status_code == 200
+    assert api.client.get(f"/v1/log/proof/consistency?first=2&second={size}",
+                          headers=h).status_code == 200
+    args = [r["data"]["args"] for r in audit_reads(api)]
+    assert [(a["action"], a["target"]) for a in args] == [
+        ("quarantine.list", {"workspace": "acme", "returned": 1}),
+        ("log.inclusion", {"index": 1, "size": size}),
+        ("log.consistency", {"first": 2, "second": size}),
+    ]
+    assert args[1]["query"] == {"index": "1", "size": str(size)}
+    # a proof that cannot be given is not recorded as a read
+    assert api.client.get(f"/v1/log/proof/inclusion?index={size * 9}&size={size * 10}",
+                          headers=h).status_code == 404
+    assert len(audit_reads(api)) == 3
+
+
 def test_runs_list_filters_and_pages_without_gaps_or_repeats(api: Api) -> None:
     events = workload(runs=12)
     publish(api, events)
@@ -113,6 +136,9 @@ def test_health_metrics_and_offline_docs_need_no_key(api: Api) -> None:
     publish(api, workload(runs=1))
     metrics = api.client.get("/metrics").text
     assert 'tacho_ingest_events_total{path="http",status="accepted"}' in metrics
+    assert 'tacho_http_requests_total{method="POST",route="/v1/events",status="200"} 1.0' in metrics
+    api.client.get("/v1/runs")  # no key: counted under its route with its status
+    assert 'route="/v1/runs",status="401"} 1.0' in api.client.get("/metrics").text
     docs = api.client.get("/docs").text
     assert "/static/swagger-ui-bundle.js" in docs and "cdn." not in docs and "https://" not in docs
     assert api.client.get("/static/swagger-ui-bundle.js").status_code == 200

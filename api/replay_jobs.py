@@ -1,0 +1,259 @@
+"""Replays started over HTTP: allow-listed agents, run in a background worker, one workspace each.
+
+A job lives in memory while it is queued or running; a finished replay's report is stored with
+the CLI's (``<data dir>/replays/<id>.json``, ``tacho replay show`` reads it) and tagged with the
+workspace that started it, so it survives restarts. A failed job is kept in memory only.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from api.routes.errors import BadParameter, Unavailable
+from api.schemas import ReplayStart
+from domain.canonical import loads
+from domain.errors import BackpressureError, NotFoundError, TachographError
+from domain.ledger import Ledger, iso
+from domain.ports import LedgerStore
+from replay.agents import AgentSpec, load_agent
+from replay.engine import ReplayConfig, run_replay
+from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
+from replay.history import RecordedRun, event_of, load_runs
+from replay.models import ModelRegistry, PriceTable
+from replay.report import Gate
+from replay.store import ReplayReports
+
+log = logging.getLogger(__name__)
+KEEP_FINISHED = 1000
+
+
+@dataclass
+class ReplayJob:
+    """One replay started over HTTP and where it has got to."""
+
+    replay_id: str
+    workspace: str
+    key_id: str
+    created: str
+    agent: str
+    mode: str
+    candidate: str
+    status: str = "queued"  # queued | running | finished | failed
+    done: int = 0
+    total: int | None = None
+    finished: str | None = None
+    passed: bool | None = None
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more replayed runs."""
+        with self.lock:
+            self.done += n
+
+    def to_json(self) -> dict[str, Any]:
+        """The job's state (no report)."""
+        return {
+            "replay_id": self.replay_id, "status": self.status, "created": self.created,
+            "finished": self.finished, "agent": self.agent, "mode": self.mode,
+            "candidate": self.candidate, "progress": {"done": self.done, "total": self.total},
+            "passed": self.passed, "error": self.error,
+        }
+
+
+def report_workspace(report: dict[str, Any]) -> str | None:
+    """The workspace a stored report belongs to (a CLI report: the one all its runs share)."""
+    ws = report.get("workspace")
+    if isinstance(ws, str):
+        return ws
+    spaces = {r.get("workspace") for r in report.get("runs", [])}
+    return spaces.pop() if len(spaces) == 1 else None
+
+
+def report_state(report: dict[str, Any]) -> dict[str, Any]:
+    """A stored report's job state (it finished)."""
+    n = len(report.get("runs", []))
+    return {
+        "replay_id": report["replay_id"], "status": "finished", "created": report["created"],
+        "finished": report.get("finished"), "agent": report.get("agent"), "mode": report.get("mode"),
+        "candidate": report.get("candidate"), "progress": {"done": n, "total": n},
+        "passed": report["gate"]["passed"], "error": None,
+    }
+
+
+def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str]) -> list[RecordedRun]:
+    """The given finished runs of one workspace (404 for a run missing or in another workspace)."""
+    out: list[RecordedRun] = []
+    for run_id in run_ids:
+        rows = store.run_entries(workspace, run_id)
+        if not rows:
+            raise NotFoundError(f"no run {run_id!r}")
+        run = RecordedRun(workspace, run_id)
+        for row in rows:
+            run.add(event_of(row))
+        if run.completed is None:
+            raise BadParameter(f"run {run_id!r} has not completed; only finished runs replay")
+        out.append(run)
+    return out
+
+
+class ReplayJobs:
+    """Starts replays in one background worker (queued beyond it) and answers for their state."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        reports: ReplayReports,
+        clock: Callable[[], float],
+        agents: Sequence[str],
+        *,
+        max_queued: int = 8,
+        workers: int = 2,
+    ) -> None:
+        self.ledger = ledger
+        self.reports = reports
+        self.clock = clock
+        self.agents = tuple(agents)
+        self.max_queued = max_queued
+        self.workers = workers
+        self.jobs: dict[str, ReplayJob] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _agent(self, ref: str, prompts: dict[str, str]) -> AgentSpec:
+        if ref not in self.agents:
+            raise BadParameter(
+                f"agent {ref!r} is not on this server's replay allow-list; allowed: "
+                f"{', '.join(self.agents) or 'none (set TACHO_REPLAY_AGENTS)'}"
+            )
+        try:
+            spec = load_agent(ref)  # only ever an allow-listed reference
+        except AgentLoadError as e:
+            raise Unavailable(f"allow-listed agent cannot be loaded: {e}") from e
+        if prompts:
+            try:
+                spec = spec.with_prompts(prompts)
+            except PromptError as e:
+                raise BadParameter(str(e)) from e
+        return spec
+
+    def _models(self, model: str | None) -> ModelRegistry:
+        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=PriceTable())
+        if model is not None:
+            try:
+                models.get(model)
+            except UnknownModelError as e:
+                raise BadParameter(str(e)) from e
+        return models
+
+    def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
+        """Check a request and queue its replay (raises 4xx errors before anything runs)."""
+        spec = self._agent(req.agent, dict(req.prompts))
+        models = self._models(req.model)
+        workflow = req.workflow or (None if req.runs else spec.workflow)
+        if workflow is None and not req.runs:
+            raise BadParameter("give `workflow` or `runs` (the agent's module names no WORKFLOW)")
+        chosen = recorded_runs(self.ledger.store, workspace, req.runs) if req.runs else None
+        gate = Gate(req.max_outcome_change, req.max_cost_increase, req.max_violation_increase)
+        now = self.clock()
+        rid = "rp-" + datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+        config = ReplayConfig(rid, iso(now), candidate_model=req.model, gate=gate, workers=self.workers)
+        job = ReplayJob(rid, workspace, key_id, config.created, spec.ref, config.mode(spec),
+                        config.candidate(spec))
+        with self._lock:
+            active = sum(1 for j in self.jobs.values() if j.status in ("queued", "running"))
+            if active >= self.max_queued:
+                raise BackpressureError(
+                    f"{active} replays are queued or running (limit {self.max_queued}); retry later"
+                )
+            self.jobs[rid] = job
+            self._trim()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tacho-replay")
+            self._pool.submit(self._run, job, spec, models, config, workflow, req, chosen)
+        return job
+
+    def _trim(self) -> None:
+        done = [j for j in self.jobs.values() if j.status in ("finished", "failed")]
+        for j in done[: max(0, len(done) - KEEP_FINISHED)]:
+            del self.jobs[j.replay_id]
+
+    def _load(self, workspace: str, workflow: str | None, req: ReplayStart) -> list[RecordedRun]:
+        runs = [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since)
+                if r.workspace == workspace]
+        return runs[: req.limit] if req.limit is not None else runs
+
+    def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,
+             workflow: str | None, req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
+        job.status = "running"
+        try:
+            runs = chosen if chosen is not None else self._load(job.workspace, workflow, req)
+            if not runs:
+                raise BadParameter(f"no finished runs of workflow {workflow!r} match"
+                                   + (f" since {req.since}" if req.since else ""))
+            job.total = len(runs)
+            report = run_replay(runs, spec, config, models, ledger=self.ledger, progress=job.advance)
+            self.ledger.checkpoint(force=True)
+            report["workspace"] = job.workspace
+            report["finished"] = iso(self.clock())
+            self.reports.save(report)
+            job.passed = bool(report["gate"]["passed"])
+            job.finished = report["finished"]
+            job.status = "finished"
+        except TachographError as e:
+            job.error, job.finished, job.status = f"{type(e).__name__}: {e}", iso(self.clock()), "failed"
+        except Exception as e:  # agent code is user code: its bug fails the job, visibly
+            log.exception("replay %s failed", job.replay_id)
+            job.error, job.finished, job.status = f"{type(e).__name__}: {e}", iso(self.clock()), "failed"
+
+    def state(self, workspace: str, replay_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A replay's state and, once finished, its report (404 if not this workspace's)."""
+        job = self.jobs.get(replay_id)
+        if job is not None and job.workspace != workspace:
+            raise NotFoundError(f"no replay {replay_id!r}")
+        if job is not None and job.status != "finished":
+            return job.to_json(), None
+        try:
+            report = self.reports.load(replay_id)
+        except ReplayNotFoundError as e:
+            raise NotFoundError(f"no replay {replay_id!r}") from e
+        if report_workspace(report) != workspace:
+            raise NotFoundError(f"no replay {replay_id!r}")
+        return (job.to_json() if job is not None else report_state(report)), report
+
+    def list(self, workspace: str) -> list[dict[str, Any]]:
+        """Every replay of a workspace: stored reports and jobs in memory, oldest first."""
+        out: dict[str, dict[str, Any]] = {}
+        directory = self.reports.directory
+        if directory.exists():
+            for path in sorted(directory.glob("*.json")):
+                report = loads(path.read_bytes())  # saved atomically: never half-written
+                if report_workspace(report) == workspace:
+                    out[report["replay_id"]] = report_state(report)
+        for job in list(self.jobs.values()):
+            if job.workspace == workspace:
+                out[job.replay_id] = job.to_json()
+        return sorted(out.values(), key=lambda r: (r["created"], r["replay_id"]))
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Block until no replay is queued or running (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while any(j.status in ("queued", "running") for j in list(self.jobs.values())):
+            if time.monotonic() > deadline:
+                raise TimeoutError("replays still running")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Stop taking replays and wait for the running one."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

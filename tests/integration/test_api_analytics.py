@@ -1,0 +1,108 @@
+"""Analytics over HTTP take the runs list's filters: workflow, agent, outcome, since/until, denials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from domain.canonical import dumps
+from domain.ports import Incoming, Source
+from projections.demo import analytics_path
+from projections.projector import open_projector
+from tests.integration.api_support import Api, close_api, make_api, publish, workload
+
+
+def runs_of(events: list[dict[str, Any]], workspace: str = "acme") -> dict[str, dict[str, Any]]:
+    """Per run: workflow, agent, start date, outcome (None while running), denials."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["workspace"] != workspace:
+            continue
+        r = out.setdefault(e["run_id"], {"outcome": None, "denials": 0})
+        if e["type"] == "run.started":
+            r.update(workflow=e["data"]["workflow"], agent=e["agent"]["id"], day=e["time"][:10])
+        elif e["type"] == "run.completed":
+            r["outcome"] = e["data"]["outcome"]
+        elif e["type"] == "policy.evaluated" and e["data"]["decision"] == "deny":
+            r["denials"] += 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def projected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, dict[str, dict[str, Any]]]]:
+    a = make_api(tmp_path_factory.mktemp("analytics"))
+    events = workload(runs=40, seed=8, workspaces=("acme", "globex"))
+    first = next(e for e in events if e["workspace"] == "acme" and e["type"] == "run.started")
+    events.append({**first, "run_id": "still-running", "event_id": "still-running-0"})
+    publish(a, [e for e in events if e["workspace"] == "acme"])
+    a.ledger.append([Incoming(dumps(e), Source(kind="test")) for e in events if e["workspace"] == "globex"])
+    with open_projector(a.ledger.store, analytics_path(a.data_dir)) as projector:
+        projector.catch_up()
+    yield a, runs_of(events)
+    close_api(a)
+
+
+def report(a: Api, name: str, **params: Any) -> dict[str, Any]:
+    r = a.client.get(f"/v1/analytics/{name}", params=params, headers=a.auth("analyst"))
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def total_runs(body: dict[str, Any]) -> int:
+    return sum(int(row["runs"]) for row in body["rows"])
+
+
+def test_a_report_counts_only_the_keys_workspace(projected: tuple[Api, dict[str, dict[str, Any]]]) -> None:
+    a, runs = projected
+    assert total_runs(report(a, "outcomes", by="workflow")) == len(runs)
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "escalated", "running"])
+def test_the_outcome_filter_counts_only_runs_that_ended_so(
+    projected: tuple[Api, dict[str, dict[str, Any]]], outcome: str,
+) -> None:
+    a, runs = projected
+    body = report(a, "outcomes", by="workflow", outcome=outcome)
+    want = sum(1 for r in runs.values() if r["outcome"] == (None if outcome == "running" else outcome))
+    assert total_runs(body) == want
+    assert body["filters"] == {"outcome": outcome}
+    if outcome == "succeeded":
+        assert all(row["succeeded"] == row["runs"] for row in body["rows"])
+
+
+def test_workflow_and_agent_filters_apply_even_when_not_grouped_by(
+    projected: tuple[Api, dict[str, dict[str, Any]]],
+) -> None:
+    a, runs = projected
+    some = next(iter(runs.values()))
+    body = report(a, "cost-per-outcome", by="week", workflow=some["workflow"])
+    assert total_runs(body) == sum(1 for r in runs.values() if r["workflow"] == some["workflow"])
+    body = report(a, "violations", by="workflow", agent=some["agent"])
+    assert total_runs(body) == sum(1 for r in runs.values() if r["agent"] == some["agent"])
+
+
+def test_since_and_until_bound_the_start_dates(projected: tuple[Api, dict[str, dict[str, Any]]]) -> None:
+    a, runs = projected
+    days = sorted({r["day"] for r in runs.values()})
+    since, until = days[1], days[-2]
+    body = report(a, "outcomes", by="day", since=since, until=until)
+    assert all(since <= row["day"] < until for row in body["rows"])
+    assert total_runs(body) == sum(1 for r in runs.values() if since <= r["day"] < until)
+
+
+def test_has_denial_splits_the_runs(projected: tuple[Api, dict[str, dict[str, Any]]]) -> None:
+    a, runs = projected
+    denied = total_runs(report(a, "violations", by="workflow", has_denial="true"))
+    clean = total_runs(report(a, "violations", by="workflow", has_denial="false"))
+    assert denied == sum(1 for r in runs.values() if r["denials"])
+    assert denied + clean == len(runs)
+
+
+def test_filter_values_are_data_never_sql(projected: tuple[Api, dict[str, dict[str, Any]]]) -> None:
+    a, _ = projected
+    body = report(a, "outcomes", by="workflow", workflow="x' OR '1'='1")
+    assert body["rows"] == []
+    bad = a.client.get("/v1/analytics/outcomes", params={"until": "2026-02-30"}, headers=a.auth("analyst"))
+    assert bad.status_code == 422 and "until" in bad.json()["message"]
