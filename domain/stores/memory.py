@@ -266,18 +266,25 @@ class MemoryStore(LedgerStore):
         self._data = _Data()
         self._write_lock = threading.RLock()
         self._data_lock = threading.RLock()
+        self._in_tx = False
 
     @contextmanager
     def transaction(self) -> Iterator[LedgerTx]:
         with self._write_lock:
+            if self._in_tx:
+                raise StoreError("a ledger transaction is already open in this thread")
+            self._in_tx = True
             tx = MemoryTx(self._data)
             try:
                 yield tx
             except BaseException:
                 tx.discard()
                 raise
-            with self._data_lock:
-                tx.commit()
+            else:
+                with self._data_lock:
+                    tx.commit()
+            finally:
+                self._in_tx = False
 
     def size(self) -> int:
         with self._data_lock:

@@ -1,0 +1,545 @@
+"""The ledger store contract: one suite of behaviours every ``LedgerStore`` adapter must show.
+
+Subclass :class:`StoreContract` and provide ``open_store``: a fixture returning a callable that
+opens the adapter on ONE underlying database (calling it again reopens the same database, where
+the adapter is persistent). Persistent adapters also mix in :class:`PersistentStoreContract`.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from domain import merkle
+from domain.checkpoint import Checkpoint
+from domain.errors import NotFoundError, StoreError, StoreIntegrityError
+from domain.evidence import build_evidence, verify_evidence
+from domain.ledger import Ledger
+from domain.ports import CheckpointRow, EntryRow, Head, HeldRow, LedgerStore, QuarantineRow, Source
+from domain.verify import verify_log
+from tests.factories import FakeClock, event, items, make_ledger, workload_events
+
+OpenStore = Callable[[], LedgerStore]
+
+
+def entry(
+    index: int,
+    *,
+    workspace: str | None = "acme",
+    run_id: str | None = "r1",
+    seq: int | None = None,
+    event_id: str | None = None,
+    kind: str = "event",
+) -> EntryRow:
+    """A synthetic entry row whose bytes and hashes are derived from its index."""
+    data = f'{{"index":{index},"run":"{run_id}"}}'.encode()
+    seq = index if seq is None and run_id is not None else seq
+    return EntryRow(
+        index=index,
+        data=data,
+        leaf_hash=merkle.leaf_hash(data),
+        kind=kind,
+        workspace=workspace,
+        run_id=run_id,
+        seq=seq,
+        event_id=event_id if event_id is not None else (f"e{index}" if run_id else None),
+        event_type="run.started" if seq == 0 else "tool.called",
+        event_time=f"2026-01-01T00:00:{index % 60:02d}Z",
+        event_hash=bytes([index % 256]) * 32,
+    )
+
+
+def held(run_id: str, seq: int, held_at: float, workspace: str = "acme") -> HeldRow:
+    """A synthetic held row."""
+    src = Source(kind="kafka", topic="agent-events", partition=seq % 3, offset=100 + seq)
+    return HeldRow(workspace, run_id, seq, f"raw-{run_id}-{seq}".encode(), src, held_at)
+
+
+def verify(ledger: Ledger):
+    """verify_log over everything the ledger's store holds."""
+    return verify_log(
+        ledger.store.raw_entries(),
+        [c.note for c in ledger.store.checkpoints()],
+        [ledger.signer.vkey],
+        origin=ledger.config.origin,
+    )
+
+
+class StoreContract:
+    """Behaviours of the ``LedgerStore`` / ``LedgerTx`` port (abstract: subclass per adapter)."""
+
+    @pytest.fixture
+    def open_store(self) -> OpenStore:
+        raise NotImplementedError("adapter test classes provide open_store")
+
+    @pytest.fixture
+    def store(self, open_store: OpenStore):
+        s = open_store()
+        yield s
+        s.close()
+
+    # -- head and meta --------------------------------------------------------------------------
+
+    def test_a_fresh_store_has_an_empty_head_no_entries_and_no_checkpoint(self, store):
+        with store.transaction() as tx:
+            assert tx.head() == Head()
+        assert store.size() == 0
+        assert list(store.entries()) == []
+        assert list(store.raw_entries()) == []
+        assert store.latest_checkpoint() is None
+        assert store.checkpoints() == []
+
+    def test_a_saved_head_is_read_back_by_the_next_transaction(self, store):
+        frontier = [bytes([1]) * 32, bytes([2]) * 32]
+        with store.transaction() as tx:
+            tx.save_head(Head(size=6, frontier=frontier, checkpoint_size=4, checkpoint_time=12.5))
+        with store.transaction() as tx:
+            assert tx.head() == Head(6, frontier, 4, 12.5)
+        assert store.size() == 6
+
+    def test_meta_values_are_upserted_and_readable_outside_a_transaction(self, store):
+        with store.transaction() as tx:
+            assert tx.meta("origin") is None
+            tx.set_meta("origin", "a.example/log")
+            tx.set_meta("origin", "b.example/log")
+            assert tx.meta("origin") == "b.example/log"
+        assert store.get_meta("origin") == "b.example/log"
+        assert store.get_meta("missing") is None
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def test_entries_round_trip_byte_for_byte_in_index_order(self, store):
+        rows = [entry(i) for i in range(7)]
+        with store.transaction() as tx:
+            tx.append_entries(rows[:3])
+        with store.transaction() as tx:
+            tx.append_entries(rows[3:])
+        assert list(store.entries()) == rows
+        assert list(store.raw_entries()) == [(r.index, r.data) for r in rows]
+        assert list(store.entries(2, 5)) == rows[2:5]
+        assert list(store.raw_entries(5)) == [(r.index, r.data) for r in rows[5:]]
+        assert list(store.entries(7)) == []
+
+    def test_a_long_scan_can_interleave_other_reads_and_keeps_index_order(self, store):
+        rows = [entry(i, seq=i) for i in range(12_345)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        seen = []
+        for n, (index, data) in enumerate(store.raw_entries()):
+            seen.append(index)
+            if n % 2_000 == 0:  # other reads in the middle of the scan, on the same thread
+                assert store.node(0, index) == rows[index].leaf_hash
+                assert store.run_entries("acme", "nope") == []
+            assert data == rows[index].data
+        assert seen == list(range(12_345))
+        assert [r.index for r in store.entries(4_990, 10_010)] == list(range(4_990, 10_010))
+
+    def test_system_entries_without_run_columns_round_trip(self, store):
+        rows = [entry(0, workspace=None, run_id=None, kind="key.rotated"),
+                entry(1, workspace=None, run_id=None, kind="key.rotated")]  # fmt: skip
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        assert list(store.entries()) == rows
+
+    def test_run_entries_are_the_runs_own_entries_in_seq_order(self, store):
+        rows = [
+            entry(0, run_id="r1", seq=0), entry(1, run_id="r2", seq=0),
+            entry(2, run_id="r1", seq=1), entry(3, run_id="r1", seq=2, workspace="other"),
+        ]  # fmt: skip
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        assert store.run_entries("acme", "r1") == [rows[0], rows[2]]
+        assert store.run_entries("acme", "nope") == []
+
+    def test_workspaces_of_run_lists_each_workspace_holding_the_run_once(self, store):
+        with store.transaction() as tx:
+            tx.append_entries([
+                entry(0, workspace="beta", run_id="r1", seq=0),
+                entry(1, workspace="acme", run_id="r1", seq=0),
+                entry(2, workspace="acme", run_id="r1", seq=1),
+                entry(3, workspace="acme", run_id="r2", seq=0),
+            ])  # fmt: skip
+        assert sorted(store.workspaces_of_run("r1")) == ["acme", "beta"]
+        assert store.workspaces_of_run("r9") == []
+
+    def test_event_hashes_find_stored_events_by_workspace_and_event_id(self, store):
+        rows = [
+            entry(0, event_id="x"),
+            entry(1, event_id="y"),
+            entry(2, workspace="w2", event_id="x"),
+        ]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        with store.transaction() as tx:
+            found = tx.event_hashes([("acme", "x"), ("acme", "y"), ("acme", "z"), ("w2", "x")])
+        assert found == {
+            ("acme", "x"): ("r1", 0, rows[0].event_hash),
+            ("acme", "y"): ("r1", 1, rows[1].event_hash),
+            ("w2", "x"): ("r1", 2, rows[2].event_hash),
+        }
+
+    def test_event_hashes_see_entries_written_earlier_in_the_same_transaction(self, store):
+        with store.transaction() as tx:
+            tx.append_entries([entry(0)])
+            assert tx.event_hashes([("acme", "e0")]) == {
+                ("acme", "e0"): ("r1", 0, entry(0).event_hash)
+            }
+            assert tx.seq_hashes([("acme", "r1", 0)]) == {("acme", "r1", 0): entry(0).event_hash}
+
+    def test_seq_hashes_find_stored_events_by_run_position(self, store):
+        rows = [entry(i) for i in range(3)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        with store.transaction() as tx:
+            found = tx.seq_hashes([("acme", "r1", 1), ("acme", "r1", 9), ("other", "r1", 0)])
+        assert found == {("acme", "r1", 1): rows[1].event_hash}
+
+    def test_a_batch_of_ten_thousand_lookups_answers_every_stored_key(self, store):
+        rows = [entry(i) for i in range(2_000)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        with store.transaction() as tx:
+            keys = [("acme", f"e{i}") for i in range(10_000)]
+            found = tx.event_hashes(keys)
+        assert sorted(found) == sorted(("acme", f"e{i}") for i in range(2_000))
+
+    # -- Merkle nodes ---------------------------------------------------------------------------
+
+    def test_level_zero_nodes_are_entry_leaves_and_higher_levels_are_stored_nodes(self, store):
+        rows = [entry(i) for i in range(4)]
+        cr = merkle.CompactRange()
+        nodes = [n for r in rows for n in cr.append(r.leaf_hash)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+            tx.append_nodes(nodes)
+        for level, index, h in nodes:
+            assert store.node(level, index) == h
+        assert merkle.subtree_hash(0, 4, store.node) == cr.root()
+
+    def test_a_missing_node_raises_not_found(self, store):
+        with pytest.raises(NotFoundError):
+            store.node(0, 0)
+        with pytest.raises(NotFoundError):
+            store.node(3, 1)
+
+    # -- run states -----------------------------------------------------------------------------
+
+    def test_run_states_are_upserted_and_loaded_only_for_existing_keys(self, store):
+        with store.transaction() as tx:
+            tx.save_runs({("acme", "r1"): b"one", ("acme", "r2"): b"two"})
+        with store.transaction() as tx:
+            tx.save_runs({("acme", "r1"): b"one-updated"})
+        with store.transaction() as tx:
+            loaded = tx.load_runs([("acme", "r1"), ("acme", "r2"), ("acme", "r3"), ("b", "r1")])
+        assert loaded == {("acme", "r1"): b"one-updated", ("acme", "r2"): b"two"}
+
+    # -- quarantine -----------------------------------------------------------------------------
+
+    def test_quarantine_keeps_raw_bytes_reason_and_source_oldest_first(self, store):
+        src = Source(kind="kafka", topic="agent-events", partition=2, offset=41)
+        rows = [
+            QuarantineRow(b"\xff\xfenot utf-8", "contract: not UTF-8", src, "2026-01-01T00:00:00Z"),
+            QuarantineRow(b"{}", "contract: missing field", Source(kind="file", name="a.jsonl", line=3),
+                          "2026-01-01T00:00:01Z", "acme", "r1", "e1"),
+        ]  # fmt: skip
+        with store.transaction() as tx:
+            tx.add_quarantine(rows[:1])
+        with store.transaction() as tx:
+            tx.add_quarantine(rows[1:])
+        got = store.quarantine()
+        assert [(q.raw, q.reason, q.source, q.received, q.workspace, q.run_id, q.event_id)
+                for q in got] == [
+            (r.raw, r.reason, r.source, r.received, r.workspace, r.run_id, r.event_id) for r in rows
+        ]  # fmt: skip
+        assert got[0].id is not None and got[1].id is not None and got[0].id < got[1].id
+        assert store.quarantine_count() == 2
+
+    def test_quarantine_pages_by_id(self, store):
+        src = Source(kind="http")
+        with store.transaction() as tx:
+            tx.add_quarantine([QuarantineRow(bytes([i]), f"r{i}", src, "t") for i in range(5)])
+        first = store.quarantine(limit=2)
+        rest = store.quarantine(limit=10, after_id=first[-1].id)
+        assert [q.reason for q in first] == ["r0", "r1"]
+        assert [q.reason for q in rest] == ["r2", "r3", "r4"]
+
+    # -- held events ----------------------------------------------------------------------------
+
+    def test_held_rows_are_put_loaded_per_run_in_seq_order_and_dropped(self, store):
+        with store.transaction() as tx:
+            tx.put_held([held("r1", 3, 10.0), held("r1", 2, 11.0), held("r2", 5, 12.0)])
+        with store.transaction() as tx:
+            assert tx.count_held() == 3
+            assert tx.load_held([("acme", "r1")]) == [held("r1", 2, 11.0), held("r1", 3, 10.0)]
+            assert tx.load_held([("acme", "r3")]) == []
+            tx.drop_held([("acme", "r1", 2), ("acme", "r9", 0)])
+        with store.transaction() as tx:
+            assert tx.count_held() == 2
+            assert tx.load_held([("acme", "r1"), ("acme", "r2")]) == [
+                held("r1", 3, 10.0), held("r2", 5, 12.0),
+            ]  # fmt: skip
+
+    def test_expired_held_rows_come_oldest_first_up_to_the_limit(self, store):
+        with store.transaction() as tx:
+            tx.put_held(
+                [held("r1", 1, 30.0), held("r2", 1, 10.0), held("r3", 1, 20.0), held("r4", 1, 99.0)]
+            )
+        with store.transaction() as tx:
+            assert [r.run_id for r in tx.expired_held(50.0, 10)] == ["r2", "r3", "r1"]
+            assert [r.run_id for r in tx.expired_held(50.0, 2)] == ["r2", "r3"]
+            assert tx.expired_held(10.0, 10) == []
+
+    def test_a_row_held_and_dropped_in_one_transaction_leaves_nothing(self, store):
+        with store.transaction() as tx:
+            tx.put_held([held("r1", 4, 1.0)])
+            assert tx.count_held() == 1
+            tx.drop_held([("acme", "r1", 4)])
+        with store.transaction() as tx:
+            assert tx.count_held() == 0
+
+    # -- offsets and checkpoints ----------------------------------------------------------------
+
+    def test_offsets_are_upserted_per_consumer_group(self, store):
+        with store.transaction() as tx:
+            tx.save_offsets("g1", {("agent-events", 0): 10, ("agent-events", 1): 5})
+            tx.save_offsets("g2", {("agent-events", 0): 99})
+        with store.transaction() as tx:
+            tx.save_offsets("g1", {("agent-events", 1): 7, ("other", 0): 1})
+        assert store.offsets("g1") == {
+            ("agent-events", 0): 10,
+            ("agent-events", 1): 7,
+            ("other", 0): 1,
+        }
+        assert store.offsets("g2") == {("agent-events", 0): 99}
+        assert store.offsets("nobody") == {}
+
+    def test_checkpoints_are_listed_oldest_first_and_latest_is_the_newest(self, store):
+        rows = [
+            CheckpointRow(s, f"note {s}\n", f"2026-01-01T00:00:0{n}Z")
+            for n, s in enumerate((1, 5, 9))
+        ]
+        for row in rows:
+            with store.transaction() as tx:
+                tx.add_checkpoint(row)
+        assert store.checkpoints() == rows
+        assert store.latest_checkpoint() == rows[-1]
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def _write_everything(self, tx) -> None:
+        tx.save_head(
+            Head(size=1, frontier=[entry(0).leaf_hash], checkpoint_size=1, checkpoint_time=1.0)
+        )
+        tx.set_meta("k", "v")
+        tx.append_entries([entry(0)])
+        tx.append_nodes([(1, 0, b"n" * 32)])
+        tx.save_runs({("acme", "r1"): b"state"})
+        tx.add_quarantine([QuarantineRow(b"x", "bad", Source(kind="http"), "t")])
+        tx.put_held([held("r1", 5, 1.0)])
+        tx.save_offsets("g", {("t", 0): 3})
+        tx.add_checkpoint(CheckpointRow(1, "note\n", "t"))
+
+    def _assert_empty(self, store) -> None:
+        assert store.size() == 0
+        assert list(store.entries()) == []
+        assert store.get_meta("k") is None
+        assert store.quarantine_count() == 0
+        assert store.offsets("g") == {}
+        assert store.checkpoints() == []
+        with pytest.raises(NotFoundError):
+            store.node(1, 0)
+        with store.transaction() as tx:
+            assert tx.head() == Head()
+            assert tx.load_runs([("acme", "r1")]) == {}
+            assert tx.count_held() == 0
+            assert tx.event_hashes([("acme", "e0")]) == {}
+
+    def test_an_exception_inside_a_transaction_rolls_back_every_write(self, store):
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), store.transaction() as tx:
+            self._write_everything(tx)
+            raise Boom
+        self._assert_empty(store)
+
+    def test_uncommitted_writes_are_invisible_to_readers_until_commit(self, store):
+        with store.transaction() as tx:
+            self._write_everything(tx)
+            assert store.size() == 0
+            assert list(store.raw_entries()) == []
+            assert store.get_meta("k") is None
+            assert store.checkpoints() == []
+            assert store.offsets("g") == {}
+        assert store.size() == 1
+        assert list(store.raw_entries()) == [(0, entry(0).data)]
+        assert store.get_meta("k") == "v"
+        assert store.offsets("g") == {("t", 0): 3}
+        assert store.quarantine_count() == 1
+
+    def test_a_nested_transaction_is_refused_and_the_outer_one_still_commits(self, store):
+        with store.transaction() as tx:
+            tx.set_meta("outer", "yes")
+            with pytest.raises(StoreError), store.transaction():
+                pass
+            tx.set_meta("after", "yes")
+        assert (store.get_meta("outer"), store.get_meta("after")) == ("yes", "yes")
+
+    def test_writers_are_serialised_so_concurrent_increments_are_never_lost(self, store):
+        def bump(times: int) -> None:
+            for _ in range(times):
+                with store.transaction() as tx:
+                    h = tx.head()
+                    tx.save_head(Head(h.size + 1, h.frontier, 0, 0.0))
+
+        threads = [threading.Thread(target=bump, args=(25,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.size() == 100
+
+    # -- uniqueness -----------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "duplicate",
+        [
+            pytest.param(entry(0, run_id="r2", seq=0, event_id="other"), id="same-index"),
+            pytest.param(entry(1, seq=0, event_id="other"), id="same-run-seq"),
+            pytest.param(entry(1, run_id="r2", seq=0, event_id="e0"), id="same-event-id"),
+        ],
+    )
+    def test_a_uniqueness_violation_raises_store_integrity_error_and_writes_nothing(
+        self, store, duplicate
+    ):
+        with store.transaction() as tx:
+            tx.append_entries([entry(0)])
+        with pytest.raises(StoreIntegrityError), store.transaction() as tx:
+            tx.set_meta("k", "v")
+            tx.append_entries([entry(5, run_id="r3", seq=0), duplicate])
+        assert list(store.entries()) == [entry(0)]
+        assert store.get_meta("k") is None
+
+    def test_a_duplicate_inside_one_insert_raises_store_integrity_error(self, store):
+        with pytest.raises(StoreIntegrityError), store.transaction() as tx:
+            tx.append_entries([entry(0), entry(0)])
+        assert list(store.entries()) == []
+
+    def test_the_same_event_id_may_exist_in_two_workspaces(self, store):
+        with store.transaction() as tx:
+            tx.append_entries([entry(0, event_id="x"), entry(1, workspace="w2", event_id="x")])
+        assert len(list(store.entries())) == 2
+
+    def test_holding_the_same_run_position_twice_raises_store_integrity_error(self, store):
+        with store.transaction() as tx:
+            tx.put_held([held("r1", 3, 1.0)])
+        with pytest.raises(StoreIntegrityError), store.transaction() as tx:
+            tx.put_held([held("r1", 4, 1.0), held("r1", 3, 2.0)])
+        with store.transaction() as tx:
+            assert tx.load_held([("acme", "r1")]) == [held("r1", 3, 1.0)]
+
+    def test_a_duplicate_merkle_node_raises_store_integrity_error(self, store):
+        with store.transaction() as tx:
+            tx.append_nodes([(1, 0, b"a" * 32)])
+        with pytest.raises(StoreIntegrityError), store.transaction() as tx:
+            tx.append_nodes([(1, 0, b"b" * 32)])
+        assert store.node(1, 0) == b"a" * 32
+
+    # -- the ledger on top of the store ---------------------------------------------------------
+
+    def test_a_ledger_over_this_store_verifies_proves_and_exports_evidence(self, store):
+        clock = FakeClock()
+        ledger = make_ledger(store=store, clock=clock, checkpoint_every=400)
+        events = workload_events(runs=40, workspaces=("acme", "beta"))
+        for start in range(0, len(events), 300):
+            clock.advance(1.0)
+            report = ledger.append(items(events[start : start + 300]))
+            assert report.quarantined == 0
+        ledger.checkpoint()
+        size = store.size()
+        assert size == len(events)
+        assert [r.event_id for r in store.entries()] == [e["event_id"] for e in events]
+        result = verify(ledger)
+        assert result.ok, result.reason
+        assert result.checkpoints == len(store.checkpoints()) >= 2
+
+        latest = store.latest_checkpoint()
+        root = Checkpoint.parse(latest.note.split("\n\n", 1)[0] + "\n").root_hash
+        assert ledger.root(size) == root
+        for index in (0, 1, size // 3, size - 2, size - 1):
+            leaf = next(store.entries(index, index + 1)).leaf_hash
+            merkle.verify_inclusion(leaf, index, size, ledger.inclusion_proof(index, size), root)
+        for cp in store.checkpoints()[:-1]:
+            old_root = Checkpoint.parse(cp.note.split("\n\n", 1)[0] + "\n").root_hash
+            proof = ledger.consistency_proof(cp.size, size)
+            merkle.verify_consistency(cp.size, size, old_root, root, proof)
+
+        ev = events[len(events) // 2]
+        bundle = build_evidence(ledger, ev["workspace"], ev["run_id"])
+        checked = verify_evidence(bundle, [ledger.signer.vkey])
+        assert checked.ok, checked.reason
+        assert checked.entries == len(store.run_entries(ev["workspace"], ev["run_id"]))
+        assert (
+            base64.b64decode(bundle["entries"][0]["bytes"])
+            == store.run_entries(ev["workspace"], ev["run_id"])[0].data
+        )
+
+    def test_a_ledger_absorbs_redelivery_and_keeps_every_event_exactly_once(self, store):
+        ledger = make_ledger(store=store)
+        events = workload_events(runs=10)
+        first = ledger.append(items(events[:100]))
+        again = ledger.append(items(events))
+        assert first.accepted + again.accepted == len(events)
+        assert again.duplicates == 100
+        ids = [r.event_id for r in store.entries()]
+        assert sorted(ids) == sorted(e["event_id"] for e in events) and len(set(ids)) == len(ids)
+
+    def test_a_ledger_holds_an_early_event_until_its_gap_fills_in_a_later_batch(self, store):
+        ledger = make_ledger(store=store)
+        evs = [event(seq=0), event(seq=1, etype="run.completed",
+                                   data={"outcome": "succeeded"})]  # fmt: skip
+        assert [o.status for o in ledger.append(items(evs[1:])).results] == ["held"]
+        assert store.size() == 0
+        report = ledger.append(items(evs[:1]))
+        assert report.accepted == 2 and store.size() == 2
+        with store.transaction() as tx:
+            assert tx.count_held() == 0
+        assert [r.seq for r in store.run_entries("acme", "r1")] == [0, 1]
+
+    def test_a_ledger_stores_offsets_in_the_same_transaction_as_the_events(self, store):
+        ledger = make_ledger(store=store)
+        events = workload_events(runs=3)
+        raw = [
+            type(i)(i.raw, Source(kind="kafka", topic="agent-events", partition=0, offset=n))
+            for n, i in enumerate(items(events))
+        ]
+        ledger.append(raw, consumer="workers", offsets={("agent-events", 0): len(raw)})
+        assert store.offsets("workers") == {("agent-events", 0): len(raw)}
+        assert store.size() == len(raw)
+
+
+class PersistentStoreContract:
+    """Extra behaviours of adapters that keep their data in a database."""
+
+    def test_reopening_the_store_keeps_everything_and_schema_creation_is_idempotent(
+        self, open_store: OpenStore
+    ):
+        first = open_store()
+        ledger = make_ledger(store=first)
+        events = workload_events(runs=5)
+        ledger.append(items(events))
+        ledger.checkpoint()
+        before = list(first.raw_entries())
+        first.close()
+        second = open_store()
+        try:
+            assert list(second.raw_entries()) == before
+            assert second.get_meta("origin") == ledger.config.origin
+            reopened = make_ledger(store=second)
+            assert verify(reopened).ok
+            assert reopened.append(items(events)).duplicates == len(events)
+        finally:
+            second.close()
