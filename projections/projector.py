@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ from projections.schema import (
     SCHEMA_VERSION,
     STATE_DDL,
     events_ddl,
-    insert_events_sql,
 )
-from projections.transform import Batch
+from projections.transform import INEXACT, Batch, insert_events_sql, register_functions
 from projections.views import view_ddl
 
-DEFAULT_BATCH = 50_000
+DEFAULT_BATCH = 250_000
+# a batch commit writes its rows to the WAL; checkpoint (rewrite into the file) only past this
+CHECKPOINT_THRESHOLD = "256MB"
 TABLES = ("events", "run_facts", "projection_state")
 
 
@@ -44,6 +46,8 @@ def connect(path: Path, read_only: bool = False, retries: int = 0) -> duckdb.Duc
                 path.parent.mkdir(parents=True, exist_ok=True)
                 con = duckdb.connect(str(path))
             con.execute("SET TimeZone = 'UTC'")
+            if not read_only:
+                con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
             return con
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
@@ -102,6 +106,8 @@ class Projector:
         self.store = store
         self.con = con
         self.batch_size = batch_size
+        self.exact_numbers = False  # set once a batch held money sent as a fractional number
+        register_functions(con)
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -158,11 +164,38 @@ class Projector:
 
     # -- applying -------------------------------------------------------------------------
 
-    def apply(self, batch: Batch, expected_start: int) -> None:
-        """Write one batch and its new position in one transaction."""
+    def apply(
+        self, batch: Batch, expected_start: int, staged: Callable[[], None] | None = None
+    ) -> int:
+        """Write one batch and its new position in one transaction; the events it added.
+
+        The batch is first copied into a DuckDB temp table (``_stage``); ``staged`` is called
+        then, before the heavy statements, which need no GIL from that point on.
+        """
         con = self.con
-        events = batch.table()
-        touched = batch.touched()
+        con.register("_arrow", batch.table())
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _stage AS SELECT * FROM _arrow")
+        finally:
+            con.unregister("_arrow")
+        try:
+            if staged is not None:
+                staged()
+            try:
+                return self._apply(batch, expected_start)
+            except duckdb.InvalidInputException as e:
+                if self.exact_numbers or INEXACT not in str(e):
+                    raise
+            # money sent as a fractional JSON number: redo the batch reading those exactly
+            self.exact_numbers = True
+            return self._apply(batch, expected_start)
+        finally:
+            with suppress(duckdb.Error):
+                con.execute("DROP TABLE IF EXISTS _stage")
+
+    def _apply(self, batch: Batch, expected_start: int) -> int:
+        con = self.con
+        added = 0
         con.begin()
         try:
             current = self.position()
@@ -171,10 +204,16 @@ class Projector:
                     f"projection position moved from {expected_start} to {current} underneath us "
                     "(two projectors on one file?)"
                 )
-            if events.num_rows:
-                con.register("_stage", events)
-                con.register("_touched", touched)
-                con.execute(insert_events_sql("_stage"))
+            if batch.entries:
+                added = int(
+                    con.execute(insert_events_sql("_stage", self.exact_numbers)).fetchall()[0][0]
+                )
+            if added:
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _touched AS SELECT DISTINCT workspace, run_id "
+                    "FROM events WHERE idx >= ? AND idx < ?",
+                    [expected_start, batch.end],
+                )
                 low = con.execute(
                     "SELECT min(first_idx) FROM run_facts r SEMI JOIN _touched t "
                     "ON r.workspace = t.workspace AND r.run_id = t.run_id"
@@ -188,6 +227,7 @@ class Projector:
                     "INSERT INTO run_facts "
                     + RUN_FACTS_SELECT.format(touched="_touched", low=int(low))
                 )
+                con.execute("DROP TABLE _touched")
             con.execute(
                 "UPDATE projection_state SET value = ? WHERE name = 'position'", [str(batch.end)]
             )
@@ -195,18 +235,19 @@ class Projector:
         except BaseException:
             con.rollback()
             raise
-        finally:
-            for name in ("_stage", "_touched"):
-                with suppress(duckdb.Error):
-                    con.unregister(name)
+        return added
+
+    def read(self, start: int, end: int) -> Batch:
+        """The stored entries from ``start`` to ``end`` (fewer if the store has fewer)."""
+        batch = Batch()
+        batch.extend(self.store.raw_entries(start, end))
+        return batch
 
     def batches(self, start: int, end: int) -> Iterator[Batch]:
-        """Read the ledger from ``start`` to ``end`` in batches."""
+        """Read the ledger from ``start`` to ``end`` in batches (in this thread)."""
         pos = start
         while pos < end:
-            stop = min(pos + self.batch_size, end)
-            batch = Batch()
-            batch.extend(self.store.raw_entries(pos, stop))
+            batch = self.read(pos, min(pos + self.batch_size, end))
             if batch.end <= pos:  # the store had fewer entries than it said
                 return
             yield batch
@@ -225,13 +266,30 @@ class Projector:
             )
         end = size if limit is None else min(size, pos + limit)
         status = ProjectionStatus(position=pos, ledger_size=size, rebuilt=rebuilt)
-        for batch in self.batches(pos, end):
-            self.apply(batch, status.position)
-            status.position = batch.end
-            status.applied += batch.entries
-            status.events += len(batch.rows)
-            if progress is not None:
-                progress(batch.entries)
+        # a reader thread reads batch n + 1 while DuckDB applies batch n from its own temp
+        # table (reading while DuckDB scans the Arrow batch would hold the GIL DuckDB needs);
+        # the store is used by that thread alone while batches are read
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read") as pool:
+            ahead: Future[Batch] | None = None
+
+            def read_ahead(start: int) -> None:
+                nonlocal ahead
+                stop = min(start + self.batch_size, end)
+                ahead = pool.submit(self.read, start, stop) if start < end else None
+
+            read_ahead(pos)
+            while ahead is not None:
+                batch = ahead.result()
+                ahead = None
+                if batch.end <= status.position:  # the store had fewer entries than it said
+                    break
+                status.events += self.apply(
+                    batch, status.position, staged=lambda b=batch: read_ahead(b.end)
+                )
+                status.position = batch.end
+                status.applied += batch.entries
+                if progress is not None:
+                    progress(batch.entries)
         status.seconds = time.perf_counter() - started
         return status
 

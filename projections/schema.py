@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 MONEY = "DECIMAL(38, 9)"
 
-# Columns handed over from Python, in order (Arrow batch); strings are cast in SQL on insert.
-# Money and big numbers travel as exact decimal text, times as RFC 3339 text.
+# Columns of ``events`` in order, by the Arrow type of the value DuckDB extracts from the
+# entry JSON (projections.transform); times are cast to TIMESTAMPTZ and money to exact DECIMAL.
 STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("idx", pa.int64()),
     ("workspace", pa.string()),
@@ -67,32 +67,14 @@ STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("accepted", pa.bool_()),
     ("comment", pa.string()),
 ]
-STAGE_SCHEMA = pa.schema(STAGE_COLUMNS)
-COLUMN_INDEX = {name: i for i, (name, _) in enumerate(STAGE_COLUMNS)}
-
-_CASTS = {
-    "time": "CAST(time AS TIMESTAMPTZ)",
-    "budget_max_cost_usd": f"CAST(budget_max_cost_usd AS {MONEY})",
-    "cost_usd": f"CAST(cost_usd AS {MONEY})",
-    "limit_value": f"CAST(limit_value AS {MONEY})",
-    "observed": f"CAST(observed AS {MONEY})",
-}
-
-
-def insert_events_sql(stage: str) -> str:
-    """INSERT of a staged Arrow batch into ``events`` (casting text to timestamps and DECIMAL)."""
-    cols = []
-    for name, _ in STAGE_COLUMNS:
-        quoted = f'"{name}"'
-        cols.append(f"{_CASTS.get(name, quoted)} AS {quoted}")
-        if name == "time":
-            cols.append("CAST(CAST(time AS TIMESTAMPTZ) AS DATE) AS date")
-    return f"INSERT INTO events SELECT {', '.join(cols)} FROM {stage}"
+_MONEY_COLUMNS = ("budget_max_cost_usd", "cost_usd", "limit_value", "observed")
 
 
 def _sql_type(name: str, dtype: pa.DataType) -> str:
-    if name in _CASTS:
-        return "TIMESTAMPTZ" if name == "time" else MONEY
+    if name == "time":
+        return "TIMESTAMPTZ"
+    if name in _MONEY_COLUMNS:
+        return MONEY
     return {
         pa.int64(): "BIGINT",
         pa.string(): "VARCHAR",

@@ -1,4 +1,15 @@
-"""Turn stored ledger entries (canonical JSON bytes) into a columnar Arrow batch of events."""
+"""Turn stored ledger entries (canonical JSON bytes) into ``events`` rows, parsed by DuckDB.
+
+Python only hands DuckDB the stored bytes as one Arrow string column; DuckDB parses them with
+``from_json`` (vectorised, on every core) and casts each field in SQL. Money is exact: a money
+field sent as a decimal string is cast from its text, an integer from its digits, and a
+fractional JSON number (which DuckDB's JSON reader would turn into a binary float) is re-read
+from the stored bytes by :func:`exact_money`, a Python function DuckDB calls for those rows only.
+
+Calling into Python slows the whole statement down even when no row needs it, so the usual
+statement has no Python in it: a fractional money number makes it fail (``INEXACT``) instead,
+and the projector then reruns the batch, and every later one, with :func:`exact_money`.
+"""
 
 from __future__ import annotations
 
@@ -6,182 +17,153 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 
 from domain.canonical import loads
-from projections.schema import COLUMN_INDEX, STAGE_COLUMNS, STAGE_SCHEMA
+from projections.errors import ProjectionError
+from projections.schema import MONEY, STAGE_COLUMNS
 
-_N = len(STAGE_COLUMNS)
-_C = COLUMN_INDEX
-_COMMON = 10  # idx .. trace_id
+EXACT_MONEY = "tacho_exact_money"
+INEXACT = "tacho: fractional JSON number as money in ledger entry"
+
+RAW_SCHEMA = pa.schema([("idx", pa.int64()), ("data", pa.string())])
+
+# the fields of an entry DuckDB extracts (everything else in the entry is skipped)
+_DATA_FIELDS: dict[str, Any] = {
+    "workflow": "VARCHAR", "mode": "VARCHAR", "risk_tier": "VARCHAR", "replay_of": "VARCHAR",
+    "labels": "JSON",
+    "budget": {"max_model_calls": "BIGINT", "max_tokens": "BIGINT", "max_cost_usd": "JSON",
+               "deadline_s": "DOUBLE"},
+    "call_id": "VARCHAR", "provider": "VARCHAR", "model": "VARCHAR", "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT", "cost_usd": "JSON", "latency_ms": "DOUBLE", "confidence": "DOUBLE",
+    "response": {"finish_reason": "VARCHAR"},
+    "tool": "VARCHAR", "status": "VARCHAR", "side_effect": "VARCHAR", "error": "VARCHAR",
+    "policy": "VARCHAR", "action": "VARCHAR", "decision": "VARCHAR", "reason": "VARCHAR",
+    "risk_score": "DOUBLE", "approval_id": "VARCHAR", "summary": "VARCHAR", "risk": "VARCHAR",
+    "change_id": "VARCHAR", "by": "VARCHAR", "target": "VARCHAR", "reversible": "BOOLEAN",
+    "limit": "VARCHAR", "limit_value": "JSON", "observed": "JSON", "outcome": "VARCHAR",
+    "accepted": "BOOLEAN", "comment": "VARCHAR",
+}
+ENTRY_STRUCTURE = orjson.dumps({
+    "kind": "VARCHAR",
+    "event": {
+        "workspace": "VARCHAR", "run_id": "VARCHAR", "seq": "BIGINT", "event_id": "VARCHAR",
+        "type": "VARCHAR", "time": "VARCHAR", "trace_id": "VARCHAR",
+        "agent": {"id": "VARCHAR", "version": "VARCHAR"},
+        "data": _DATA_FIELDS,
+    },
+}).decode()
+
+# money fields: events column -> (JSON path under event.data, SQL expression of the JSON value)
+_MONEY = {
+    "budget_max_cost_usd": ("budget.max_cost_usd", "d.budget.max_cost_usd"),
+    "cost_usd": ("cost_usd", "d.cost_usd"),
+    "limit_value": ("limit_value", "d.limit_value"),
+    "observed": ("observed", "d.observed"),
+}
+
+_EXPRESSIONS = {
+    "idx": "idx",
+    "workspace": "e.workspace", "run_id": "e.run_id", "seq": "e.seq", "event_id": "e.event_id",
+    "type": "e.type", "time": "CAST(e.time AS TIMESTAMPTZ)", "agent_id": "e.agent.id",
+    "agent_version": "e.agent.version", "trace_id": "e.trace_id",
+    "route_label": "json_extract_string(d.labels, '$.route')",
+    "labels": "CAST(d.labels AS VARCHAR)",
+    "budget_max_model_calls": "d.budget.max_model_calls",
+    "budget_max_tokens": "d.budget.max_tokens",
+    "budget_deadline_s": "d.budget.deadline_s",
+    "finish_reason": "d.response.finish_reason",
+    "budget_limit": 'd."limit"',
+}
 
 
-def _text(value: Any) -> str | None:
-    """Exact decimal text of a JSON number or decimal string (never through a float)."""
+def _money_sql(path: str, value: str, exact_numbers: bool) -> str:
+    """Exact DECIMAL of a JSON money value: text and integers in SQL, fractions via Python."""
+    kind = f"json_type({value})"
+    fraction = (
+        f"{EXACT_MONEY}(data, '{path}')" if exact_numbers else f"error('{INEXACT} ' || idx)"
+    )
+    return (
+        f"CAST(CASE WHEN {value} IS NULL THEN NULL "
+        f"WHEN {kind} = 'VARCHAR' THEN json_extract_string({value}, '$') "
+        f"WHEN {kind} IN ('UBIGINT', 'BIGINT') THEN CAST({value} AS VARCHAR) "
+        f"ELSE {fraction} END AS {MONEY})"
+    )
+
+
+def insert_events_sql(stage: str, exact_numbers: bool = False) -> str:
+    """INSERT into ``events`` of every event entry of an Arrow (idx, data) table ``stage``.
+
+    Without ``exact_numbers`` the statement fails with ``INEXACT`` on a fractional money number.
+    """
+    cols = []
+    for name, _ in STAGE_COLUMNS:
+        if name in _MONEY:
+            expr = _money_sql(*_MONEY[name], exact_numbers)
+        else:
+            expr = _EXPRESSIONS.get(name, f'd."{name}"')
+        cols.append(f'{expr} AS "{name}"')
+        if name == "time":
+            cols.append("CAST(CAST(e.time AS TIMESTAMPTZ) AS DATE) AS date")
+    return (
+        f"INSERT INTO events SELECT {', '.join(cols)} FROM ("
+        f"SELECT idx, data, j.event AS e, j.event.data AS d FROM ("
+        f"SELECT idx, data, from_json(data, '{ENTRY_STRUCTURE}') AS j FROM {stage}) "
+        "WHERE j.kind = 'event')"
+    )
+
+
+def exact_money(data: str, path: str) -> str | None:
+    """Exact decimal text of the money field ``path`` (under event.data) of one stored entry."""
+    value: Any = loads(data)["event"]["data"]
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
     if value is None:
         return None
     if isinstance(value, Decimal):
         return format(value, "f")
-    return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ProjectionError(f"money field {path} is not a number or decimal string: {value!r}")
 
 
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _exact(raw: bytes) -> dict[str, Any]:
-    """Re-parse an entry keeping fractional numbers as Decimal (rare: money sent as a number)."""
-    entry: dict[str, Any] = loads(raw)
-    return entry
-
-
-def _set(row: list[Any], data: dict[str, Any], fields: tuple[str, ...]) -> None:
-    for f in fields:
-        row[_C[f]] = data.get(f)
-
-
-def _run_started(row: list[Any], d: dict[str, Any]) -> bool:
-    _set(row, d, ("workflow", "mode", "risk_tier", "replay_of"))
-    labels = d.get("labels")
-    if labels:
-        row[_C["route_label"]] = labels.get("route")
-        row[_C["labels"]] = orjson.dumps(labels, option=orjson.OPT_SORT_KEYS).decode()
-    budget = d.get("budget")
-    if budget:
-        row[_C["budget_max_model_calls"]] = budget.get("max_model_calls")
-        row[_C["budget_max_tokens"]] = budget.get("max_tokens")
-        cap = budget.get("max_cost_usd")
-        if isinstance(cap, float):
-            return False
-        row[_C["budget_max_cost_usd"]] = _text(cap)
-        row[_C["budget_deadline_s"]] = _float(budget.get("deadline_s"))
-    return True
-
-
-def _model_called(row: list[Any], d: dict[str, Any]) -> bool:
-    cost = d["cost_usd"]
-    if isinstance(cost, float):
-        return False
-    _set(row, d, ("call_id", "provider", "model", "input_tokens", "output_tokens"))
-    row[_C["cost_usd"]] = _text(cost)
-    row[_C["latency_ms"]] = _float(d.get("latency_ms"))
-    row[_C["confidence"]] = _float(d.get("confidence"))
-    response = d.get("response")
-    if response:
-        row[_C["finish_reason"]] = response.get("finish_reason")
-    return True
-
-
-def _tool_called(row: list[Any], d: dict[str, Any]) -> bool:
-    _set(row, d, ("call_id", "tool", "status", "side_effect", "error"))
-    row[_C["latency_ms"]] = _float(d.get("latency_ms"))
-    return True
-
-
-def _policy(row: list[Any], d: dict[str, Any]) -> bool:
-    _set(row, d, ("policy", "action", "decision", "reason"))
-    row[_C["risk_score"]] = _float(d.get("risk_score"))
-    return True
-
-
-def _budget(row: list[Any], d: dict[str, Any]) -> bool:
-    if isinstance(d["limit_value"], float) or isinstance(d["observed"], float):
-        return False
-    row[_C["budget_limit"]] = d["limit"]
-    row[_C["limit_value"]] = _text(d["limit_value"])
-    row[_C["observed"]] = _text(d["observed"])
-    return True
-
-
-def _fields(*names: str) -> Any:
-    def fill(row: list[Any], d: dict[str, Any]) -> bool:
-        _set(row, d, names)
-        return True
-
-    return fill
-
-
-_BY_TYPE = {
-    "run.started": _run_started,
-    "model.called": _model_called,
-    "tool.called": _tool_called,
-    "policy.evaluated": _policy,
-    "approval.requested": _fields("approval_id", "summary", "risk", "change_id"),
-    "approval.decided": _fields("approval_id", "decision", "by", "reason"),
-    "change.proposed": _fields("change_id", "target", "reversible"),
-    "change.applied": _fields("change_id"),
-    "change.reverted": _fields("change_id", "by", "reason"),
-    "budget.exceeded": _budget,
-    "run.completed": _fields("outcome", "error"),
-    "feedback.recorded": _fields("accepted", "by", "comment"),
-}
-
-
-def event_row(index: int, event: dict[str, Any]) -> list[Any] | None:
-    """The staged row of one event, or None if it must be re-read exactly (a float money)."""
-    agent = event["agent"]
-    row: list[Any] = [
-        index,
-        event["workspace"],
-        event["run_id"],
-        event["seq"],
-        event["event_id"],
-        event["type"],
-        event["time"],
-        agent["id"],
-        agent["version"],
-        event.get("trace_id"),
-    ]
-    row.extend([None] * (_N - _COMMON))
-    fill = _BY_TYPE.get(event["type"])
-    if fill is not None and not fill(row, event["data"]):
-        return None
-    return row
+def register_functions(con: duckdb.DuckDBPyConnection) -> None:
+    """Make :func:`exact_money` callable from SQL on ``con`` (kept if already there)."""
+    try:
+        con.create_function(
+            EXACT_MONEY, exact_money, ["VARCHAR", "VARCHAR"], "VARCHAR", side_effects=False
+        )
+    except duckdb.NotImplementedException as e:  # registered by an earlier projector
+        if "already created" not in str(e):
+            raise
 
 
 class Batch:
-    """Events of a run of ledger entries, as Arrow columns, with the runs they touch."""
+    """Stored entries of a run of ledger positions, as an Arrow (idx, data) table."""
 
     def __init__(self) -> None:
-        self.rows: list[list[Any]] = []
+        self.indexes: list[int] = []
+        self.data: list[bytes] = []
         self.entries = 0
         self.end = 0  # ledger position after the last entry read
 
-    def add(self, index: int, raw: bytes) -> None:
-        """Add one stored entry (non-event entries only move the position)."""
-        self.entries += 1
-        self.end = index + 1
-        entry = orjson.loads(raw)
-        if entry.get("kind") != "event":
-            return
-        row = event_row(index, entry["event"])
-        if row is None:
-            row = event_row(index, _exact(raw)["event"])
-            assert row is not None
-        self.rows.append(row)
-
     def extend(self, entries: Iterable[tuple[int, bytes]]) -> None:
         """Add stored (index, bytes) entries in order."""
+        indexes, data = self.indexes, self.data
         for index, raw in entries:
-            self.add(index, raw)
+            indexes.append(index)
+            data.append(raw)
+        self.entries = len(indexes)
+        if indexes:
+            self.end = indexes[-1] + 1
 
     def table(self) -> pa.Table:
-        """The events as an Arrow table in the staging schema."""
-        if not self.rows:
-            return STAGE_SCHEMA.empty_table()
-        columns = list(zip(*self.rows, strict=True))
-        arrays = [
-            pa.array(col, type=dtype) for col, (_, dtype) in zip(columns, STAGE_COLUMNS, strict=True)
-        ]
-        return pa.Table.from_arrays(arrays, schema=STAGE_SCHEMA)
-
-    def touched(self) -> pa.Table:
-        """Distinct (workspace, run_id) of the batch's events."""
-        keys = sorted({(r[1], r[2]) for r in self.rows})
-        return pa.table(
-            {
-                "workspace": pa.array([k[0] for k in keys], type=pa.string()),
-                "run_id": pa.array([k[1] for k in keys], type=pa.string()),
-            }
+        """The entries as an Arrow table (idx BIGINT, data VARCHAR) for DuckDB to parse."""
+        return pa.Table.from_arrays(
+            [pa.array(self.indexes, pa.int64()), pa.array(self.data, pa.string())],
+            schema=RAW_SCHEMA,
         )

@@ -110,7 +110,8 @@ def hand_built() -> list[dict[str, Any]]:
                                               "observed": Decimal("0.2")})
         .done("cancelled", tz="+05:00"),
         RunBuilder("globex", "h-5", "refunds", "2026-11-03T23:59:59-02:00")
-        .model("1").change("c5", revert=True).done("succeeded", feedback=True),
+        .model("1").model(Decimal("12345678901.123456789"))  # 20 digits: no binary float holds it
+        .change("c5", revert=True).done("succeeded", feedback=True),
         # still running: counted in cost per outcome, no outcome yet
         RunBuilder("globex", "h-6", "onboarding", "2026-11-04T08:00:00+00:00").model("0.000000001")
         .tool().events,
@@ -327,6 +328,7 @@ def test_hand_built_runs_have_the_figures_worked_out_by_hand(projected) -> None:
     assert got[("h-4",)]["ended_at"].date() == date(2026, 11, 9)  # +05:00 offset read as UTC
     assert got[("h-4",)]["replay_of"] == "h-1" and got[("h-4",)]["budget_breaches"] == 1
     assert got[("h-5",)]["started_at"].date() == date(2026, 11, 4)  # -02:00 crosses midnight
+    assert got[("h-5",)]["cost_usd"] == Decimal("12345678902.123456789")  # a JSON number, exact
     assert got[("h-6",)]["outcome"] is None and got[("h-6",)]["cost_usd"] == NANO
     assert got[("h-3",)]["route"] == "p/m1+p/m2" and got[("h-3",)]["models"] == ["p/m1", "p/m2"]
 
