@@ -38,7 +38,9 @@ def cmd_create(
     workspace: Annotated[str, typer.Option(help="the workspace the key may see")],
     role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")],
     expires: Annotated[str | None, typer.Option(help="30d, 12h, 90m or an RFC 3339 time")] = None,
-    label: Annotated[str, typer.Option(help="a note saying who or what uses the key")] = "",
+    label: Annotated[
+        str, typer.Option("--label", "--name", help="who uses the key (a person's name for the console)")
+    ] = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API key; its secret is printed once and stored only as a SHA-256 hash."""

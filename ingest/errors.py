@@ -48,3 +48,7 @@ class DevBrokerError(TachographError):
 
 class IngestConfigError(TachographError):
     """The ingest worker was configured inconsistently (topic, bootstrap, batch size...)."""
+
+
+class BrokerUnavailableError(TachographError):
+    """Kafka stayed unreachable (or kept failing) for longer than the worker's broker timeout."""

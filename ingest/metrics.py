@@ -41,6 +41,9 @@ class IngestMetrics:
         self.batches = Counter(
             "tacho_ingest_batches", "ledger append transactions", ["topic"], registry=r
         )
+        self.broker_errors = Counter(
+            "tacho_ingest_broker_errors", "retriable Kafka errors waited out", ["topic"], registry=r
+        )
         self.lag = Gauge(
             "tacho_ingest_lag", "records behind the partition's high watermark",
             ["topic", "partition"], registry=r,

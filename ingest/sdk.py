@@ -79,7 +79,7 @@ class Budget:
         if self.max_tokens is not None:
             out["max_tokens"] = self.max_tokens
         if self.max_cost_usd is not None:
-            out["max_cost_usd"] = str(_money(self.max_cost_usd))
+            out["max_cost_usd"] = _money(self.max_cost_usd)
         if self.deadline_s is not None:
             out["deadline_s"] = Decimal(str(self.deadline_s))
         return out
@@ -232,7 +232,7 @@ class RunRecorder:
             raise RunClosedError(
                 f"run {self.run_id!r} is completed ({self.outcome}); cannot record {etype}"
             )
-        event = {
+        event: dict[str, Any] = {
             "spec": SPEC,
             "event_id": self.publisher.ids(),
             "workspace": self.publisher.workspace,
@@ -315,7 +315,7 @@ class RunRecorder:
             "model": model,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cost_usd": str(_money(cost_usd)),
+            "cost_usd": _money(cost_usd),
             "latency_ms": latency_ms,
         }
         if request is not None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
-from ingest.errors import DeliveryError, PublishBackpressureError
+from ingest.errors import DeliveryError, IngestConfigError, PublishBackpressureError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class KafkaTransport:
         producer_config: dict[str, Any] | None = None,
     ) -> None:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaConfigurationError, KafkaError
 
         self.topic = topic
         self.max_in_flight = max_in_flight
@@ -91,7 +91,7 @@ class KafkaTransport:
             "linger_ms": linger_ms,
             "max_block_ms": max_block_ms,
             "delivery_timeout_ms": delivery_timeout_ms,
-            "request_timeout_ms": min(30_000, delivery_timeout_ms),
+            "request_timeout_ms": min(30_000, max(1_000, delivery_timeout_ms // 2 - linger_ms)),
             "max_request_size": 2 * 1024 * 1024,
             "batch_size": 256 * 1024,
             "client_id": "tachograph-sdk",
@@ -99,6 +99,8 @@ class KafkaTransport:
         config.update(producer_config or {})
         try:
             self.producer = KafkaProducer(**config)
+        except KafkaConfigurationError as e:
+            raise IngestConfigError(f"invalid Kafka producer settings: {e}") from e
         except KafkaError as e:
             raise DeliveryError([("(connect)", f"cannot reach Kafka at {bootstrap}: {e}")]) from e
 
@@ -125,18 +127,22 @@ class KafkaTransport:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every in-flight event; raise DeliveryError if any failed since last flush."""
-        from kafka.errors import KafkaTimeoutError
+        from kafka.errors import KafkaError
 
         wait = timeout if timeout is not None else self.max_block_ms / 1000 + 30
+        deadline = time.monotonic() + wait
         try:
             self.producer.flush(timeout=wait)
-        except KafkaTimeoutError as e:
-            raise DeliveryError([("(flush)", f"not acknowledged within {wait:g}s: {e}")]) from e
-        deadline = time.monotonic() + wait
+        except KafkaError as e:  # e.g. a batch split after MessageSizeTooLarge; callbacks tell
+            log.info("producer flush: %s; waiting for per-event callbacks", e)
         with self._cond:  # callbacks run on the producer's thread right after the acks
             while self._pending and time.monotonic() < deadline:
                 self._cond.wait(0.05)
             failures, self._failures = self._failures, []
+            if self._pending:
+                failures.append(
+                    ("(flush)", f"{self._pending} event(s) not acknowledged within {wait:g}s")
+                )
         if failures:
             raise DeliveryError(failures)
 
@@ -178,18 +184,22 @@ class KafkaTransport:
             self._cond.notify_all()
 
     def _ok(self, event_id: str, size: int, md: Any) -> None:
-        self._release(size)
-        if self.on_delivery is not None:
-            self.on_delivery(Delivered(event_id, md.topic, md.partition, md.offset))
+        try:
+            if self.on_delivery is not None:
+                self.on_delivery(Delivered(event_id, md.topic, md.partition, md.offset))
+        finally:
+            self._release(size)
 
     def _failed(self, event_id: str, size: int, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        with self._cond:
-            self._failures.append((event_id, reason))
-        self._release(size)
         log.warning("event %s not delivered: %s", event_id, reason)
-        if self.on_error is not None:
-            self.on_error(event_id, reason)
+        try:
+            with self._cond:
+                self._failures.append((event_id, reason))
+            if self.on_error is not None:
+                self.on_error(event_id, reason)
+        finally:
+            self._release(size)
 
 
 class LedgerTransport:

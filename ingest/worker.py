@@ -9,16 +9,18 @@ written afterwards, for lag dashboards only; it is never read back.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from domain.ledger import AppendReport, Ledger
+from domain.ledger import AppendReport, Ledger, Parsed, ParseResult, validate_raw
 from domain.ports import Incoming, Source
-from ingest.errors import IngestConfigError
+from ingest.errors import BrokerUnavailableError, IngestConfigError
 from ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,20 @@ class WorkerConfig:
     poll_timeout_ms: int = 200
     maintenance_every_s: float = 1.0
     assign: bool = False  # manual assignment of every partition (no group join)
+    parallel: bool | None = None  # validate the next batch in a second process (default: >1 core)
+    broker_timeout_s: float = 300.0  # give up after Kafka keeps failing this long
     consumer_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Polled:
+    """One polled batch on its way into the ledger."""
+
+    items: list[Incoming]
+    offsets: dict[tuple[str, int], int]
+    commits: dict[Any, Any]
+    started: float
+    parsed: Future[list[ParseResult]] | None = None
 
 
 @dataclass
@@ -62,6 +77,19 @@ class WorkerSummary:
         return out
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the validation process: default signals, and exit as soon as the worker is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's graceful-stop handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _make_listener(worker: IngestWorker) -> Any:
     from kafka import ConsumerRebalanceListener
 
@@ -70,6 +98,7 @@ def _make_listener(worker: IngestWorker) -> Any:
 
         def on_partitions_revoked(self, revoked: Any) -> None:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+            worker.drain()  # append what was polled before another worker takes over
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             worker.seek_to_ledger(assigned)
@@ -100,6 +129,10 @@ class IngestWorker:
         self._stop_reason = ""
         self.consumer: Any = None
         self.assigned: set[int] = set()
+        self._pending: _Polled | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        parallel = config.parallel
+        self.parallel = (os.cpu_count() or 1) > 1 if parallel is None else parallel
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stop") -> None:
@@ -171,30 +204,66 @@ class IngestWorker:
         """Consume until stopped (signal, ``stop()``) or idle for ``until_idle`` seconds."""
         t0 = time.monotonic()
         self.consumer = self._consumer()
+        if self.parallel:
+            self._pool = ProcessPoolExecutor(1, initializer=_exit_with_parent, initargs=(os.getpid(),))
         try:
             self._subscribe()
             last_record = last_maintenance = time.monotonic()
             while not self._stop.is_set():
-                polled = self.consumer.poll(
-                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch
-                )
+                polled = self._poll()
                 now = time.monotonic()
-                if polled:
-                    self._process(polled)
+                batch = self._prepare(polled) if polled else None
+                if batch is not None:
+                    if self._pool is not None:
+                        batch.parsed = self._pool.submit(validate_raw, [i.raw for i in batch.items])
+                    self.drain()  # the previous batch, validated while this one was fetched
+                    self._pending = batch
                     last_record = now
-                elif self.config.until_idle is not None and now - last_record >= self.config.until_idle:
-                    self.stop(f"idle {self.config.until_idle:g}s")
+                else:
+                    self.drain()
+                    if self.config.until_idle is not None and now - last_record >= self.config.until_idle:
+                        self.stop(f"idle {self.config.until_idle:g}s")
                 if now - last_maintenance >= self.config.maintenance_every_s:
-                    self._maintain(idle=not polled)
+                    self._maintain(idle=batch is None)
                     last_maintenance = now
+            self.drain()
             self._finish()
         finally:
+            self._pending = None  # never appended: re-read from the ledger's offsets next time
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
             self.consumer.close(autocommit=False)
             self.summary.seconds = time.monotonic() - t0
             self.summary.stopped_by = self._stop_reason
         return self.summary
 
-    def _process(self, polled: dict[Any, list[Any]]) -> None:
+    def _poll(self) -> dict[Any, list[Any]]:
+        """One poll; retriable broker errors (a restart, a lost leader) are waited out."""
+        from kafka.errors import KafkaError
+
+        failing_since: float | None = None
+        while True:
+            try:
+                return self.consumer.poll(  # type: ignore[no-any-return]
+                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch
+                )
+            except KafkaError as e:
+                if not getattr(e, "retriable", False) and not isinstance(e, OSError):
+                    raise
+                now = time.monotonic()
+                failing_since = failing_since or now
+                self.metrics.broker_errors.labels(self.config.topic).inc()
+                if now - failing_since > self.config.broker_timeout_s:
+                    raise BrokerUnavailableError(
+                        f"Kafka at {self.config.bootstrap} kept failing for "
+                        f"{self.config.broker_timeout_s:g}s: {e}"
+                    ) from e
+                log.warning("Kafka error (retrying; the ledger keeps the offsets): %s", e)
+                self.drain()  # what was polled before the error is still good
+                if self._stop.wait(0.5):
+                    return {}
+
+    def _prepare(self, polled: dict[Any, list[Any]]) -> _Polled | None:
         from kafka.structs import OffsetAndMetadata
 
         t0 = time.perf_counter()
@@ -204,21 +273,35 @@ class IngestWorker:
         for tp, records in polled.items():
             if not records:
                 continue
-            for r in records:
-                items.append(
-                    Incoming(
-                        r.value if r.value is not None else b"",
-                        Source(kind="kafka", topic=tp.topic, partition=tp.partition, offset=r.offset),
-                    )
+            topic, part = tp.topic, tp.partition
+            items.extend(
+                Incoming(
+                    r.value if r.value is not None else b"",
+                    Source(kind="kafka", topic=topic, partition=part, offset=r.offset),
                 )
+                for r in records
+            )
             nxt = records[-1].offset + 1
-            offsets[(tp.topic, tp.partition)] = nxt
+            offsets[(topic, part)] = nxt
             commits[tp] = OffsetAndMetadata(nxt, "", -1)
-        if not items:
+        return _Polled(items, offsets, commits, t0) if items else None
+
+    def drain(self) -> None:
+        """Append the polled batch, if any, with its offsets in the same transaction."""
+        batch, self._pending = self._pending, None
+        if batch is None:
             return
-        report = self.ledger.append(items, consumer=self.config.group, offsets=offsets)
-        self._count(report, len(items), time.perf_counter() - t0)
-        self._commit_informational(commits)
+        parsed: list[Parsed] | None = None
+        if batch.parsed is not None:
+            parsed = [
+                Parsed(item, *result)
+                for item, result in zip(batch.items, batch.parsed.result(), strict=True)
+            ]
+        report = self.ledger.append(
+            batch.items, consumer=self.config.group, offsets=batch.offsets, parsed=parsed
+        )
+        self._count(report, len(batch.items), time.perf_counter() - batch.started)
+        self._commit_informational(batch.commits)
         self._update_lag()
         if self.on_batch is not None:
             self.on_batch(report, self.summary)

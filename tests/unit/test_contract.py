@@ -69,7 +69,7 @@ def test_unknown_fields_in_data_are_rejected():
 
 def test_unknown_event_type_is_rejected_with_the_list_of_types():
     ev = event(etype="model.invented")
-    with pytest.raises(ContractError, match="unknown event type 'model.invented'"):
+    with pytest.raises(ContractError, match=r"unknown event type 'model\.invented'"):
         parse_event(raw(ev))
 
 

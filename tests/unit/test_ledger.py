@@ -177,7 +177,7 @@ def test_a_failed_transaction_stores_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sqlite_store.SQLiteTx, "add_quarantine", broken)
     with pytest.raises(Exception, match="disk I/O error"):
-        ledger.append(items([event("r2"), event("r1")]) + [Incoming(b"{", Source("file"))])
+        ledger.append([*items([event("r2"), event("r1")]), Incoming(b"{", Source("file"))])
     assert ledger.store.size() == 1
     monkeypatch.undo()
     report = ledger.append(items([event("r2")]))

@@ -1,0 +1,236 @@
+"""Kafka ingest against real brokers: exactly once, poison messages, producer retries, metrics."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from domain.canonical import dumps, loads
+from domain.verify import verify_log
+from ingest.errors import DeliveryError, PublishBackpressureError
+from ingest.metrics import IngestMetrics
+from ingest.sdk import Publisher
+from ingest.simulate import SeqIds, SimClock, run_simulated_agents
+from ingest.transport import CollectingTransport, KafkaTransport
+from ingest.worker import IngestWorker, WorkerConfig
+from tests.factories import make_ledger
+from tests.harness import free_port
+from tests.harness.kafka import GROUP_CONSUMER_TEST_CONFIG
+from tests.integration.ingest_support import assert_exactly, produce, workload_messages
+
+
+def _ledger(tmp_path, **config):
+    return make_ledger(tmp_path / "ledger.db", clock=time.time, **config)
+
+
+def _worker(ledger, bootstrap, topic, group=None, until_idle=3.0, assign=False, metrics=None, batch=500):
+    cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group or f"g-{topic}", batch=batch,
+                       until_idle=until_idle, assign=assign,
+                       consumer_config=dict(GROUP_CONSUMER_TEST_CONFIG))
+    return IngestWorker(ledger, cfg, metrics)
+
+
+def test_simulated_agents_are_ingested_exactly_once_and_a_restart_adds_nothing(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=3)
+    published = run_simulated_agents(kafka_broker.bootstrap, topic, runs=90, seed=3)
+    assert published.events > 500 and published.budget_exceeded and published.outcomes["failed"]
+    ledger = _ledger(tmp_path)
+
+    first = _worker(ledger, kafka_broker.bootstrap, topic).run()
+
+    assert (first.consumed, first.accepted, first.quarantined) == (published.events, published.events, 0)
+    assert_exactly(tmp_path / "ledger.db", published.event_ids)
+    offsets = ledger.store.offsets(f"g-{topic}")
+    assert sum(offsets.values()) == published.events  # next offsets, stored with the events
+    assert ledger.store.latest_checkpoint().size == published.events  # final checkpoint
+
+    second = _worker(ledger, kafka_broker.bootstrap, topic, until_idle=2.0).run()
+
+    assert (second.consumed, second.accepted) == (0, 0)  # resumed from the ledger's offsets
+    assert ledger.store.size() == published.events
+    result = verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
+                        [ledger.signer.vkey])
+    assert result.ok, result.reason
+
+
+def test_a_new_group_on_a_filled_ledger_absorbs_every_event_as_a_duplicate(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=2)
+    messages = workload_messages(40, seed=11)
+    produce(kafka_broker.bootstrap, topic, messages)
+    ledger = _ledger(tmp_path)
+    a = _worker(ledger, kafka_broker.bootstrap, topic, group="a", assign=True, until_idle=1.5).run()
+    b = _worker(ledger, kafka_broker.bootstrap, topic, group="b", assign=True, until_idle=1.5).run()
+    assert a.accepted == len(messages)
+    assert (b.consumed, b.accepted, b.duplicates, b.quarantined) == (len(messages), 0, len(messages), 0)
+    assert_exactly(tmp_path / "ledger.db", [eid for _, eid, _ in messages])
+
+
+def _ev(run: str, seq: int, etype: str, data: dict, eid: str | None = None) -> dict:
+    return {"spec": "tachograph.event/1", "event_id": eid or f"{run}-{seq}", "workspace": "acme",
+            "run_id": run, "seq": seq, "type": etype, "time": "2026-03-01T09:00:00Z",
+            "agent": {"id": "a", "version": "1"}, "data": data}
+
+
+START = {"workflow": "w", "mode": "execute", "risk_tier": "low"}
+
+
+def test_poison_messages_are_quarantined_with_reason_and_position_and_the_partition_keeps_flowing(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(create=False)
+    kafka_broker.create_topic(topic, 1, configs={"max.message.bytes": str(3 * 1024 * 1024)})
+    good = [dumps(_ev("good", i, "run.started" if i == 0 else "policy.evaluated",
+                      START if i == 0 else {"policy": "p", "action": "a", "decision": "allow",
+                                            "reason": "ok"}))
+            for i in range(8)]
+    oversize = dumps(_ev("big", 0, "run.started", {**START, "input": {"blob": "x" * 1_100_000}}))
+    poison = [
+        (b"{not json", "contract: not JSON"),
+        (b"\xff\xfe\x00garbage", "contract: not UTF-8"),
+        (dumps(_ev("bad", 0, "run.started", {"workflow": "w", "mode": "sometimes", "risk_tier": "low"})),
+         "data.mode"),
+        (oversize, "over the 1048576-byte limit"),
+        (dumps(_ev("good", 1, "policy.evaluated",
+                   {"policy": "p", "action": "a", "decision": "deny", "reason": "changed"})),
+         "conflict"),
+        (dumps(_ev("rule", 0, "change.applied", {"change_id": "c1"})), "rule: seq 0 must be run.started"),
+        (dumps(_ev("gap", 3, "policy.evaluated",
+                   {"policy": "p", "action": "a", "decision": "allow", "reason": "ok"})), "gap"),
+    ]
+    # good, poison, good, poison, ... so every poison message sits between good ones
+    sequence = []
+    for i, g in enumerate(good):
+        sequence.append((b"good", g))
+        if i < len(poison):
+            sequence.append((b"bad", poison[i][0]))
+    produce(kafka_broker.bootstrap, topic, [(k.decode(), "", v) for k, v in sequence],
+            max_request_size=3 * 1024 * 1024)
+    ledger = _ledger(tmp_path, held_timeout_s=1.0)
+
+    summary = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=3.0).run()
+
+    assert summary.accepted == len(good)
+    assert [loads(r.data)["event"]["event_id"] for r in ledger.store.entries()] == [
+        f"good-{i}" for i in range(8)]
+    rows = ledger.store.quarantine(limit=100)
+    assert len(rows) == len(poison) and summary.quarantined == len(poison)
+    by_offset = {r.source.offset: r for r in rows}
+    offsets = {v: off for off, (_, v) in enumerate(sequence)}
+    for raw, reason in poison:
+        row = by_offset[offsets[raw]]
+        assert row.raw == raw  # kept verbatim
+        assert reason in row.reason, (reason, row.reason)
+        assert (row.source.kind, row.source.topic, row.source.partition) == ("kafka", topic, 0)
+    assert ledger.store.offsets(f"g-{topic}") == {(topic, 0): len(sequence)}
+
+
+def test_a_producer_retrying_after_a_timeout_is_absorbed_as_duplicates(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=2)
+    recorded = CollectingTransport()
+    pub = Publisher(recorded, workspace="acme", agent_id="a", agent_version="1",
+                    clock=SimClock(START_TIME), ids=SeqIds("retry"))
+    with pub.run("ticket-triage") as run:
+        for i in range(5):
+            run.policy("p", f"a{i}", "allow", "ok")
+    # the first attempt reached Kafka but the agent saw a timeout, so it sends everything again
+    for _attempt in range(2):
+        transport = KafkaTransport(kafka_broker.bootstrap, topic)
+        for key, eid, value in recorded.sent:
+            transport.send(key, eid, value)
+        transport.close()
+    ledger = _ledger(tmp_path)
+    s = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=1.5).run()
+    n = len(recorded.sent)
+    assert (s.consumed, s.accepted, s.duplicates, s.quarantined) == (2 * n, n, n, 0)
+    assert_exactly(tmp_path / "ledger.db", [eid for _, eid, _ in recorded.sent])
+
+
+from datetime import UTC, datetime  # noqa: E402
+
+START_TIME = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def test_worker_metrics_count_what_happened_and_are_served_in_prometheus_text(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=1)
+    messages = workload_messages(10, seed=5)
+    produce(kafka_broker.bootstrap, topic, [*messages, ("x", "", b"not json"), *messages[:3]])
+    metrics = IngestMetrics()
+    port = free_port()
+    server = metrics.serve(port)
+    try:
+        ledger = _ledger(tmp_path)
+        _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=1.5,
+                metrics=metrics).run()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        server.shutdown()
+    n = len(messages)
+    assert metrics.value("tacho_ingest_consumed_total", topic=topic) == n + 4
+    assert metrics.value("tacho_ingest_appended_total", topic=topic) == n
+    assert metrics.value("tacho_ingest_duplicates_total", topic=topic) == 3
+    assert metrics.value("tacho_ingest_quarantined_total", topic=topic) == 1
+    assert metrics.value("tacho_ingest_lag", topic=topic, partition="0") == 0
+    assert metrics.value("tacho_ingest_batch_seconds_count", topic=topic) >= 1
+    assert f'tacho_ingest_appended_total{{topic="{topic}"}} {float(n)}' in text
+    assert "tacho_ingest_batch_seconds_bucket" in text
+
+
+def test_the_sdk_raises_a_typed_backpressure_error_instead_of_blocking_when_kafka_is_unreachable():
+    transport = KafkaTransport(f"127.0.0.1:{free_port()}", "agent-events", max_block_ms=500,
+                               producer_config={"api_version": (2, 5, 0)})
+    t0 = time.monotonic()
+    with pytest.raises(PublishBackpressureError, match="max_block_ms=500"):
+        transport.send("run", "e1", b"{}")
+    assert time.monotonic() - t0 < 5
+    transport.producer.close(timeout=1)
+
+
+def test_the_sdk_bounded_buffer_refuses_more_than_max_in_flight(kafka_broker, topic_factory):
+    topic = topic_factory(partitions=1)
+    transport = KafkaTransport(kafka_broker.bootstrap, topic, max_in_flight=5, max_block_ms=200,
+                               linger_ms=2000, delivery_timeout_ms=30_000)
+    try:
+        for i in range(5):
+            transport.send("k", f"e{i}", b"x")
+        with pytest.raises(PublishBackpressureError, match="5 events"):
+            transport.send("k", "e5", b"x")
+        transport.flush()  # acks free the buffer again
+        assert transport.in_flight == 0
+        transport.send("k", "e6", b"x")
+    finally:
+        transport.close()
+
+
+def test_the_sdk_surfaces_broker_delivery_errors_on_flush(apache_kafka, topic_factory):
+    """Apache Kafka enforces the topic's max.message.bytes (Tansu does not)."""
+    topic = topic_factory(create=False, broker=apache_kafka)
+    apache_kafka.create_topic(topic, 1, configs={"max.message.bytes": "2000"})
+    errors = []
+    transport = KafkaTransport(apache_kafka.bootstrap, topic, on_error=lambda e, r: errors.append(e))
+    transport.send("k", "small", b"x" * 100)
+    transport.send("k", "too-big", b"x" * 50_000)
+    with pytest.raises(DeliveryError) as info:
+        transport.flush()
+    assert [k for k, _ in info.value.failures] == ["too-big"]
+    assert errors == ["too-big"]
+    transport.close()
+
+
+def test_the_sdk_refuses_an_event_larger_than_a_request_at_once(kafka_broker, topic_factory):
+    topic = topic_factory(partitions=1)
+    transport = KafkaTransport(kafka_broker.bootstrap, topic,
+                               producer_config={"max_request_size": 10_000})
+    with pytest.raises(DeliveryError, match="too-big"):
+        transport.send("k", "too-big", b"x" * 20_000)
+    assert transport.in_flight == 0
+    transport.close()
