@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import json
+import os
 import shutil
 import sqlite3
 import sys
