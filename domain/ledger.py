@@ -16,7 +16,13 @@ from typing import Any
 from domain import merkle
 from domain.canonical import dumps, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
-from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
+from domain.errors import (
+    ContractError,
+    NotFoundError,
+    RunRuleError,
+    StoreIntegrityError,
+    TachographError,
+)
 from domain.note import NoteSigner
 from domain.ports import (
     CheckpointRow,
@@ -161,23 +167,30 @@ class _Batch:
     def source_json(source: Source) -> bytes:
         return dumps(source.to_json())
 
-    def load(self, parsed: Sequence[Parsed]) -> None:
-        run_keys: set[tuple[str, str]] = set()
-        id_keys: set[tuple[str, str]] = set()
-        for p in parsed:
-            ev = p.event
-            if ev is not None:
-                run_keys.add((ev["workspace"], ev["run_id"]))
-                id_keys.add((ev["workspace"], ev["event_id"]))
-        keys = sorted(run_keys)
-        for key, raw in self.tx.load_runs(keys).items():
+    def load(self, parsed: Sequence[Parsed], optimistic: bool) -> None:
+        """Load the run states, held events and stored event ids this batch needs.
+
+        Optimistic: only events that may repeat a stored one (their seq is already taken) are
+        looked up by event_id; a new event reusing a stored event_id under another seq breaks
+        the store's unique index, and the caller redoes the batch with every id looked up.
+        """
+        run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
+        for key, raw in self.tx.load_runs(run_keys).items():
             self.states[key] = RunState.from_bytes(raw)
-        ids = sorted(id_keys)
-        self.known = self.tx.event_hashes(ids)
         self.held_total = self.tx.count_held()
         if self.held_total:
-            for row in self.tx.load_held(keys):
+            for row in self.tx.load_held(run_keys):
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
+        ids: set[tuple[str, str]] = set()
+        for p in parsed:
+            ev = p.event
+            if ev is None:
+                continue
+            key = (ev["workspace"], ev["run_id"])
+            state = self.states.get(key)
+            if not optimistic or key in self.held or (state is not None and ev["seq"] < state.next_seq):
+                ids.add((ev["workspace"], ev["event_id"]))
+        self.known = self.tx.event_hashes(sorted(ids))
 
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None
@@ -417,9 +430,22 @@ class Ledger:
             parsed = parse_items(items)
         elif len(parsed) != len(items):
             raise ValueError("parsed results do not match the items")
+        try:
+            return self._append(parsed, consumer, offsets, optimistic=True)
+        except StoreIntegrityError:
+            # a new event reused a stored event_id: redo with every id looked up (see load)
+            return self._append(parsed, consumer, offsets, optimistic=False)
+
+    def _append(
+        self,
+        parsed: Sequence[Parsed],
+        consumer: str | None,
+        offsets: Mapping[tuple[str, int], int] | None,
+        optimistic: bool,
+    ) -> AppendReport:
         with self.store.transaction() as tx:
             batch = _Batch(self, tx, self.clock())
-            batch.load(parsed)
+            batch.load(parsed, optimistic)
             batch.report.results = [batch.process(p) for p in parsed]
             return batch.flush(consumer, offsets)
 

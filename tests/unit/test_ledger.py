@@ -201,3 +201,13 @@ def test_inclusion_and_consistency_proofs_verify_against_signed_roots(tmp_path):
         merkle.verify_inclusion(entry.leaf_hash, entry.index, size, ledger.inclusion_proof(entry.index, size), root)
     for m in (1, 7, size // 2, size):
         merkle.verify_consistency(m, size, ledger.root(m), root, ledger.consistency_proof(m, size))
+
+
+def test_an_event_id_reused_by_another_run_is_a_conflict_and_its_batch_still_lands(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items([event("r1")]))
+    thief = event("r2", event_id="r1-0")  # new run, new seq, but a stored event_id
+    report = ledger.append(items([event("r3"), thief, event("r4")]))
+    assert [o.status for o in report.results] == ["accepted", "quarantined", "accepted"]
+    assert "event_id 'r1-0' is already stored" in report.results[1].reason
+    assert sorted(e.run_id for e in ledger.store.entries()) == ["r1", "r3", "r4"]
