@@ -170,8 +170,8 @@ class _Batch:
     def load(self, parsed: Sequence[Parsed], optimistic: bool) -> None:
         """Load the run states, held events and stored event ids this batch needs.
 
-        Optimistic: only events that may repeat a stored one (their seq is already taken) are
-        looked up by event_id; a new event reusing a stored event_id under another seq breaks
+        Optimistic: only events that are not simply their run's next seq are looked up by
+        event_id; a new event reusing a stored event_id under another seq breaks
         the store's unique index, and the caller redoes the batch with every id looked up.
         """
         run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
@@ -188,7 +188,8 @@ class _Batch:
                 continue
             key = (ev["workspace"], ev["run_id"])
             state = self.states.get(key)
-            if not optimistic or key in self.held or (state is not None and ev["seq"] < state.next_seq):
+            expected = state.next_seq if state is not None else 0
+            if not optimistic or key in self.held or ev["seq"] != expected:
                 ids.add((ev["workspace"], ev["event_id"]))
         self.known = self.tx.event_hashes(sorted(ids))
 

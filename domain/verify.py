@@ -166,7 +166,7 @@ def _verify(
     sizes = sorted(by_size)
     nodes = NodeMap()
     chains: dict[tuple[Any, Any], tuple[str, int]] = {}
-    event_ids: dict[tuple[Any, Any], int] = {}
+    event_ids: set[str] = set()
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
     for scan in _scans(entries, origin, sizes, chunk_bits, workers):
@@ -186,11 +186,15 @@ def _verify(
                 errors.append((span.first_position, 1, chain_broken(span.run_id, span.first_prev, expected_prev)))
             elif span.first_seq != expected_seq:
                 errors.append((span.first_position, 1, seq_gap(span.run_id, span.first_seq, expected_seq)))
-        for ws, eid, pos in scan.event_ids:
-            if (ws, eid) in event_ids:
-                errors.append((pos, 2, f"event_id {eid!r} appears twice"))
-                break
-            event_ids[(ws, eid)] = pos
+        fresh = {k for k in scan.event_ids if k is not None}
+        if len(fresh) != scan.count - scan.event_ids.count(None) or not event_ids.isdisjoint(fresh):
+            seen: set[str] = set()
+            for offset, k in enumerate(scan.event_ids):
+                if k is not None and (k in event_ids or k in seen):
+                    errors.append((scan.start + offset, 2, f"event_id {k.split(chr(10))[1]!r} appears twice"))
+                    break
+                seen.add(k) if k is not None else None
+        event_ids |= fresh
         limit = min(errors)[0] if errors else scan.start + scan.count
         for pos, d in scan.rotations:
             if pos >= limit:

@@ -7,6 +7,7 @@ them in parallel processes and stitch run chains and tree roots together in orde
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class ChunkScan:
     origin: str | None = None
     nodes: dict[Node, bytes] = field(default_factory=dict)
     runs: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)
-    event_ids: list[tuple[Any, Any, int]] = field(default_factory=list)
+    event_ids: list[str | None] = field(default_factory=list)  # "workspace\nevent_id" per entry
     rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -64,81 +65,116 @@ def scan_chunk(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
 ) -> ChunkScan:
-    """Check each entry on its own and within the chunk; collect what stitching needs."""
+    """Check each entry on its own and within the chunk; collect what stitching needs.
+
+    The loop is the verifier's hot path: canonical event entries are read from their tails
+    (see ``_fast_fields``) with everything in locals; any other entry, and every failure, goes
+    through ``_general`` so the reasons are worked out in one place.
+    """
     scan = ChunkScan(start=start, origin=origin)
     sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(rows)]
     leaves: list[bytes] = []
-    leaf_hash = merkle.leaf_hash
+    sha256 = hashlib.sha256
     loads = orjson.loads
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
     for index, data in rows:
-        error = None
-        if index != position:
-            error = f"stored index {index} at position {position}: an entry is missing or out of order"
-        elif not isinstance(data, bytes):
-            error = f"stored entry is {type(data).__name__}, not bytes"
-        if error is not None:
-            scan.error = (position, error)
-            break
-        leaf = leaf_hash(data)
-        d = _fast_fields(data, loads)
-        if d is None:
-            try:
-                d = loads(data)
-            except orjson.JSONDecodeError as e:
-                scan.error = (position, f"entry bytes are not valid JSON ({e})")
-                break
-        if not isinstance(d, dict) or d.get("index") != position:
-            got = d.get("index") if isinstance(d, dict) else "?"
-            scan.error = (
-                position,
-                f"entry says index {got} but sits at position {position} "
-                "(deleted, inserted, duplicated or reordered entry)",
-            )
-            break
-        log = d.get("log")
-        if scan.origin is None:
-            scan.origin = log
-        if log != scan.origin:
-            scan.error = (
-                position,
-                f"entry belongs to log {log!r}, not {scan.origin!r} (spliced from another ledger)",
-            )
-            break
-        kind = d.get("kind")
-        if kind == "event":
-            ev = d.get("event")
-            if not isinstance(ev, dict):
-                scan.error = (position, "event entry has no event object")
-                break
-            key = (ev.get("workspace"), ev.get("run_id"))
-            seq = ev.get("seq")
-            span = runs.get(key)
-            if span is None:
-                runs[key] = RunSpan(position, d.get("prev"), seq, ev.get("run_id"), leaf.hex(), seq)  # type: ignore[arg-type]
-            else:
-                if d.get("prev") != span.last_leaf:
-                    scan.error = (position, chain_broken(ev.get("run_id"), d.get("prev"), span.last_leaf))
+        fast = None
+        if index == position and type(data) is bytes and data.startswith(b'{"event":{'):
+            i = data.rfind(b',"index":')
+            j = data.rfind(b',"event_id":', 0, i) if i > 0 else -1
+            if j > 0:
+                try:
+                    fast = loads(b"[{" + data[j + 1 : i] + b",{" + data[i + 1 :] + b"]")
+                except orjson.JSONDecodeError:
+                    fast = None
+        if fast is not None and len(fast) == 2 and type(fast[0]) is dict and type(fast[1]) is dict:
+            ev, meta = fast
+            log = meta.get("log")
+            if scan.origin is None:
+                scan.origin = log
+            if meta.get("index") == position and meta.get("kind") == "event" and log == scan.origin:
+                h = sha256(b"\x00")
+                h.update(data)
+                leaf = h.digest()
+                key = (ev.get("workspace"), ev.get("run_id"))
+                seq = ev.get("seq")
+                prev = meta.get("prev")
+                span = runs.get(key)
+                if span is None:
+                    runs[key] = RunSpan(position, prev, seq, key[1], leaf.hex(), seq)
+                elif prev != span.last_leaf:
+                    scan.error = (position, chain_broken(key[1], prev, span.last_leaf))
                     break
-                if seq != span.last_seq + 1:
-                    scan.error = (position, seq_gap(ev.get("run_id"), seq, span.last_seq + 1))
+                elif seq != span.last_seq + 1:
+                    scan.error = (position, seq_gap(key[1], seq, span.last_seq + 1))
                     break
-                span.last_leaf = leaf.hex()
-                span.last_seq = seq
-            event_ids.append((ev.get("workspace"), ev.get("event_id"), position))
-        elif kind == "key.rotated":
-            scan.rotations.append((position, d))
-        else:
-            scan.error = (position, f"unknown entry kind {kind!r}")
+                else:
+                    span.last_leaf = leaf.hex()
+                    span.last_seq = seq
+                event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
+                leaves.append(leaf)
+                position += 1
+                continue
+        leaf_or_error = _general(scan, position, index, data)
+        if isinstance(leaf_or_error, str):
+            scan.error = (position, leaf_or_error)
             break
-        leaves.append(leaf)
+        leaves.append(leaf_or_error)
         position += 1
     scan.count = position - start
     wanted = sorted(s for s in sizes if s <= scan.count)
     scan.nodes = _perfect_nodes(start, leaves, [*wanted, scan.count])
     return scan
+
+
+def _general(scan: ChunkScan, position: int, index: int, data: Any) -> bytes | str:
+    """Check one entry of any kind by parsing all of it; return its leaf hash or why it fails."""
+    if index != position:
+        return f"stored index {index} at position {position}: an entry is missing or out of order"
+    if not isinstance(data, bytes):
+        return f"stored entry is {type(data).__name__}, not bytes"
+    leaf = merkle.leaf_hash(data)
+    try:
+        d = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        return f"entry bytes are not valid JSON ({e})"
+    if not isinstance(d, dict) or d.get("index") != position:
+        got = d.get("index") if isinstance(d, dict) else "?"
+        return (
+            f"entry says index {got} but sits at position {position} "
+            "(deleted, inserted, duplicated or reordered entry)"
+        )
+    log = d.get("log")
+    if scan.origin is None:
+        scan.origin = log
+    if log != scan.origin:
+        return f"entry belongs to log {log!r}, not {scan.origin!r} (spliced from another ledger)"
+    kind = d.get("kind")
+    if kind == "key.rotated":
+        scan.rotations.append((position, d))
+        scan.event_ids.append(None)
+        return leaf
+    if kind != "event":
+        return f"unknown entry kind {kind!r}"
+    ev = d.get("event")
+    if not isinstance(ev, dict):
+        return "event entry has no event object"
+    key = (ev.get("workspace"), ev.get("run_id"))
+    seq, prev = ev.get("seq"), d.get("prev")
+    span = scan.runs.get(key)
+    if span is None:
+        scan.runs[key] = RunSpan(position, prev, seq, key[1], leaf.hex(), seq)
+    elif prev != span.last_leaf:
+        return chain_broken(key[1], prev, span.last_leaf)
+    elif seq != span.last_seq + 1:
+        return seq_gap(key[1], seq, span.last_seq + 1)
+    else:
+        span.last_leaf = leaf.hex()
+        span.last_seq = seq
+    scan.event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
+    return leaf
 
 
 def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dict[Node, bytes]:
@@ -156,33 +192,6 @@ def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dic
                 out[(level, (start >> level) + (offset >> level))] = levels[level][offset >> level]
                 offset += 1 << level
     return out
-
-
-def _fast_fields(data: bytes, loads: Any) -> dict[str, Any] | None:
-    """The fields verification reads, from the tail of a canonical event entry.
-
-    Canonical entries end with ``,"index":N,"kind":...,"source":{...}}`` after the event, and
-    the event ends with its envelope keys after ``data``; parsing only those tails is about
-    three times cheaper than parsing the whole entry. Anything unexpected returns None and
-    the caller parses the whole entry. The leaf hash still covers every byte.
-    """
-    if not data.startswith(b'{"event":{'):
-        return None
-    i = data.rfind(b',"index":')
-    if i < 0:
-        return None
-    j = data.rfind(b',"event_id":', 0, i)
-    if j < 0:
-        return None
-    try:
-        meta = loads(b"{" + data[i + 1 :])
-        event = loads(b"{" + data[j + 1 : i])
-    except orjson.JSONDecodeError:
-        return None
-    if not (isinstance(meta, dict) and isinstance(event, dict)) or meta.get("kind") != "event":
-        return None
-    meta["event"] = event
-    return meta
 
 
 def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
