@@ -1,4 +1,4 @@
-"""Later stages of `tacho demo`, each from the area that owns it (Kafka, views, replay)."""
+"""Later stages of `tacho demo`, each from the area that owns it (Kafka, views, replay, console)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,13 @@ def later_stages(settings: Settings, ledger: Ledger) -> None:
     from projections.demo import run_reports
 
     run_reports(settings, ledger.store)
+    console_stage(settings, ledger)
+
+
+def console_stage(settings: Settings, ledger: Ledger) -> None:
+    """API keys per role in workspace ``demo`` and runs waiting for people; how to open the console."""
+    c = console()
+    c.print(Rule("6. the operator console: approvals, reverts, kill switches"))
+    from api.console.demo import run_console_demo
+
+    run_console_demo(settings, ledger, c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Protocol
 
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from domain.ledger import AppendReport, Ledger
 from ingest.devbroker import DevBroker, ensure_topic
+from ingest.halts import HaltCheck, halt_check
 from ingest.simulate import PublishedSummary, run_simulated_agents
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary
 
@@ -21,6 +23,7 @@ class KafkaSettings(Protocol):
 
     kafka_bootstrap: str | None
     topic: str
+    data_dir: Path
 
 
 def _progress(what: str, console: Console) -> Progress:
@@ -38,13 +41,14 @@ def publish_and_ingest(
     seed: int,
     group: str,
     console: Console,
+    halts: HaltCheck | None = None,
 ) -> tuple[PublishedSummary, WorkerSummary]:
-    """Publish ``runs`` simulated runs, then ingest the topic until every event is in."""
+    """Publish ``runs`` simulated runs (halted workflows refused), then ingest every event."""
     ensure_topic(bootstrap, topic, partitions=3)
     with _progress("agents publishing", console) as bar:
         task = bar.add_task("publish", total=runs)
         published = run_simulated_agents(
-            bootstrap, topic, runs, seed, progress=lambda n: bar.advance(task, n)
+            bootstrap, topic, runs, seed, progress=lambda n: bar.advance(task, n), halt_check=halts
         )
     cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group, until_idle=5.0,
                        assign=True, parallel=False)
@@ -65,12 +69,13 @@ def publish_and_ingest(
 def print_summary(published: PublishedSummary, ingested: WorkerSummary, console: Console) -> None:
     """Two small tables: what the agents published, what the worker did."""
     t = Table(title="agents published (through the SDK, budgets enforced)", show_edge=False)
-    for col in ("runs", "events", "outcomes", "budget breaches", "spend (USD)"):
+    for col in ("runs", "events", "outcomes", "budget breaches", "halted", "spend (USD)"):
         t.add_column(col)
     t.add_row(
         str(published.runs), str(published.events),
         ", ".join(f"{k} {v}" for k, v in sorted(published.outcomes.items())),
         ", ".join(f"{k} {v}" for k, v in sorted(published.budget_exceeded.items())) or "none",
+        ", ".join(f"{k} {v}" for k, v in sorted(published.halted.items())) or "none",
         str(published.cost_usd),
     )
     console.print(t)
@@ -100,7 +105,8 @@ def run_kafka_demo(settings: KafkaSettings, ledger: Ledger, runs: int = 400, see
     group = f"demo-{broker.cluster_id}" if broker is not None else "tachograph-ingest"
     try:
         published, ingested = publish_and_ingest(
-            ledger, bootstrap, settings.topic, runs, seed, group, console
+            ledger, bootstrap, settings.topic, runs, seed, group, console,
+            halts=halt_check(settings.data_dir),
         )
     finally:
         if broker is not None:

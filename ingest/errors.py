@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from domain.errors import BackpressureError, TachographError
+from ingest.halts import HaltState
 
 
 class BudgetExceededError(TachographError):
@@ -19,6 +20,17 @@ class BudgetExceededError(TachographError):
         self.limit = limit
         self.limit_value = limit_value
         self.observed = observed
+
+
+class WorkflowHaltedError(TachographError):
+    """The workflow's kill switch is on: the SDK refused to start the run. The refused run was
+    recorded as ``run.started`` + ``run.completed(cancelled)`` naming who halted it, when and why."""
+
+    def __init__(self, run_id: str, halt: HaltState, event_ids: list[str]) -> None:
+        super().__init__(f"run {run_id!r} refused: {halt.refusal()}")
+        self.run_id = run_id
+        self.halt = halt
+        self.event_ids = event_ids
 
 
 class PublishBackpressureError(BackpressureError):

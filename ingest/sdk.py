@@ -30,7 +30,8 @@ from domain.canonical import validate_event
 from domain.errors import RunRuleError
 from domain.events import SPEC
 from domain.run import RunState
-from ingest.errors import BudgetExceededError, RunClosedError
+from ingest.errors import BudgetExceededError, RunClosedError, WorkflowHaltedError
+from ingest.halts import HaltCheck, HaltState
 from ingest.transport import Transport
 
 Clock = Callable[[], datetime]
@@ -121,7 +122,10 @@ class Publisher:
         ids: IdFactory = random_id,
         flush_on_exit: bool = True,
         flush_timeout: float | None = None,
+        halt_check: HaltCheck | None = None,
     ) -> None:
+        """``halt_check(workspace, workflow)`` is asked before every new run (a kill switch:
+        ``ingest.halts.halt_check(data_dir)``); a halt refuses the run."""
         self.transport = transport
         self.workspace = workspace
         self.agent = {"id": agent_id, "version": agent_version}
@@ -129,6 +133,45 @@ class Publisher:
         self.ids = ids
         self.flush_on_exit = flush_on_exit
         self.flush_timeout = flush_timeout
+        self.halt_check = halt_check
+
+    def start(
+        self,
+        workflow: str,
+        *,
+        mode: Mode = "execute",
+        risk_tier: Literal["low", "medium", "high"] = "low",
+        budget: Budget | None = None,
+        input: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+        run_id: str | None = None,
+        replay_of: str | None = None,
+        dry_run: bool = False,
+    ) -> RunRecorder:
+        """Record ``run.started`` and return the open run; it stays open until ``complete()``
+        (for runs that outlive a block, e.g. waiting for a person's approval).
+
+        If the workflow's kill switch is on (``halt_check``), the run is recorded as started
+        and at once cancelled with who halted the workflow, when and why, and
+        :class:`WorkflowHaltedError` is raised. Replays (``replay_of``) are never halted.
+        """
+        halt = None
+        if self.halt_check is not None and replay_of is None:
+            halt = self.halt_check(self.workspace, workflow)
+        recorder = RunRecorder(
+            self,
+            run_id or self.ids(),
+            workflow,
+            mode="dry_run" if dry_run else mode,
+            risk_tier=risk_tier,
+            budget=budget or Budget(),
+            input=input,
+            labels=labels,
+            replay_of=replay_of,
+        )
+        if halt is not None:
+            self._refuse(recorder, halt)
+        return recorder
 
     @contextmanager
     def run(
@@ -149,18 +192,12 @@ class Publisher:
         Leaving the block normally completes the run as ``succeeded``; an exception completes
         it as ``failed`` (with the error) and propagates. ``dry_run`` (or ``mode="dry_run"``)
         records the run with ``mode = dry_run`` and the tool helpers do not execute tools.
+
+        A halted workflow (see :meth:`start`) raises :class:`WorkflowHaltedError` before the
+        block runs, after recording the refused run as cancelled.
         """
-        recorder = RunRecorder(
-            self,
-            run_id or self.ids(),
-            workflow,
-            mode="dry_run" if dry_run else mode,
-            risk_tier=risk_tier,
-            budget=budget or Budget(),
-            input=input,
-            labels=labels,
-            replay_of=replay_of,
-        )
+        recorder = self.start(workflow, mode=mode, risk_tier=risk_tier, budget=budget, input=input,
+                              labels=labels, run_id=run_id, replay_of=replay_of, dry_run=dry_run)
         try:
             yield recorder
         except BudgetExceededError:
@@ -175,6 +212,18 @@ class Publisher:
         finally:
             if self.flush_on_exit:
                 self.transport.flush(self.flush_timeout)
+
+    def _refuse(self, recorder: RunRecorder, halt: HaltState) -> None:
+        """Cancel a run of a halted workflow (recorded and flushed) and raise WorkflowHaltedError."""
+        recorder.complete(
+            "cancelled",
+            result={"kill_switch": {"by": halt.by, "at": halt.at, "reason": halt.reason,
+                                    **({"ledger_index": halt.ledger_index}
+                                       if halt.ledger_index is not None else {})}},
+            error=halt.refusal()[:2000],
+        )
+        self.transport.flush(self.flush_timeout)
+        raise WorkflowHaltedError(recorder.run_id, halt, list(recorder.event_ids))
 
     def flush(self) -> None:
         """Wait until every recorded event is delivered."""

@@ -17,7 +17,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from domain.workload import MODELS, cost_of
-from ingest.errors import BudgetExceededError
+from ingest.errors import BudgetExceededError, WorkflowHaltedError
+from ingest.halts import HaltCheck
 from ingest.sdk import Budget, ModelResult, Publisher, RunRecorder
 from ingest.transport import KafkaTransport, Transport
 
@@ -56,6 +57,7 @@ class PublishedSummary:
     events: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     budget_exceeded: Counter[str] = field(default_factory=Counter)
+    halted: Counter[str] = field(default_factory=Counter)
     by_workflow: Counter[str] = field(default_factory=Counter)
     cost_usd: Decimal = Decimal(0)
     event_ids: list[str] = field(default_factory=list)
@@ -67,6 +69,7 @@ class PublishedSummary:
             "events": self.events,
             "outcomes": dict(self.outcomes),
             "budget_exceeded": dict(self.budget_exceeded),
+            "halted": dict(self.halted),
             "by_workflow": dict(self.by_workflow),
             "cost_usd": str(self.cost_usd),
         }
@@ -177,6 +180,11 @@ class _Agent:
                 self.publisher.flush()
         except BudgetExceededError as e:
             summary.budget_exceeded[e.limit] += 1
+        except WorkflowHaltedError as e:  # the kill switch is on: recorded as a cancelled run
+            summary.halted[self.workflow] += 1
+            summary.events += len(e.event_ids)
+            summary.event_ids.extend(e.event_ids)
+            outcome = "cancelled"
         except TimeoutError:
             pass  # recorded as a failed run by the SDK
         if recorder is not None:
@@ -217,11 +225,13 @@ def run_simulated_agents(
     start: datetime = datetime(2026, 11, 2, 8, 0, tzinfo=UTC),
     progress: Callable[[int], None] | None = None,
     transport_factory: Callable[[], Transport] | None = None,
+    halt_check: HaltCheck | None = None,
 ) -> PublishedSummary:
     """Run ``runs`` runs spread over three simulated agent services publishing to Kafka.
 
     Each service has its own idempotent producer; every run is flushed when it ends. ``progress``
-    is called with 1 after each run.
+    is called with 1 after each run. ``halt_check`` (the kill switches) refuses runs of halted
+    workflows; they are recorded as cancelled and counted in ``halted``.
     """
     rng = random.Random(seed)
     summary = PublishedSummary()
@@ -236,7 +246,7 @@ def run_simulated_agents(
         clock = SimClock(start)
         publisher = Publisher(transport, workspace=workspace, agent_id=cls.agent_id,
                               agent_version=cls.version, clock=clock,
-                              ids=SeqIds(f"s{seed}-{cls.agent_id}"))
+                              ids=SeqIds(f"s{seed}-{cls.agent_id}"), halt_check=halt_check)
         services.append(cls(publisher, clock, random.Random(rng.randrange(2**32) + i)))
     try:
         for n in range(runs):

@@ -1,19 +1,22 @@
 """Console actions written into the ledger: approval decisions and reverts in the run they belong
-to, and a record of every action (who, what, when) in the workspace's audit run."""
+to (or, for a completed run, a compensating run), and a record of every action (who, what, when)
+in the workspace's audit run."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 from api.console.board import ChangeItem
+from api.console.compensation import compensating_events, revert_run_id
 from api.console.session import Session
 from api.deps import Services
-from domain.canonical import dumps, loads
-from domain.errors import NotFoundError, RunRuleError, TachographError
+from domain.canonical import dumps, loads, validate_event
+from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
 from domain.events import SPEC
 from domain.ledger import iso
 from domain.ports import Incoming, Source
@@ -44,12 +47,56 @@ def console_event_id(run_id: str, seq: int) -> str:
     return f"console-{hashlib.sha256(run_id.encode()).hexdigest()[:40]}-{seq}"
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """Where a console action landed: its first ledger index, and the compensating run if any."""
+
+    index: int
+    compensating_run: str | None = None
+
+
 class RunWriter:
-    """Appends console-made events to a run, checking the run rules first (one writer at a time)."""
+    """Appends console-made events to runs, checking the run rules first (one writer at a time)."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self._lock: threading.Lock = services.ingest_lock
+
+    def _load(self, workspace: str, run_id: str) -> tuple[RunState, list[dict[str, Any]]]:
+        rows = self.services.ledger.store.run_entries(workspace, run_id)
+        if not rows:
+            raise NotFoundError(f"no run {run_id!r}")
+        state = RunState(workspace, run_id)
+        events = []
+        for r in rows:
+            event = loads(r.data)["event"]
+            state.apply(event, r.leaf_hash.hex())
+            events.append(event)
+        return state, events
+
+    def _next(self, state: RunState, etype: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The run's next event, checked against the run rules."""
+        seq = state.next_seq
+        event = {
+            "spec": SPEC, "event_id": console_event_id(state.run_id, seq), "workspace": state.workspace,
+            "run_id": state.run_id, "seq": seq, "type": etype, "time": iso(self.services.clock()),
+            "agent": dict(CONSOLE_AGENT), "data": data,
+        }
+        try:
+            state.check(event)
+        except RunRuleError as e:
+            raise ConsoleActionError(f"cannot record {etype} in run {state.run_id!r}: {e}") from e
+        return event
+
+    def _commit(self, workspace: str, events: list[dict[str, Any]], what: str) -> list[int]:
+        """Append the events in one ledger call; every one must be accepted."""
+        source = Source(kind="console", name=f"{workspace}/console")
+        report = self.services.ledger.append([Incoming(dumps(e), source) for e in events])
+        refused = [r for r in report.results if r.status != "accepted" or r.index is None]
+        if refused:
+            raise ConsoleActionError(f"the ledger did not accept {what}: "
+                                     + "; ".join(f"{r.status} ({r.reason})" for r in refused))
+        return [r.index for r in report.results if r.index is not None]
 
     def append(self, workspace: str, run_id: str, etype: str, data: dict[str, Any],
                before: Callable[[], None] | None = None) -> int:
@@ -58,32 +105,57 @@ class RunWriter:
         ``before`` runs after the run rules accepted the event and before it is appended (a
         revert hook); if it raises, nothing is appended.
         """
-        ledger = self.services.ledger
         with self._lock:
-            rows = ledger.store.run_entries(workspace, run_id)
-            if not rows:
-                raise NotFoundError(f"no run {run_id!r}")
-            state = RunState(workspace, run_id)
-            for r in rows:
-                state.apply(loads(r.data)["event"], r.leaf_hash.hex())
-            seq = state.next_seq
-            event = {
-                "spec": SPEC, "event_id": console_event_id(run_id, seq), "workspace": workspace,
-                "run_id": run_id, "seq": seq, "type": etype, "time": iso(self.services.clock()),
-                "agent": dict(CONSOLE_AGENT), "data": data,
-            }
-            try:
-                state.check(event)
-            except RunRuleError as e:
-                raise ConsoleActionError(f"cannot record {etype} in run {run_id!r}: {e}") from e
+            state, _ = self._load(workspace, run_id)
+            event = self._next(state, etype, data)
             if before is not None:
                 before()
-            report = ledger.append([Incoming(dumps(event), Source(kind="console", name=f"{workspace}/console"))])
-        result = report.results[0]
-        if result.status != "accepted" or result.index is None:
-            raise ConsoleActionError(f"the ledger did not accept {etype} for run {run_id!r}: "
-                                     f"{result.status} ({result.reason})")
-        return result.index
+            return self._commit(workspace, [event], f"{etype} for run {run_id!r}")[0]
+
+    def revert(self, change: ChangeItem, by: str, reason: str | None,
+               before: Callable[[], None]) -> Recorded:
+        """Record the revert of an applied change: ``change.reverted`` in its run while the run is
+        open, else a compensating run of its own (see ``api/console/compensation.py``).
+
+        ``before`` (the revert hook) runs once the revert is known to be valid and before anything
+        is appended; if it raises, nothing is appended.
+        """
+        ws, run_id, cid = change.workspace, change.run_id, change.change_id
+        with self._lock:
+            state, events = self._load(ws, run_id)
+            if not state.completed:
+                data: dict[str, Any] = {"change_id": cid, "by": by}
+                if reason:
+                    data["reason"] = reason
+                event = self._next(state, "change.reverted", data)
+                before()
+                return Recorded(self._commit(ws, [event], f"change.reverted for run {run_id!r}")[0])
+            known = state.changes.get(cid)
+            if known is None or not known.applied:
+                raise ConsoleActionError(f"change {cid!r} of run {run_id!r} was not applied")
+            if not known.reversible:
+                raise ConsoleActionError(f"change {cid!r} is irreversible: it cannot be undone here")
+            if known.reverted:
+                raise ConsoleActionError(f"change {cid!r} was already reverted in run {run_id!r}")
+            revert_run = revert_run_id(run_id, cid)
+            if self.services.ledger.store.run_entries(ws, revert_run):
+                raise ConsoleActionError(
+                    f"change {cid!r} was already reverted by the compensating run {revert_run!r}")
+            proposed = next(e["data"] for e in events
+                            if e["type"] == "change.proposed" and e["data"]["change_id"] == cid)
+            new = compensating_events(original_start=events[0], change=proposed, by=by, reason=reason,
+                                      time=iso(self.services.clock()), agent=CONSOLE_AGENT)
+            probe = RunState(ws, revert_run)
+            try:
+                for event in new:
+                    validate_event(event)
+                    probe.check(event)
+                    probe.apply(event, "probe")
+            except (ContractError, RunRuleError) as e:
+                raise ConsoleActionError(f"cannot record the compensating run {revert_run!r}: {e}") from e
+            before()
+            indexes = self._commit(ws, new, f"the compensating run {revert_run!r}")
+            return Recorded(indexes[0], revert_run)
 
 
 def record_action(services: Services, session: Session, action: str, path: str,
@@ -110,17 +182,16 @@ def decide(services: Services, session: Session, run_id: str, approval_id: str, 
 
 
 def revert(services: Services, session: Session, change: ChangeItem, workflow: str | None,
-           hooks: Mapping[str, RevertHook], reason: str | None) -> int:
-    """Undo a change (its workflow's revert hook first, if any), then write ``change.reverted``."""
+           hooks: Mapping[str, RevertHook], reason: str | None) -> Recorded:
+    """Undo a change (its workflow's revert hook first, if any), then record the revert: in its run
+    while the run is open, as a compensating run once it has completed."""
     if not change.reversible:
         raise ConsoleActionError(f"change {change.change_id!r} is irreversible: it cannot be undone here")
     if change.reverted:
         raise ConsoleActionError(f"change {change.change_id!r} was already reverted by {change.reverted_by}")
     path = f"/console/changes/{change.run_id}/{change.change_id}/revert"
     hook = hooks.get(workflow or "")
-    data: dict[str, Any] = {"change_id": change.change_id, "by": session.identity}
-    if reason:
-        data["reason"] = reason[:2000]
+    reason = reason[:2000] if reason else None
 
     def call_hook() -> None:
         if hook is None:
@@ -134,9 +205,10 @@ def revert(services: Services, session: Session, change: ChangeItem, workflow: s
             raise ConsoleActionError(
                 f"the revert hook of workflow {workflow!r} failed, nothing was recorded: {e}") from e
 
-    index = RunWriter(services).append(change.workspace, change.run_id, "change.reverted", data,
-                                       before=call_hook)
-    record_action(services, session, "change.revert", path,
-                  {"run_id": change.run_id, "change_id": change.change_id, "hook": hook is not None,
-                   "ledger_index": index})
-    return index
+    done = RunWriter(services).revert(change, session.identity, reason, call_hook)
+    target: dict[str, Any] = {"run_id": change.run_id, "change_id": change.change_id, "hook": hook is not None,
+                              "ledger_index": done.index}
+    if done.compensating_run is not None:
+        target["compensating_run"] = done.compensating_run
+    record_action(services, session, "change.revert", path, target)
+    return done

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.console.compensation import Reverted, reverted_by_run
 from domain.canonical import loads
 from domain.ports import LedgerStore
 
@@ -47,6 +48,8 @@ class ChangeItem:
     reverted: str | None = None
     reverted_by: str | None = None
     revert_reason: str | None = None
+    revert_run: str | None = None  # the compensating run that reverted it (completed runs)
+    compensates: tuple[str, str] | None = None  # (run, change) this compensating change reverts
 
 
 @dataclass
@@ -57,6 +60,7 @@ class RunFacts:
     budget: dict[str, Any] = field(default_factory=dict)
     breaches: int = 0
     completed: bool = False
+    reverts: Reverted | None = None  # set on a compensating run written by the console
 
 
 class Board:
@@ -78,18 +82,23 @@ class Board:
                 return
             for row in self.store.entries(self.seen, size):
                 if row.kind == "event" and row.event_type is not None and row.workspace is not None:
-                    self._apply(row.index, loads(row.data)["event"])
+                    entry = loads(row.data)
+                    self._apply(row.index, entry["event"], entry.get("source", {}).get("kind") == "console")
             self.seen = size
 
-    def _apply(self, index: int, ev: dict[str, Any]) -> None:
+    def _apply(self, index: int, ev: dict[str, Any], by_console: bool) -> None:
         ws, run, t, d = ev["workspace"], ev["run_id"], ev["type"], ev["data"]
         facts = self.runs.setdefault((ws, run), RunFacts())
         if t == "run.started":
             facts.workflow, facts.budget = d["workflow"], dict(d.get("budget") or {})
+            # only the console writes compensating runs: labels from elsewhere are not trusted
+            facts.reverts = reverted_by_run(ev) if by_console else None
         elif t == "budget.exceeded":
             facts.breaches += 1
         elif t == "run.completed":
             facts.completed = True
+            if facts.reverts is not None and d["outcome"] == "succeeded":
+                self._compensated(ws, facts.reverts, run, ev["time"], (d.get("result") or {}).get("by"))
         elif t == "approval.requested":
             self.approvals[(ws, run, d["approval_id"])] = ApprovalItem(
                 ws, run, d["approval_id"], d["summary"], d["risk"], d.get("change_id"), ev["time"], index)
@@ -101,7 +110,8 @@ class Board:
         elif t == "change.proposed":
             self.changes[(ws, run, d["change_id"])] = ChangeItem(
                 ws, run, d["change_id"], d["target"], d["before"], d["after"], d["reversible"],
-                ev["time"], index)
+                ev["time"], index,
+                compensates=(facts.reverts.run_id, facts.reverts.change_id) if facts.reverts else None)
         elif t == "change.applied":
             c = self.changes.get((ws, run, d["change_id"]))
             if c is not None:
@@ -110,6 +120,13 @@ class Board:
             c = self.changes.get((ws, run, d["change_id"]))
             if c is not None:
                 c.reverted, c.reverted_by, c.revert_reason = ev["time"], d["by"], d.get("reason")
+
+    def _compensated(self, ws: str, reverts: Reverted, revert_run: str, when: str, by: Any) -> None:
+        """Mark the change a compensating run reverted (in the same workspace)."""
+        c = self.changes.get((ws, reverts.run_id, reverts.change_id))
+        if c is not None and not c.reverted:
+            c.reverted, c.revert_reason, c.revert_run = when, reverts.reason, revert_run
+            c.reverted_by = by if isinstance(by, str) else "(unknown)"
 
     def facts(self, workspace: str, run_id: str) -> RunFacts:
         """The per-run facts (empty when the run is unknown)."""

@@ -1,7 +1,8 @@
 """Per-workflow kill switches, kept durably in a small SQLite file with who flipped them and when.
 
-The publisher SDK asks :func:`is_halted` before it starts a run; a halted workflow gets no new
-runs. Every flip is also recorded in the ledger by the console (see ``api/console/actions.py``).
+This is the write side. The read side (:func:`~ingest.halts.is_halted`) lives in ``ingest/halts.py``
+because the publisher SDK asks it before it starts a run: a halted workflow gets no new runs. Every
+flip is also recorded in the ledger by the console (see ``api/console/actions.py``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from domain.errors import ConfigError, TachographError
+from ingest.halts import HALT_COLUMNS, HaltState, halt_state, is_halted, switches_path
+
+__all__ = ["HaltState", "KillSwitchError", "KillSwitches", "check_flip", "is_halted", "switches_path"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kill_switches (
@@ -33,28 +35,6 @@ class KillSwitchError(TachographError):
     """A kill switch request is invalid: empty workflow or reason, too long (HTTP 422)."""
 
 
-@dataclass(frozen=True)
-class HaltState:
-    """The current state of one workflow's kill switch."""
-
-    workspace: str
-    workflow: str
-    halted: bool
-    reason: str
-    by: str
-    at: str
-    ledger_index: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The state as JSON."""
-        return asdict(self)
-
-    def refusal(self) -> str:
-        """The sentence an SDK records when it refuses to start a run."""
-        return (f"workflow {self.workflow!r} is halted by its kill switch "
-                f"(by {self.by} at {self.at}: {self.reason})")
-
-
 def check_flip(workflow: str, reason: str) -> tuple[str, str]:
     """The trimmed workflow and reason of a flip (raises KillSwitchError naming what is wrong)."""
     workflow, reason = workflow.strip(), reason.strip()
@@ -65,20 +45,11 @@ def check_flip(workflow: str, reason: str) -> tuple[str, str]:
     return workflow, reason
 
 
-def switches_path(data_dir: Path) -> Path:
-    """Where the kill switches of a data dir are kept."""
-    return Path(data_dir) / "console" / "kill_switches.db"
-
-
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-_COLS = "workspace, workflow, halted, reason, by, at, ledger_index"
-
-
-def _state(row: tuple[Any, ...]) -> HaltState:
-    return HaltState(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6])
+_COLS = HALT_COLUMNS
 
 
 class KillSwitches:
@@ -122,7 +93,7 @@ class KillSwitches:
                 f"SELECT {_COLS} FROM kill_switches WHERE workspace = ? AND workflow = ?",
                 (workspace, workflow),
             ).fetchone()
-        return _state(row) if row else None
+        return halt_state(row) if row else None
 
     def switches(self, workspace: str) -> list[HaltState]:
         """Every switch of a workspace, by workflow."""
@@ -130,7 +101,7 @@ class KillSwitches:
             rows = self._conn.execute(
                 f"SELECT {_COLS} FROM kill_switches WHERE workspace = ? ORDER BY workflow", (workspace,)
             ).fetchall()
-        return [_state(r) for r in rows]
+        return [halt_state(r) for r in rows]
 
     def history(self, workspace: str, limit: int = 50) -> list[HaltState]:
         """The latest flips of a workspace, newest first."""
@@ -139,29 +110,8 @@ class KillSwitches:
                 f"SELECT {_COLS} FROM kill_switch_flips WHERE workspace = ? ORDER BY id DESC LIMIT ?",
                 (workspace, limit),
             ).fetchall()
-        return [_state(r) for r in rows]
+        return [halt_state(r) for r in rows]
 
     def close(self) -> None:
         """Close the file."""
         self._conn.close()
-
-
-def is_halted(data_dir: Path | str, workspace: str, workflow: str) -> HaltState | None:
-    """The halt of a workflow if its kill switch is on, else None (read-only; no file: None)."""
-    path = switches_path(Path(data_dir))
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                f"SELECT {_COLS} FROM kill_switches WHERE workspace = ? AND workflow = ? AND halted = 1",
-                (workspace, workflow),
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return None
-        raise ConfigError(f"cannot read the kill switch file {path}: {e}") from e
-    return _state(row) if row else None

@@ -382,10 +382,11 @@ async def revert_change(request: Request, run_id: str, change_id: str) -> Respon
         raise NotFoundError(f"no applied change {change_id!r} in run {run_id!r}")
     workflow = state.board.facts(session.workspace, run_id).workflow
     reason = form.get("reason", "").strip() or None
-    index = await run_in_threadpool(revert, _services(request), session, change, workflow,
-                                    state.revert_hooks, reason)
-    return _back("/console/changes", f"{change_id} of {run_id} reverted by {session.identity} "
-                                     f"(ledger index {index})")
+    done = await run_in_threadpool(revert, _services(request), session, change, workflow,
+                                   state.revert_hooks, reason)
+    where = (f"recorded as the compensating run {done.compensating_run}, ledger index {done.index}"
+             if done.compensating_run else f"ledger index {done.index}")
+    return _back("/console/changes", f"{change_id} of {run_id} reverted by {session.identity} ({where})")
 
 
 # -- ledger -------------------------------------------------------------------------------------

@@ -79,6 +79,12 @@ def applied_run(run: str, change: str, reversible: bool, when: str) -> list[dict
     ]
 
 
+def completed_run(run: str, change: str, when: str) -> list[dict[str, Any]]:
+    """A completed run with one applied, reversible change (its revert needs a compensating run)."""
+    return [*applied_run(run, change, True, when),
+            _ev(run, 3, "run.completed", {"outcome": "succeeded", "result": {"voided": 1}}, when)]
+
+
 @dataclass
 class ConsoleServer:
     """A console served by uvicorn over a prepared data dir."""
@@ -158,6 +164,7 @@ def prepare(data_dir: Path) -> tuple[Settings, Ledger, KeyStore, dict[str, str],
         *applied_run("open-void", "ch-void-1", True, "2026-11-20T09:20"),
         *applied_run("open-void-fails", "ch-void-2", True, "2026-11-20T09:25"),
         *applied_run("open-sent", "ch-send-1", False, "2026-11-20T09:30"),
+        *completed_run("done-void", "ch-void-done", "2026-11-20T09:35"),
     ]
     report = ledger.append([Incoming(dumps(e), Source(kind="file", name="hand.jsonl")) for e in hand])
     assert report.accepted == len(hand), report.results

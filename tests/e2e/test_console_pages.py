@@ -5,10 +5,16 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 from selenium.webdriver.common.by import By
 
 from api.console.kill_switch import is_halted
 from domain.evidence import verify_evidence
+from domain.verify import verify_log
+from ingest.errors import WorkflowHaltedError
+from ingest.halts import halt_check
+from ingest.sdk import Publisher
+from ingest.transport import LedgerTransport
 from tests.e2e.console_support import HOOKED_WORKFLOW, WS, shot, sign_in, text_of, wait_for
 
 
@@ -178,10 +184,54 @@ def test_an_engineer_reverts_a_reversible_change_through_its_hook_and_irreversib
     last = server.events("open-void")[-1]
     assert last["type"] == "change.reverted" and last["data"] == {
         "change_id": "ch-void-1", "by": server.identity("engineer"), "reason": "voided the wrong invoice"}
-    assert server.reverted == [("ch-void-1", server.identity("engineer"), "voided the wrong invoice")]
+    assert ("ch-void-1", server.identity("engineer"), "voided the wrong invoice") in server.reverted
+    assert not any(r[0] == "ch-void-2" for r in server.reverted)
     assert "reverted by " + server.identity("engineer") in browser.find_element(By.ID, "change-ch-void-1").text
     actions = {a["action"] for a in server.console_actions() if a["key_id"] == server.key_ids["engineer"]}
     assert {"console.change.revert", "console.change.revert_failed"} <= actions
+
+
+def test_an_approver_reverts_a_completed_runs_change_as_a_compensating_run_shown_on_the_changes_page(
+        browser, console_server):
+    server = console_server
+    sign_in(browser, server, "approver", "/console/changes")
+    card = browser.find_element(By.ID, "change-ch-void-done")
+    assert "compensating run" in card.text  # the page says how the revert will be recorded
+    original = server.events("done-void")
+    card.find_element(By.CLASS_NAME, "reason").send_keys("customer disputed the void")
+    card.find_element(By.CSS_SELECTOR, "button.revert").click()
+    flash = text_of(browser, "flash", "ch-void-done of done-void reverted")
+    assert "compensating run done-void.revert-ch-void-done" in flash
+    assert ("ch-void-done", server.identity("approver"), "customer disputed the void") in server.reverted
+
+    assert server.events("done-void") == original  # the completed run is untouched
+    comp = server.events("done-void.revert-ch-void-done")
+    assert [e["type"] for e in comp] == ["run.started", "change.proposed", "change.applied", "run.completed"]
+    assert comp[0]["data"]["labels"] == {"reverts_run": "done-void", "reverts_change": "ch-void-done"}
+    assert comp[1]["data"]["before"] == original[1]["data"]["after"]
+    assert comp[1]["data"]["after"] == original[1]["data"]["before"]
+    assert comp[3]["data"]["result"]["by"] == server.identity("approver")
+    server.ledger.checkpoint(force=True)
+    store = server.ledger.store
+    result = verify_log(store.raw_entries(), [c.note for c in store.checkpoints()], [server.ledger.signer.vkey])
+    assert result.ok, result.reason
+
+    card = browser.find_element(By.ID, "change-ch-void-done")
+    assert "reverted by " + server.identity("approver") in card.text
+    assert not card.find_elements(By.CSS_SELECTOR, "button.revert")  # no second revert offered
+    link = card.find_element(By.CSS_SELECTOR, "a.revert-run")
+    assert link.text == "done-void.revert-ch-void-done"
+    undo = browser.find_element(By.ID, "change-ch-void-done.revert")
+    assert "compensating change" in undo.text and "irreversible" not in undo.text
+    shot(browser, "changes-compensated")
+    link.click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "run-title").text == "done-void.revert-ch-void-done")
+
+    with _session_client(browser, server) as client:  # a second revert (a stale tab) is refused
+        csrf = re.search(r'X-CSRF-Token": "([^"]+)"', client.get("/console/changes").text).group(1)
+        again = client.post("/console/changes/done-void/ch-void-done/revert", data={"csrf": csrf, "reason": "x"})
+    assert again.status_code == 409 and "already reverted" in again.text
+    assert len(server.events("done-void.revert-ch-void-done")) == 4
 
 
 def test_an_analyst_sees_cost_and_quality_charts(browser, console_server):
@@ -227,10 +277,29 @@ def test_an_admin_halts_a_workflow_and_the_sdk_check_sees_it_until_resumed(brows
     assert recorded and recorded[-1]["target"] == {"workflow": HOOKED_WORKFLOW, "by": server.identity("admin"),
                                                    "reason": "refunds misfiring, investigating"}
     shot(browser, "kill-switches")
+
+    # an agent service's SDK, checking the switches of the same data dir, refuses a new run
+    publisher = Publisher(LedgerTransport(server.ledger), workspace=WS, agent_id="billing-agent",
+                          agent_version="3.1.0", halt_check=halt_check(server.data_dir))
+    started = []
+    with pytest.raises(WorkflowHaltedError) as info, publisher.run(HOOKED_WORKFLOW, run_id="halted-run-1"):
+        started.append(True)
+    assert not started and info.value.halt.by == server.identity("admin")
+    refused = server.events("halted-run-1")
+    assert [e["type"] for e in refused] == ["run.started", "run.completed"]
+    assert refused[1]["data"]["outcome"] == "cancelled"
+    assert server.identity("admin") in refused[1]["data"]["error"]
+    assert "refunds misfiring, investigating" in refused[1]["data"]["error"] and state.at in refused[1]["data"]["error"]
+    with publisher.run("ticket-triage", run_id="not-halted-1"):
+        pass  # other workflows still run
+    assert server.events("not-halted-1")[-1]["data"] == {"outcome": "succeeded"}
     row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
     row.find_element(By.CLASS_NAME, "reason").send_keys("fixed")
     row.find_element(By.CSS_SELECTOR, "button.approve").click()
     text_of(browser, "flash", f"{HOOKED_WORKFLOW} resumed")
     assert is_halted(server.data_dir, WS, HOOKED_WORKFLOW) is None
+    with publisher.run(HOOKED_WORKFLOW, run_id="resumed-run-1"):
+        pass
+    assert server.events("resumed-run-1")[-1]["data"] == {"outcome": "succeeded"}
     history = browser.find_element(By.ID, "switch-history").text
     assert "halt" in history and "resume" in history

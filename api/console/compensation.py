@@ -1,0 +1,98 @@
+"""Compensating runs: how the console records the revert of a change whose run has completed.
+
+The event contract lets nothing but ``feedback.recorded`` follow ``run.completed``, so a revert
+of a completed run's change cannot go into that run. It is recorded as a run of its own in the
+same workspace, labelled with the run and change it reverts: ``run.started`` →
+``change.proposed`` (before and after swapped) → ``change.applied`` → ``run.completed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from domain.events import SPEC
+
+REVERTS_RUN = "reverts_run"
+REVERTS_CHANGE = "reverts_change"
+_IDENT = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def revert_run_id(run_id: str, change_id: str) -> str:
+    """``<run_id>.revert-<change_id>``, hash-shortened when too long or not a valid run id."""
+    plain = f"{run_id}.revert-{change_id}"
+    if _IDENT.match(plain):
+        return plain
+    digest = hashlib.sha256(f"{run_id}\n{change_id}".encode()).hexdigest()[:40]
+    return f"{run_id[:70]}.revert-{digest}"
+
+
+def revert_event_id(revert_run: str, seq: int) -> str:
+    """The event id of a compensating run's event (at most 128 characters)."""
+    eid = f"{revert_run}.{seq}"
+    if len(eid) <= 128:
+        return eid
+    return f"revert-{hashlib.sha256(revert_run.encode()).hexdigest()[:40]}.{seq}"
+
+
+@dataclass(frozen=True)
+class Reverted:
+    """What a compensating run says it reverted, read back from its ``run.started``."""
+
+    run_id: str
+    change_id: str
+    reason: str | None
+
+
+def reverted_by_run(started: dict[str, Any]) -> Reverted | None:
+    """The run and change a ``run.started`` event's labels say it reverts (None if none)."""
+    labels = started["data"].get("labels") or {}
+    run, change = labels.get(REVERTS_RUN), labels.get(REVERTS_CHANGE)
+    if not isinstance(run, str) or not isinstance(change, str):
+        return None
+    given = started["data"].get("input") or {}
+    reason = given.get("reason")
+    return Reverted(run, change, reason if isinstance(reason, str) else None)
+
+
+def compensating_events(
+    *,
+    original_start: dict[str, Any],
+    change: dict[str, Any],
+    by: str,
+    reason: str | None,
+    time: str,
+    agent: dict[str, str],
+) -> list[dict[str, Any]]:
+    """The four events of the run that reverts ``change`` (a ``change.proposed`` data object) of
+    the completed run begun by ``original_start``."""
+    ws, run_id = original_start["workspace"], original_start["run_id"]
+    change_id = change["change_id"]
+    revert_run = revert_run_id(run_id, change_id)
+    undo_id = f"{change_id}.revert"
+    if len(undo_id) > 512:  # the contract's limit on a change id
+        undo_id = f"{change_id[:400]}.revert-{hashlib.sha256(change_id.encode()).hexdigest()[:40]}"
+    started = original_start["data"]
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        ("run.started", {
+            "workflow": started["workflow"], "mode": "execute", "risk_tier": started["risk_tier"],
+            "input": {"run_id": run_id, "change_id": change_id, "reason": reason},
+            "labels": {REVERTS_RUN: run_id, REVERTS_CHANGE: change_id},
+        }),
+        ("change.proposed", {
+            "change_id": undo_id, "target": change["target"],
+            "before": change["after"], "after": change["before"], "reversible": False,
+        }),
+        ("change.applied", {"change_id": undo_id}),
+        ("run.completed", {
+            "outcome": "succeeded",
+            "result": {"reverted_run": run_id, "reverted_change": change_id, "by": by},
+        }),
+    ]
+    return [
+        {"spec": SPEC, "event_id": revert_event_id(revert_run, seq), "workspace": ws, "run_id": revert_run,
+         "seq": seq, "type": etype, "time": time, "agent": dict(agent), "data": data}
+        for seq, (etype, data) in enumerate(bodies)
+    ]
