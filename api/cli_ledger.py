@@ -48,7 +48,7 @@ def _count_lines(path: Path) -> int:
 def cmd_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, one event a line")],
     json_out: JsonOpt = False,
-    batch_size: Annotated[int, typer.Option(help="events per transaction")] = 5000,
+    batch_size: Annotated[int, typer.Option(help="events per transaction")] = 2000,
 ) -> None:
     """Append events from a JSONL file (accepted / duplicate / quarantined counts)."""
     ledger = build_ledger(Settings())

@@ -103,6 +103,7 @@ class Parsed:
     event: dict[str, Any] | None
     canonical: bytes | None
     error: str | None
+    ehash: bytes | None = None  # SHA-256 of canonical, when the validator computed it
 
 
 def slim(event: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +128,30 @@ def validate_raw(raws: Sequence[bytes]) -> list[ParseResult]:
         else:
             out.append((slim(event), canonical, None))
     return out
+
+
+Packed = tuple[tuple[Any, ...] | None, bytes | None, str | None, bytes | None]
+_PACKED_KEYS = (*ENVELOPE_KEYS, "data")
+
+
+def validate_packed(raws: Sequence[bytes]) -> list[Packed]:
+    """``validate_raw`` with the facts as tuples: about 3x cheaper to unpickle than dicts.
+
+    For validating in another process; ``unpack`` turns each result back into a ParseResult.
+    """
+    return [
+        (tuple(facts[k] for k in _PACKED_KEYS), canonical, None, _event_hash(canonical))
+        if facts is not None and canonical is not None
+        else (None, None, error, None)
+        for facts, canonical, error in validate_raw(raws)
+    ]
+
+
+def unpack(item: Incoming, packed: Packed) -> Parsed:
+    """A packed validation result of ``item`` as Parsed."""
+    facts, canonical, error, ehash = packed
+    event = None if facts is None else dict(zip(_PACKED_KEYS, facts, strict=True))
+    return Parsed(item, event, canonical, error, ehash)
 
 
 def _event_hash(canonical: bytes) -> bytes:
@@ -165,6 +190,17 @@ class _Batch:
 
     @staticmethod
     def source_json(source: Source) -> bytes:
+        """Canonical JSON of a source; the two common shapes are assembled directly."""
+        if source.kind == "kafka" and source.name is None and source.line is None and (
+            source.offset is not None and source.partition is not None and source.topic is not None
+        ):
+            return b'{"kind":"kafka","offset":%d,"partition":%d,"topic":%s}' % (
+                source.offset, source.partition, dumps(source.topic)
+            )
+        if source.kind == "file" and source.topic is None and source.offset is None and (
+            source.partition is None and source.line is not None and source.name is not None
+        ):
+            return b'{"kind":"file","line":%d,"name":%s}' % (source.line, dumps(source.name))
         return dumps(source.to_json())
 
     def load(self, parsed: Sequence[Parsed], optimistic: bool) -> None:
@@ -211,7 +247,7 @@ class _Batch:
         ev = p.event
         ws, run, seq, eid = ev["workspace"], ev["run_id"], ev["seq"], ev["event_id"]
         key = (ws, run)
-        ehash = _event_hash(p.canonical)
+        ehash = p.ehash or _event_hash(p.canonical)
         known = self.known.get((ws, eid))
         if known is not None:
             if known == (run, seq, ehash):

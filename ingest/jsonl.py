@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from domain.ledger import Ledger, Parsed, ParseResult, validate_raw
+from domain.ledger import Ledger, Packed, Parsed, unpack, validate_packed
 from domain.ports import Incoming, Source
 
 
@@ -58,7 +59,7 @@ def _batches(path: Path, batch_size: int) -> Iterator[list[Incoming]]:
 def import_jsonl(
     ledger: Ledger,
     path: Path,
-    batch_size: int = 5000,
+    batch_size: int = 2000,
     progress: Callable[[int], None] | None = None,
     parallel: bool | None = None,
 ) -> ImportTotals:
@@ -87,18 +88,20 @@ def import_jsonl(
             add(batch, None)
     else:
         with ProcessPoolExecutor(1) as pool:
-            pending: tuple[list[Incoming], Future[list[ParseResult]]] | None = None
+            # two batches queued ahead, so the validator never idles while this process appends
+            pending: deque[tuple[list[Incoming], Future[list[Packed]]]] = deque()
             for batch in _batches(path, batch_size):
-                fut = pool.submit(validate_raw, [i.raw for i in batch])
-                if pending is not None:
-                    add(pending[0], _zip(pending))
-                pending = (batch, fut)
-            if pending is not None:
-                add(pending[0], _zip(pending))
+                pending.append((batch, pool.submit(validate_packed, [i.raw for i in batch])))
+                if len(pending) > 2:
+                    first = pending.popleft()
+                    add(first[0], _zip(first))
+            while pending:
+                first = pending.popleft()
+                add(first[0], _zip(first))
     ledger.checkpoint(force=True)
     return totals
 
 
-def _zip(pending: tuple[list[Incoming], Future[list[ParseResult]]]) -> list[Parsed]:
+def _zip(pending: tuple[list[Incoming], Future[list[Packed]]]) -> list[Parsed]:
     batch, fut = pending
-    return [Parsed(item, *result) for item, result in zip(batch, fut.result(), strict=True)]
+    return [unpack(item, result) for item, result in zip(batch, fut.result(), strict=True)]

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from domain.ledger import AppendReport, Ledger, Parsed, ParseResult, validate_raw
+from domain.ledger import AppendReport, Ledger, Packed, Parsed, unpack, validate_packed
 from domain.ports import Incoming, Source
 from ingest.errors import BrokerUnavailableError, IngestConfigError
 from ingest.metrics import IngestMetrics
@@ -51,7 +51,7 @@ class _Polled:
     offsets: dict[tuple[str, int], int]
     commits: dict[Any, Any]
     started: float
-    parsed: Future[list[ParseResult]] | None = None
+    parsed: Future[list[Packed]] | None = None
 
 
 @dataclass
@@ -215,7 +215,7 @@ class IngestWorker:
                 batch = self._prepare(polled) if polled else None
                 if batch is not None:
                     if self._pool is not None:
-                        batch.parsed = self._pool.submit(validate_raw, [i.raw for i in batch.items])
+                        batch.parsed = self._pool.submit(validate_packed, [i.raw for i in batch.items])
                     self.drain()  # the previous batch, validated while this one was fetched
                     self._pending = batch
                     last_record = now
@@ -294,7 +294,7 @@ class IngestWorker:
         parsed: list[Parsed] | None = None
         if batch.parsed is not None:
             parsed = [
-                Parsed(item, *result)
+                unpack(item, result)
                 for item, result in zip(batch.items, batch.parsed.result(), strict=True)
             ]
         report = self.ledger.append(

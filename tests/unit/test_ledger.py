@@ -211,3 +211,21 @@ def test_an_event_id_reused_by_another_run_is_a_conflict_and_its_batch_still_lan
     assert [o.status for o in report.results] == ["accepted", "quarantined", "accepted"]
     assert "event_id 'r1-0' is already stored" in report.results[1].reason
     assert sorted(e.run_id for e in ledger.store.entries()) == ["r1", "r3", "r4"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        Source(kind="kafka", topic="agent-events", partition=3, offset=12345),
+        Source(kind="file", name='we"ird.jsonl', line=7),
+        Source(kind="http", name="acme/k1", line=0),
+        Source(kind="kafka", topic="t", partition=0, offset=0, name="x"),
+    ],
+)
+def test_source_metadata_is_canonical_json_whatever_path_builds_it(tmp_path, source):
+    import orjson
+
+    from domain.ledger import _Batch
+
+    assert _Batch.source_json(source) == dumps(source.to_json())
+    assert orjson.loads(_Batch.source_json(source)) == source.to_json()
