@@ -65,7 +65,7 @@ def verify_log(
     trusted_checkpoint: str | None = None,
     allow_unsigned_tail: bool = False,
     workers: int = 1,
-    chunk_bits: int = 14,
+    chunk_bits: int = 12,
 ) -> VerifyResult:
     """Check every entry, run chain, Merkle root, checkpoint signature and key rotation.
 
@@ -101,7 +101,7 @@ def _verify(
     trusted_checkpoint: str | None,
     allow_unsigned_tail: bool,
     result: VerifyResult,
-    chunk_bits: int = 14,
+    chunk_bits: int = 12,
     workers: int = 1,
 ) -> None:
     try:

@@ -95,9 +95,7 @@ def scan_chunk(
             if scan.origin is None:
                 scan.origin = log
             if meta.get("index") == position and meta.get("kind") == "event" and log == scan.origin:
-                h = sha256(b"\x00")
-                h.update(data)
-                leaf = h.digest()
+                leaf = sha256(b"\x00" + data).digest()
                 key = (ev.get("workspace"), ev.get("run_id"))
                 seq = ev.get("seq")
                 prev = meta.get("prev")

@@ -274,10 +274,11 @@ class SQLiteRangeReader(RangeReaderBase):
         return int(row[0])
 
     def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        rows = self._conn().execute(
-            "SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+        # CAST: a value rewritten as TEXT is still read (and hashed) as its bytes
+        return self._conn().execute(
+            "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
         ).fetchall()
-        return [(i, d.encode() if isinstance(d, str) else d) for i, d in rows]
 
 
 class SQLiteStore(LedgerStore):
