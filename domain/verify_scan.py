@@ -94,7 +94,12 @@ def scan_chunk(
             log = meta.get("log")
             if scan.origin is None:
                 scan.origin = log
-            if meta.get("index") == position and meta.get("kind") == "event" and log == scan.origin:
+            if (
+                meta.get("index") == position
+                and meta.get("kind") == "event"
+                and log == scan.origin
+                and type(ev.get("seq")) is int
+            ):
                 leaf = sha256(b"\x00" + data).digest()
                 key = (ev.get("workspace"), ev.get("run_id"))
                 seq = ev.get("seq")
@@ -161,6 +166,8 @@ def _general(scan: ChunkScan, position: int, index: int, data: Any) -> bytes | s
         return "event entry has no event object"
     key = (ev.get("workspace"), ev.get("run_id"))
     seq, prev = ev.get("seq"), d.get("prev")
+    if type(seq) is not int:
+        return f"run {key[1]!r} has a seq that is not an integer: {seq!r}"
     span = scan.runs.get(key)
     if span is None:
         scan.runs[key] = RunSpan(position, prev, seq, key[1], leaf.hex(), seq)

@@ -253,3 +253,11 @@ def test_flipping_any_bit_of_any_checkpoint_is_detected(pristine, data):
     tampered_note = raw.decode("utf-8", errors="replace")
     tampered = [*notes[:i], tampered_note, *notes[i + 1 :]]
     assert not verify_log(rows, tampered, [signer().vkey]).ok
+
+
+@pytest.mark.parametrize("seq", [b'"1"', b"null", b"1.5"])
+def test_a_seq_rewritten_to_a_non_integer_is_a_breach_not_a_crash(tmp_path, seq):
+    ledger = build(tmp_path)
+    rewrite(ledger, 30, lambda d: d.replace(b'"seq":', b'"seq":' + seq + b',"was":', 1))
+    result = check(ledger)
+    assert not result.ok and result.position is not None and result.position <= 49
