@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any
 
 from domain import merkle
@@ -174,7 +175,8 @@ class _Batch:
         self.head = tx.head()
         self.range = merkle.CompactRange(self.head.size, self.head.frontier)
         self.entries: list[EntryRow] = []
-        self.nodes: list[tuple[int, int, bytes]] = []
+        self.leaves: list[bytes] = []  # hashed into the tree in one pass at flush
+        self.next_index = self.head.size
         self.quarantine: list[QuarantineRow] = []
         self.states: dict[tuple[str, str], RunState] = {}
         self.dirty: set[tuple[str, str]] = set()
@@ -336,7 +338,7 @@ class _Batch:
             state.check(ev)
         except RunRuleError as e:
             return self.quarantine_item(item, f"rule: {e}", ev)
-        index = self.range.size
+        index = self.next_index
         # Same bytes as dumps({...}) with sorted keys, assembled directly: this is the hot path.
         prev = b"null" if state.last_hash is None else b'"' + state.last_hash.encode() + b'"'
         data = b"".join(
@@ -352,8 +354,9 @@ class _Batch:
                 b"}",
             )
         )
-        leaf = merkle.leaf_hash(data)
-        self.nodes.extend(self.range.append(leaf))
+        leaf = sha256(b"\x00" + data).digest()  # merkle.leaf_hash, inlined on the hot path
+        self.leaves.append(leaf)
+        self.next_index = index + 1
         state.apply(ev, leaf.hex())
         key = (state.workspace, state.run_id)
         self.dirty.add(key)
@@ -377,7 +380,7 @@ class _Batch:
         return Outcome("accepted", None, index, ev["event_id"], ev["run_id"])
 
     def add_system_entry(self, kind: str, body: Mapping[str, Any]) -> EntryRow:
-        index = self.range.size
+        index = self.next_index
         data = dumps(
             {
                 **body,
@@ -388,7 +391,8 @@ class _Batch:
             }
         )
         leaf = merkle.leaf_hash(data)
-        self.nodes.extend(self.range.append(leaf))
+        self.leaves.append(leaf)
+        self.next_index = index + 1
         row = EntryRow(index=index, data=data, leaf_hash=leaf, kind=kind)
         self.entries.append(row)
         return row
@@ -402,7 +406,7 @@ class _Batch:
         tx = self.tx
         if self.entries:
             tx.append_entries(self.entries)
-            tx.append_nodes(self.nodes)
+            tx.append_nodes(self.range.append_many(self.leaves))
         if self.dirty:
             tx.save_runs({k: self.states[k].to_bytes() for k in sorted(self.dirty)})
         if self.quarantine:
@@ -535,7 +539,7 @@ class Ledger:
         """Record a key rotation in the ledger, signed by the old key, then switch keys."""
         with self.store.transaction() as tx:
             batch = _Batch(self, tx, self.clock())
-            index = batch.range.size
+            index = batch.next_index
             statement = rotation_statement(self.config.origin, index, self.signer.vkey, new_signer.vkey)
             batch.add_system_entry(
                 "key.rotated",

@@ -81,6 +81,41 @@ class CompactRange:
         self._size += 1
         return formed
 
+    def append_many(self, leaves: Sequence[bytes]) -> list[tuple[int, int, bytes]]:
+        """Append leaf hashes in one pass; return the perfect nodes formed above the leaves.
+
+        Same tree as calling ``append`` per leaf, computed level by level (levels >= 1 only).
+        """
+        n, k = self._size, len(leaves)
+        if k == 0:
+            return []
+        old: dict[int, bytes] = {}
+        i = 0
+        for level in range(n.bit_length() - 1, -1, -1):
+            if n >> level & 1:
+                old[level] = self._hashes[i]
+                i += 1
+        total = n + k
+        frontier: dict[int, bytes] = {}
+        formed: list[tuple[int, int, bytes]] = []
+        cur: Sequence[bytes] = leaves
+        start, level = n, 0
+        while cur:
+            seq = [old[level], *cur] if start & 1 else list(cur)
+            if len(seq) & 1:
+                frontier[level] = seq[-1]
+            nxt = [node_hash(seq[j], seq[j + 1]) for j in range(0, len(seq) - 1, 2)]
+            level += 1
+            start >>= 1
+            formed.extend((level, start + j, h) for j, h in enumerate(nxt))
+            cur = nxt
+        for lvl, h in old.items():
+            if lvl >= level and total >> lvl & 1:
+                frontier[lvl] = h
+        self._hashes = [frontier[lvl] for lvl in range(total.bit_length() - 1, -1, -1) if total >> lvl & 1]
+        self._size = total
+        return formed
+
     def extend(self, leaves: Iterable[bytes]) -> None:
         """Append many leaf hashes, discarding the completed nodes."""
         for leaf in leaves:

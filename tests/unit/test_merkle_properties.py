@@ -218,3 +218,17 @@ def test_subtree_hash_refuses_ranges_that_are_not_tree_nodes() -> None:
     for start, end in ((3, 7), (5, 5), (2, 1)):
         with pytest.raises(ProofError):
             subtree_hash(start, end, get)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(0, 300), k=st.integers(0, 300))
+def test_appending_many_leaves_at_once_equals_appending_them_one_by_one(n: int, k: int) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n + k)]
+    one = CompactRange()
+    batch = CompactRange()
+    for leaf in leaves[:n]:
+        one.append(leaf)
+        batch.append(leaf)
+    expected = [node for leaf in leaves[n:] for node in one.append(leaf) if node[0] > 0]
+    assert sorted(batch.append_many(leaves[n:])) == sorted(expected)
+    assert batch == one and batch.root() == one.root()
