@@ -41,7 +41,7 @@ def cmd_ingest(
     until_idle: Annotated[
         float | None, typer.Option(help="stop after this many seconds without messages")
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="max records per ledger transaction")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, help="max records per ledger transaction")] = 2000,
     metrics_port: Annotated[
         int | None, typer.Option(help="serve Prometheus /metrics on this port")
     ] = None,

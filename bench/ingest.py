@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--broker", choices=["tansu", "apache"], default="tansu")
     ap.add_argument("--partitions", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--profile", action="store_true", help="profile (b) with pyinstrument")
     ap.add_argument("--serial", action="store_true", help="validate in the worker process too")
     args = ap.parse_args()

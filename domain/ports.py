@@ -10,12 +10,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where an event came from: a Kafka position, a file line, an HTTP request..."""
+class Source(NamedTuple):
+    """Where an event came from: a Kafka position, a file line, an HTTP request...
+
+    A NamedTuple rather than a frozen dataclass: one is built per consumed record.
+    """
 
     kind: str
     topic: str | None = None
@@ -52,8 +54,7 @@ class Source:
         )
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):
     """One raw event as received by an entry point, before validation."""
 
     raw: bytes

@@ -33,7 +33,7 @@ class WorkerConfig:
     bootstrap: str
     topic: str = "agent-events"
     group: str = "tachograph-ingest"
-    batch: int = 5000
+    batch: int = 2000
     until_idle: float | None = None
     poll_timeout_ms: int = 200
     maintenance_every_s: float = 1.0
