@@ -1,0 +1,72 @@
+"""`tacho project --follow` keeps the views current while events keep arriving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tacho(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TACHO_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=120, check=True,
+    )
+
+
+def projected_events(data_dir: Path) -> int:
+    con = duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    tacho(tmp_path, "generate", str(first), "--runs", "30", "--seed", "1")
+    tacho(tmp_path, "generate", str(second), "--runs", "20", "--seed", "2", "--workspace", "beta")
+    tacho(tmp_path, "import", str(first))
+    env = {**os.environ, "TACHO_DATA_DIR": str(tmp_path)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "project", "--follow", "--interval", "0.2", "--json"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        expected = len(first.read_bytes().splitlines())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            not (tmp_path / "analytics.duckdb").exists() or _safe_count(tmp_path) < expected
+        ):
+            time.sleep(0.2)
+        assert _safe_count(tmp_path) == expected
+        tacho(tmp_path, "import", str(second))  # the ledger grows while the follower runs
+        expected += len(second.read_bytes().splitlines())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _safe_count(tmp_path) < expected:
+            time.sleep(0.2)
+        assert _safe_count(tmp_path) == expected
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    polls = [json.loads(line) for line in out.splitlines() if line.startswith("{\"")]
+    metrics = [p for p in polls if p.get("metric") == "projection"]
+    assert metrics and all("lag" in p for p in metrics)
+    assert metrics[-1]["lag"] == 0  # caught up: the lag it reports is what is left to project
+
+
+def _safe_count(data_dir: Path) -> int:
+    try:
+        return projected_events(data_dir)
+    except duckdb.Error:  # the follower holds the file while it applies a batch
+        return -1
