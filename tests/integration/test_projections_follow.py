@@ -70,3 +70,17 @@ def _safe_count(data_dir: Path) -> int:
         return projected_events(data_dir)
     except duckdb.Error:  # the follower holds the file while it applies a batch
         return -1
+
+
+def test_cost_per_outcome_renders_as_a_png_chart_and_as_csv(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    tacho(tmp_path, "generate", str(events), "--runs", "60", "--seed", "4")
+    tacho(tmp_path, "import", str(events))
+    tacho(tmp_path, "project")
+    chart = tmp_path / "cost.png"
+    tacho(tmp_path, "report", "cost-per-outcome", "--by", "workflow,day", "--format", "png", "-o", str(chart))
+    data = chart.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
+    csv = tacho(tmp_path, "report", "cost-per-outcome", "--by", "workflow", "--format", "csv").stdout
+    header, *rows = csv.strip().splitlines()
+    assert "workflow" in header and len(rows) == 3  # the three generated workflows
