@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from domain.ports import LedgerStore
 from domain.stores.sqlite import SQLiteStore
 from projections.errors import ProjectionError
 from projections.projector import open_projector
-from projections.reports import REPORTS, rich_table, run_report
+from projections.reports import REPORTS, Report, rich_table, run_report
 
 
 def analytics_path(data_dir: Path) -> Path:
@@ -33,4 +34,21 @@ def run_reports(settings: Any, store: LedgerStore | None = None, out: Console | 
             f"of {status.ledger_size:,} (lag {status.lag})"
         )
         for name in REPORTS:
-            out.print(rich_table(run_report(projector.con, name)))
+            out.print(rich_table(_narrow(run_report(projector.con, name))))
+        out.print("every column: tacho report NAME --format table|json|csv|png (docs/analytics.md)")
+
+
+# What the demo shows of each report, so it reads on an 80-column terminal.
+DEMO_COLUMNS = {
+    "cost-per-outcome": ("workflow", "week", "runs", "successful_outcomes", "total_cost_usd", "cost_per_outcome_usd"),
+    "violations": ("workflow", "agent_version", "runs", "violation_rate", "denials_per_1000_tool_calls"),
+    "budgets": ("workflow", "limit", "breaches", "runs_breached", "cost_of_breached_runs_usd"),
+    "approvals": ("workflow", "risk", "requested", "granted", "rejected", "p50_latency_ms", "p95_latency_ms"),
+    "outcomes": ("workflow", "runs", "succeeded", "failed", "success_rate", "acceptance_rate"),
+}
+
+
+def _narrow(report: Report) -> Report:
+    keep = [c for c in DEMO_COLUMNS.get(report.name, ()) if c in report.columns] or report.columns
+    idx = [report.columns.index(c) for c in keep]
+    return replace(report, columns=keep, rows=[tuple(row[i] for i in idx) for row in report.rows])
