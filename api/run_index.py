@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from domain.canonical import loads
+from api.ledger_fold import LedgerFold
 from domain.ports import LedgerStore
 
 
@@ -91,27 +90,17 @@ class RunFilter:
         return self.has_denial is None or (s.denials > 0) == self.has_denial
 
 
-class RunIndex:
+class RunIndex(LedgerFold):
     """Run summaries by (workspace, run_id), refreshed from entries the index has not seen yet."""
 
     def __init__(self, store: LedgerStore) -> None:
-        self.store = store
-        self.seen = 0
+        super().__init__(store)
         self.runs: dict[tuple[str, str], RunSummary] = {}
         self.order: list[RunSummary] = []  # by first_index, ascending
         self.firsts: list[int] = []  # first_index of each run in ``order``
-        self._lock = threading.Lock()
 
-    def refresh(self) -> None:
-        """Fold in every entry appended since the last refresh."""
-        with self._lock:
-            size = self.store.size()
-            if size <= self.seen:
-                return
-            for row in self.store.entries(self.seen, size):
-                if row.kind == "event" and row.workspace is not None and row.run_id is not None:
-                    self._apply(row.index, loads(row.data)["event"])
-            self.seen = size
+    def fold(self, index: int, entry: dict[str, Any]) -> None:
+        self._apply(index, entry["event"])
 
     def _apply(self, index: int, ev: dict[str, Any]) -> None:
         key = (ev["workspace"], ev["run_id"])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.console.compensation import Reverted, reverted_by_run
-from domain.canonical import loads
+from api.ledger_fold import LedgerFold
 from domain.ports import LedgerStore
 
 
@@ -63,28 +62,17 @@ class RunFacts:
     reverts: Reverted | None = None  # set on a compensating run written by the console
 
 
-class Board:
+class Board(LedgerFold):
     """Approvals, changes and per-run facts by (workspace, run), refreshed from unseen entries."""
 
     def __init__(self, store: LedgerStore) -> None:
-        self.store = store
-        self.seen = 0
+        super().__init__(store)
         self.approvals: dict[tuple[str, str, str], ApprovalItem] = {}
         self.changes: dict[tuple[str, str, str], ChangeItem] = {}
         self.runs: dict[tuple[str, str], RunFacts] = {}
-        self._lock = threading.Lock()
 
-    def refresh(self) -> None:
-        """Fold in every entry appended since the last refresh."""
-        with self._lock:
-            size = self.store.size()
-            if size <= self.seen:
-                return
-            for row in self.store.entries(self.seen, size):
-                if row.kind == "event" and row.event_type is not None and row.workspace is not None:
-                    entry = loads(row.data)
-                    self._apply(row.index, entry["event"], entry.get("source", {}).get("kind") == "console")
-            self.seen = size
+    def fold(self, index: int, entry: dict[str, Any]) -> None:
+        self._apply(index, entry["event"], entry.get("source", {}).get("kind") == "console")
 
     def _apply(self, index: int, ev: dict[str, Any], by_console: bool) -> None:
         ws, run, t, d = ev["workspace"], ev["run_id"], ev["type"], ev["data"]

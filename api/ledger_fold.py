@@ -1,0 +1,33 @@
+"""Incremental in-memory views of the ledger: fold each new event once, in index order."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from domain.canonical import loads
+from domain.ports import LedgerStore
+
+
+class LedgerFold:
+    """Base of the API's in-memory views (run index, console board): refresh folds unseen events."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
+        self.seen = 0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Fold in every event entry appended since the last refresh."""
+        with self._lock:
+            size = self.store.size()
+            if size <= self.seen:
+                return
+            for row in self.store.entries(self.seen, size):
+                if row.kind == "event" and row.workspace is not None and row.run_id is not None:
+                    self.fold(row.index, loads(row.data))
+            self.seen = size
+
+    def fold(self, index: int, entry: dict[str, Any]) -> None:
+        """Apply one stored event entry (its ``event`` member is the event as published)."""
+        raise NotImplementedError
