@@ -57,6 +57,9 @@ def reverted_by_run(started: dict[str, Any]) -> Reverted | None:
     return Reverted(run, change, reason if isinstance(reason, str) else None)
 
 
+REVERT_WORKFLOW = "console.revert"
+
+
 def compensating_events(
     *,
     original_start: dict[str, Any],
@@ -77,8 +80,11 @@ def compensating_events(
     started = original_start["data"]
     bodies: list[tuple[str, dict[str, Any]]] = [
         ("run.started", {
-            "workflow": started["workflow"], "mode": "execute", "risk_tier": started["risk_tier"],
-            "input": {"run_id": run_id, "change_id": change_id, "reason": reason},
+            # a workflow of its own, so reverts do not count as successful outcomes of the
+            # original workflow in cost per outcome (and its kill switch cannot block an undo)
+            "workflow": REVERT_WORKFLOW, "mode": "execute", "risk_tier": started["risk_tier"],
+            "input": {"run_id": run_id, "change_id": change_id, "reason": reason,
+                      "workflow": started["workflow"]},
             "labels": {REVERTS_RUN: run_id, REVERTS_CHANGE: change_id},
         }),
         ("change.proposed", {

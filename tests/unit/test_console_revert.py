@@ -78,8 +78,9 @@ def test_reverting_a_change_of_a_completed_run_records_one_compensating_run_and_
     assert [e["type"] for e in evs] == ["run.started", "change.proposed", "change.applied", "run.completed"]
     assert [e["seq"] for e in evs] == [0, 1, 2, 3] and {e["agent"]["id"] for e in evs} == {CONSOLE_AGENT["id"]}
     assert evs[0]["data"] == {
-        "workflow": "billing-ops", "mode": "execute", "risk_tier": "high",
-        "input": {"run_id": "done", "change_id": "ch-1", "reason": "voided the wrong invoice"},
+        "workflow": "console.revert", "mode": "execute", "risk_tier": "high",
+        "input": {"run_id": "done", "change_id": "ch-1", "reason": "voided the wrong invoice",
+                  "workflow": "billing-ops"},
         "labels": {"reverts_run": "done", "reverts_change": "ch-1"}}
     assert evs[1]["data"] == {"change_id": "ch-1.revert", "target": "billing.invoice/done",
                               "before": {"status": "void", "amount": "120.00"},
