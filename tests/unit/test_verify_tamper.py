@@ -261,3 +261,12 @@ def test_a_seq_rewritten_to_a_non_integer_is_a_breach_not_a_crash(tmp_path, seq)
     rewrite(ledger, 30, lambda d: d.replace(b'"seq":', b'"seq":' + seq + b',"was":', 1))
     result = check(ledger)
     assert not result.ok and result.position is not None and result.position <= 49
+
+
+def test_an_entry_rewritten_as_text_by_sql_is_a_breach_in_every_mode(tmp_path):
+    ledger = build(tmp_path)
+    db(ledger).execute("UPDATE entries SET data = replace(data, 'acme', 'acme') WHERE idx = 12")
+    (kind,) = db(ledger).execute("SELECT typeof(data) FROM entries WHERE idx = 12").fetchone()
+    assert kind == "text"  # same characters, but no longer the stored bytes' type
+    result = check(ledger)  # one pass, chunked, and ranged agree (see check)
+    assert result.ok or result.position == 12
