@@ -274,9 +274,10 @@ class SQLiteRangeReader(RangeReaderBase):
         return int(row[0])
 
     def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        # a value rewritten as TEXT comes back as str: the scan reports it as a breach
+        # CAST: a value rewritten as TEXT is still read (and hashed) as its bytes, as raw_entries does
         return self._conn().execute(
-            "SELECT idx, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+            "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, end),
         ).fetchall()
 
 
