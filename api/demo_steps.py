@@ -21,23 +21,23 @@ def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> boo
 
 
 def later_stages(settings: Settings, ledger: Ledger) -> None:
-    """Analytics over the ledger, then replay of example agents against a second model."""
+    """Replay of example agents against a second model, the console, then the analytics."""
     c = console()
     c.print(Rule("4. example agents run live, then replay against a candidate model"))
     from replay.demo import run_demo
 
     run_demo(ledger, settings)
-    c.print(Rule("5. analytics: project the ledger into DuckDB and report"))
+    console_stage(settings, ledger)
+    c.print(Rule("6. analytics: project the ledger into DuckDB and report"))
     from projections.demo import run_reports
 
     run_reports(settings, ledger.store)
-    console_stage(settings, ledger)
 
 
 def console_stage(settings: Settings, ledger: Ledger) -> None:
     """API keys per role in workspace ``demo`` and runs waiting for people; how to open the console."""
     c = console()
-    c.print(Rule("6. the operator console: approvals, reverts, kill switches"))
+    c.print(Rule("5. the operator console: approvals, reverts, kill switches"))
     from api.console.demo import run_console_demo
 
     run_console_demo(settings, ledger, c)
