@@ -579,8 +579,3 @@ class Ledger:
 def rotation_statement(origin: str, index: int, old_vkey: str, new_vkey: str) -> str:
     """The text an old key signs to hand over to a new one."""
     return f"{ROTATION_PREFIX}\n{origin}\n{index}\n{old_vkey}\n{new_vkey}\n"
-
-
-def source_of(kind: str, **kw: Any) -> Source:
-    """Shorthand for building a Source."""
-    return Source(kind=kind, **kw)
