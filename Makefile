@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: install lint
+	bash scripts/ci-prereqs.sh
 	bash scripts/run-tests.sh
 
 unit: install
