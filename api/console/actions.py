@@ -4,7 +4,6 @@ in the workspace's audit run."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from api.console.board import ChangeItem
-from api.console.compensation import compensating_events, revert_run_id
+from api.console.compensation import bounded_event_id, compensating_events, revert_run_id
 from api.console.session import Session
 from api.deps import Services
 from domain.canonical import dumps, loads, validate_event
@@ -41,10 +40,7 @@ def load_revert_hooks() -> dict[str, RevertHook]:
 
 def console_event_id(run_id: str, seq: int) -> str:
     """An event id for a console-written event of a run (at most 128 characters)."""
-    eid = f"{run_id}.console-{seq}"
-    if len(eid) <= 128:
-        return eid
-    return f"console-{hashlib.sha256(run_id.encode()).hexdigest()[:40]}-{seq}"
+    return bounded_event_id(run_id, f".console-{seq}", "console-")
 
 
 @dataclass(frozen=True)

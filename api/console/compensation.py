@@ -29,12 +29,17 @@ def revert_run_id(run_id: str, change_id: str) -> str:
     return f"{run_id[:70]}.revert-{digest}"
 
 
-def revert_event_id(revert_run: str, seq: int) -> str:
-    """The event id of a compensating run's event (at most 128 characters)."""
-    eid = f"{revert_run}.{seq}"
+def bounded_event_id(run_id: str, tail: str, prefix: str) -> str:
+    """``<run_id><tail>`` as an event id, or a hash of the run id when that is over 128 characters."""
+    eid = f"{run_id}{tail}"
     if len(eid) <= 128:
         return eid
-    return f"revert-{hashlib.sha256(revert_run.encode()).hexdigest()[:40]}.{seq}"
+    return f"{prefix}{hashlib.sha256(run_id.encode()).hexdigest()[:40]}{tail}"
+
+
+def revert_event_id(revert_run: str, seq: int) -> str:
+    """The event id of a compensating run's event (at most 128 characters)."""
+    return bounded_event_id(revert_run, f".{seq}", "revert-")
 
 
 @dataclass(frozen=True)
