@@ -6,10 +6,13 @@ so the same code checks a live store, a Parquet export or a copied file.
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from domain import merkle
@@ -18,10 +21,13 @@ from domain.errors import CheckpointError, SignatureError, TachographError, Veri
 from domain.ledger import rotation_statement
 from domain.note import NoteVerifier, open_note
 from domain.verify_scan import (
+    LAST_LEAF,
+    LAST_SEQ,
     ChunkScan,
     NodeMap,
     RangeReader,
     RangeReaderBase,
+    RunSpan,
     chain_broken,
     scan_chunk,
     scan_range,
@@ -165,7 +171,7 @@ def _verify(
 
     sizes = sorted(by_size)
     nodes = NodeMap()
-    chains: dict[tuple[Any, Any], tuple[str, int]] = {}
+    chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
     event_ids: set[str] = set()
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
@@ -178,16 +184,17 @@ def _verify(
             origin = scan.origin
         errors: list[tuple[int, int, str]] = [(scan.error[0], 0, scan.error[1])] if scan.error else []
         # stitch each run's first entry in this chunk to its last entry in earlier chunks
-        for key, span in scan.runs.items():
+        for key, (first_position, first_prev, first_seq, _, _) in scan.runs.items():
             prev = chains.get(key)
-            expected_prev = prev[0] if prev else None
-            expected_seq = prev[1] + 1 if prev else 0
-            if span.first_prev != expected_prev:
-                errors.append((span.first_position, 1, chain_broken(span.run_id, span.first_prev, expected_prev)))
-            elif span.first_seq != expected_seq:
-                errors.append((span.first_position, 1, seq_gap(span.run_id, span.first_seq, expected_seq)))
-        fresh = {k for k in scan.event_ids if k is not None}
-        if len(fresh) != scan.count - scan.event_ids.count(None) or not event_ids.isdisjoint(fresh):
+            expected_prev = prev[LAST_LEAF] if prev else None
+            expected_seq = prev[LAST_SEQ] + 1 if prev else 0
+            if first_prev != expected_prev:
+                errors.append((first_position, 1, chain_broken(key[1], first_prev, expected_prev)))
+            elif first_seq != expected_seq:
+                errors.append((first_position, 1, seq_gap(key[1], first_seq, expected_seq)))
+        fresh = set(scan.event_ids)
+        fresh.discard(None)
+        if len(fresh) != len(scan.event_ids) - len(scan.rotations) or not event_ids.isdisjoint(fresh):
             seen: set[str] = set()
             for offset, k in enumerate(scan.event_ids):
                 if k is not None and (k in event_ids or k in seen):
@@ -216,8 +223,7 @@ def _verify(
         if errors:
             pos, _, reason = min(errors)
             raise VerificationError(reason, pos)
-        for key, span in scan.runs.items():
-            chains[key] = (span.last_leaf, span.last_seq)
+        chains.update(scan.runs)
         position = scan.start + scan.count
     result.entries = position
     result.runs = len(chains)
@@ -264,10 +270,37 @@ def _check_rotation(
     return new_key
 
 
-def _chunks(entries: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
-    it = iter(entries)
-    while chunk := list(islice(it, size)):
-        yield chunk
+class _ListReader(RangeReaderBase):
+    """Entries already in memory, read by range (forked workers inherit them)."""
+
+    def __init__(self, rows: list[tuple[int, bytes]]) -> None:
+        self.rows = rows
+
+    def size(self) -> int:
+        return len(self.rows)
+
+    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        return self.rows[start:end]
+
+
+def _scan_worker(
+    reader: RangeReader,
+    starts: Sequence[int],
+    size: int,
+    total: int,
+    origin: str | None,
+    sizes: Sequence[int],
+    conn: Connection,
+) -> None:
+    """Scan the chunks at ``starts`` in order, sending each result as soon as it is done."""
+    gc.freeze()  # the collector leaves the parent's inherited objects (and their pages) alone
+    try:
+        for start in starts:
+            conn.send(scan_range(reader, start, min(start + size, total), origin, sizes))
+    except BaseException as e:
+        conn.send(TachographError(f"verification worker failed: {type(e).__name__}: {e}"))
+    finally:
+        conn.close()
 
 
 def _scans(
@@ -277,37 +310,60 @@ def _scans(
     chunk_bits: int,
     workers: int,
 ) -> Iterator[ChunkScan]:
-    """Scan aligned chunks in order, in this process or in a pool of ``workers``.
+    """Scan aligned chunks in order, in this process or in ``workers`` processes.
 
-    With a ``RangeReader`` the workers read their chunks themselves (nothing large crosses
-    process boundaries); with a plain iterable the chunks are sent to them.
+    Worker ``w`` scans chunks ``w, w + workers, ...`` without waiting to be handed each one
+    (with a ``RangeReader`` it reads them itself, so nothing large crosses a process
+    boundary) and sends each result down its own pipe; results are taken in chunk order.
     """
     size = 1 << chunk_bits
-    if isinstance(entries, RangeReaderBase):
-        total = entries.size()
-        starts = range(0, total, size)
-        if workers <= 1:
-            for start in starts:
-                yield scan_range(entries, start, min(start + size, total), origin, sizes)
-            return
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [
-                pool.submit(scan_range, entries, start, min(start + size, total), origin, sizes)
-                for start in starts
-            ]
-            for fut in futures:
-                yield fut.result()
-        return
-    chunks = _chunks(entries, size)
     if workers <= 1:
-        for n, chunk in enumerate(chunks):
-            yield scan_chunk(n * size, chunk, origin, sizes)
+        if isinstance(entries, RangeReaderBase):
+            total = entries.size()
+            for start in range(0, total, size):
+                yield scan_range(entries, start, min(start + size, total), origin, sizes)
+        else:
+            for n, chunk in enumerate(_chunks(entries, size)):
+                yield scan_chunk(n * size, chunk, origin, sizes)
         return
-    with ProcessPoolExecutor(workers) as pool:
-        pending: list[Future[ChunkScan]] = []
-        for n, chunk in enumerate(chunks):
-            pending.append(pool.submit(scan_chunk, n * size, chunk, origin, sizes))
-            while len(pending) > workers + 1:
-                yield pending.pop(0).result()
-        for fut in pending:
-            yield fut.result()
+    reader = entries if isinstance(entries, RangeReaderBase) else _ListReader(list(entries))
+    total = reader.size()
+    starts = range(0, total, size)
+    workers = max(1, min(workers, len(starts)))
+    ctx = multiprocessing.get_context()
+    pipes: list[Connection] = []
+    procs: list[BaseProcess] = []
+    try:
+        for w in range(workers):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_scan_worker,
+                args=(reader, starts[w::workers], size, total, origin, sizes, send),
+                daemon=True,
+            )
+            proc.start()
+            send.close()
+            pipes.append(receive)
+            procs.append(proc)
+        for n in range(len(starts)):
+            try:
+                got = pipes[n % workers].recv()
+            except EOFError:
+                raise TachographError("a verification worker process ended without its result") from None
+            if isinstance(got, TachographError):
+                raise got
+            yield got
+    finally:
+        for worker in procs:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in procs:
+            worker.join()
+        for pipe in pipes:
+            pipe.close()
+
+
+def _chunks(entries: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    it = iter(entries)
+    while chunk := list(islice(it, size)):
+        yield chunk

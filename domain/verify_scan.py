@@ -7,6 +7,7 @@ them in parallel processes and stitch run chains and tree roots together in orde
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,16 +21,10 @@ from domain import merkle
 Node = tuple[int, int]  # (level, index)
 
 
-@dataclass
-class RunSpan:
-    """One run's entries inside a chunk: how it starts (to stitch) and where it ends."""
-
-    first_position: int
-    first_prev: Any
-    first_seq: Any
-    run_id: Any
-    last_leaf: str
-    last_seq: int
+# One run's entries inside a chunk, as a list (cheap to build and to pickle):
+# [first position, first prev (hex bytes or None), first seq, last leaf (hex bytes), last seq]
+RunSpan = list[Any]
+FIRST_POSITION, FIRST_PREV, FIRST_SEQ, LAST_LEAF, LAST_SEQ = range(5)
 
 
 @dataclass
@@ -65,65 +60,97 @@ def scan_chunk(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
 ) -> ChunkScan:
-    """Check each entry on its own and within the chunk; collect what stitching needs.
+    """Check each ``(index, bytes)`` entry on its own and within the chunk.
 
-    The loop is the verifier's hot path: canonical event entries are read from their tails
-    (see ``_fast_fields``) with everything in locals; any other entry, and every failure, goes
-    through ``_general`` so the reasons are worked out in one place.
+    A stored index that is not its position ends the chunk there, with that reason.
+    """
+    datas = [row[1] for row in rows]
+    bad = next((k for k, row in enumerate(rows) if row[0] != start + k), None)
+    if bad is None:
+        return scan_entries(start, datas, origin, checkpoint_sizes)
+    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes)
+    if scan.error is None:
+        scan.error = (
+            start + bad,
+            f"stored index {rows[bad][0]} at position {start + bad}: "
+            "an entry is missing or out of order",
+        )
+    return scan
+
+
+def scan_entries(
+    start: int,
+    datas: Sequence[bytes],
+    origin: str | None,
+    checkpoint_sizes: Sequence[int],
+) -> ChunkScan:
+    """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
+
+    The loop is the verifier's hot path. An event entry as the ledger writes it is read from
+    its tail: the event's envelope fields after ``data`` are parsed as JSON, and the ledger's
+    own fields are compared byte for byte with what they must be (``index`` is the position,
+    ``kind`` is event, ``log`` is the origin) with ``prev`` sliced out; the rest of the entry
+    is covered by its leaf hash. Anything else, and every failure, goes through ``_general``,
+    which parses the whole entry so the reasons are worked out in one place.
     """
     scan = ChunkScan(start=start, origin=origin)
-    sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(rows)]
+    sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(datas)]
     leaves: list[bytes] = []
     sha256 = hashlib.sha256
+    hexlify = binascii.hexlify
     loads = orjson.loads
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
-    for index, data in rows:
-        fast = None
-        if index == position and type(data) is bytes and data.startswith(b'{"event":{'):
+    middle = _middle(origin)
+    for data in datas:
+        if middle is not None and type(data) is bytes and data.startswith(b'{"event":{'):
             i = data.rfind(b',"index":')
-            j = data.rfind(b',"event_id":', 0, i) if i > 0 else -1
-            if j > 0:
-                try:
-                    fast = loads(b"[{" + data[j + 1 : i] + b",{" + data[i + 1 :] + b"]")
-                except orjson.JSONDecodeError:
-                    fast = None
-        if fast is not None and len(fast) == 2 and type(fast[0]) is dict and type(fast[1]) is dict:
-            ev, meta = fast
-            log = meta.get("log")
-            if scan.origin is None:
-                scan.origin = log
-            if (
-                meta.get("index") == position
-                and meta.get("kind") == "event"
-                and log == scan.origin
-                and type(ev.get("seq")) is int
-            ):
-                leaf = sha256(b"\x00" + data).digest()
-                key = (ev.get("workspace"), ev.get("run_id"))
-                seq = ev.get("seq")
-                prev = meta.get("prev")
-                span = runs.get(key)
-                if span is None:
-                    runs[key] = RunSpan(position, prev, seq, key[1], leaf.hex(), seq)
-                elif prev != span.last_leaf:
-                    scan.error = (position, chain_broken(key[1], prev, span.last_leaf))
-                    break
-                elif seq != span.last_seq + 1:
-                    scan.error = (position, seq_gap(key[1], seq, span.last_seq + 1))
-                    break
+            head = b',"index":%d%b' % (position, middle)
+            if data.startswith(head, i):
+                p = i + len(head)
+                if data.startswith(b'null,"received":', p):
+                    prev = None
+                elif data[p] == 34 and data.startswith(b'","received":', p + 65):
+                    prev = data[p + 1 : p + 65]
                 else:
-                    span.last_leaf = leaf.hex()
-                    span.last_seq = seq
-                event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
-                leaves.append(leaf)
-                position += 1
-                continue
-        leaf_or_error = _general(scan, position, index, data)
+                    prev = b""
+                j = data.rfind(b',"event_id":', 0, i)
+                if j > 0 and prev != b"":
+                    try:
+                        ev = loads(b"{" + data[j + 1 : i])
+                        seq = ev["seq"]
+                        ws = ev["workspace"]
+                        run = ev["run_id"]
+                        eid = ev["event_id"]
+                    except (orjson.JSONDecodeError, KeyError):
+                        seq = None
+                    if type(seq) is int:
+                        leaf = sha256(b"\x00" + data).digest()
+                        h = hexlify(leaf)
+                        key = (ws, run)
+                        span = runs.get(key)
+                        if span is None:
+                            runs[key] = [position, prev, seq, h, seq]
+                        elif prev != span[3]:
+                            scan.error = (position, chain_broken(run, prev, span[3]))
+                            break
+                        elif seq != span[4] + 1:
+                            scan.error = (position, seq_gap(run, seq, span[4] + 1))
+                            break
+                        else:
+                            span[3] = h
+                            span[4] = seq
+                        event_ids.append(f"{ws}\n{eid}")
+                        leaves.append(leaf)
+                        position += 1
+                        continue
+        leaf_or_error = _general(scan, position, data)
         if isinstance(leaf_or_error, str):
             scan.error = (position, leaf_or_error)
             break
+        if middle is None:
+            middle = _middle(scan.origin)
         leaves.append(leaf_or_error)
         position += 1
     scan.count = position - start
@@ -132,10 +159,15 @@ def scan_chunk(
     return scan
 
 
-def _general(scan: ChunkScan, position: int, index: int, data: Any) -> bytes | str:
+def _middle(origin: Any) -> bytes | None:
+    """The bytes between an event entry's index and its prev, for a log of ``origin``."""
+    if not isinstance(origin, str):
+        return None
+    return b',"kind":"event","log":' + orjson.dumps(origin) + b',"prev":'
+
+
+def _general(scan: ChunkScan, position: int, data: Any) -> bytes | str:
     """Check one entry of any kind by parsing all of it; return its leaf hash or why it fails."""
-    if index != position:
-        return f"stored index {index} at position {position}: an entry is missing or out of order"
     if not isinstance(data, bytes):
         return f"stored entry is {type(data).__name__}, not bytes"
     leaf = merkle.leaf_hash(data)
@@ -166,18 +198,20 @@ def _general(scan: ChunkScan, position: int, index: int, data: Any) -> bytes | s
         return "event entry has no event object"
     key = (ev.get("workspace"), ev.get("run_id"))
     seq, prev = ev.get("seq"), d.get("prev")
+    if isinstance(prev, str):
+        prev = prev.encode()  # the hot path compares prev as the hex bytes it slices out
     if type(seq) is not int:
         return f"run {key[1]!r} has a seq that is not an integer: {seq!r}"
     span = scan.runs.get(key)
     if span is None:
-        scan.runs[key] = RunSpan(position, prev, seq, key[1], leaf.hex(), seq)
-    elif prev != span.last_leaf:
-        return chain_broken(key[1], prev, span.last_leaf)
-    elif seq != span.last_seq + 1:
-        return seq_gap(key[1], seq, span.last_seq + 1)
+        scan.runs[key] = [position, prev, seq, binascii.hexlify(leaf), seq]
+    elif prev != span[LAST_LEAF]:
+        return chain_broken(key[1], prev, span[LAST_LEAF])
+    elif seq != span[LAST_SEQ] + 1:
+        return seq_gap(key[1], seq, span[LAST_SEQ] + 1)
     else:
-        span.last_leaf = leaf.hex()
-        span.last_seq = seq
+        span[LAST_LEAF] = binascii.hexlify(leaf)
+        span[LAST_SEQ] = seq
     scan.event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
     return leaf
 
@@ -185,10 +219,10 @@ def _general(scan: ChunkScan, position: int, index: int, data: Any) -> bytes | s
 def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dict[Node, bytes]:
     """Frontier nodes at each of ``sizes`` (relative to ``start``), from all levels at once."""
     levels = [leaves]
-    node = merkle.node_hash
+    sha256 = hashlib.sha256  # merkle.node_hash, inlined: this is half a hash per entry
     while len(levels[-1]) > 1:
-        below = levels[-1]
-        levels.append([node(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+        pairs = iter(levels[-1])
+        levels.append([sha256(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=False)])
     out: dict[Node, bytes] = {}
     for size in sizes:
         offset = 0
@@ -200,6 +234,8 @@ def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dic
 
 
 def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
+    """Why a run's chain does not hold (hashes shown as hex text)."""
+    prev, expected = (h.decode("ascii", "replace") if isinstance(h, bytes) else h for h in (prev, expected))
     return (
         f"run {run_id!r} chain broken: prev is {prev!r}, expected {expected!r} "
         "(an entry of this run was removed, inserted or spliced)"
@@ -207,6 +243,7 @@ def chain_broken(run_id: Any, prev: Any, expected: Any) -> str:
 
 
 def seq_gap(run_id: Any, seq: Any, expected: Any) -> str:
+    """Why a run's seq does not follow on."""
     return f"run {run_id!r} seq {seq} where {expected} was expected"
 
 
@@ -221,6 +258,14 @@ class RangeReaderBase(ABC):
     def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
         """(index, bytes) for indices in [start, end), in order."""
 
+    def read_data(self, start: int, end: int) -> list[bytes] | None:
+        """The bytes of entries ``start .. end - 1`` when every one is stored, else None.
+
+        A reader overrides this when it can check that cheaply (a count over a primary key);
+        on None, ``read`` is used and the scan names what is missing.
+        """
+        return None
+
 
 RangeReader = RangeReaderBase
 
@@ -229,6 +274,9 @@ def scan_range(
     reader: RangeReader, start: int, end: int, origin: str | None, checkpoint_sizes: Sequence[int]
 ) -> ChunkScan:
     """Read one chunk through ``reader`` and scan it (runs in a worker process)."""
+    datas = reader.read_data(start, end)
+    if datas is not None:
+        return scan_entries(start, datas, origin, checkpoint_sizes)
     return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes)
 
 
