@@ -14,6 +14,7 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -113,9 +114,15 @@ def worker_run(
             worker.stop("done")
 
     worker = IngestWorker(ledger, cfg, on_batch=on_batch)
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     summary = worker.run()
     dt = time.perf_counter() - t0
+    own2, children2 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = [(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime) / n * 1e6
+           for a, b in ((own, own2), (children, children2))]
+    print(f"    cpu per event: worker process {cpu[0]:.1f} us, fetch process {cpu[1]:.1f} us "
+          f"(wall {dt / n * 1e6:.1f} us)")
     cp = ledger.store.latest_checkpoint()
     assert summary.accepted == n, summary.to_json()
     assert cp is not None and cp.size == n, cp

@@ -8,6 +8,7 @@ their Merkle nodes, run states, quarantined messages, consumer offsets and any c
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,12 +141,20 @@ def validate_packed(raws: Sequence[bytes]) -> list[Packed]:
 
     For validating in another process; ``unpack`` turns each result back into a ParseResult.
     """
-    return [
-        (tuple(facts[k] for k in _PACKED_KEYS), canonical, None, _event_hash(canonical))
-        if facts is not None and canonical is not None
-        else (None, None, error, None)
-        for facts, canonical, error in validate_raw(raws)
-    ]
+    out: list[Packed] = []
+    for raw in raws:
+        try:
+            event, canonical = parse_event(raw)
+        except ContractError as e:
+            out.append((None, None, f"contract: {e}", None))
+            continue
+        data = event["data"]
+        rule_data = {k: data[k] for k in RULE_KEYS if k in data}  # slim(), straight into a tuple
+        out.append(((*_envelope(event), rule_data), canonical, None, _event_hash(canonical)))
+    return out
+
+
+_envelope = operator.itemgetter(*ENVELOPE_KEYS)
 
 
 def unpack(item: Incoming, packed: Packed) -> Parsed:

@@ -172,7 +172,7 @@ def _verify(
     sizes = sorted(by_size)
     nodes = NodeMap()
     chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
-    event_ids: set[str] = set()
+    event_ids: set[str | None] = set()  # never holds None: it is discarded from each chunk first
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
     for scan in _scans(entries, origin, sizes, chunk_bits, workers):

@@ -1,9 +1,13 @@
 """The Kafka ingest worker: poll → validate and append (with offsets, one transaction) → repeat.
 
 Exactly once: the next offset of each partition is written by ``ledger.append`` in the same
-transaction as the events it produced, and on start and on every rebalance the worker seeks
+transaction as the events it produced, and on start and on every rebalance the fetcher seeks
 each assigned partition to the offset stored in the ledger. Kafka's committed offset is
 written afterwards, for lag dashboards only; it is never read back.
+
+With more than one core, polling and validation run in a second process (``ingest.fetch``)
+while this one appends; a batch polled there but not yet appended when the worker stops or
+dies is simply read again from the ledger's offsets.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from domain.ledger import AppendReport, Ledger, Packed, Parsed, unpack, validate_packed
-from domain.ports import Incoming, Source
-from ingest.errors import BrokerUnavailableError, IngestConfigError
+from domain.ledger import AppendReport, Ledger, Parsed, unpack
+from ingest.errors import IngestConfigError
+from ingest.fetch import Batch, Fetcher, FetcherProcess, Message
 from ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -38,20 +42,9 @@ class WorkerConfig:
     poll_timeout_ms: int = 200
     maintenance_every_s: float = 1.0
     assign: bool = False  # manual assignment of every partition (no group join)
-    parallel: bool | None = None  # validate the next batch in a second process (default: >1 core)
+    parallel: bool | None = None  # poll and validate in a second process (default: >1 core)
     broker_timeout_s: float = 300.0  # give up after Kafka keeps failing this long
     consumer_config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Polled:
-    """One polled batch on its way into the ledger."""
-
-    items: list[Incoming]
-    offsets: dict[tuple[str, int], int]
-    commits: dict[Any, Any]
-    started: float
-    parsed: Future[list[Packed]] | None = None
 
 
 @dataclass
@@ -77,35 +70,6 @@ class WorkerSummary:
         return out
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In the validation process: default signals, and exit as soon as the worker is gone."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's graceful-stop handler
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
-def _make_listener(worker: IngestWorker) -> Any:
-    from kafka import ConsumerRebalanceListener
-
-    class SeekToLedger(ConsumerRebalanceListener):  # type: ignore[misc]
-        """On every assignment, seek to the offsets stored in the ledger (not Kafka's)."""
-
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-            worker.drain()  # append what was polled before another worker takes over
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            worker.seek_to_ledger(assigned)
-
-    return SeekToLedger()
-
-
 class IngestWorker:
     """Consumes one topic into a ledger, exactly once, until stopped or idle."""
 
@@ -127,10 +91,7 @@ class IngestWorker:
         self.summary = WorkerSummary()
         self._stop = threading.Event()
         self._stop_reason = ""
-        self.consumer: Any = None
         self.assigned: set[int] = set()
-        self._pending: _Polled | None = None
-        self._pool: ProcessPoolExecutor | None = None
         parallel = config.parallel
         self.parallel = (os.cpu_count() or 1) > 1 if parallel is None else parallel
 
@@ -149,160 +110,79 @@ class IngestWorker:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    # -- Kafka -----------------------------------------------------------------------------
-    def _consumer(self) -> Any:
-        from kafka import KafkaConsumer
-
-        cfg: dict[str, Any] = {
-            "bootstrap_servers": self.config.bootstrap,
-            "group_id": self.config.group,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "max_poll_records": self.config.batch,
-            "fetch_max_bytes": 64 * 1024 * 1024,
-            "max_partition_fetch_bytes": 8 * 1024 * 1024,
-            "client_id": f"tachograph-ingest-{self.config.group}",
-        }
-        cfg.update(self.config.consumer_config)
-        return KafkaConsumer(**cfg)
-
-    def seek_to_ledger(self, partitions: Any) -> None:
-        """Position each partition at the ledger's stored next offset (or the beginning)."""
-        stored = self.ledger.store.offsets(self.config.group)
-        self.assigned = {tp.partition for tp in partitions}
-        for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
-        log.info(
-            "assigned %s; resuming from ledger offsets %s",
-            sorted(self.assigned),
-            {p: stored.get((self.config.topic, p)) for p in sorted(self.assigned)},
-        )
-
-    def _subscribe(self) -> None:
-        from kafka import TopicPartition
-
-        if self.config.assign:
-            deadline = time.monotonic() + 30
-            parts = self.consumer.partitions_for_topic(self.config.topic)
-            while not parts and time.monotonic() < deadline and not self._stop.is_set():
-                time.sleep(0.2)
-                parts = self.consumer.partitions_for_topic(self.config.topic)
-            if not parts:
-                raise IngestConfigError(f"topic {self.config.topic!r} has no partitions (missing?)")
-            tps = [TopicPartition(self.config.topic, p) for p in sorted(parts)]
-            self.consumer.assign(tps)
-            self.seek_to_ledger(tps)
-        else:
-            self.consumer.subscribe([self.config.topic], listener=_make_listener(self))
-
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> WorkerSummary:
         """Consume until stopped (signal, ``stop()``) or idle for ``until_idle`` seconds."""
         t0 = time.monotonic()
-        self.consumer = self._consumer()
-        if self.parallel:
-            self._pool = ProcessPoolExecutor(1, initializer=_exit_with_parent, initargs=(os.getpid(),))
+        fetch: FetcherProcess | _InProcess | None = None
         try:
-            self._subscribe()
+            fetch = FetcherProcess(self.config) if self.parallel else _InProcess(self)
+            ready = isinstance(fetch, _InProcess)  # a fetch process says when it is connected
             last_record = last_maintenance = time.monotonic()
             while not self._stop.is_set():
-                polled = self._poll()
+                msg = fetch.receive(0.25)
                 now = time.monotonic()
-                batch = self._prepare(polled) if polled else None
-                if batch is not None:
-                    if self._pool is not None:
-                        batch.parsed = self._pool.submit(validate_packed, [i.raw for i in batch.items])
-                    self.drain()  # the previous batch, validated while this one was fetched
-                    self._pending = batch
+                got_batch = msg is not None and msg[0] == "batch"
+                if msg is not None and msg[0] == "ready":
+                    ready, last_record = True, now
+                elif msg is not None:
+                    answer = self._handle(msg)
+                    if msg[0] in _QUESTIONS and isinstance(fetch, FetcherProcess):
+                        fetch.answer(answer)
+                    if got_batch:
+                        fetch.appended(msg[1].offsets)
+                if got_batch:
                     last_record = now
-                else:
-                    self.drain()
-                    if self.config.until_idle is not None and now - last_record >= self.config.until_idle:
-                        self.stop(f"idle {self.config.until_idle:g}s")
+                elif ready and self.config.until_idle is not None and now - last_record >= self.config.until_idle:
+                    self.stop(f"idle {self.config.until_idle:g}s")
                 if now - last_maintenance >= self.config.maintenance_every_s:
-                    self._maintain(idle=batch is None)
+                    self._maintain(idle=not got_batch)
                     last_maintenance = now
-            self.drain()
             self._finish()
         finally:
-            self._pending = None  # never appended: re-read from the ledger's offsets next time
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-            self.consumer.close(autocommit=False)
+            if fetch is not None:
+                fetch.close()  # batches not yet appended are re-read from the ledger's offsets
             self.summary.seconds = time.monotonic() - t0
             self.summary.stopped_by = self._stop_reason
         return self.summary
 
-    def _poll(self) -> dict[Any, list[Any]]:
-        """One poll; retriable broker errors (a restart, a lost leader) are waited out."""
-        from kafka.errors import KafkaError
-
-        failing_since: float | None = None
-        while True:
-            try:
-                return self.consumer.poll(  # type: ignore[no-any-return]
-                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.batch
-                )
-            except KafkaError as e:
-                if not getattr(e, "retriable", False) and not isinstance(e, OSError):
-                    raise
-                now = time.monotonic()
-                failing_since = failing_since or now
-                self.metrics.broker_errors.labels(self.config.topic).inc()
-                if now - failing_since > self.config.broker_timeout_s:
-                    raise BrokerUnavailableError(
-                        f"Kafka at {self.config.bootstrap} kept failing for "
-                        f"{self.config.broker_timeout_s:g}s: {e}"
-                    ) from e
-                log.warning("Kafka error (retrying; the ledger keeps the offsets): %s", e)
-                self.drain()  # what was polled before the error is still good
-                if self._stop.wait(0.5):
-                    return {}
-
-    def _prepare(self, polled: dict[Any, list[Any]]) -> _Polled | None:
-        from kafka.structs import OffsetAndMetadata
-
-        t0 = time.perf_counter()
-        items: list[Incoming] = []
-        offsets: dict[tuple[str, int], int] = {}
-        commits: dict[Any, Any] = {}
-        for tp, records in polled.items():
-            if not records:
-                continue
-            topic, part = tp.topic, tp.partition
-            items.extend(
-                Incoming(
-                    r.value if r.value is not None else b"",
-                    Source(kind="kafka", topic=topic, partition=part, offset=r.offset),
-                )
-                for r in records
+    def _handle(self, msg: Message) -> Any:
+        """Act on one message from the fetcher; questions get an answer."""
+        kind = msg[0]
+        if kind == "batch":
+            self._append(msg[1])
+        elif kind == "idle":
+            self._update_lag(msg[1])
+        elif kind == "assigned":
+            stored = self.ledger.store.offsets(self.config.group)
+            self.assigned = {p for _, p in msg[1]}
+            log.info(
+                "assigned %s; resuming from ledger offsets %s",
+                sorted(self.assigned),
+                {p: stored.get((t, p)) for t, p in sorted(msg[1])},
             )
-            nxt = records[-1].offset + 1
-            offsets[(topic, part)] = nxt
-            commits[tp] = OffsetAndMetadata(nxt, "", -1)
-        return _Polled(items, offsets, commits, t0) if items else None
+            return {tp: stored[tp] for tp in map(tuple, msg[1]) if tp in stored}
+        elif kind == "revoked":
+            # every batch sent before this question has been appended: another worker resumes
+            # these partitions from the offsets now in the ledger
+            log.info("partitions revoked: %s", sorted(p for _, p in msg[1]))
+            return True
+        elif kind == "broker_error":
+            self.metrics.broker_errors.labels(self.config.topic).inc()
+            log.warning("Kafka error (retrying; the ledger keeps the offsets): %s", msg[1])
+        return None
 
-    def drain(self) -> None:
-        """Append the polled batch, if any, with its offsets in the same transaction."""
-        batch, self._pending = self._pending, None
-        if batch is None:
-            return
+    def _append(self, batch: Batch) -> None:
+        """Append one polled batch, with its offsets, in one transaction."""
+        items = batch.items()
         parsed: list[Parsed] | None = None
-        if batch.parsed is not None:
-            parsed = [
-                unpack(item, result)
-                for item, result in zip(batch.items, batch.parsed.result(), strict=True)
-            ]
+        if batch.packed is not None:
+            parsed = [unpack(item, result) for item, result in zip(items, batch.packed, strict=True)]
         report = self.ledger.append(
-            batch.items, consumer=self.config.group, offsets=batch.offsets, parsed=parsed
+            items, consumer=self.config.group, offsets=batch.offsets, parsed=parsed
         )
-        self._count(report, len(batch.items), time.perf_counter() - batch.started)
-        self._commit_informational(batch.commits)
-        self._update_lag()
+        self._count(report, len(items), time.monotonic() - batch.polled)
+        self._update_lag(batch.lag)
         if self.on_batch is not None:
             self.on_batch(report, self.summary)
 
@@ -326,22 +206,9 @@ class IngestWorker:
         m.batch_seconds.labels(topic).observe(seconds)
         m.ledger_size.set(report.size)
 
-    def _commit_informational(self, commits: dict[Any, Any]) -> None:
-        from kafka.errors import KafkaError
-
-        if self.config.assign and not self.config.group:
-            return
-        try:
-            self.consumer.commit_async(commits)
-        except KafkaError as e:  # informational only: the ledger holds the real offsets
-            log.warning("informational Kafka offset commit failed: %s", e)
-
-    def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            pos = self.consumer.position(tp, timeout_ms=0) if high is not None else None
-            if high is not None and pos is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - pos))
+    def _update_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        for (topic, part), behind in lag.items():
+            self.metrics.lag.labels(topic, str(part)).set(behind)
 
     def _maintain(self, idle: bool) -> None:
         """Quarantine held events whose gap never filled; checkpoint when idle and due."""
@@ -362,3 +229,33 @@ class IngestWorker:
         self.summary.ledger_size = self.ledger.store.size()
         self.metrics.ledger_size.set(self.summary.ledger_size)
         log.info("worker stopped (%s): %s", self._stop_reason, self.summary.to_json())
+
+
+_QUESTIONS = ("assigned", "revoked")
+
+
+class _InProcess:
+    """The fetcher in the worker's own process (one core): it polls when asked for a message."""
+
+    def __init__(self, worker: IngestWorker) -> None:
+        self.queue: deque[Message] = deque()
+        self.fetcher = Fetcher(worker.config, self.queue.append, worker._handle, validate=False)
+        try:
+            self.fetcher.open()
+        except BaseException:
+            self.fetcher.close()
+            raise
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next message (polling Kafka for up to the configured poll timeout)."""
+        if not self.queue:
+            self.fetcher.poll_once()
+        return self.queue.popleft() if self.queue else None
+
+    def appended(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit what the ledger now holds to Kafka (informational)."""
+        self.fetcher.commit(offsets)
+
+    def close(self) -> None:
+        """Leave the group."""
+        self.fetcher.close()

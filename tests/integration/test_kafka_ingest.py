@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
 
 import httpx
 import pytest
 
 from domain.canonical import dumps, loads
+from domain.errors import TachographError
 from domain.verify import verify_log
-from ingest.errors import DeliveryError, PublishBackpressureError
+from ingest.errors import BrokerUnavailableError, DeliveryError, PublishBackpressureError
 from ingest.metrics import IngestMetrics
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock, run_simulated_agents
@@ -25,22 +29,24 @@ def _ledger(tmp_path, **config):
     return make_ledger(tmp_path / "ledger.db", clock=time.time, **config)
 
 
-def _worker(ledger, bootstrap, topic, group=None, until_idle=3.0, assign=False, metrics=None, batch=500):
+def _worker(ledger, bootstrap, topic, group=None, until_idle=3.0, assign=False, metrics=None, batch=500,
+            parallel=None, on_batch=None, **consumer_config):
     cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group or f"g-{topic}", batch=batch,
-                       until_idle=until_idle, assign=assign,
-                       consumer_config=dict(GROUP_CONSUMER_TEST_CONFIG))
-    return IngestWorker(ledger, cfg, metrics)
+                       until_idle=until_idle, assign=assign, parallel=parallel,
+                       consumer_config={**GROUP_CONSUMER_TEST_CONFIG, **consumer_config})
+    return IngestWorker(ledger, cfg, metrics, on_batch=on_batch)
 
 
+@pytest.mark.parametrize("parallel", [True, False], ids=["fetch-process", "one-process"])
 def test_simulated_agents_are_ingested_exactly_once_and_a_restart_adds_nothing(
-    kafka_broker, topic_factory, tmp_path
+    kafka_broker, topic_factory, tmp_path, parallel
 ):
     topic = topic_factory(partitions=3)
     published = run_simulated_agents(kafka_broker.bootstrap, topic, runs=90, seed=3)
     assert published.events > 500 and published.budget_exceeded and published.outcomes["failed"]
     ledger = _ledger(tmp_path)
 
-    first = _worker(ledger, kafka_broker.bootstrap, topic).run()
+    first = _worker(ledger, kafka_broker.bootstrap, topic, parallel=parallel).run()
 
     assert (first.consumed, first.accepted, first.quarantined) == (published.events, published.events, 0)
     assert_exactly(tmp_path / "ledger.db", published.event_ids)
@@ -69,6 +75,43 @@ def test_a_new_group_on_a_filled_ledger_absorbs_every_event_as_a_duplicate(
     assert a.accepted == len(messages)
     assert (b.consumed, b.accepted, b.duplicates, b.quarantined) == (len(messages), 0, len(messages), 0)
     assert_exactly(tmp_path / "ledger.db", [eid for _, eid, _ in messages])
+
+
+def test_a_fetch_process_killed_mid_run_stops_the_worker_and_a_restart_loses_and_doubles_nothing(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=2)
+    messages = workload_messages(300, seed=12)
+    produce(kafka_broker.bootstrap, topic, messages)
+    ledger = _ledger(tmp_path)
+    killed = []
+
+    def kill_the_fetch_process(_report, _summary) -> None:
+        if not killed:  # after the first appended batch; later batches are still in flight
+            (child,) = multiprocessing.active_children()
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+
+    worker = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, batch=100, parallel=True,
+                     on_batch=kill_the_fetch_process)
+    with pytest.raises(TachographError, match="fetch process ended unexpectedly"):
+        worker.run()
+    assert killed and 0 < ledger.store.size() < len(messages)
+
+    again = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=1.5).run()
+
+    assert again.accepted == len(messages) - worker.summary.accepted and again.duplicates == 0
+    assert_exactly(tmp_path / "ledger.db", [eid for _, eid, _ in messages])
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["fetch-process", "one-process"])
+def test_a_worker_pointed_at_no_broker_fails_with_a_clear_error(tmp_path, parallel):
+    ledger = _ledger(tmp_path)
+    worker = _worker(ledger, f"127.0.0.1:{free_port()}", "agent-events", parallel=parallel,
+                     bootstrap_timeout_ms=2000)
+    with pytest.raises(BrokerUnavailableError, match=r"cannot reach Kafka at 127\.0\.0\.1"):
+        worker.run()
+    assert ledger.store.size() == 0
 
 
 def _ev(run: str, seq: int, etype: str, data: dict, eid: str | None = None) -> dict:
