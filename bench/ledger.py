@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sqlite3
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--verify-runs", type=int, default=3, help="verify this many times; report the median")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tacho-bench-"))
@@ -81,14 +83,23 @@ def main() -> None:
         totals = import_jsonl(ledger, src, args.batch)
         import_s = time.perf_counter() - t
         assert totals.accepted == n, totals.to_json()
-        t = time.perf_counter()
-        result = verify_log(
-            ledger.store.range_reader(),
-            [c.note for c in ledger.store.checkpoints()],
-            [signer.vkey],
-            workers=os.cpu_count() or 1,
-        )
-        verify_s = time.perf_counter() - t
+        # as `tacho import` then `tacho verify`: the import's store is closed (its WAL folded
+        # into the file), and verification opens the ledger afresh
+        ledger.store.close()
+        store = SQLiteStore(tmp / "ledger.db")
+        verify_runs: list[float] = []
+        for _ in range(args.verify_runs):
+            t = time.perf_counter()
+            result = verify_log(
+                store.range_reader(),
+                [c.note for c in store.checkpoints()],
+                [signer.vkey],
+                workers=os.cpu_count() or 1,
+            )
+            verify_runs.append(time.perf_counter() - t)
+            assert result.ok, result.reason
+        verify_s = statistics.median(verify_runs)
+        store.close()
         assert result.ok, result.reason
         out = {
             "events": n,
@@ -96,6 +107,7 @@ def main() -> None:
             "import_events_per_s": round(n / import_s),
             "import_vs_floor": round(import_s / floor_s, 2),
             "verify_events_per_s": round(n / verify_s),
+            "verify_runs_events_per_s": [round(n / v) for v in verify_runs],
             "targets": {"import_events_per_s": 25_000, "import_vs_floor_max": 3.0, "verify_events_per_s": 300_000},
         }
         if args.json:
@@ -105,7 +117,9 @@ def main() -> None:
             print(f"floor (plain Python)  {out['floor_events_per_s']:>10,} events/s")
             print(f"tacho import          {out['import_events_per_s']:>10,} events/s  "
                   f"({out['import_vs_floor']}x the floor's time; target <= 3x, >= 25,000/s)")
-            print(f"tacho verify          {out['verify_events_per_s']:>10,} events/s  (target >= 300,000/s)")
+            runs = ", ".join(f"{v:,}" for v in out["verify_runs_events_per_s"])
+            print(f"tacho verify          {out['verify_events_per_s']:>10,} events/s  (median of {runs}; "
+                  "target >= 300,000/s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
