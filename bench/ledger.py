@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
