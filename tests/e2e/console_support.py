@@ -233,11 +233,24 @@ def sign_in(driver: Any, server: ConsoleServer, role: str, path: str = "/console
 
 def wait_for(driver: Any, condition: Any, timeout: float = 10.0) -> Any:
     """Wait until ``condition(driver)`` is truthy."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def guarded(d: Any) -> Any:
+        try:
+            return condition(d)
+        except WebDriverException as e:
+            # Chromium's word for a stale element read during a page load or an htmx swap
+            if "does not belong to the document" in str(e.msg):
+                return False
+            raise
+
     ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(condition)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(guarded)
 
 
 def text_of(driver: Any, element_id: str, needle: str, timeout: float = 10.0) -> str:
