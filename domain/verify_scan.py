@@ -89,9 +89,10 @@ def scan_entries(
     The loop is the verifier's hot path. An event entry as the ledger writes it is read from
     its tail: the event's envelope fields after ``data`` are parsed as JSON, and the ledger's
     own fields are compared byte for byte with what they must be (``index`` is the position,
-    ``kind`` is event, ``log`` is the origin) with ``prev`` sliced out; the rest of the entry
-    is covered by its leaf hash. Anything else, and every failure, goes through ``_general``,
-    which parses the whole entry so the reasons are worked out in one place.
+    ``kind`` is event, ``log`` is the origin) with ``prev`` sliced out and nothing nested after
+    it; the rest of the entry is covered by its leaf hash. Anything else, and every failure,
+    goes through ``_general``, which parses the whole entry so the reasons are worked out in
+    one place.
     """
     scan = ChunkScan(start=start, origin=origin)
     sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(datas)]
@@ -116,7 +117,8 @@ def scan_entries(
                 else:
                     prev = b""
                 j = data.rfind(b',"event_id":', 0, i)
-                if j > 0 and prev != b"":
+                # after prev only "received" and the flat source follow: two closing braces
+                if j > 0 and prev != b"" and data.count(b"}", p) == 2:
                     try:
                         ev = loads(b"{" + data[j + 1 : i])
                         seq = ev["seq"]
