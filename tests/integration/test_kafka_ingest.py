@@ -88,7 +88,7 @@ def test_a_fetch_process_killed_mid_run_stops_the_worker_and_a_restart_loses_and
 
     def kill_the_fetch_process(_report, _summary) -> None:
         if not killed:  # after the first appended batch; later batches are still in flight
-            (child,) = multiprocessing.active_children()
+            (child,) = [p for p in multiprocessing.active_children() if p.name == f"tacho-fetch-{topic}"]
             os.kill(child.pid, signal.SIGKILL)
             killed.append(child.pid)
 
