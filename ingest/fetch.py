@@ -124,7 +124,7 @@ class Fetcher:
 
     def assigned(self, tps: list[Any]) -> None:
         """Seek each newly assigned partition to the offset the worker's ledger holds."""
-        stored: dict[Partition, int] = self.ask(("assigned", [(tp.topic, tp.partition) for tp in tps]))
+        stored: dict[Partition, int] = self.ask(("assigned", [(tp.topic, tp.partition) for tp in tps])) or {}
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
             if offset is None:
@@ -309,10 +309,10 @@ def _run_fetcher(config: WorkerConfig, conn: Connection, parent: int) -> None:
             msg = conn.recv()
             if msg[0] == "answer":
                 return msg[1]
-            if msg[0] == "stop":
+            if msg[0] == "stop":  # the worker will not answer: poll nothing more, just leave
                 fetcher.stopping = True
-            else:
-                control.append(msg)
+                return None
+            control.append(msg)
 
     fetcher = Fetcher(config, conn.send, ask, validate=True)
     try:
