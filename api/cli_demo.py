@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -13,12 +12,12 @@ import typer
 from rich.rule import Rule
 
 from api.bootstrap import build_ledger
+from api.cli_ledger import verify_store
 from api.output import console
 from api.settings import Settings
 from domain.canonical import dumps
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
-from domain.verify import verify_log
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
 
@@ -54,13 +53,7 @@ def _verify_stage(ledger: Ledger) -> str:
     c = console()
     store = ledger.store
     keys = [k for k in {store.get_meta("initial_vkey"), ledger.signer.vkey} if k]
-    result = verify_log(
-        store.raw_entries(),
-        [cp.note for cp in store.checkpoints()],
-        keys,
-        origin=store.get_meta("origin"),
-        workers=min(os.cpu_count() or 1, 4) if store.size() > 50_000 else 1,
-    )
+    result = verify_store(store, keys)
     status = "[green]OK[/]" if result.ok else f"[red]BREACH[/] at {result.position}: {result.reason}"
     c.print(
         f"verify: {status} — {result.entries} entries, {result.runs} runs, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,8 @@ from domain.errors import NotFoundError
 from domain.events import json_schema
 from domain.evidence import build_evidence, verify_evidence
 from domain.note import NoteSigner
-from domain.verify import verify_log
+from domain.ports import LedgerStore
+from domain.verify import VerifyResult, verify_log
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
 
@@ -86,6 +88,34 @@ def _trusted(settings: Settings, given: list[str] | None) -> list[str]:
     return keys
 
 
+def verify_store(
+    store: LedgerStore,
+    keys: list[str],
+    *,
+    trusted_checkpoint: str | None = None,
+    allow_unsigned_tail: bool = False,
+    progress: Callable[[int], object] | None = None,
+) -> VerifyResult:
+    """Verify a whole store: over its range reader in parallel when it is large, else in one pass."""
+    parallel = store.size() > 50_000 and hasattr(store, "range_reader")
+
+    def entries() -> Iterator[tuple[int, bytes]]:
+        for n, item in enumerate(store.raw_entries()):
+            if progress is not None and n % 8192 == 0:
+                progress(n)
+            yield item
+
+    return verify_log(
+        store.range_reader() if parallel else entries(),  # type: ignore[attr-defined]
+        [c.note for c in store.checkpoints()],
+        keys,
+        origin=store.get_meta("origin"),
+        trusted_checkpoint=trusted_checkpoint,
+        allow_unsigned_tail=allow_unsigned_tail,
+        workers=min(os.cpu_count() or 1, 4) if parallel else 1,
+    )
+
+
 def cmd_verify(
     trusted_checkpoint: Annotated[
         Path | None, typer.Option(exists=True, help="a signed checkpoint kept outside the system")
@@ -105,22 +135,12 @@ def cmd_verify(
     total = store.size()
     with progress_bar(total, "verifying") as bar:
         task = bar.add_task("verify", total=total)
-
-        def entries():  # type: ignore[no-untyped-def]
-            for n, item in enumerate(store.raw_entries()):
-                if n % 8192 == 0:
-                    bar.update(task, completed=n)
-                yield item
-
-        parallel = total > 50_000 and hasattr(store, "range_reader")
-        result = verify_log(
-            store.range_reader() if parallel else entries(),  # type: ignore[attr-defined]
-            [c.note for c in store.checkpoints()],
+        result = verify_store(
+            store,
             keys,
-            origin=store.get_meta("origin"),
             trusted_checkpoint=trusted_checkpoint.read_text() if trusted_checkpoint else None,
             allow_unsigned_tail=allow_unsigned_tail,
-            workers=min(os.cpu_count() or 1, 4) if parallel else 1,
+            progress=lambda n: bar.update(task, completed=n),
         )
     if json_out:
         print_json(result.to_json())
