@@ -111,9 +111,13 @@ class Parsed:
 def slim(event: dict[str, Any]) -> dict[str, Any]:
     """The envelope and the data fields the run rules read (cheap to pass between processes)."""
     out = {k: event[k] for k in ENVELOPE_KEYS}
-    data = event["data"]
-    out["data"] = {k: data[k] for k in RULE_KEYS if k in data}
+    out["data"] = _rule_data(event["data"])
     return out
+
+
+def _rule_data(data: dict[str, Any]) -> dict[str, Any]:
+    """The data fields the run rules read."""
+    return {k: data[k] for k in RULE_KEYS if k in data}
 
 
 ParseResult = tuple[dict[str, Any] | None, bytes | None, str | None]
@@ -148,9 +152,8 @@ def validate_packed(raws: Sequence[bytes]) -> list[Packed]:
         except ContractError as e:
             out.append((None, None, f"contract: {e}", None))
             continue
-        data = event["data"]
-        rule_data = {k: data[k] for k in RULE_KEYS if k in data}  # slim(), straight into a tuple
-        out.append(((*_envelope(event), rule_data), canonical, None, _event_hash(canonical)))
+        facts = (*_envelope(event), _rule_data(event["data"]))  # slim(), straight into a tuple
+        out.append((facts, canonical, None, _event_hash(canonical)))
     return out
 
 

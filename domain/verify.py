@@ -83,7 +83,8 @@ def verify_log(
         origin: the log's origin; taken from the first checkpoint when not given.
         trusted_checkpoint: a signed checkpoint kept outside the system (detects rollback).
         allow_unsigned_tail: do not fail on entries newer than the latest checkpoint.
-        workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel.
+        workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel; give a
+            ``RangeReader`` for a large ledger, as a plain iterable is read into memory first.
     """
     result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes))
     try:

@@ -24,7 +24,7 @@ Node = tuple[int, int]  # (level, index)
 # One run's entries inside a chunk, as a list (cheap to build and to pickle):
 # [first position, first prev (hex bytes or None), first seq, last leaf (hex bytes), last seq]
 RunSpan = list[Any]
-FIRST_POSITION, FIRST_PREV, FIRST_SEQ, LAST_LEAF, LAST_SEQ = range(5)
+LAST_LEAF, LAST_SEQ = 3, 4
 
 
 @dataclass
