@@ -143,6 +143,14 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 _RANGE_CONNS: dict[tuple[int, str], Conn] = {}
 
 
+def _open(dsn: str) -> Conn:
+    """An autocommit connection, or a StoreError that names the server (never the password)."""
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.Error as e:
+        raise StoreError(f"cannot open PostgreSQL ledger {redact(dsn)}: {_reason(e)}") from e
+
+
 class PostgresRangeReader(RangeReaderBase):
     """Reads entry ranges for parallel verification; each process opens its own connection."""
 
@@ -153,13 +161,7 @@ class PostgresRangeReader(RangeReaderBase):
         key = (os.getpid(), self.dsn)  # never reuse a connection across fork
         conn = _RANGE_CONNS.get(key)
         if conn is None or conn.closed or conn.broken:
-            try:
-                conn = psycopg.connect(self.dsn, autocommit=True)
-            except psycopg.Error as e:
-                raise StoreError(
-                    f"cannot open PostgreSQL ledger {redact(self.dsn)}: {_reason(e)}"
-                ) from e
-            _RANGE_CONNS[key] = conn
+            conn = _RANGE_CONNS[key] = _open(self.dsn)
         return conn
 
     def size(self) -> int:
@@ -394,12 +396,7 @@ class PostgresStore(LedgerStore):
     # -- connections ------------------------------------------------------------------------
 
     def _connect(self) -> Conn:
-        try:
-            conn = psycopg.connect(self.dsn, autocommit=True)
-        except psycopg.Error as e:
-            raise StoreError(
-                f"cannot open PostgreSQL ledger {redact(self.dsn)}: {_reason(e)}"
-            ) from e
+        conn = _open(self.dsn)
         try:
             conn.execute(f"SET lock_timeout = {int(self.lock_timeout_s * 1000)}")
         except psycopg.Error as e:
