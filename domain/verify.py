@@ -294,7 +294,9 @@ def _scan_worker(
     conn: Connection,
 ) -> None:
     """Scan the chunks at ``starts`` in order, sending each result as soon as it is done."""
-    gc.freeze()  # the collector leaves the parent's inherited objects (and their pages) alone
+    # The collector has nothing to find here (a scan builds no cycles) and would walk the
+    # parent's inherited objects, touching their pages: it stays off in this short-lived process.
+    gc.disable()
     try:
         for start in starts:
             conn.send(scan_range(reader, start, min(start + size, total), origin, sizes))

@@ -8,7 +8,6 @@ them in parallel processes and stitch run chains and tree roots together in orde
 from __future__ import annotations
 
 import binascii
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,15 +95,18 @@ def scan_entries(
     """
     scan = ChunkScan(start=start, origin=origin)
     sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(datas)]
-    leaves: list[bytes] = []
-    sha256 = hashlib.sha256
+    datas = datas if type(datas) is list else list(datas)
+    try:
+        leaves = merkle.leaf_hashes(datas)  # the whole chunk at once (C where built)
+    except TypeError:  # a stored entry that is not bytes: _general says so at its position
+        leaves = [merkle.leaf_hash(d) if isinstance(d, bytes) else b"" for d in datas]
     hexlify = binascii.hexlify
     loads = orjson.loads
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
     middle = _middle(origin)
-    for data in datas:
+    for data, leaf in zip(datas, leaves, strict=True):
         if middle is not None and type(data) is bytes and data.startswith(b'{"event":{'):
             i = data.rfind(b',"index":')
             head = b',"index":%d%b' % (position, middle)
@@ -128,7 +130,6 @@ def scan_entries(
                     except (orjson.JSONDecodeError, KeyError):
                         seq = None
                     if type(seq) is int:
-                        leaf = sha256(b"\x00" + data).digest()
                         h = hexlify(leaf)
                         key = (ws, run)
                         span = runs.get(key)
@@ -144,20 +145,18 @@ def scan_entries(
                             span[3] = h
                             span[4] = seq
                         event_ids.append(f"{ws}\n{eid}")
-                        leaves.append(leaf)
                         position += 1
                         continue
-        leaf_or_error = _general(scan, position, data)
-        if isinstance(leaf_or_error, str):
-            scan.error = (position, leaf_or_error)
+        error = _general(scan, position, data, leaf)
+        if error is not None:
+            scan.error = (position, error)
             break
         if middle is None:
             middle = _middle(scan.origin)
-        leaves.append(leaf_or_error)
         position += 1
     scan.count = position - start
     wanted = sorted(s for s in sizes if s <= scan.count)
-    scan.nodes = _perfect_nodes(start, leaves, [*wanted, scan.count])
+    scan.nodes = _perfect_nodes(start, leaves[: scan.count], [*wanted, scan.count])
     return scan
 
 
@@ -168,11 +167,10 @@ def _middle(origin: Any) -> bytes | None:
     return b',"kind":"event","log":' + orjson.dumps(origin) + b',"prev":'
 
 
-def _general(scan: ChunkScan, position: int, data: Any) -> bytes | str:
-    """Check one entry of any kind by parsing all of it; return its leaf hash or why it fails."""
+def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | None:
+    """Check one entry of any kind (``leaf`` is its hash) by parsing all of it; None or why it fails."""
     if not isinstance(data, bytes):
         return f"stored entry is {type(data).__name__}, not bytes"
-    leaf = merkle.leaf_hash(data)
     try:
         d = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -192,7 +190,7 @@ def _general(scan: ChunkScan, position: int, data: Any) -> bytes | str:
     if kind == "key.rotated":
         scan.rotations.append((position, d))
         scan.event_ids.append(None)
-        return leaf
+        return None
     if kind != "event":
         return f"unknown entry kind {kind!r}"
     ev = d.get("event")
@@ -215,16 +213,14 @@ def _general(scan: ChunkScan, position: int, data: Any) -> bytes | str:
         span[LAST_LEAF] = binascii.hexlify(leaf)
         span[LAST_SEQ] = seq
     scan.event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
-    return leaf
+    return None
 
 
 def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dict[Node, bytes]:
     """Frontier nodes at each of ``sizes`` (relative to ``start``), from all levels at once."""
     levels = [leaves]
-    sha256 = hashlib.sha256  # merkle.node_hash, inlined: this is half a hash per entry
     while len(levels[-1]) > 1:
-        pairs = iter(levels[-1])
-        levels.append([sha256(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=False)])
+        levels.append(merkle.node_level(levels[-1]))
     out: dict[Node, bytes] = {}
     for size in sizes:
         offset = 0
