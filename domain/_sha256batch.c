@@ -97,7 +97,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_sha256batch",
-    "RFC 9162 leaf and node hashes over lists (OpenSSL).", -1, methods,
+    "RFC 9162 leaf and node hashes over lists (OpenSSL).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
