@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -96,23 +96,20 @@ def verify_store(
     allow_unsigned_tail: bool = False,
     progress: Callable[[int], object] | None = None,
 ) -> VerifyResult:
-    """Verify a whole store: over its range reader in parallel when it is large, else in one pass."""
+    """Verify a whole store: over its range reader in parallel when it is large, else in one pass.
+
+    ``progress`` is called with the number of entries verified so far, after each chunk.
+    """
     parallel = store.size() > 50_000 and hasattr(store, "range_reader")
-
-    def entries() -> Iterator[tuple[int, bytes]]:
-        for n, item in enumerate(store.raw_entries()):
-            if progress is not None and n % 8192 == 0:
-                progress(n)
-            yield item
-
     return verify_log(
-        store.range_reader() if parallel else entries(),  # type: ignore[attr-defined]
+        store.range_reader() if parallel else store.raw_entries(),  # type: ignore[attr-defined]
         [c.note for c in store.checkpoints()],
         keys,
         origin=store.get_meta("origin"),
         trusted_checkpoint=trusted_checkpoint,
         allow_unsigned_tail=allow_unsigned_tail,
         workers=min(os.cpu_count() or 1, 4) if parallel else 1,
+        progress=progress,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from multiprocessing.connection import Connection
@@ -72,6 +72,7 @@ def verify_log(
     allow_unsigned_tail: bool = False,
     workers: int = 1,
     chunk_bits: int = 12,
+    progress: Callable[[int], object] | None = None,
 ) -> VerifyResult:
     """Check every entry, run chain, Merkle root, checkpoint signature and key rotation.
 
@@ -85,12 +86,13 @@ def verify_log(
         allow_unsigned_tail: do not fail on entries newer than the latest checkpoint.
         workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel; give a
             ``RangeReader`` for a large ledger, as a plain iterable is read into memory first.
+        progress: called with the number of entries verified so far after each chunk.
     """
     result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes))
     try:
         _verify(
             entries, checkpoint_notes, trusted_keys, origin, trusted_checkpoint,
-            allow_unsigned_tail, result, chunk_bits, workers,
+            allow_unsigned_tail, result, chunk_bits, workers, progress,
         )
     except VerificationError as e:
         result.reason = e.reason
@@ -110,6 +112,7 @@ def _verify(
     result: VerifyResult,
     chunk_bits: int = 12,
     workers: int = 1,
+    progress: Callable[[int], object] | None = None,
 ) -> None:
     try:
         verifiers = [NoteVerifier.from_vkey(k) for k in trusted_keys]
@@ -226,6 +229,8 @@ def _verify(
             raise VerificationError(reason, pos)
         chains.update(scan.runs)
         position = scan.start + scan.count
+        if progress is not None:
+            progress(position)
     result.entries = position
     result.runs = len(chains)
     result.root = nodes.root(position).hex()

@@ -56,3 +56,20 @@ def test_a_read_error_in_a_worker_is_raised_with_its_reason(ledger):
 def test_a_worker_that_dies_is_reported(ledger):
     with pytest.raises(TachographError, match="ended without its result"):
         _verify(ledger, _Failing(ledger.store.range_reader(), 48, "exit"))
+
+
+@pytest.mark.parametrize("mode", ["one pass", "workers"])
+def test_progress_is_reported_after_each_chunk_up_to_every_entry(ledger, mode):
+    seen: list[int] = []
+    entries = ledger.store.raw_entries() if mode == "one pass" else ledger.store.range_reader()
+    result = verify_log(
+        entries,
+        [c.note for c in ledger.store.checkpoints()],
+        [signer().vkey],
+        chunk_bits=4,
+        workers=1 if mode == "one pass" else 2,
+        progress=seen.append,
+    )
+    size = ledger.store.size()
+    assert result.ok and result.entries == size
+    assert seen == [*range(16, size, 16), size]  # one call per 16-entry chunk, in order
