@@ -51,6 +51,10 @@ def cmd_ingest(
     assign: Annotated[
         bool, typer.Option("--assign", help="read every partition without joining a group")
     ] = False,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="seconds to wait for the first connection to Kafka before giving up"),
+    ] = 30.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Consume agent events from Kafka into the ledger, exactly once (Ctrl-C stops cleanly)."""
@@ -62,7 +66,7 @@ def cmd_ingest(
             "(for development, `tacho dev-broker` starts one)"
         )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    consumer_config: dict[str, int] = {}
+    consumer_config: dict[str, int] = {"bootstrap_timeout_ms": round(connect_timeout * 1000)}
     if session_timeout_ms is not None:
         consumer_config["session_timeout_ms"] = session_timeout_ms
         consumer_config["heartbeat_interval_ms"] = max(100, session_timeout_ms // 3)

@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,16 @@ def test_evidence_bundle_round_trip_and_offline_verification(tmp_path, workload)
     bundle.write_text(json.dumps(data))
     res = tacho(offline, "verify-evidence", str(bundle), "--trusted-key", vkey, check=False)
     assert res.returncode == 1 and "INVALID" in res.stdout
+
+
+def test_ingest_gives_up_on_an_unreachable_broker_after_its_connect_timeout(tmp_path):
+    from tests.harness import free_port
+
+    port = free_port()  # nothing listens here
+    t0 = time.monotonic()
+    proc = tacho(tmp_path, "ingest", "--bootstrap", f"127.0.0.1:{port}", "--topic", "t",
+                 "--connect-timeout", "1", check=False)
+    took = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in proc.stderr
+    assert took < 20, f"took {took:.1f}s with --connect-timeout 1 (kafka-python's default is 30s)"
