@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml setup.py domain/_sha256batch.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'from domain import merkle; print("Merkle list hashing:", "C module built" if merkle.NATIVE else "hashlib (the optional C module was not built: no C compiler or OpenSSL headers; verify runs about 10% slower)")'
 	touch $(STAMP)
 
 demo: install
