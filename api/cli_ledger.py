@@ -179,13 +179,18 @@ def cmd_evidence(
     run_id: str,
     out: Annotated[Path, typer.Option("-o", "--out", help="where to write the bundle")],
     workspace: Annotated[str | None, typer.Option(help="the run's workspace")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Write a self-contained evidence bundle for one run."""
     settings = Settings()
     ledger = build_ledger(settings)
     bundle = build_evidence(ledger, _workspace_of(settings, run_id, workspace), run_id)
     out.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
-    err_console().print(f"wrote {len(bundle['entries'])} entries of run {run_id} to {out}")
+    if json_out:
+        print_json({"run_id": run_id, "workspace": bundle["workspace"], "entries": len(bundle["entries"]),
+                    "out": str(out)})
+    else:
+        err_console().print(f"wrote {len(bundle['entries'])} entries of run {run_id} to {out}")
 
 
 def cmd_verify_evidence(
@@ -306,6 +311,7 @@ def cmd_generate(
     runs: int = 1000,
     seed: int = 7,
     workspace: Annotated[list[str] | None, typer.Option(help="workspaces to spread runs over")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Generate realistic, contract-valid agent runs as JSONL (deterministic per seed)."""
     w = Workload(seed=seed, runs=runs, workspaces=tuple(workspace or ["acme"]))
@@ -314,7 +320,10 @@ def cmd_generate(
         for ev in w.events():
             f.write(dumps(ev) + b"\n")
             n += 1
-    err_console().print(f"wrote {n} events of {runs} runs to {out}")
+    if json_out:
+        print_json({"events": n, "runs": runs, "out": str(out)})
+    else:
+        err_console().print(f"wrote {n} events of {runs} runs to {out}")
 
 
 def cmd_schema() -> None:

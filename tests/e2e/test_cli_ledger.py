@@ -30,7 +30,8 @@ def tacho(data_dir: Path, *args: str, check: bool = True) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("w") / "events.jsonl"
-    tacho(path.parent, "generate", str(path), "--runs", "60", "--seed", "5")
+    made = json.loads(tacho(path.parent, "generate", str(path), "--runs", "60", "--seed", "5", "--json").stdout)
+    assert made == {"events": len(path.read_bytes().splitlines()), "runs": 60, "out": str(path)}
     return path
 
 
@@ -116,7 +117,9 @@ def test_key_rotation_is_recorded_and_history_still_verifies_from_the_first_key(
 def test_evidence_bundle_round_trip_and_offline_verification(tmp_path, workload):
     tacho(tmp_path, "import", str(workload))
     bundle = tmp_path / "run.json"
-    tacho(tmp_path, "evidence", "run-0000004", "-o", str(bundle))
+    made = json.loads(tacho(tmp_path, "evidence", "run-0000004", "-o", str(bundle), "--json").stdout)
+    assert made == {"run_id": "run-0000004", "workspace": "acme",
+                    "entries": len(json.loads(bundle.read_text())["entries"]), "out": str(bundle)}
     vkey = tacho(tmp_path, "keys").stdout.strip()
     offline = tmp_path / "elsewhere"  # no store at all
     out = json.loads(tacho(offline, "verify-evidence", str(bundle), "--trusted-key", vkey, "--json").stdout)
