@@ -11,6 +11,7 @@ from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.ports import Incoming, LedgerStore, Source
 from domain.stores.sqlite import SQLiteStore
+from domain.verify import VerifyResult, verify_log
 from domain.workload import Workload
 
 ORIGIN = "test.example/log"
@@ -52,6 +53,13 @@ def make_ledger(
         signer(origin, key_seed),
         LedgerConfig(origin=origin, **config),
         clock=clock or FakeClock(),
+    )
+
+
+def verify_ledger(ledger: Ledger, **kw: Any) -> VerifyResult:
+    """``verify_log`` over everything the ledger's store holds, trusting the ledger's key."""
+    return verify_log(
+        ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()], [ledger.signer.vkey], **kw
     )
 
 

@@ -19,8 +19,7 @@ from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
 from domain.ports import CheckpointRow, EntryRow, Head, HeldRow, LedgerStore, QuarantineRow, Source
-from domain.verify import verify_log
-from tests.factories import FakeClock, event, items, make_ledger, workload_events
+from tests.factories import FakeClock, event, items, make_ledger, verify_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]
 
@@ -60,12 +59,7 @@ def held(run_id: str, seq: int, held_at: float, workspace: str = "acme") -> Held
 
 def verify(ledger: Ledger):
     """verify_log over everything the ledger's store holds."""
-    return verify_log(
-        ledger.store.raw_entries(),
-        [c.note for c in ledger.store.checkpoints()],
-        [ledger.signer.vkey],
-        origin=ledger.config.origin,
-    )
+    return verify_ledger(ledger, origin=ledger.config.origin)
 
 
 class StoreContract:

@@ -12,14 +12,13 @@ import pytest
 
 from domain.canonical import dumps, loads
 from domain.errors import TachographError
-from domain.verify import verify_log
 from ingest.errors import BrokerUnavailableError, DeliveryError, PublishBackpressureError
 from ingest.metrics import IngestMetrics
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock, run_simulated_agents
 from ingest.transport import CollectingTransport, KafkaTransport
 from ingest.worker import IngestWorker, WorkerConfig
-from tests.factories import make_ledger
+from tests.factories import make_ledger, verify_ledger
 from tests.harness import free_port
 from tests.harness.kafka import GROUP_CONSUMER_TEST_CONFIG
 from tests.integration.ingest_support import assert_exactly, produce, workload_messages
@@ -58,8 +57,7 @@ def test_simulated_agents_are_ingested_exactly_once_and_a_restart_adds_nothing(
 
     assert (second.consumed, second.accepted) == (0, 0)  # resumed from the ledger's offsets
     assert ledger.store.size() == published.events
-    result = verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
-                        [ledger.signer.vkey])
+    result = verify_ledger(ledger)
     assert result.ok, result.reason
 
 

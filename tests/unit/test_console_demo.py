@@ -16,8 +16,7 @@ from api.console.kill_switch import KillSwitches, switches_path
 from api.keys_store import KeyStore
 from api.settings import Settings
 from domain.canonical import loads
-from domain.verify import verify_log
-from tests.factories import FakeClock
+from tests.factories import FakeClock, verify_ledger
 
 
 def _out() -> tuple[Console, io.StringIO]:
@@ -60,8 +59,7 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
     sources = {loads(r.data)["source"]["kind"] for r in ledger.store.entries()}
     assert agents == {"billing-agent"} and sources == {"sdk"}
     ledger.checkpoint(force=True)
-    result = verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
-                        [ledger.signer.vkey])
+    result = verify_ledger(ledger)
     assert result.ok, result.reason
 
     again_out, again_buf = _out()

@@ -14,8 +14,7 @@ from api.keys_store import KeyStore
 from api.settings import Settings
 from domain.canonical import dumps, loads
 from domain.ports import Incoming, Source
-from domain.verify import verify_log
-from tests.factories import FakeClock, event, make_ledger
+from tests.factories import FakeClock, event, make_ledger, verify_ledger
 
 WS = "acme"
 
@@ -56,7 +55,7 @@ def _events(ledger, run_id):
 
 def _verify(ledger):
     ledger.checkpoint(force=True)
-    return verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()], [ledger.signer.vkey])
+    return verify_ledger(ledger)
 
 
 def test_reverting_a_change_of_a_completed_run_records_one_compensating_run_and_the_ledger_verifies(console):

@@ -9,8 +9,8 @@ import pytest
 from domain.canonical import dumps
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
-from domain.verify import verify_log
 from tests.factories import FakeClock, event, items, make_ledger, workload_events
+from tests.factories import verify_ledger as verify
 
 MODEL_CALL = {
     "call_id": "m1", "provider": "openai", "model": "gpt-4.1", "input_tokens": 10,
@@ -18,11 +18,6 @@ MODEL_CALL = {
 }
 
 
-def verify(ledger: Ledger, **kw):
-    return verify_log(
-        ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
-        [ledger.signer.vkey], **kw,
-    )
 
 
 def stored_event_ids(ledger: Ledger) -> list[str]:

@@ -9,12 +9,11 @@ import pytest
 
 from domain.canonical import loads
 from domain.errors import ContractError, RunRuleError
-from domain.verify import verify_log
 from ingest.errors import DeliveryError, RunClosedError
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock
 from ingest.transport import CollectingTransport, LedgerTransport
-from tests.factories import make_ledger
+from tests.factories import make_ledger, verify_ledger
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -57,11 +56,7 @@ def test_a_run_is_recorded_with_contiguous_seq_injected_ids_and_clock_times(tmp_
     assert events[1]["data"]["cost_usd"] == Decimal("0.000552")
     assert events[3]["data"] == {"outcome": "succeeded"}
     ledger.checkpoint(force=True)
-    result = verify_log(
-        ledger.store.raw_entries(),
-        [c.note for c in ledger.store.checkpoints()],
-        [ledger.signer.vkey],
-    )
+    result = verify_ledger(ledger)
     assert (result.ok, result.entries) == (True, 4), result.reason
 
 

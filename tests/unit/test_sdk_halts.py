@@ -9,13 +9,12 @@ import pytest
 from api.console.kill_switch import KillSwitches, switches_path
 from domain.canonical import loads
 from domain.errors import ConfigError
-from domain.verify import verify_log
 from ingest.errors import WorkflowHaltedError
 from ingest.halts import halt_check, is_halted
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock, run_simulated_agents
 from ingest.transport import LedgerTransport
-from tests.factories import FakeClock, make_ledger
+from tests.factories import FakeClock, make_ledger, verify_ledger
 
 ADMIN = "Ari Admin (apikey:0f2ce1b41813)"
 
@@ -62,8 +61,7 @@ def test_a_run_of_a_halted_workflow_is_recorded_as_cancelled_with_who_when_why_a
     assert done["result"] == {"kill_switch": {"by": ADMIN, "at": "2027-01-15T08:00:00Z",
                                               "reason": "refunds misfiring, investigating", "ledger_index": 77}}
     ledger.checkpoint(force=True)
-    result = verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
-                        [ledger.signer.vkey])
+    result = verify_ledger(ledger)
     assert result.ok, result.reason
 
 
