@@ -50,9 +50,15 @@ def _follow(settings: Settings, batch_size: int, interval: float, json_out: bool
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     out = err_console()
+    position = -1  # where the projection stood after the last poll; unknown at first
     while not stop:
-        with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=50) as p:
-            status = p.catch_up()
+        size = store.size()
+        if size > position:
+            with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=50) as p:
+                status = p.catch_up()
+            position = status.position
+        else:  # nothing new: leave the file alone, so readers are not locked out while idle
+            status = ProjectionStatus(position=position, ledger_size=size)
         if json_out:
             sys.stdout.write(
                 __import__("orjson").dumps({"metric": "projection", **status.to_json()}).decode()

@@ -43,18 +43,16 @@ def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path)
     )
     try:
         expected = len(first.read_bytes().splitlines())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (
-            not (tmp_path / "analytics.duckdb").exists() or _safe_count(tmp_path) < expected
-        ):
-            time.sleep(0.2)
-        assert _safe_count(tmp_path) == expected
+        assert _wait_for_count(tmp_path, expected) == expected
+        # caught up and idle: the follower leaves the file alone, so every read gets in
+        reads = []
+        for _ in range(100):
+            reads.append(_safe_count(tmp_path))
+            time.sleep(0.01)
+        assert reads == [expected] * 100
         tacho(tmp_path, "import", str(second))  # the ledger grows while the follower runs
         expected += len(second.read_bytes().splitlines())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _safe_count(tmp_path) < expected:
-            time.sleep(0.2)
-        assert _safe_count(tmp_path) == expected
+        assert _wait_for_count(tmp_path, expected) == expected
     finally:
         follower.send_signal(signal.SIGTERM)
         out, err = follower.communicate(timeout=60)
@@ -63,6 +61,18 @@ def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path)
     metrics = [p for p in polls if p.get("metric") == "projection"]
     assert metrics and all("lag" in p for p in metrics)
     assert metrics[-1]["lag"] == 0  # caught up: the lag it reports is what is left to project
+
+
+def _wait_for_count(data_dir: Path, expected: int, timeout: float = 60) -> int:
+    """The last count read before it reached ``expected`` or the time ran out."""
+    deadline, seen = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        count = _safe_count(data_dir) if (data_dir / "analytics.duckdb").exists() else -1
+        seen = count if count >= 0 else seen
+        if seen >= expected:
+            break
+        time.sleep(0.2)
+    return seen
 
 
 def _safe_count(data_dir: Path) -> int:
