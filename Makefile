@@ -21,7 +21,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy domain
+	$(BIN)/mypy domain ingest projections replay api
 	$(BIN)/lint-imports
 
 test: install lint

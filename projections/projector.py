@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,7 @@ class Projector:
                 if batch.end <= status.position:  # the store had fewer entries than it said
                     break
                 status.events += self.apply(
-                    batch, status.position, staged=lambda b=batch: read_ahead(b.end)
+                    batch, status.position, staged=partial(read_ahead, batch.end)
                 )
                 status.position = batch.end
                 status.applied += batch.entries
