@@ -120,14 +120,24 @@ class RunState:
                     f"change {cid!r} required approval and no granted approval names it"
                 )
         elif etype == "change.reverted":
-            cid = data["change_id"]
-            change = self.changes.get(cid)
-            if change is None or not change.applied:
-                raise RunRuleError(f"change.reverted names change_id {cid!r} that was not applied")
-            if not change.reversible:
-                raise RunRuleError(f"change {cid!r} is not reversible")
-            if change.reverted:
-                raise RunRuleError(f"change {cid!r} was already reverted")
+            refusal = self.revert_refusal(data["change_id"])
+            if refusal is not None:
+                raise RunRuleError(refusal)
+
+    def revert_refusal(self, change_id: str) -> str | None:
+        """Why the change cannot be reverted (applied, reversible, not yet reverted), or None.
+
+        The rule of ``change.reverted``, apart from the run being open: the console also asks
+        it of a completed run's change before undoing it with a compensating run.
+        """
+        change = self.changes.get(change_id)
+        if change is None or not change.applied:
+            return f"change {change_id!r} was not applied in run {self.run_id!r}"
+        if not change.reversible:
+            return f"change {change_id!r} is irreversible: it cannot be undone"
+        if change.reverted:
+            return f"change {change_id!r} was already reverted in run {self.run_id!r}"
+        return None
 
     def needs_approval(self, change_id: str) -> bool:
         """Whether the run's policy (or an approval request) gated this change."""

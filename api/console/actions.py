@@ -126,13 +126,9 @@ class RunWriter:
                 event = self._next(state, "change.reverted", data)
                 before()
                 return Recorded(self._commit(ws, [event], f"change.reverted for run {run_id!r}")[0])
-            known = state.changes.get(cid)
-            if known is None or not known.applied:
-                raise ConsoleActionError(f"change {cid!r} of run {run_id!r} was not applied")
-            if not known.reversible:
-                raise ConsoleActionError(f"change {cid!r} is irreversible: it cannot be undone here")
-            if known.reverted:
-                raise ConsoleActionError(f"change {cid!r} was already reverted in run {run_id!r}")
+            refusal = state.revert_refusal(cid)
+            if refusal is not None:
+                raise ConsoleActionError(refusal)
             revert_run = revert_run_id(run_id, cid)
             if self.services.ledger.store.run_entries(ws, revert_run):
                 raise ConsoleActionError(
