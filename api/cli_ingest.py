@@ -55,6 +55,10 @@ def cmd_ingest(
         float,
         typer.Option(min=0.1, help="seconds to wait for the first connection to Kafka before giving up"),
     ] = 30.0,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="log partition assignments and kafka-python's own messages"),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Consume agent events from Kafka into the ledger, exactly once (Ctrl-C stops cleanly)."""
@@ -65,7 +69,11 @@ def cmd_ingest(
             "no Kafka configured: pass --bootstrap HOST:PORT or set TACHO_KAFKA_BOOTSTRAP "
             "(for development, `tacho dev-broker` starts one)"
         )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    if not verbose:
+        # the worker reports Kafka failures in its own words (retrying, or giving up with the
+        # broker's address); kafka-python's per-connection errors would only repeat them
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     consumer_config: dict[str, int] = {"bootstrap_timeout_ms": round(connect_timeout * 1000)}
     if session_timeout_ms is not None:
         consumer_config["session_timeout_ms"] = session_timeout_ms

@@ -142,4 +142,5 @@ def test_ingest_gives_up_on_an_unreachable_broker_after_its_connect_timeout(tmp_
     took = time.monotonic() - t0
     assert proc.returncode != 0
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in proc.stderr
+    assert "kafka.net" not in proc.stderr  # one error in our words, not kafka-python's log lines
     assert took < 20, f"took {took:.1f}s with --connect-timeout 1 (kafka-python's default is 30s)"
