@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.rule import Rule
 
 from api.bootstrap import build_ledger
-from api.cli_ledger import verify_store
-from api.output import console
+from api.cli_ledger import JsonOpt, verify_store
+from api.output import console, print_json
 from api.settings import Settings
 from domain.canonical import dumps
+from domain.errors import ConfigError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
 from domain.workload import Workload
@@ -26,16 +29,16 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _ingest_via_kafka(settings: Settings, ledger: Ledger, runs: int, seed: int) -> bool:
+def _ingest_via_kafka(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any] | None:
     """Publish simulated agent runs through the SDK onto Kafka and ingest them (issue 3)."""
     if not (_have("ingest.simulate") and _have("ingest.worker")):
-        return False
+        return None
     from api import demo_steps
 
     return demo_steps.kafka_stage(settings, ledger, runs, seed)
 
 
-def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> None:
+def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:
     c = console()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "demo-events.jsonl"
@@ -47,9 +50,10 @@ def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> None:
         f"imported: accepted [green]{totals.accepted}[/], duplicates {totals.duplicates}, "
         f"quarantined {totals.quarantined}"
     )
+    return {"via": "file", "imported": totals.to_json()}
 
 
-def _verify_stage(ledger: Ledger) -> str:
+def _verify_stage(ledger: Ledger) -> dict[str, Any]:
     c = console()
     store = ledger.store
     keys = [k for k in {store.get_meta("initial_vkey"), ledger.signer.vkey} if k]
@@ -61,21 +65,21 @@ def _verify_stage(ledger: Ledger) -> str:
         soft_wrap=True,
     )
     if not result.ok:
-        raise typer.Exit(1)
+        return {"result": result.to_json(), "checkpoint": None, "verifier_key": ledger.signer.vkey}
     cp = ledger.checkpoint(force=True)
     assert cp is not None
     c.print("latest signed checkpoint (C2SP signed note; keep a copy outside the system):")
     c.print(cp.note.rstrip("\n"), soft_wrap=True, markup=False, style="cyan")
-    return ledger.signer.vkey
+    return {"result": result.to_json(), "checkpoint": cp.note, "verifier_key": ledger.signer.vkey}
 
 
-def _evidence_stage(ledger: Ledger, vkey: str, out_dir: Path) -> None:
+def _evidence_stage(ledger: Ledger, vkey: str, out_dir: Path) -> dict[str, Any] | None:
     c = console()
     entries = list(ledger.store.entries(0, 200))
     run = next((e for e in entries if e.event_type == "run.started"), None)
     if run is None or run.workspace is None or run.run_id is None:
         c.print("no run to bundle")
-        return
+        return None
     bundle = build_evidence(ledger, run.workspace, run.run_id)
     path = out_dir / f"evidence-{run.run_id}.json"
     path.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
@@ -87,30 +91,53 @@ def _evidence_stage(ledger: Ledger, vkey: str, out_dir: Path) -> None:
         f"outcome {result.outcome}"
     )
     c.print(f"  check it anywhere: tacho verify-evidence {path} --trusted-key '{vkey}'", soft_wrap=True)
+    return {"file": str(path), "result": result.to_json()}
 
 
 def cmd_demo(
     runs: Annotated[int, typer.Option(help="simulated agent runs")] = 400,
     seed: Annotated[int, typer.Option(help="workload seed")] = 7,
     via: Annotated[str, typer.Option(help="kafka (dev broker) or file")] = "kafka",
+    json_out: JsonOpt = False,
 ) -> None:
-    """Run the main job on embedded defaults: agents → ledger → verify → evidence → views → replay."""
+    """Run the main job on embedded defaults: agents → ledger → verify → evidence → views → replay.
+
+    With --json the narrative goes to stderr and stdout gets one JSON document of what each
+    stage did (counts, verification, checkpoint, evidence, replays, reports; never a secret).
+    """
+    if via not in ("kafka", "file"):
+        raise ConfigError(f"--via must be kafka or file, not {via!r}")
     settings = Settings()
+    with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+        summary = _demo(settings, runs, seed, via)
+    if json_out:
+        print_json(summary)
+    if not summary["verify"]["result"]["ok"]:
+        raise typer.Exit(1)
+
+
+def _demo(settings: Settings, runs: int, seed: int, via: str) -> dict[str, Any]:
     c = console()
     c.print(Rule(f"Tachograph demo — data in {settings.data_dir.resolve()}"))
     ledger = build_ledger(settings)
+    summary: dict[str, Any] = {"data_dir": str(settings.data_dir.resolve())}
     c.print(Rule("1. agents publish runs; the ledger appends them"))
-    if via != "kafka" or not _ingest_via_kafka(settings, ledger, runs, seed):
-        _ingest_via_file(ledger, runs, seed)
+    ingest = _ingest_via_kafka(settings, ledger, runs, seed) if via == "kafka" else None
+    summary["ingest"] = ingest or _ingest_via_file(ledger, runs, seed)
     c.print(Rule("2. verify the whole ledger"))
-    vkey = _verify_stage(ledger)
+    summary["verify"] = _verify_stage(ledger)
+    if not summary["verify"]["result"]["ok"]:
+        return summary
     c.print(Rule("3. one run's evidence bundle, verified offline"))
-    _evidence_stage(ledger, vkey, settings.data_dir)
+    summary["evidence"] = _evidence_stage(ledger, summary["verify"]["verifier_key"], settings.data_dir)
     if _have("api.demo_steps"):
         from api import demo_steps
 
-        demo_steps.later_stages(settings, ledger)
+        summary.update(demo_steps.later_stages(settings, ledger))
+    final = ledger.checkpoint(force=True)  # the later stages appended; this covers them too
+    summary["ledger"] = {"entries": ledger.store.size(), "checkpoint": final.note if final else None}
     c.print(Rule("done"))
+    return summary
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 from rich.rule import Rule
 
@@ -11,33 +12,46 @@ from api.settings import Settings
 from domain.ledger import Ledger
 
 
-def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> bool:
-    """Simulated agent services publish through the SDK onto Kafka; a worker ingests them."""
+def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any] | None:
+    """Simulated agent services publish through the SDK onto Kafka; a worker ingests them.
+
+    Returns what was published and ingested, or None where the Kafka stage is not installed.
+    """
     if importlib.util.find_spec("ingest.demo") is None:
-        return False
+        return None
     from ingest.demo import run_kafka_demo
 
-    return bool(run_kafka_demo(settings, ledger, runs=runs, seed=seed))
+    return run_kafka_demo(settings, ledger, runs=runs, seed=seed)
 
 
-def later_stages(settings: Settings, ledger: Ledger) -> None:
-    """Replay of example agents against a second model, the console, then the analytics."""
+def later_stages(settings: Settings, ledger: Ledger) -> dict[str, Any]:
+    """Replay of example agents against a second model, the console, then the analytics.
+
+    Returns what each stage made, as JSON (no secrets).
+    """
     c = console()
     c.print(Rule("4. example agents run live, then replay against a candidate model"))
     from replay.demo import run_demo
 
-    run_demo(ledger, settings)
-    console_stage(settings, ledger)
+    replays = run_demo(ledger, settings)
+    console_demo = console_stage(settings, ledger)
     c.print(Rule("6. analytics: project the ledger into DuckDB and report"))
     from projections.demo import run_reports
 
-    run_reports(settings, ledger.store)
+    analytics = run_reports(settings, ledger.store)
+    return {"replays": replays, "console": console_demo, "analytics": analytics}
 
 
-def console_stage(settings: Settings, ledger: Ledger) -> None:
-    """API keys per role in workspace ``demo`` and runs waiting for people; how to open the console."""
+def console_stage(settings: Settings, ledger: Ledger) -> dict[str, Any]:
+    """API keys per role in workspace ``demo`` and runs waiting for people; how to open the console.
+
+    Returns the keys file, key ids by role (never the secrets) and the runs recorded.
+    """
     c = console()
     c.print(Rule("5. the operator console: approvals, reverts, kill switches"))
     from api.console.demo import run_console_demo
 
-    run_console_demo(settings, ledger, c)
+    demo = run_console_demo(settings, ledger, c)
+    return {"keys_file": str(demo.keys_path), "created_keys": demo.created_keys,
+            "key_ids": demo.key_ids, "pending_approval_runs": demo.pending,
+            "open_runs": demo.open_runs, "completed_runs": demo.completed, "halted_runs": demo.halted}

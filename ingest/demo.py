@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -88,8 +88,13 @@ def print_summary(published: PublishedSummary, ingested: WorkerSummary, console:
     )
 
 
-def run_kafka_demo(settings: KafkaSettings, ledger: Ledger, runs: int = 400, seed: int = 7) -> bool:
-    """Start the dev broker unless Kafka is configured, publish, ingest, print a summary."""
+def run_kafka_demo(
+    settings: KafkaSettings, ledger: Ledger, runs: int = 400, seed: int = 7
+) -> dict[str, Any]:
+    """Start the dev broker unless Kafka is configured, publish, ingest, print a summary.
+
+    Returns what was published and what the worker did (as JSON).
+    """
     console = Console(highlight=False, file=sys.stdout)
     broker: DevBroker | None = None
     bootstrap = settings.kafka_bootstrap
@@ -112,4 +117,5 @@ def run_kafka_demo(settings: KafkaSettings, ledger: Ledger, runs: int = 400, see
         if broker is not None:
             broker.stop()
     print_summary(published, ingested, console)
-    return True
+    return {"via": "kafka", "bootstrap": bootstrap, "dev_broker": broker is not None,
+            "published": published.to_json(), "ingested": ingested.to_json()}

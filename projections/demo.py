@@ -20,8 +20,13 @@ def analytics_path(data_dir: Path) -> Path:
     return Path(data_dir) / "analytics.duckdb"
 
 
-def run_reports(settings: Any, store: LedgerStore | None = None, out: Console | None = None) -> None:
-    """Catch the projection up with the ledger of ``settings`` and print every report."""
+def run_reports(
+    settings: Any, store: LedgerStore | None = None, out: Console | None = None
+) -> dict[str, Any]:
+    """Catch the projection up with the ledger of ``settings`` and print every report.
+
+    Returns the analytics file, the projection's status and every report (as JSON).
+    """
     if store is None:
         if getattr(settings, "ledger_url", None):
             raise ProjectionError("pass the ledger store built by api.bootstrap.open_store(settings)")
@@ -33,9 +38,14 @@ def run_reports(settings: Any, store: LedgerStore | None = None, out: Console | 
             f"[bold]projected[/] {status.applied:,} new entries; position {status.position:,} "
             f"of {status.ledger_size:,} (lag {status.lag})"
         )
+        reports = {}
         for name in REPORTS:
-            out.print(rich_table(_narrow(run_report(projector.con, name))))
+            report = run_report(projector.con, name)
+            reports[name] = report.to_json()
+            out.print(rich_table(_narrow(report)))
         out.print("every column: tacho report NAME --format table|json|csv|png (docs/analytics.md)")
+    return {"file": str(analytics_path(settings.data_dir)), "projection": status.to_json(),
+            "reports": reports}
 
 
 # What the demo shows of each report, so it reads on an 80-column terminal.

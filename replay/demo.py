@@ -28,8 +28,12 @@ def demo_approver(summary: str, risk: str, change_id: str | None) -> ApprovalDec
     return ApprovalDecision("approved", "ops@demo.test")
 
 
-def run_demo(ledger: Ledger, settings: Any, runs: int = 40, workspace: str = "demo") -> None:
-    """Record example runs live, fidelity-check them, then what-if replay them on sim-large-v2."""
+def run_demo(ledger: Ledger, settings: Any, runs: int = 40, workspace: str = "demo") -> list[dict[str, Any]]:
+    """Record example runs live, fidelity-check them, then what-if replay them on sim-large-v2.
+
+    Returns each stored replay: its id, report file, candidate model, summary and gate.
+    """
+    done: list[dict[str, Any]] = []
     console = Console(highlight=False)
     models = ModelRegistry()
     stamp = f"{int(ledger.clock()):x}"
@@ -55,7 +59,11 @@ def run_demo(ledger: Ledger, settings: Any, runs: int = 40, workspace: str = "de
             config = ReplayConfig(rid, iso(ledger.clock()), candidate_model=model,
                                   gate=Gate(max_outcome_change=None))
             report = run_replay(recorded, agent, config, models, ledger=ledger)
-            reports.save(report)
+            path = reports.save(report)
+            done.append({"replay_id": rid, "workflow": workflow, "file": str(path),
+                         "candidate_model": model, "summary": report["summary"],
+                         "gate": report["gate"]})
             render_report(report, console, max_runs=8)
             console.print(f"stored: tacho replay show {rid}\n")
     ledger.checkpoint(force=True)
+    return done
