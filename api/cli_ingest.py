@@ -55,6 +55,10 @@ def cmd_ingest(
         float,
         typer.Option(min=0.1, help="seconds to wait for the first connection to Kafka before giving up"),
     ] = 30.0,
+    join_timeout: Annotated[
+        float,
+        typer.Option(min=0.0, help="with --until-idle: give up if the group join takes longer than this"),
+    ] = 60.0,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="log partition assignments and kafka-python's own messages"),
@@ -85,6 +89,7 @@ def cmd_ingest(
         batch=batch,
         until_idle=until_idle,
         assign=assign,
+        join_timeout_s=join_timeout,
         consumer_config=consumer_config,
     )
     ledger = build_ledger(settings)

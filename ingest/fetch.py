@@ -13,7 +13,8 @@ Either way the worker, which holds the ledger, sees the same messages:
 - ``("revoked", partitions)``: a question: the worker answers once it has appended every batch
   sent before, so another worker resumes exactly where this one stopped;
 - ``("broker_error", reason)``: a retriable Kafka error that is being waited out;
-- ``("ready",)``: connected and subscribed (a worker's idle time counts from here).
+- ``("ready",)``: connected and subscribed (informational: a worker's idle time counts from
+  its first ``assigned``, since joining a group can take a while).
 
 The worker answers each question in order, after every message sent before it: that order is
 what keeps ingest exactly once across rebalances.

@@ -44,6 +44,9 @@ class WorkerConfig:
     assign: bool = False  # manual assignment of every partition (no group join)
     parallel: bool | None = None  # poll and validate in a second process (default: >1 core)
     broker_timeout_s: float = 300.0  # give up after Kafka keeps failing this long
+    # with until_idle: how long a group join may take before the worker gives up on it (a join
+    # waits for every member to rejoin, so one stuck member delays it by its max poll interval)
+    join_timeout_s: float = 60.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +95,9 @@ class IngestWorker:
         self._stop = threading.Event()
         self._stop_reason = ""
         self.assigned: set[int] = set()
+        # when partitions were last assigned (None before the first assignment, however empty):
+        # idle time counts from here, never from a group join still in progress
+        self.assigned_at: float | None = None
         parallel = config.parallel
         self.parallel = (os.cpu_count() or 1) > 1 if parallel is None else parallel
 
@@ -112,20 +118,21 @@ class IngestWorker:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> WorkerSummary:
-        """Consume until stopped (signal, ``stop()``) or idle for ``until_idle`` seconds."""
+        """Consume until stopped (signal, ``stop()``) or idle for ``until_idle`` seconds.
+
+        Idle time counts from the last record or the last partition assignment, whichever is
+        later: a worker still joining its group (slow on a loaded machine) is not idle yet.
+        """
         t0 = time.monotonic()
         fetch: FetcherProcess | _InProcess | None = None
         try:
             fetch = FetcherProcess(self.config) if self.parallel else _InProcess(self)
-            ready = isinstance(fetch, _InProcess)  # a fetch process says when it is connected
             last_record = last_maintenance = time.monotonic()
             while not self._stop.is_set():
                 msg = fetch.receive(0.25)
                 now = time.monotonic()
                 got_batch = msg is not None and msg[0] == "batch"
-                if msg is not None and msg[0] == "ready":
-                    ready, last_record = True, now
-                elif msg is not None:
+                if msg is not None and msg[0] != "ready":
                     answer = self._handle(msg)
                     if msg[0] in _QUESTIONS and isinstance(fetch, FetcherProcess):
                         fetch.answer(answer)
@@ -133,8 +140,8 @@ class IngestWorker:
                         fetch.appended(msg[1].offsets)
                 if got_batch:
                     last_record = now
-                elif ready and self.config.until_idle is not None and now - last_record >= self.config.until_idle:
-                    self.stop(f"idle {self.config.until_idle:g}s")
+                elif self.config.until_idle is not None:
+                    self._stop_when_idle(now, last_record, now - t0)
                 if now - last_maintenance >= self.config.maintenance_every_s:
                     self._maintain(idle=not got_batch)
                     last_maintenance = now
@@ -146,6 +153,20 @@ class IngestWorker:
             self.summary.stopped_by = self._stop_reason
         return self.summary
 
+    def _stop_when_idle(self, now: float, last_record: float, running: float) -> None:
+        """Stop after ``until_idle`` seconds without records since the later of the last record
+        and the last assignment; before any assignment, once the join outlasts its allowance."""
+        idle = self.config.until_idle
+        assert idle is not None
+        if self.assigned_at is None:
+            if running >= idle + self.config.join_timeout_s:
+                self.stop(
+                    f"no partitions assigned within {running:.0f}s: the group join did not "
+                    f"complete (join timeout {self.config.join_timeout_s:g}s)"
+                )
+        elif now - max(last_record, self.assigned_at) >= idle:
+            self.stop(f"idle {idle:g}s")
+
     def _handle(self, msg: Message) -> Any:
         """Act on one message from the fetcher; questions get an answer."""
         kind = msg[0]
@@ -156,6 +177,7 @@ class IngestWorker:
         elif kind == "assigned":
             stored = self.ledger.store.offsets(self.config.group)
             self.assigned = {p for _, p in msg[1]}
+            self.assigned_at = time.monotonic()
             log.info(
                 "assigned %s; resuming from ledger offsets %s",
                 sorted(self.assigned),
