@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import orjson
 import typer
 from rich.rule import Rule
 
+from api import demo_steps
 from api.bootstrap import build_ledger
 from api.cli_ledger import JsonOpt, verify_store
 from api.output import console, print_json
@@ -23,19 +23,6 @@ from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
-
-
-def _have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _ingest_via_kafka(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any] | None:
-    """Publish simulated agent runs through the SDK onto Kafka and ingest them (issue 3)."""
-    if not (_have("ingest.simulate") and _have("ingest.worker")):
-        return None
-    from api import demo_steps
-
-    return demo_steps.kafka_stage(settings, ledger, runs, seed)
 
 
 def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:
@@ -122,18 +109,17 @@ def _demo(settings: Settings, runs: int, seed: int, via: str) -> dict[str, Any]:
     ledger = build_ledger(settings)
     summary: dict[str, Any] = {"data_dir": str(settings.data_dir.resolve())}
     c.print(Rule("1. agents publish runs; the ledger appends them"))
-    ingest = _ingest_via_kafka(settings, ledger, runs, seed) if via == "kafka" else None
-    summary["ingest"] = ingest or _ingest_via_file(ledger, runs, seed)
+    if via == "kafka":
+        summary["ingest"] = demo_steps.kafka_stage(settings, ledger, runs, seed)
+    else:
+        summary["ingest"] = _ingest_via_file(ledger, runs, seed)
     c.print(Rule("2. verify the whole ledger"))
     summary["verify"] = _verify_stage(ledger)
     if not summary["verify"]["result"]["ok"]:
         return summary
     c.print(Rule("3. one run's evidence bundle, verified offline"))
     summary["evidence"] = _evidence_stage(ledger, summary["verify"]["verifier_key"], settings.data_dir)
-    if _have("api.demo_steps"):
-        from api import demo_steps
-
-        summary.update(demo_steps.later_stages(settings, ledger))
+    summary.update(demo_steps.later_stages(settings, ledger))
     final = ledger.checkpoint(force=True)  # the later stages appended; this covers them too
     summary["ledger"] = {"entries": ledger.store.size(), "checkpoint": final.note if final else None}
     c.print(Rule("done"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from rich.rule import Rule
@@ -12,13 +11,11 @@ from api.settings import Settings
 from domain.ledger import Ledger
 
 
-def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any] | None:
+def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:
     """Simulated agent services publish through the SDK onto Kafka; a worker ingests them.
 
-    Returns what was published and ingested, or None where the Kafka stage is not installed.
+    Returns what was published and ingested.
     """
-    if importlib.util.find_spec("ingest.demo") is None:
-        return None
     from ingest.demo import run_kafka_demo
 
     return run_kafka_demo(settings, ledger, runs=runs, seed=seed)

@@ -12,9 +12,7 @@ Either way the worker, which holds the ledger, sees the same messages:
   worker answers with (the ledger's, never Kafka's);
 - ``("revoked", partitions)``: a question: the worker answers once it has appended every batch
   sent before, so another worker resumes exactly where this one stopped;
-- ``("broker_error", reason)``: a retriable Kafka error that is being waited out;
-- ``("ready",)``: connected and subscribed (informational: a worker's idle time counts from
-  its first ``assigned``, since joining a group can take a while).
+- ``("broker_error", reason)``: a retriable Kafka error that is being waited out.
 
 The worker answers each question in order, after every message sent before it: that order is
 what keeps ingest exactly once across rebalances.
@@ -318,7 +316,6 @@ def _run_fetcher(config: WorkerConfig, conn: Connection, parent: int) -> None:
     fetcher = Fetcher(config, conn.send, ask, validate=True)
     try:
         fetcher.open()
-        conn.send(("ready",))
         while not fetcher.stopping:
             while conn.poll(0):
                 control.append(conn.recv())

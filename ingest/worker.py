@@ -132,7 +132,7 @@ class IngestWorker:
                 msg = fetch.receive(0.25)
                 now = time.monotonic()
                 got_batch = msg is not None and msg[0] == "batch"
-                if msg is not None and msg[0] != "ready":
+                if msg is not None:
                     answer = self._handle(msg)
                     if msg[0] in _QUESTIONS and isinstance(fetch, FetcherProcess):
                         fetch.answer(answer)
@@ -141,7 +141,7 @@ class IngestWorker:
                 if got_batch:
                     last_record = now
                 elif self.config.until_idle is not None:
-                    self._stop_when_idle(now, last_record, now - t0)
+                    self._stop_when_idle(self.config.until_idle, now, last_record, now - t0)
                 if now - last_maintenance >= self.config.maintenance_every_s:
                     self._maintain(idle=not got_batch)
                     last_maintenance = now
@@ -153,11 +153,9 @@ class IngestWorker:
             self.summary.stopped_by = self._stop_reason
         return self.summary
 
-    def _stop_when_idle(self, now: float, last_record: float, running: float) -> None:
-        """Stop after ``until_idle`` seconds without records since the later of the last record
-        and the last assignment; before any assignment, once the join outlasts its allowance."""
-        idle = self.config.until_idle
-        assert idle is not None
+    def _stop_when_idle(self, idle: float, now: float, last_record: float, running: float) -> None:
+        """Stop after ``idle`` seconds without records since the later of the last record and
+        the last assignment; before any assignment, once the join outlasts its allowance."""
         if self.assigned_at is None:
             if running >= idle + self.config.join_timeout_s:
                 self.stop(

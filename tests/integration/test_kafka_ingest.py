@@ -29,9 +29,9 @@ def _ledger(tmp_path, **config):
 
 
 def _worker(ledger, bootstrap, topic, group=None, until_idle=3.0, assign=False, metrics=None, batch=500,
-            parallel=None, on_batch=None, **consumer_config):
+            parallel=None, on_batch=None, join_timeout_s=60.0, **consumer_config):
     cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group or f"g-{topic}", batch=batch,
-                       until_idle=until_idle, assign=assign, parallel=parallel,
+                       until_idle=until_idle, assign=assign, parallel=parallel, join_timeout_s=join_timeout_s,
                        consumer_config={**GROUP_CONSUMER_TEST_CONFIG, **consumer_config})
     return IngestWorker(ledger, cfg, metrics, on_batch=on_batch)
 
@@ -61,19 +61,26 @@ def test_simulated_agents_are_ingested_exactly_once_and_a_restart_adds_nothing(
     assert result.ok, result.reason
 
 
-def _stuck_member(broker, topic, group, max_poll_interval_ms):
-    """A member that joined ``group`` and then stopped polling: the next join waits until the
-    group gives up on it (its max poll interval)."""
+def _beside_a_stuck_member(broker, topic, ledger, max_poll_interval_ms, **worker):
+    """Run a worker (group ``g-<topic>``, until idle 1 s) in a group where a member joined and
+    then stopped polling: its join waits until the group gives up on that member (its max poll
+    interval). Returns the worker's summary and how long it ran."""
     from kafka import KafkaConsumer
 
+    group = f"g-{topic}"
     stuck = KafkaConsumer(topic, group_id=group, bootstrap_servers=broker.bootstrap,
                           enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000,
                           max_poll_interval_ms=max_poll_interval_ms)
-    deadline = time.monotonic() + 30
-    while not stuck.assignment() and time.monotonic() < deadline:
-        stuck.poll(timeout_ms=200, max_records=1)
-    assert stuck.assignment(), "the stuck member never joined"
-    return stuck
+    try:
+        deadline = time.monotonic() + 30
+        while not stuck.assignment() and time.monotonic() < deadline:
+            stuck.poll(timeout_ms=200, max_records=1)
+        assert stuck.assignment(), "the stuck member never joined"
+        t0 = time.monotonic()
+        summary = _worker(ledger, broker.bootstrap, topic, group=group, until_idle=1.0, **worker).run()
+        return summary, time.monotonic() - t0
+    finally:
+        stuck.close(autocommit=False)
 
 
 # Apache Kafka only: Tansu's group coordinator does not finish the rebalance once the stuck
@@ -84,16 +91,7 @@ def test_idle_time_counts_from_the_partition_assignment_not_from_a_slow_group_jo
 ):
     topic = topic_factory(partitions=3, broker=apache_kafka)
     published = run_simulated_agents(apache_kafka.bootstrap, topic, runs=15, seed=5)
-    group = f"g-{topic}"
-    stuck = _stuck_member(apache_kafka, topic, group, max_poll_interval_ms=6000)
-    try:
-        ledger = _ledger(tmp_path)
-        t0 = time.monotonic()
-        summary = _worker(ledger, apache_kafka.bootstrap, topic, group=group, until_idle=1.0,
-                          parallel=parallel).run()
-        took = time.monotonic() - t0
-    finally:
-        stuck.close(autocommit=False)
+    summary, took = _beside_a_stuck_member(apache_kafka, topic, _ledger(tmp_path), 6000, parallel=parallel)
     # the join took about 6 s, far longer than --until-idle 1: the worker still read everything
     assert (summary.consumed, summary.accepted) == (published.events, published.events), (
         f"stopped after {took:.1f}s: {summary.stopped_by}"
@@ -107,17 +105,8 @@ def test_a_group_join_that_never_completes_stops_an_until_idle_worker_with_the_r
 ):
     topic = topic_factory(partitions=1, broker=apache_kafka)
     produce(apache_kafka.bootstrap, topic, workload_messages(runs=2))
-    group = f"g-{topic}"
-    stuck = _stuck_member(apache_kafka, topic, group, max_poll_interval_ms=120_000)
-    try:
-        ledger = _ledger(tmp_path)
-        t0 = time.monotonic()
-        cfg = WorkerConfig(bootstrap=apache_kafka.bootstrap, topic=topic, group=group, until_idle=1.0,
-                           join_timeout_s=3.0, consumer_config=dict(GROUP_CONSUMER_TEST_CONFIG))
-        summary = IngestWorker(ledger, cfg).run()
-        took = time.monotonic() - t0
-    finally:
-        stuck.close(autocommit=False)
+    ledger = _ledger(tmp_path)
+    summary, took = _beside_a_stuck_member(apache_kafka, topic, ledger, 120_000, join_timeout_s=3.0)
     assert "no partitions assigned" in summary.stopped_by and "join timeout 3s" in summary.stopped_by
     assert summary.consumed == 0 and ledger.store.size() == 0
     assert 4.0 <= took < 30, took
