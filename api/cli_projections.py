@@ -38,8 +38,14 @@ def _print_status(status: ProjectionStatus, json_out: bool) -> None:
     )
 
 
-def _follow(settings: Settings, batch_size: int, interval: float, json_out: bool) -> None:
-    """Keep the projection current, releasing the DuckDB file between polls for readers."""
+def _follow(
+    settings: Settings, batch_size: int, interval: float, json_out: bool, position: int
+) -> None:
+    """Keep the projection current from ``position``, releasing the DuckDB file between polls.
+
+    The file is opened for writing only when the ledger has grown past ``position``, so while
+    the follower idles (right after the first projection too) readers are never locked out.
+    """
     store = open_store(settings)
     stop = False
 
@@ -50,7 +56,6 @@ def _follow(settings: Settings, batch_size: int, interval: float, json_out: bool
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     out = err_console()
-    position = -1  # where the projection stood after the last poll; unknown at first
     while not stop:
         size = store.size()
         if size > position:
@@ -96,7 +101,7 @@ def cmd_project(
         status.rebuilt = status.rebuilt or rebuild
     _print_status(status, json_out)
     if follow:
-        _follow(settings, batch_size, interval, json_out)
+        _follow(settings, batch_size, interval, json_out, status.position)
 
 
 def cmd_export_parquet(

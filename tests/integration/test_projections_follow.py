@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +42,20 @@ def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path)
         [sys.executable, "-m", "api.cli", "project", "--follow", "--interval", "0.2", "--json"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    lines: list[str] = []  # the follower's stdout, read as it comes
+    reader = threading.Thread(target=lambda: lines.extend(follower.stdout or ()), daemon=True)
+    reader.start()
     try:
         expected = len(first.read_bytes().splitlines())
-        assert _wait_for_count(tmp_path, expected) == expected
-        # caught up and idle: the follower leaves the file alone, so every read gets in
+        # caught up and idle (from the moment its first projection ends): the follower leaves
+        # the file alone, so a reader holding it does not stop its polls, and every read gets in
+        con = _hold_when_projected(tmp_path, expected)
+        try:
+            polls_before = _polls(lines)
+            time.sleep(2.0)
+            assert _polls(lines) - polls_before >= 3  # ten intervals: it kept polling
+        finally:
+            con.close()
         reads = []
         for _ in range(100):
             reads.append(_safe_count(tmp_path))
@@ -55,12 +66,43 @@ def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path)
         assert _wait_for_count(tmp_path, expected) == expected
     finally:
         follower.send_signal(signal.SIGTERM)
-        out, err = follower.communicate(timeout=60)
+        follower.wait(timeout=60)
+        reader.join(timeout=10)
+        err = follower.stderr.read() if follower.stderr else ""
     assert follower.returncode == 0, err
-    polls = [json.loads(line) for line in out.splitlines() if line.startswith("{\"")]
+    polls = [json.loads(line) for line in lines if line.startswith("{\"")]
     metrics = [p for p in polls if p.get("metric") == "projection"]
     assert metrics and all("lag" in p for p in metrics)
     assert metrics[-1]["lag"] == 0  # caught up: the lag it reports is what is left to project
+
+
+def _hold_when_projected(data_dir: Path, expected: int, timeout: float = 60) -> duckdb.DuckDBPyConnection:
+    """A read-only connection taken as soon as the file shows ``expected`` events.
+
+    Tried every few milliseconds, so that it lands right after the follower's first projection
+    closes the file, before anything the follower does next.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            con = duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True)
+        except duckdb.Error:
+            time.sleep(0.002)
+            continue
+        try:
+            count = int(con.execute("SELECT count(*) FROM events").fetchone()[0])
+        except duckdb.Error:
+            count = -1
+        if count == expected:
+            return con
+        con.close()
+        time.sleep(0.002)
+    raise AssertionError(f"the follower did not project {expected} events in {timeout}s")
+
+
+def _polls(lines: list[str]) -> int:
+    """How many poll reports the follower has printed so far (one JSON line per poll)."""
+    return sum(1 for line in list(lines) if line.startswith('{"metric":"projection"'))
 
 
 def _wait_for_count(data_dir: Path, expected: int, timeout: float = 60) -> int:
