@@ -21,7 +21,6 @@ what keeps ingest exactly once across rebalances.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -37,6 +36,7 @@ from domain.errors import TachographError
 from domain.ledger import Packed, validate_packed
 from domain.ports import Incoming, Source
 from ingest.errors import BrokerUnavailableError, IngestConfigError
+from ingest.gcpolicy import tune_for_batches
 
 if TYPE_CHECKING:
     from ingest.worker import WorkerConfig
@@ -299,7 +299,7 @@ def _run_fetcher(config: WorkerConfig, conn: Connection, parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's graceful-stop handler
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     _exit_with_parent(parent)
-    gc.freeze()  # leave the worker's inherited objects (and their memory pages) alone
+    tune_for_batches()  # leave the worker's inherited objects (and their pages) alone; see gcpolicy
     control: list[Message] = []
 
     def ask(question: Message) -> Any:

@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from domain.ledger import Ledger, Packed, Parsed, unpack, validate_packed
 from domain.ports import Incoming, Source
+from ingest.gcpolicy import batch_collection, tune_for_batches
 
 
 @dataclass
@@ -83,23 +84,31 @@ def import_jsonl(
         if progress is not None:
             progress(len(batch))
 
-    if not parallel:
-        for batch in _batches(path, batch_size):
-            add(batch, None)
-    else:
-        with ProcessPoolExecutor(1) as pool:
-            # two batches queued ahead, so the validator never idles while this process appends
-            pending: deque[tuple[list[Incoming], Future[list[Packed]]]] = deque()
+    with batch_collection():
+        if parallel:
+            _import_parallel(path, batch_size, add)
+        else:
             for batch in _batches(path, batch_size):
-                pending.append((batch, pool.submit(validate_packed, [i.raw for i in batch])))
-                if len(pending) > 2:
-                    first = pending.popleft()
-                    add(first[0], _zip(first))
-            while pending:
-                first = pending.popleft()
-                add(first[0], _zip(first))
+                add(batch, None)
     ledger.checkpoint(force=True)
     return totals
+
+
+def _import_parallel(
+    path: Path, batch_size: int, add: Callable[[list[Incoming], list[Parsed] | None], None]
+) -> None:
+    """Validate the next batches in a second process while this one appends."""
+    with ProcessPoolExecutor(1, initializer=tune_for_batches) as pool:
+        # two batches queued ahead, so the validator never idles while this process appends
+        pending: deque[tuple[list[Incoming], Future[list[Packed]]]] = deque()
+        for batch in _batches(path, batch_size):
+            pending.append((batch, pool.submit(validate_packed, [i.raw for i in batch])))
+            if len(pending) > 2:
+                first = pending.popleft()
+                add(first[0], _zip(first))
+        while pending:
+            first = pending.popleft()
+            add(first[0], _zip(first))
 
 
 def _zip(pending: tuple[list[Incoming], Future[list[Packed]]]) -> list[Parsed]:

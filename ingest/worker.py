@@ -25,6 +25,7 @@ from typing import Any
 from domain.ledger import AppendReport, Ledger, Parsed, unpack
 from ingest.errors import IngestConfigError
 from ingest.fetch import Batch, Fetcher, FetcherProcess, Message
+from ingest.gcpolicy import batch_collection
 from ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,10 @@ class IngestWorker:
         Idle time counts from the last record or the last partition assignment, whichever is
         later: a worker still joining its group (slow on a loaded machine) is not idle yet.
         """
+        with batch_collection():
+            return self._run()
+
+    def _run(self) -> WorkerSummary:
         t0 = time.monotonic()
         fetch: FetcherProcess | _InProcess | None = None
         try:
