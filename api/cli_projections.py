@@ -22,6 +22,11 @@ from projections.lake import export_parquet
 from projections.projector import DEFAULT_BATCH, ProjectionStatus, open_projector
 from projections.reports import FORMATS, REPORTS, parse_by, rich_table, run_report, to_csv
 
+# Waits (0.2 s apart) for an analytics file another process holds: a report or a one-off
+# projection waits up to 5 s; the follower, which runs unattended, up to 10 s at each open.
+BUSY_RETRIES = 25
+FOLLOW_BUSY_RETRIES = 50
+
 export_app = typer.Typer(help="Export projected tables.", no_args_is_help=True)
 
 
@@ -59,7 +64,7 @@ def _follow(
     while not stop:
         size = store.size()
         if size > position:
-            with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=50) as p:
+            with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=FOLLOW_BUSY_RETRIES) as p:
                 status = p.catch_up()
             position = status.position
         else:  # nothing new: leave the file alone, so readers are not locked out while idle
@@ -89,7 +94,8 @@ def cmd_project(
     """Project the ledger into TACHO_DATA_DIR/analytics.duckdb (position kept with the rows)."""
     settings = Settings()
     store = open_store(settings)
-    with open_projector(store, analytics_path(settings.data_dir), batch_size) as projector:
+    retries = FOLLOW_BUSY_RETRIES if follow else BUSY_RETRIES
+    with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=retries) as projector:
         if rebuild:
             projector.create()
         else:
@@ -118,7 +124,7 @@ def cmd_export_parquet(
             raise ReportError(f"--since must be a date like 2026-11-02, got {since!r}") from e
     settings = Settings()
     store = open_store(settings)
-    with open_projector(store, analytics_path(settings.data_dir), retries=25) as projector:
+    with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
         projector.catch_up()
         report = export_parquet(projector.con, directory, store.get_meta("origin"), day)
     if json_out:
@@ -149,7 +155,7 @@ def _report(name: str):  # type: ignore[no-untyped-def]
             raise ReportError("--format png needs -o FILE.png")
         settings = Settings()
         store = open_store(settings)
-        with open_projector(store, analytics_path(settings.data_dir), retries=25) as projector:
+        with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
             projector.catch_up()
             report = run_report(projector.con, name, parse_by(by, name), since)
         if fmt == "png":
