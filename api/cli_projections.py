@@ -64,7 +64,8 @@ def _follow(
     while not stop:
         size = store.size()
         if size > position:
-            with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=FOLLOW_BUSY_RETRIES) as p:
+            path = analytics_path(settings.data_dir)
+            with open_projector(store, path, batch_size, retries=FOLLOW_BUSY_RETRIES) as p:
                 status = p.catch_up()
             position = status.position
         else:  # nothing new: leave the file alone, so readers are not locked out while idle

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from domain.note import NoteVerifier
-
-TACHO = [sys.executable, "-m", "api.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tacho(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TACHO_DATA_DIR": str(data_dir), "COLUMNS": "200"}
-    proc = subprocess.run([*TACHO, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tacho {args} exited {proc.returncode}: {proc.stdout}\n{proc.stderr}")
-    return proc
+from tests.cli_support import tacho
 
 
 @pytest.fixture(scope="module")

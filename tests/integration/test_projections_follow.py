@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tacho(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TACHO_DATA_DIR": str(data_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT, capture_output=True,
-        text=True, timeout=120, check=True,
-    )
-
-
-def projected_events(data_dir: Path) -> int:
-    con = duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True)
-    try:
-        return int(con.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        con.close()
+from tests.cli_support import projected_events, start_tacho, tacho
 
 
 def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path) -> None:
@@ -37,11 +18,7 @@ def test_follow_projects_new_events_as_they_land_and_reports_lag(tmp_path: Path)
     tacho(tmp_path, "generate", str(first), "--runs", "30", "--seed", "1")
     tacho(tmp_path, "generate", str(second), "--runs", "20", "--seed", "2", "--workspace", "beta")
     tacho(tmp_path, "import", str(first))
-    env = {**os.environ, "TACHO_DATA_DIR": str(tmp_path)}
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "project", "--follow", "--interval", "0.2", "--json"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    follower = start_tacho(tmp_path, "project", "--follow", "--interval", "0.2", "--json")
     lines: list[str] = []  # the follower's stdout, read as it comes
     reader = threading.Thread(target=lambda: lines.extend(follower.stdout or ()), daemon=True)
     reader.start()
