@@ -7,12 +7,12 @@ them in parallel processes and stitch run chains and tree roots together in orde
 
 from __future__ import annotations
 
-import binascii
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from domain import merkle
@@ -21,7 +21,7 @@ Node = tuple[int, int]  # (level, index)
 
 
 # One run's entries inside a chunk, as a list (cheap to build and to pickle):
-# [first position, first prev (hex bytes or None), first seq, last leaf (hex bytes), last seq]
+# [first position, first prev (hex text or None), first seq, last leaf (hex text), last seq]
 RunSpan = list[Any]
 LAST_LEAF, LAST_SEQ = 3, 4
 
@@ -77,6 +77,30 @@ def scan_chunk(
     return scan
 
 
+class _Event(msgspec.Struct):
+    """The envelope fields the scan checks; the event's other members are parsed and skipped."""
+
+    event_id: str
+    run_id: str
+    seq: int
+    workspace: str
+
+
+class _EventEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """An event entry with exactly the members the ledger writes (``_general`` takes the rest)."""
+
+    event: _Event
+    index: int
+    kind: str
+    log: str
+    prev: str | None
+    received: msgspec.Raw
+    source: msgspec.Raw
+
+
+_decode_event_entry = msgspec.json.Decoder(_EventEntry).decode
+
+
 def scan_entries(
     start: int,
     datas: Sequence[bytes],
@@ -85,13 +109,12 @@ def scan_entries(
 ) -> ChunkScan:
     """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
 
-    The loop is the verifier's hot path. An event entry as the ledger writes it is read from
-    its tail: the event's envelope fields after ``data`` are parsed as JSON, and the ledger's
-    own fields are compared byte for byte with what they must be (``index`` is the position,
-    ``kind`` is event, ``log`` is the origin) with ``prev`` sliced out and nothing nested after
-    it; the rest of the entry is covered by its leaf hash. Anything else, and every failure,
-    goes through ``_general``, which parses the whole entry so the reasons are worked out in
-    one place.
+    The loop is the verifier's hot path. Each entry is parsed whole, as strict JSON, by
+    msgspec into the shape of an event entry (the members of ``agent`` and ``data`` are
+    checked as JSON and skipped). An entry that fits, is valid UTF-8, and whose index, kind
+    and log are what they must be has its run chain and seq checked here. Anything else, and
+    every failure, goes through ``_general``, which parses the entry with orjson so the
+    reasons are worked out in one place: the fast path accepts nothing that it rejects.
     """
     scan = ChunkScan(start=start, origin=origin)
     sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(datas)]
@@ -100,71 +123,50 @@ def scan_entries(
         leaves = merkle.leaf_hashes(datas)  # the whole chunk at once (C where built)
     except TypeError:  # a stored entry that is not bytes: _general says so at its position
         leaves = [merkle.leaf_hash(d) if isinstance(d, bytes) else b"" for d in datas]
-    hexlify = binascii.hexlify
-    loads = orjson.loads
+    decode = _decode_event_entry
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
-    middle = _middle(origin)
+    log = origin
     for data, leaf in zip(datas, leaves, strict=True):
-        if middle is not None and type(data) is bytes and data.startswith(b'{"event":{'):
-            i = data.rfind(b',"index":')
-            head = b',"index":%d%b' % (position, middle)
-            if data.startswith(head, i):
-                p = i + len(head)
-                if data.startswith(b'null,"received":', p):
-                    prev = None
-                elif data[p] == 34 and data.startswith(b'","received":', p + 65):
-                    prev = data[p + 1 : p + 65]
+        if log is not None and type(data) is bytes:
+            try:
+                e = decode(data)
+                if not data.isascii():
+                    data.decode()  # msgspec leaves UTF-8 unchecked in what it skips; orjson does not
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                e = None
+            if e is not None and e.index == position and e.kind == "event" and e.log == log:
+                ev = e.event
+                prev = e.prev
+                seq = ev.seq
+                h = leaf.hex()
+                key = (ev.workspace, ev.run_id)
+                span = runs.get(key)
+                if span is None:
+                    runs[key] = [position, prev, seq, h, seq]
+                elif prev != span[LAST_LEAF]:
+                    scan.error = (position, chain_broken(ev.run_id, prev, span[LAST_LEAF]))
+                    break
+                elif seq != span[LAST_SEQ] + 1:
+                    scan.error = (position, seq_gap(ev.run_id, seq, span[LAST_SEQ] + 1))
+                    break
                 else:
-                    prev = b""
-                j = data.rfind(b',"event_id":', 0, i)
-                # after prev only "received" and the flat source follow: two closing braces
-                if j > 0 and prev != b"" and data.count(b"}", p) == 2:
-                    try:
-                        ev = loads(b"{" + data[j + 1 : i])
-                        seq = ev["seq"]
-                        ws = ev["workspace"]
-                        run = ev["run_id"]
-                        eid = ev["event_id"]
-                    except (orjson.JSONDecodeError, KeyError):
-                        seq = None
-                    if type(seq) is int:
-                        h = hexlify(leaf)
-                        key = (ws, run)
-                        span = runs.get(key)
-                        if span is None:
-                            runs[key] = [position, prev, seq, h, seq]
-                        elif prev != span[3]:
-                            scan.error = (position, chain_broken(run, prev, span[3]))
-                            break
-                        elif seq != span[4] + 1:
-                            scan.error = (position, seq_gap(run, seq, span[4] + 1))
-                            break
-                        else:
-                            span[3] = h
-                            span[4] = seq
-                        event_ids.append(f"{ws}\n{eid}")
-                        position += 1
-                        continue
+                    span[LAST_LEAF] = h
+                    span[LAST_SEQ] = seq
+                event_ids.append(f"{ev.workspace}\n{ev.event_id}")
+                position += 1
+                continue
         error = _general(scan, position, data, leaf)
         if error is not None:
             scan.error = (position, error)
             break
-        if middle is None:
-            middle = _middle(scan.origin)
+        log = scan.origin if type(scan.origin) is str else None
         position += 1
     scan.count = position - start
     wanted = sorted(s for s in sizes if s <= scan.count)
     scan.nodes = _perfect_nodes(start, leaves[: scan.count], [*wanted, scan.count])
     return scan
-
-
-def _middle(origin: Any) -> bytes | None:
-    """The bytes between an event entry's index and its prev, for a log of ``origin``."""
-    if not isinstance(origin, str):
-        return None
-    return b',"kind":"event","log":' + orjson.dumps(origin) + b',"prev":'
 
 
 def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | None:
@@ -175,7 +177,7 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
         d = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         return f"entry bytes are not valid JSON ({e})"
-    if not isinstance(d, dict) or d.get("index") != position:
+    if not isinstance(d, dict) or type(d.get("index")) is not int or d["index"] != position:
         got = d.get("index") if isinstance(d, dict) else "?"
         return (
             f"entry says index {got} but sits at position {position} "
@@ -196,23 +198,24 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
     ev = d.get("event")
     if not isinstance(ev, dict):
         return "event entry has no event object"
-    key = (ev.get("workspace"), ev.get("run_id"))
+    for name in ("workspace", "run_id", "event_id"):
+        if type(ev.get(name)) is not str:
+            return f"event entry's {name} is not a string: {ev.get(name)!r}"
+    key = (ev["workspace"], ev["run_id"])
     seq, prev = ev.get("seq"), d.get("prev")
-    if isinstance(prev, str):
-        prev = prev.encode()  # the hot path compares prev as the hex bytes it slices out
     if type(seq) is not int:
         return f"run {key[1]!r} has a seq that is not an integer: {seq!r}"
     span = scan.runs.get(key)
     if span is None:
-        scan.runs[key] = [position, prev, seq, binascii.hexlify(leaf), seq]
+        scan.runs[key] = [position, prev, seq, leaf.hex(), seq]
     elif prev != span[LAST_LEAF]:
         return chain_broken(key[1], prev, span[LAST_LEAF])
     elif seq != span[LAST_SEQ] + 1:
         return seq_gap(key[1], seq, span[LAST_SEQ] + 1)
     else:
-        span[LAST_LEAF] = binascii.hexlify(leaf)
+        span[LAST_LEAF] = leaf.hex()
         span[LAST_SEQ] = seq
-    scan.event_ids.append(f"{key[0]}\n{ev.get('event_id')}")
+    scan.event_ids.append(f"{key[0]}\n{ev['event_id']}")
     return None
 
 

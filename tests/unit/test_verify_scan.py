@@ -1,12 +1,13 @@
-"""The verifier's fast path reads an entry from its tail; it must agree with a full parse.
+"""The verifier's fast path (msgspec, into an event entry's shape) must agree with ``_general``.
 
-Every entry that the fast path accepts is checked again through ``_general`` (a whole-entry
-parse): same leaves, runs, event ids and errors. Entries shaped unlike the ledger's own go to
-the full parse, including a forged tail hidden inside the source object.
+Every entry that the fast path accepts is checked again through ``_general`` (orjson, every
+member looked at): same leaves, runs, event ids and errors. Entries shaped unlike the ledger's
+own go to ``_general``, including a forged entry hidden inside the source object.
 """
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 
@@ -24,10 +25,14 @@ def entries(tmp_path) -> tuple[str, list[bytes]]:
     return ledger.config.origin, [data for _, data in ledger.store.raw_entries()]
 
 
+def _refuse(data: bytes) -> None:
+    raise msgspec.DecodeError("fast path switched off")
+
+
 def _both(origin: str, datas: list[bytes], monkeypatch) -> tuple:
     fast = scan_entries(0, datas, origin, [len(datas)])
     with monkeypatch.context() as m:
-        m.setattr(scan_module, "_middle", lambda _origin: None)  # every entry parsed whole
+        m.setattr(scan_module, "_decode_event_entry", _refuse)  # every entry to _general
         slow = scan_entries(0, datas, origin, [len(datas)])
     as_tuple = lambda s: (s.count, s.error, s.runs, s.event_ids, s.nodes, s.origin)  # noqa: E731
     return as_tuple(fast), as_tuple(slow)
@@ -37,6 +42,18 @@ def test_the_fast_path_and_a_full_parse_agree_on_the_ledgers_own_entries(entries
     origin, datas = entries
     fast, slow = _both(origin, datas, monkeypatch)
     assert fast == slow and fast[0] == len(datas) and fast[1] is None
+
+
+def test_the_fast_path_takes_every_event_entry_the_ledger_writes(entries, monkeypatch):
+    origin, datas = entries
+    general = []
+    real = scan_module._general
+    monkeypatch.setattr(scan_module, "_general", lambda *a: general.append(a[1]) or real(*a))
+    scan = scan_entries(0, datas, origin, [])
+    assert scan.error is None and scan.count == len(datas) > 100
+    assert general == []
+    scan_entries(0, datas, None, [])  # origin unknown: the first entry tells it
+    assert general == [0]
 
 
 def _reencode(data: bytes, change) -> bytes:
@@ -72,3 +89,42 @@ def test_the_fast_path_and_a_full_parse_agree_on_altered_entries(entries, monkey
     altered = [*datas[:k], _reencode(datas[k], change), *datas[k + 1 :]]
     fast, slow = _both(origin, altered, monkeypatch)
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("change", "accepted"),
+    [
+        (lambda b: b.replace(b'"data":{', b'"data":{"x":"\xff\xfe",', 1), False),  # not UTF-8
+        (lambda b: b.replace(b'"data":{', b'"data":{"x":"\\ud800",', 1), False),  # lone surrogate
+        (lambda b: b.replace(b'"data":{', b'"data":{"x":"a\x01",', 1), False),  # control character
+        (lambda b: b.replace(b'"data":{', b'"data":{"x":[1,],', 1), False),
+        (lambda b: b[:-1], False),  # cut short
+        (lambda b: b + b" x", False),  # trailing bytes
+        (lambda b: b.replace(b',"kind":', b',"index":0,"kind":', 1), False),  # duplicate member
+        (lambda b: b.replace(b'{"event":', b'{"extra":1,"event":', 1), True),  # a member of its own
+        (lambda b: b.replace(b'"received":', b'"received" :\n ', 1), True),  # whitespace
+        (lambda b: _reencode(b, lambda d: d.update(index=True)), False),
+        (lambda b: _reencode(b, lambda d: d["event"].update(seq=float(d["event"]["seq"]))), False),
+        (lambda b: _reencode(b, lambda d: d["event"].update(run_id=[d["event"]["run_id"]])), False),
+        (lambda b: _reencode(b, lambda d: d["event"].update(workspace=None)), False),
+        (lambda b: _reencode(b, lambda d: d["event"].pop("event_id")), False),
+        (lambda b: _reencode(b, lambda d: d.update(prev=7)), False),
+        (lambda b: orjson.dumps(dict(reversed(orjson.loads(b).items()))), True),  # member order
+    ],
+    ids=["not-utf8", "lone-surrogate", "control-char", "bad-json", "cut-short", "trailing",
+         "duplicate-member", "extra-member", "whitespace", "index-true", "seq-float", "run-list",
+         "workspace-null", "no-event-id", "prev-number", "member-order"],
+)
+def test_the_fast_path_and_a_full_parse_agree_on_entries_in_other_shapes(entries, monkeypatch, change, accepted):
+    """Bytes the ledger never writes: the verdict is the full parse's, whichever path takes them.
+
+    ``accepted``: the altered entry itself passes (its run's next entry then no longer chains).
+    """
+    origin, datas = entries
+    k = len(datas) // 2
+    altered = [*datas[:k], change(datas[k]), *datas[k + 1 :]]
+    assert altered[k] != datas[k]
+    fast, slow = _both(origin, altered, monkeypatch)
+    assert fast == slow
+    # an entry taken as it stands changes its leaf, so the next entry of its run breaks the chain
+    assert fast[1] is not None and (fast[1][0] > k if accepted else fast[1][0] == k), fast[1]
