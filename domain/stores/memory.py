@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
+    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -21,6 +22,8 @@ from domain.ports import (
     LedgerStore,
     LedgerTx,
     QuarantineRow,
+    node_from_leaves,
+    nodes_to_store,
 )
 
 RunKey = tuple[str, str]
@@ -173,9 +176,7 @@ class MemoryTx(LedgerTx):
     def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         self._check_open()
         new: dict[tuple[int, int], bytes] = {}
-        for level, index, h in nodes:
-            if level == 0:
-                continue
+        for level, index, h in nodes_to_store(nodes):
             key = (level, index)
             if key in new or key in self._nodes or key in self._base.nodes:
                 raise StoreIntegrityError(
@@ -323,6 +324,11 @@ class MemoryStore(LedgerStore):
             if level == 0:
                 row = self._data.entries.get(index)
                 found = None if row is None else row.leaf_hash
+            elif level < STORED_NODE_LEVEL:
+                first = index << level
+                rows = [self._data.entries.get(i) for i in range(first, first + (1 << level))]
+                leaves = [r.leaf_hash for r in rows if r is not None]
+                return node_from_leaves(level, index, leaves)
             else:
                 found = self._data.nodes.get((level, index))
         if found is None:

@@ -22,6 +22,7 @@ from psycopg import pq
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
+    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -30,6 +31,8 @@ from domain.ports import (
     LedgerTx,
     QuarantineRow,
     Source,
+    node_from_leaves,
+    nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
 
@@ -293,7 +296,7 @@ class PostgresTx(LedgerTx):
 
     def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         self._copy(
-            "nodes", "level, idx, hash", ["int4", "int8", "bytea"], [n for n in nodes if n[0] > 0]
+            "nodes", "level, idx, hash", ["int4", "int8", "bytea"], nodes_to_store(nodes)
         )
 
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
@@ -535,6 +538,13 @@ class PostgresStore(LedgerStore):
     def node(self, level: int, index: int) -> bytes:
         if level == 0:
             rows = self._fetch("SELECT leaf FROM entries WHERE idx = %s", (index,))
+        elif level < STORED_NODE_LEVEL:
+            first = index << level
+            leaves = self._fetch(
+                "SELECT leaf FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx",
+                (first, first + (1 << level)),
+            )
+            return node_from_leaves(level, index, [bytes(r[0]) for r in leaves])
         else:
             rows = self._fetch(
                 "SELECT hash FROM nodes WHERE level = %s AND idx = %s", (level, index)

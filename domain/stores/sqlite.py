@@ -14,6 +14,7 @@ import orjson
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
+    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -22,6 +23,8 @@ from domain.ports import (
     LedgerTx,
     QuarantineRow,
     Source,
+    node_from_leaves,
+    nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
 
@@ -176,8 +179,7 @@ class SQLiteTx(LedgerTx):
 
     def append_nodes(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         self.c.executemany(
-            "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
-            [n for n in nodes if n[0] > 0],
+            "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes_to_store(nodes)
         )
 
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
@@ -397,6 +399,13 @@ class SQLiteStore(LedgerStore):
         c = self._reader()
         if level == 0:
             row = c.execute("SELECT leaf FROM entries WHERE idx = ?", (index,)).fetchone()
+        elif level < STORED_NODE_LEVEL:
+            first = index << level
+            leaves = c.execute(
+                "SELECT leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (first, first + (1 << level)),
+            ).fetchall()
+            return node_from_leaves(level, index, [bytes(r[0]) for r in leaves])
         else:
             row = c.execute(
                 "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)

@@ -18,7 +18,16 @@ from domain.checkpoint import Checkpoint
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
-from domain.ports import CheckpointRow, EntryRow, Head, HeldRow, LedgerStore, QuarantineRow, Source
+from domain.ports import (
+    STORED_NODE_LEVEL,
+    CheckpointRow,
+    EntryRow,
+    Head,
+    HeldRow,
+    LedgerStore,
+    QuarantineRow,
+    Source,
+)
 from tests.factories import FakeClock, event, items, make_ledger, verify_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]
@@ -213,6 +222,28 @@ class StoreContract:
             assert store.node(level, index) == h
         assert merkle.subtree_hash(0, 4, store.node) == cr.root()
 
+    def test_nodes_below_the_stored_level_come_from_the_leaves_and_the_rest_are_stored(self, store):
+        rows = [entry(i) for i in range(40)]
+        cr = merkle.CompactRange()
+        nodes = [n for r in rows for n in cr.append(r.leaf_hash)]
+        assert {n[0] for n in nodes} == {0, 1, 2, 3, 4, 5}
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+            tx.append_nodes(nodes)
+            # a low node handed to the store is not kept: it is what the leaves say
+            tx.append_nodes([(1, 10, b"x" * 32)])
+        for level, index, h in nodes:
+            assert store.node(level, index) == h
+        assert store.node(1, 10) == merkle.node_hash(rows[20].leaf_hash, rows[21].leaf_hash)
+        for size in (1, 7, 16, 33, 40):
+            assert merkle.subtree_hash(0, size, store.node) == merkle.root_from_leaf_hashes(
+                r.leaf_hash for r in rows[:size]
+            )
+        with pytest.raises(NotFoundError):
+            store.node(3, 5)  # entries 40..47 are not there
+        with pytest.raises(NotFoundError):
+            store.node(STORED_NODE_LEVEL + 2, 0)  # 64 entries: not complete
+
     def test_a_missing_node_raises_not_found(self, store):
         with pytest.raises(NotFoundError):
             store.node(0, 0)
@@ -329,7 +360,7 @@ class StoreContract:
         )
         tx.set_meta("k", "v")
         tx.append_entries([entry(0)])
-        tx.append_nodes([(1, 0, b"n" * 32)])
+        tx.append_nodes([(STORED_NODE_LEVEL, 0, b"n" * 32)])
         tx.save_runs({("acme", "r1"): b"state"})
         tx.add_quarantine([QuarantineRow(b"x", "bad", Source(kind="http"), "t")])
         tx.put_held([held("r1", 5, 1.0)])
@@ -344,7 +375,7 @@ class StoreContract:
         assert store.offsets("g") == {}
         assert store.checkpoints() == []
         with pytest.raises(NotFoundError):
-            store.node(1, 0)
+            store.node(STORED_NODE_LEVEL, 0)
         with store.transaction() as tx:
             assert tx.head() == Head()
             assert tx.load_runs([("acme", "r1")]) == {}
@@ -437,10 +468,10 @@ class StoreContract:
 
     def test_a_duplicate_merkle_node_raises_store_integrity_error(self, store):
         with store.transaction() as tx:
-            tx.append_nodes([(1, 0, b"a" * 32)])
+            tx.append_nodes([(STORED_NODE_LEVEL, 0, b"a" * 32)])
         with pytest.raises(StoreIntegrityError), store.transaction() as tx:
-            tx.append_nodes([(1, 0, b"b" * 32)])
-        assert store.node(1, 0) == b"a" * 32
+            tx.append_nodes([(STORED_NODE_LEVEL, 0, b"b" * 32)])
+        assert store.node(STORED_NODE_LEVEL, 0) == b"a" * 32
 
     # -- the ledger on top of the store ---------------------------------------------------------
 
