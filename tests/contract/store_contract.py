@@ -211,7 +211,7 @@ class StoreContract:
 
     # -- Merkle nodes ---------------------------------------------------------------------------
 
-    def test_level_zero_nodes_are_entry_leaves_and_higher_levels_are_stored_nodes(self, store):
+    def test_level_zero_nodes_are_entry_leaves_and_higher_levels_are_the_trees_nodes(self, store):
         rows = [entry(i) for i in range(4)]
         cr = merkle.CompactRange()
         nodes = [n for r in rows for n in cr.append(r.leaf_hash)]
