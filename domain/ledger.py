@@ -220,9 +220,11 @@ class _Batch:
     def load(self, parsed: Sequence[Parsed], optimistic: bool) -> None:
         """Load the run states, held events and stored event ids this batch needs.
 
-        Optimistic: only events that are not simply their run's next seq are looked up by
-        event_id; a new event reusing a stored event_id under another seq breaks
-        the store's unique index, and the caller redoes the batch with every id looked up.
+        Optimistic: only events that are not simply their run's next seq (after the stored
+        state and the events before them in this batch) are looked up by event_id. Such an
+        event's seq is beyond anything stored for its run, so it can only clash with a stored
+        event of another run or seq; reusing that event_id breaks the store's unique index, and
+        the caller redoes the batch with every id looked up.
         """
         run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
         for key, raw in self.tx.load_runs(run_keys).items():
@@ -232,15 +234,20 @@ class _Batch:
             for row in self.tx.load_held(run_keys):
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
         ids: set[tuple[str, str]] = set()
+        next_seq: dict[tuple[str, str], int] = {}  # each run's next seq as the batch goes on
         for p in parsed:
             ev = p.event
             if ev is None:
                 continue
             key = (ev["workspace"], ev["run_id"])
-            state = self.states.get(key)
-            expected = state.next_seq if state is not None else 0
+            expected = next_seq.get(key)
+            if expected is None:
+                state = self.states.get(key)
+                expected = state.next_seq if state is not None else 0
             if not optimistic or key in self.held or ev["seq"] != expected:
                 ids.add((ev["workspace"], ev["event_id"]))
+            else:
+                next_seq[key] = expected + 1
         self.known = self.tx.event_hashes(sorted(ids))
 
     def quarantine_item(

@@ -208,6 +208,34 @@ def test_an_event_id_reused_by_another_run_is_a_conflict_and_its_batch_still_lan
     assert sorted(e.run_id for e in ledger.store.entries()) == ["r1", "r3", "r4"]
 
 
+def test_an_event_id_reused_by_a_run_s_next_event_later_in_the_batch_is_a_conflict(tmp_path):
+    """The second event of a run in one batch is not looked up first; the store's index catches it."""
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items([event("r1")]))
+    policy = {"policy": "p", "action": "a", "decision": "allow", "reason": "ok"}
+    thief = event("r2", 1, "policy.evaluated", policy, event_id="r1-0")
+    report = ledger.append(items([event("r2"), thief, event("r3")]))
+    assert [o.status for o in report.results] == ["accepted", "quarantined", "accepted"]
+    assert "event_id 'r1-0' is already stored" in report.results[1].reason
+    assert sorted(e.run_id for e in ledger.store.entries()) == ["r1", "r2", "r3"]
+
+
+def test_events_that_follow_their_run_in_order_are_not_looked_up_by_event_id(tmp_path, monkeypatch):
+    from domain.stores.sqlite import SQLiteTx
+
+    looked_up: list[tuple[str, str]] = []
+    real = SQLiteTx.event_hashes
+    monkeypatch.setattr(SQLiteTx, "event_hashes", lambda tx, ids: looked_up.extend(ids) or real(tx, ids))
+    ledger = make_ledger(tmp_path / "l.db")
+    events = workload_events(runs=20)  # runs interleaved, several events of a run per batch
+    half = len(events) // 2
+    first, second = ledger.append(items(events[:half])), ledger.append(items(events[half:]))
+    assert first.accepted + second.accepted == len(events) > 100
+    assert looked_up == []
+    again = ledger.append(items(events[:10]))  # sent again: looked up, so found as duplicates
+    assert again.duplicates == 10 and len(looked_up) == 10
+
+
 @pytest.mark.parametrize(
     "source",
     [
