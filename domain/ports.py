@@ -28,15 +28,6 @@ def nodes_to_store(nodes: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, i
     return [n for n in nodes if n[0] >= STORED_NODE_LEVEL]
 
 
-def node_from_leaves(level: int, index: int, leaves: Sequence[bytes]) -> bytes:
-    """Node (level, index) from the leaf hashes under it, in order, as a store read them."""
-    if len(leaves) != 1 << level:
-        raise NotFoundError(f"no Merkle node at level {level} index {index}")
-    hashes = list(leaves)
-    while len(hashes) > 1:
-        hashes = merkle.node_level(hashes)
-    return hashes[0]
-
 
 class Source(NamedTuple):
     """Where an event came from: a Kafka position, a file line, an HTTP request...
@@ -253,13 +244,25 @@ class LedgerStore(ABC):
     def workspaces_of_run(self, run_id: str) -> list[str]:
         """Workspaces holding a run with this id."""
 
-    @abstractmethod
     def node(self, level: int, index: int) -> bytes:
         """Hash of a complete Merkle subtree (raises NotFoundError if it does not exist).
 
-        Level 0 is an entry's leaf hash; below ``STORED_NODE_LEVEL`` the node is computed from
-        the leaves under it (``node_from_leaves``); from there up it is a stored node.
+        Level 0 is an entry's leaf hash and from ``STORED_NODE_LEVEL`` up a stored node; a node
+        in between is computed from the 2, 4 or 8 entries under it.
         """
+        if not 0 < level < STORED_NODE_LEVEL:
+            return self.stored_node(level, index)
+        first = index << level
+        hashes = [e.leaf_hash for e in self.entries(first, first + (1 << level))]
+        if len(hashes) != 1 << level:
+            raise NotFoundError(f"no Merkle node at level {level} index {index}")
+        while len(hashes) > 1:
+            hashes = merkle.node_level(hashes)
+        return hashes[0]
+
+    @abstractmethod
+    def stored_node(self, level: int, index: int) -> bytes:
+        """An entry's leaf hash (level 0) or a stored node (NotFoundError if there is none)."""
 
     @abstractmethod
     def checkpoints(self) -> list[CheckpointRow]:

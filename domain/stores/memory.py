@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
-    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -22,7 +21,6 @@ from domain.ports import (
     LedgerStore,
     LedgerTx,
     QuarantineRow,
-    node_from_leaves,
     nodes_to_store,
 )
 
@@ -319,16 +317,11 @@ class MemoryStore(LedgerStore):
         with self._data_lock:
             return sorted({ws for ws, run, seq in self._data.by_seq if run == run_id and seq == 0})
 
-    def node(self, level: int, index: int) -> bytes:
+    def stored_node(self, level: int, index: int) -> bytes:
         with self._data_lock:
             if level == 0:
                 row = self._data.entries.get(index)
                 found = None if row is None else row.leaf_hash
-            elif level < STORED_NODE_LEVEL:
-                first = index << level
-                rows = [self._data.entries.get(i) for i in range(first, first + (1 << level))]
-                leaves = [r.leaf_hash for r in rows if r is not None]
-                return node_from_leaves(level, index, leaves)
             else:
                 found = self._data.nodes.get((level, index))
         if found is None:

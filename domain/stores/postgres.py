@@ -22,7 +22,6 @@ from psycopg import pq
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
-    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -31,7 +30,6 @@ from domain.ports import (
     LedgerTx,
     QuarantineRow,
     Source,
-    node_from_leaves,
     nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
@@ -535,16 +533,9 @@ class PostgresStore(LedgerStore):
             )
         ]
 
-    def node(self, level: int, index: int) -> bytes:
+    def stored_node(self, level: int, index: int) -> bytes:
         if level == 0:
             rows = self._fetch("SELECT leaf FROM entries WHERE idx = %s", (index,))
-        elif level < STORED_NODE_LEVEL:
-            first = index << level
-            leaves = self._fetch(
-                "SELECT leaf FROM entries WHERE idx >= %s AND idx < %s ORDER BY idx",
-                (first, first + (1 << level)),
-            )
-            return node_from_leaves(level, index, [bytes(r[0]) for r in leaves])
         else:
             rows = self._fetch(
                 "SELECT hash FROM nodes WHERE level = %s AND idx = %s", (level, index)

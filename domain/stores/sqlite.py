@@ -14,7 +14,6 @@ import orjson
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
-    STORED_NODE_LEVEL,
     CheckpointRow,
     EntryRow,
     Head,
@@ -23,7 +22,6 @@ from domain.ports import (
     LedgerTx,
     QuarantineRow,
     Source,
-    node_from_leaves,
     nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
@@ -395,17 +393,10 @@ class SQLiteStore(LedgerStore):
             )
         ]
 
-    def node(self, level: int, index: int) -> bytes:
+    def stored_node(self, level: int, index: int) -> bytes:
         c = self._reader()
         if level == 0:
             row = c.execute("SELECT leaf FROM entries WHERE idx = ?", (index,)).fetchone()
-        elif level < STORED_NODE_LEVEL:
-            first = index << level
-            leaves = c.execute(
-                "SELECT leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-                (first, first + (1 << level)),
-            ).fetchall()
-            return node_from_leaves(level, index, [bytes(r[0]) for r in leaves])
         else:
             row = c.execute(
                 "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
