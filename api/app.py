@@ -67,7 +67,8 @@ Tachograph records what AI agents did in a signed, Merkle-checkpointed ledger.
 Every endpoint except `/healthz`, `/readyz`, `/metrics` and the docs needs an API key
 (`Authorization: Bearer tacho_<id>_<secret>`, from `tacho apikey create`). A key sees only its
 own workspace; another workspace's run answers 404 like a missing one. Every read of an audit
-history or evidence is itself recorded in the ledger (run `audit-YYYY-MM-DD` of the workspace).
+history or evidence is itself recorded in the ledger as a platform record (entry kind `record`,
+type `audit.read`), which no publisher key can write; auditors read them at `/v1/audit-log`.
 """
 
 

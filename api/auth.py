@@ -12,6 +12,7 @@ class Capability(StrEnum):
 
     INGEST = "ingest"
     READ_HISTORY = "read_history"
+    READ_AUDIT_LOG = "read_audit_log"
     EVIDENCE = "evidence"
     READ_LOG = "read_log"
     QUARANTINE = "quarantine"
@@ -29,6 +30,7 @@ GRANTS: dict[str, frozenset[Capability]] = {
     "auditor": frozenset(
         {
             Capability.READ_HISTORY,
+            Capability.READ_AUDIT_LOG,
             Capability.EVIDENCE,
             Capability.READ_LOG,
             Capability.QUARANTINE,

@@ -99,6 +99,7 @@ def require(capability: Capability) -> Any:
 
 Publisher = Annotated[ApiKey, require(Capability.INGEST)]
 HistoryReader = Annotated[ApiKey, require(Capability.READ_HISTORY)]
+AuditLogReader = Annotated[ApiKey, require(Capability.READ_AUDIT_LOG)]
 EvidenceReader = Annotated[ApiKey, require(Capability.EVIDENCE)]
 LogReader = Annotated[ApiKey, require(Capability.READ_LOG)]
 QuarantineReader = Annotated[ApiKey, require(Capability.QUARANTINE)]

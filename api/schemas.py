@@ -137,6 +137,25 @@ class RunEvents(BaseModel):
     entries: list[EntryOut]
 
 
+class AuditRecordOut(BaseModel):
+    """One platform record as stored: its ledger position, leaf hash and the record itself."""
+
+    index: int
+    leaf_hash: str
+    received: str
+    record: dict[str, Any] = Field(
+        description="`type` (audit.read, console.action), `workspace`, `time`, `actor` "
+        "(`key_id`, `role`, `name`?), `data` (`action`, `method`, `path`, `query`?, `target`), "
+        "`record_id` (`record/<index>`)")
+
+
+class AuditLogPage(BaseModel):
+    """One page of the audit log; pass ``next_after`` as ``after`` for the next page."""
+
+    records: list[AuditRecordOut]
+    next_after: int | None
+
+
 class CheckpointOut(BaseModel):
     """A signed checkpoint (C2SP signed-note text)."""
 

@@ -37,6 +37,7 @@ from domain.ports import (
     QuarantineRow,
     Source,
 )
+from domain.records import RECORD_KIND, Record, record_body, record_id
 from domain.run import RunState
 
 Clock = Callable[[], float]
@@ -523,6 +524,21 @@ class Ledger:
                 )
                 batch.held_drop.append((row.workspace, row.run_id, row.seq))
             return batch.flush(None, None)
+
+    def append_records(self, records: Sequence[Record]) -> list[int]:
+        """Append platform records (entry kind ``record``, see ``domain/records.py``) in one
+        transaction; return their ledger indexes. The event path can never write this kind."""
+        with self.store.transaction() as tx:
+            batch = _Batch(self, tx, self.clock())
+            indexes = []
+            for rec in records:
+                body = record_body(rec, batch.next_index)
+                row = batch.add_system_entry(RECORD_KIND, body)
+                row.workspace, row.event_type, row.event_time = rec.workspace, rec.type, rec.time
+                row.event_id = record_id(row.index)
+                indexes.append(row.index)
+            batch.flush(None, None)
+        return indexes
 
     def checkpoint(self, force: bool = True) -> CheckpointRow | None:
         """A signed checkpoint covering the whole tree: signed now if the tree grew.

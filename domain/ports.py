@@ -244,6 +244,13 @@ class LedgerStore(ABC):
     def workspaces_of_run(self, run_id: str) -> list[str]:
         """Workspaces holding a run with this id."""
 
+    @abstractmethod
+    def records(
+        self, workspace: str, after: int = -1, limit: int = 100, record_type: str | None = None
+    ) -> list[EntryRow]:
+        """A workspace's platform records (entry kind ``record``) after ledger index ``after``,
+        oldest first, at most ``limit``; only those of ``record_type`` when given."""
+
     def node(self, level: int, index: int) -> bytes:
         """Hash of a complete Merkle subtree (raises NotFoundError if it does not exist).
 

@@ -16,6 +16,7 @@ import msgspec
 import orjson
 
 from domain import merkle
+from domain.records import RECORD_KIND, record_shape_error
 
 Node = tuple[int, int]  # (level, index)
 
@@ -193,6 +194,11 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
         scan.rotations.append((position, d))
         scan.event_ids.append(None)
         return None
+    if kind == RECORD_KIND:  # a platform record: shape only, it is in no run
+        error = record_shape_error(d)
+        if error is None:
+            scan.event_ids.append(f"{d['record']['workspace']}\n{d['record']['record_id']}")
+        return error
     if kind != "event":
         return f"unknown entry kind {kind!r}"
     ev = d.get("event")

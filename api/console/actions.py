@@ -1,6 +1,6 @@
 """Console actions written into the ledger: approval decisions and reverts in the run they belong
-to (or, for a completed run, a compensating run), and a record of every action (who, what, when)
-in the workspace's audit run."""
+to (or, for a completed run, a compensating run), and a platform record of every action (who,
+what, when)."""
 
 from __future__ import annotations
 
@@ -152,10 +152,9 @@ class RunWriter:
 
 def record_action(services: Services, session: Session, action: str, path: str,
                   target: Mapping[str, Any]) -> int:
-    """Record a console action in the workspace's audit run with the person's identity."""
+    """Record a console action (a ``console.action`` platform record) with the person's identity."""
     key = services.keys.get(session.key_id)
-    return services.audit.record(key, f"console.{action}", "POST", path, {},
-                                 {**target, "by": session.identity})
+    return services.audit.action(key, f"console.{action}", path, {**target, "by": session.identity})
 
 
 def decide(services: Services, session: Session, run_id: str, approval_id: str, decision: str,
@@ -167,7 +166,7 @@ def decide(services: Services, session: Session, run_id: str, approval_id: str, 
     if reason:
         data["reason"] = reason[:2000]
     index = RunWriter(services).append(session.workspace, run_id, "approval.decided", data)
-    record_action(services, session, "approval.decide", f"/console/approvals/{run_id}/{approval_id}",
+    record_action(services, session, "approval.decide", "/console/approvals/decide",
                   {"run_id": run_id, "approval_id": approval_id, "decision": decision,
                    "ledger_index": index})
     return index
@@ -181,7 +180,7 @@ def revert(services: Services, session: Session, change: ChangeItem, workflow: s
         raise ConsoleActionError(f"change {change.change_id!r} is irreversible: it cannot be undone here")
     if change.reverted:
         raise ConsoleActionError(f"change {change.change_id!r} was already reverted by {change.reverted_by}")
-    path = f"/console/changes/{change.run_id}/{change.change_id}/revert"
+    path = "/console/changes/revert"
     hook = hooks.get(workflow or "")
     reason = reason[:2000] if reason else None
 

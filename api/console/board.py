@@ -134,6 +134,11 @@ class Board(LedgerFold):
         done = [a for a in self.approvals.values() if a.workspace == workspace and a.decision]
         return sorted(done, key=lambda a: -(a.decided_index or 0))[:limit]
 
+    def approval(self, workspace: str, run_id: str, approval_id: str) -> ApprovalItem | None:
+        """One approval request of one run, if it exists."""
+        self.refresh()
+        return self.approvals.get((workspace, run_id, approval_id))
+
     def change(self, workspace: str, run_id: str, change_id: str) -> ChangeItem | None:
         """One change, if it exists."""
         self.refresh()

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 
+from api.audit_trail import LEGACY_AUDIT_WORKFLOW
 from api.auth import GRANTS, Capability, ForbiddenError, check
 from api.console.actions import ConsoleActionError, decide, record_action, revert
 from api.console.insights import AnalyticsMissing, build_charts
@@ -26,16 +27,18 @@ from api.run_index import RunFilter, RunSummary
 from domain.canonical import dumps
 from domain.errors import NotFoundError, TachographError
 from domain.evidence import build_evidence, verify_evidence
+from domain.records import RECORD_TYPES
 from replay.errors import ReplayNotFoundError
 
 PAGE_SIZE = 25
-AUDIT_WORKFLOW = "tachograph.audit"
+AUDIT_WORKFLOW = LEGACY_AUDIT_WORKFLOW  # per-day audit runs of ledgers older than platform records
 
 NAV: list[tuple[str, str, Capability | None]] = [
     ("runs", "Runs", Capability.READ_HISTORY),
     ("approvals", "Approvals", Capability.APPROVE),
     ("changes", "Changes", Capability.READ_HISTORY),
     ("ledger", "Ledger", Capability.READ_LOG),
+    ("audit", "Audit log", Capability.READ_AUDIT_LOG),
     ("analytics", "Cost & quality", Capability.ANALYTICS),
     ("replays", "Replays", Capability.REPLAY),
     ("kill-switches", "Kill switches", None),
@@ -339,16 +342,34 @@ def approvals_page(request: Request, msg: str | None = None, ok: int = 1) -> HTM
     for a in pending:
         change = board.change(a.workspace, a.run_id, a.change_id) if a.change_id else None
         diffs[(a.run_id, a.approval_id)] = change
+    _read(request, session, "approvals.list", pending=len(pending))
     return page(request, session, "approvals.html", pending=pending, diffs=diffs,
                 decided=board.decided(session.workspace), msg=msg, ok=ok,
                 workflow_of=lambda a: board.facts(a.workspace, a.run_id).workflow)
 
 
-@router.post("/approvals/{run_id}/{approval_id}")
-async def decide_approval(request: Request, run_id: str, approval_id: str) -> Response:
+MAX_ID = 512  # the event contract's longest approval or change id
+
+
+def _ids(form: dict[str, str], *names: str) -> list[str]:
+    """Ids posted in the form body (never in the path: ``/`` and ``..`` would move the target)."""
+    out = []
+    for name in names:
+        value = form.get(name, "")
+        if not 0 < len(value) <= MAX_ID:
+            raise ConsoleActionError(f"the form has no valid {name} (1-{MAX_ID} characters)")
+        out.append(value)
+    return out
+
+
+@router.post("/approvals/decide")
+async def decide_approval(request: Request) -> Response:
     session = person(request)
     form = await checked_form(request, session)
     need(session, Capability.APPROVE)
+    run_id, approval_id = _ids(form, "run_id", "approval_id")
+    if _state(request).board.approval(session.workspace, run_id, approval_id) is None:
+        raise NotFoundError(f"no approval {approval_id!r} in run {run_id!r}")
     decision = form.get("decision", "")
     reason = form.get("reason", "").strip() or None
     if decision == "rejected" and not reason:
@@ -365,17 +386,19 @@ def changes_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLR
     need(session, Capability.READ_HISTORY)
     board = _state(request).board
     changes = board.applied(session.workspace)
+    _read(request, session, "changes.list", returned=len(changes))
     return page(request, session, "changes.html", changes=changes, msg=msg, ok=ok,
                 can_revert=may(session, Capability.REVERT),
                 facts=lambda c: board.facts(c.workspace, c.run_id),
                 hooks=_state(request).revert_hooks)
 
 
-@router.post("/changes/{run_id}/{change_id}/revert")
-async def revert_change(request: Request, run_id: str, change_id: str) -> Response:
+@router.post("/changes/revert")
+async def revert_change(request: Request) -> Response:
     session = person(request)
     form = await checked_form(request, session)
     need(session, Capability.REVERT)
+    run_id, change_id = _ids(form, "run_id", "change_id")
     state = _state(request)
     change = state.board.change(session.workspace, run_id, change_id)
     if change is None or not change.applied:
@@ -417,6 +440,24 @@ async def verify_ledger(request: Request) -> HTMLResponse:
     await run_in_threadpool(record_action, services, session, "ledger.verify", "/console/ledger/verify",
                             {"ok": result.ok, "entries": result.entries})
     return _state(request).render(request, "ledger_verification.html", {"v": result})
+
+
+# -- audit log ----------------------------------------------------------------------------------
+@router.get("/audit")
+def audit_log_page(
+    request: Request,
+    after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    type: Annotated[str | None, Query(max_length=40)] = None,
+) -> HTMLResponse:
+    session = person(request)
+    need(session, Capability.READ_AUDIT_LOG)
+    from api.routes.audit import audit_page
+
+    rtype = type if type in RECORD_TYPES else None
+    records, nxt = audit_page(_services(request), session.workspace, after, PAGE_SIZE * 2, rtype)
+    _read(request, session, "audit_log.list", returned=len(records))
+    return page(request, session, "audit.html", records=records, next_after=nxt, after=after,
+                rtype=rtype or "", types=list(RECORD_TYPES), legacy=AUDIT_WORKFLOW)
 
 
 # -- cost and quality ---------------------------------------------------------------------------

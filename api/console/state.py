@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from importlib.resources import files
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -35,6 +36,11 @@ def json_text(value: Any) -> str:
     return dumps(value).decode()
 
 
+def segment(value: Any) -> str:
+    """A value as one URL path segment: every reserved character encoded, ``/`` included."""
+    return quote(str(value), safe="")
+
+
 def percent(value: Any) -> str:
     """A rate (0..1) as a percentage."""
     return "—" if value is None else f"{Decimal(str(value)) * 100:.1f}%"
@@ -54,7 +60,7 @@ class ConsoleState:
     def make_templates() -> Jinja2Templates:
         """Templates from the package (autoescaped), with the console's filters."""
         templates = Jinja2Templates(directory=str(files("api.console") / "templates"))
-        templates.env.filters.update(money=money, json=json_text, percent=percent)
+        templates.env.filters.update(money=money, json=json_text, percent=percent, seg=segment)
         templates.env.globals["change_diff"] = lambda c: diff_rows(c.before, c.after)
         return templates
 

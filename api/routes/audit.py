@@ -1,4 +1,5 @@
-"""Audit reads: runs, a run's timeline, its events with ledger positions, evidence, quarantine.
+"""Audit reads: runs, a run's timeline, its events with ledger positions, evidence, quarantine,
+the audit log.
 
 Every successful read here is recorded in the ledger before the answer is sent.
 """
@@ -11,10 +12,19 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import EvidenceReader, HistoryReader, QuarantineReader, Services, ServicesDep
+from api.deps import (
+    AuditLogReader,
+    EvidenceReader,
+    HistoryReader,
+    QuarantineReader,
+    Services,
+    ServicesDep,
+)
 from api.keys_store import ApiKey
 from api.run_index import RunFilter, RunSummary
 from api.schemas import (
+    AuditLogPage,
+    AuditRecordOut,
     QuarantinedOut,
     QuarantinePage,
     RunEvents,
@@ -27,6 +37,7 @@ from api.schemas import (
 from domain.canonical import dumps, loads
 from domain.errors import NotFoundError
 from domain.evidence import build_evidence
+from domain.records import RECORD_TYPES
 
 router = APIRouter(tags=["audit"])
 
@@ -183,6 +194,45 @@ async def run_evidence(request: Request, services: ServicesDep, key: EvidenceRea
     await run_in_threadpool(audited, services, key, request, "run.evidence",
                             workspace=key.workspace, run_id=run_id)
     return bundle
+
+
+def audit_page(services: Services, workspace: str, after: int, limit: int,
+               record_type: str | None) -> tuple[list[AuditRecordOut], int | None]:
+    """One page of a workspace's platform records and the ``after`` of the next page (or None)."""
+    rows = services.ledger.store.records(workspace, after, limit + 1, record_type)
+    out = []
+    for r in rows[:limit]:
+        d = loads(r.data)
+        out.append(AuditRecordOut(index=r.index, leaf_hash=r.leaf_hash.hex(), received=d["received"],
+                                  record=d["record"]))
+    return out, (out[-1].index if len(rows) > limit else None)
+
+
+@router.get(
+    "/v1/audit-log",
+    response_model=AuditLogPage,
+    summary="The workspace's audit log: platform records, oldest first",
+    description="Every audited read (`audit.read`) and console action (`console.action`) of the "
+    "key's workspace, as written by the platform (entry kind `record`; no publisher key can write "
+    "one). Page with `after` = the previous page's `next_after`; filter with `type`. Each record's "
+    "entry is covered by the log's checkpoints like any other (`/v1/log/proof/inclusion`). Reads "
+    "recorded by ledgers older than records are `tool.called` events of runs `audit-YYYY-MM-DD` "
+    "(`/v1/runs?workflow=tachograph.audit`). Role auditor. Audited: reading the audit log is "
+    "itself recorded (after the page is read, so a page never shows its own read).",
+    responses=errors(401, 403, 422, 503),
+)
+def audit_log(
+    request: Request,
+    services: ServicesDep,
+    key: AuditLogReader,
+    after: Annotated[int, Query(ge=-1, le=2**62, description="ledger index of the last record seen")] = -1,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    type: Annotated[str | None, Query(pattern="^(" + "|".join(t.replace(".", r"\.") for t in RECORD_TYPES)
+                                      + ")$", description="only records of this type")] = None,
+) -> AuditLogPage:
+    records, nxt = audit_page(services, key.workspace, after, limit, type)
+    audited(services, key, request, "audit_log.list", workspace=key.workspace, returned=len(records))
+    return AuditLogPage(records=records, next_after=nxt)
 
 
 def _visible(row_ws: str | None, source: dict[str, Any], workspace: str) -> bool:

@@ -313,6 +313,17 @@ class MemoryStore(LedgerStore):
             ]
         return sorted(rows, key=lambda r: (r.seq is None, r.seq or 0))
 
+    def records(
+        self, workspace: str, after: int = -1, limit: int = 100, record_type: str | None = None
+    ) -> list[EntryRow]:
+        with self._data_lock:
+            rows = [
+                r for i, r in self._data.entries.items()
+                if i > after and r.kind == "record" and r.workspace == workspace
+                and (record_type is None or r.event_type == record_type)
+            ]
+        return sorted(rows, key=lambda r: r.index)[:limit]
+
     def workspaces_of_run(self, run_id: str) -> list[str]:
         with self._data_lock:
             return sorted({ws for ws, run, seq in self._data.by_seq if run == run_id and seq == 0})

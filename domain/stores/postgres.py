@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
 CREATE INDEX IF NOT EXISTS entries_run_start ON entries (run_id) WHERE seq = 0;
+CREATE INDEX IF NOT EXISTS entries_records ON entries (workspace, idx) WHERE kind = 'record';
 CREATE TABLE IF NOT EXISTS nodes (
   level INTEGER NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx));
 CREATE TABLE IF NOT EXISTS runs (
@@ -520,6 +521,19 @@ class PostgresStore(LedgerStore):
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE workspace = %s AND run_id = %s "
                 "ORDER BY seq",
                 (workspace, run_id),
+            )
+        ]
+
+    def records(
+        self, workspace: str, after: int = -1, limit: int = 100, record_type: str | None = None
+    ) -> list[EntryRow]:
+        typed = "" if record_type is None else " AND type = %s"
+        return [
+            _entry(r)
+            for r in self._fetch(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = %s "
+                f"AND idx > %s{typed} ORDER BY idx LIMIT %s",
+                (workspace, after, *([] if record_type is None else [record_type]), limit),
             )
         ]
 

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS entries (
   event_hash BLOB);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
+CREATE INDEX IF NOT EXISTS entries_records ON entries (workspace, idx) WHERE kind = 'record';
 CREATE TABLE IF NOT EXISTS nodes (
   level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
   PRIMARY KEY (level, idx)) WITHOUT ROWID;
@@ -382,6 +383,19 @@ class SQLiteStore(LedgerStore):
             for r in self._reader().execute(
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE workspace = ? AND run_id = ? ORDER BY seq",
                 (workspace, run_id),
+            )
+        ]
+
+    def records(
+        self, workspace: str, after: int = -1, limit: int = 100, record_type: str | None = None
+    ) -> list[EntryRow]:
+        typed = "" if record_type is None else " AND type = ?"
+        return [
+            _entry(r)
+            for r in self._reader().execute(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = ? "
+                f"AND idx > ?{typed} ORDER BY idx LIMIT ?",
+                (workspace, after, *([] if record_type is None else [record_type]), limit),
             )
         ]
 

@@ -28,6 +28,7 @@ from domain.ports import (
     QuarantineRow,
     Source,
 )
+from domain.records import Record
 from tests.factories import FakeClock, event, items, make_ledger, verify_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]
@@ -511,6 +512,31 @@ class StoreContract:
             base64.b64decode(bundle["entries"][0]["bytes"])
             == store.run_entries(ev["workspace"], ev["run_id"])[0].data
         )
+
+    def test_records_are_a_workspaces_platform_records_paged_by_index_and_typed(self, store):
+        clock = FakeClock()
+        ledger = make_ledger(store=store, clock=clock)
+        ledger.append(items([event("r1", 0), event("r1", 0, workspace="beta")]))
+
+        def rec(ws: str, rtype: str = "audit.read", n: int = 0) -> Record:
+            return Record(rtype, ws, "2026-01-01T00:00:00Z", {"key_id": "k1"}, {"n": n})
+
+        first = ledger.append_records([rec("acme", n=0), rec("beta"), rec("acme", "console.action", 1)])
+        second = ledger.append_records([rec("acme", n=2)])
+        assert first == [2, 3, 4] and second == [5]
+        got = store.records("acme")
+        assert [r.index for r in got] == [2, 4, 5]
+        assert all(r.kind == "record" and r.run_id is None and r.seq is None for r in got)
+        assert [r.event_id for r in got] == ["record/2", "record/4", "record/5"]
+        assert [r.event_type for r in got] == ["audit.read", "console.action", "audit.read"]
+        assert [r.index for r in store.records("acme", after=2, limit=1)] == [4]
+        assert [r.index for r in store.records("acme", record_type="audit.read")] == [2, 5]
+        assert [r.index for r in store.records("beta")] == [3]
+        assert store.records("gamma") == []
+        assert store.run_entries("acme", "r1")[0].index == 0  # events are not records
+        ledger.checkpoint()
+        result = verify(ledger)
+        assert result.ok, result.reason
 
     def test_a_ledger_absorbs_redelivery_and_keeps_every_event_exactly_once(self, store):
         ledger = make_ledger(store=store)

@@ -105,13 +105,12 @@ class ConsoleServer:
         return [loads(r.data)["event"] for r in self.ledger.store.run_entries(WS, run_id)]
 
     def console_actions(self) -> list[dict[str, Any]]:
-        """The console actions recorded in the workspace's audit runs (args of each record)."""
+        """The console's reads and actions recorded as platform records (data of each, with key_id)."""
         out = []
-        for row in self.ledger.store.entries():
-            if row.workspace == WS and (row.run_id or "").startswith("audit-") and row.event_type == "tool.called":
-                args = loads(row.data)["event"]["data"]["args"]
-                if args["action"].startswith("console."):
-                    out.append(args)
+        for row in self.ledger.store.records(WS, limit=10**6):
+            rec = loads(row.data)["record"]
+            if rec["data"]["action"].startswith("console."):
+                out.append({**rec["data"], "key_id": rec["actor"]["key_id"], "type": rec["type"]})
         return out
 
 

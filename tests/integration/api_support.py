@@ -102,13 +102,9 @@ def publish(api: Api, events: list[dict[str, Any]], role: str = "publisher") -> 
     return r.json()  # type: ignore[no-any-return]
 
 
-def audit_reads(api: Api, workspace: str = "acme") -> list[dict[str, Any]]:
-    """The tool.called records of the workspace's audit runs (reads recorded in the ledger)."""
+def audit_reads(api: Api, workspace: str = "acme", rtype: str = "audit.read") -> list[dict[str, Any]]:
+    """The workspace's platform records of one type (reads recorded in the ledger), oldest first."""
     from domain.canonical import loads
 
-    out = []
-    for row in api.ledger.store.entries():
-        if row.workspace == workspace and (row.run_id or "").startswith("audit-") \
-                and row.event_type == "tool.called":
-            out.append(loads(row.data)["event"])
-    return out
+    return [loads(r.data)["record"] for r in api.ledger.store.records(workspace, limit=10**6,
+                                                                       record_type=rtype)]

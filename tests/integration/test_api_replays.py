@@ -192,7 +192,7 @@ def test_every_replay_read_and_start_is_recorded_in_the_ledger(
     rid = start(a, {"agent": TRIAGE, "runs": ours[:1]}).json()["replay_id"]
     finished(a, rid)
     a.client.get("/v1/replays", headers=a.auth("engineer"))
-    reads = [e["data"]["args"] for e in audit_reads(a)]
+    reads = [e["data"] for e in audit_reads(a)]
     actions = [r["action"] for r in reads]
     assert actions[0] == "replay.start" and "replay.report" in actions and actions[-1] == "replays.list"
     assert all(r["target"].get("replay_id") == rid for r in reads if r["action"].startswith("replay."))

@@ -97,8 +97,7 @@ def test_reverting_a_change_of_a_completed_run_records_one_compensating_run_and_
     assert original.reverted == evs[3]["time"] and original.reverted_by == session.identity
     assert original.revert_run == "done.revert-ch-1" and original.revert_reason == "voided the wrong invoice"
     assert state.board.change(WS, "done.revert-ch-1", "ch-1.revert").compensates == ("done", "ch-1")
-    audit = [loads(r.data)["event"]["data"]["args"] for r in ledger.store.entries()
-             if r.event_type == "tool.called" and (r.run_id or "").startswith("audit-")]
+    audit = [loads(r.data)["record"]["data"] for r in ledger.store.records(WS, record_type="console.action")]
     assert audit[-1]["action"] == "console.change.revert"
     assert audit[-1]["target"]["compensating_run"] == "done.revert-ch-1"
 
@@ -130,8 +129,7 @@ def test_a_failing_revert_hook_on_a_completed_run_writes_no_compensating_run(con
         revert(services, session, state.board.change(WS, "done", "ch-1"), "billing-ops", {"billing-ops": hook}, "x")
     assert ledger.store.run_entries(WS, "done.revert-ch-1") == []
     assert state.board.change(WS, "done", "ch-1").reverted is None
-    failed = [loads(r.data)["event"]["data"]["args"]["action"] for r in ledger.store.entries()
-              if r.event_type == "tool.called"]
+    failed = [loads(r.data)["record"]["data"]["action"] for r in ledger.store.records(WS)]
     assert failed[-1] == "console.change.revert_failed"
 
 
