@@ -118,8 +118,9 @@ def test_an_approver_approves_and_rejects_pending_changes_and_the_ledger_names_t
     with _session_client(browser, server) as client:
         page = client.get("/console/approvals").text
         csrf = re.search(r'X-CSRF-Token": "([^"]+)"', page).group(1)
-        again = client.post("/console/approvals/pend-approve/ap-1",
-                            data={"csrf": csrf, "decision": "rejected", "reason": "x"})
+        again = client.post("/console/approvals/decide",
+                            data={"csrf": csrf, "run_id": "pend-approve", "approval_id": "ap-1",
+                                  "decision": "rejected", "reason": "x"})
     assert again.status_code == 409 and "already decided" in again.text
     assert len(server.events("pend-approve")) == 6
 
@@ -135,9 +136,11 @@ def test_a_form_posted_without_its_csrf_token_or_from_another_origin_is_refused(
     assert "403" in browser.title
     with _session_client(browser, server) as client:
         csrf = re.search(r'X-CSRF-Token": "([^"]+)"', client.get("/console/approvals").text).group(1)
-        forged = client.post("/console/approvals/pend-nocsrf/ap-3", data={"csrf": csrf, "decision": "approved"},
+        forged = client.post("/console/approvals/decide", data={"csrf": csrf, "decision": "approved",
+                             "run_id": "pend-nocsrf", "approval_id": "ap-3"},
                              headers={"Origin": "http://evil.example"})
-        wrong = client.post("/console/approvals/pend-nocsrf/ap-3", data={"csrf": "x" * 43, "decision": "approved"})
+        wrong = client.post("/console/approvals/decide", data={"csrf": "x" * 43, "decision": "approved",
+                                                             "run_id": "pend-nocsrf", "approval_id": "ap-3"})
     assert forged.status_code == 403 and wrong.status_code == 403
     login = httpx.post(server.url + "/console/login", data={"api_key": server.secrets["auditor"]})
     assert login.status_code == 403  # the sign-in form has its own token too
@@ -229,7 +232,8 @@ def test_an_approver_reverts_a_completed_runs_change_as_a_compensating_run_shown
 
     with _session_client(browser, server) as client:  # a second revert (a stale tab) is refused
         csrf = re.search(r'X-CSRF-Token": "([^"]+)"', client.get("/console/changes").text).group(1)
-        again = client.post("/console/changes/done-void/ch-void-done/revert", data={"csrf": csrf, "reason": "x"})
+        again = client.post("/console/changes/revert", data={"csrf": csrf, "reason": "x", "run_id": "done-void",
+                                                           "change_id": "ch-void-done"})
     assert again.status_code == 409 and "already reverted" in again.text
     assert len(server.events("done-void.revert-ch-void-done")) == 4
 
