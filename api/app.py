@@ -20,6 +20,7 @@ from api.audit_trail import AuditTrail, AuditTrailError
 from api.auth import ForbiddenError
 from api.bootstrap import build_ledger
 from api.deps import Limits, Services
+from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.replay_jobs import ReplayJobs
@@ -134,9 +135,16 @@ class BodyLimit:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown, let a running replay finish (queued ones are dropped)."""
+    """Start housekeeping (if asked for); on shutdown stop it, sign the tail, and let a running
+    replay finish (queued ones are dropped)."""
+    keeper: Housekeeper | None = app.state.housekeeper
+    if keeper is not None:
+        keeper.start()
     yield
     services: Services = app.state.services
+    if keeper is not None:
+        await run_in_threadpool(keeper.stop)
+        await run_in_threadpool(services.ledger.checkpoint)  # the tail, signed before exit
     await run_in_threadpool(services.replays.close)
 
 
@@ -147,8 +155,13 @@ def create_app(
     keys: KeyStore | None = None,
     clock: Callable[[], float] = time.time,
     limits: Limits | None = None,
+    housekeeping: bool = False,
 ) -> FastAPI:
-    """Build the API over the configured ledger and key store."""
+    """Build the API over the configured ledger and key store.
+
+    ``housekeeping``: while served, sign the tail when due and expire held events on a
+    background thread (``tacho serve`` asks for it).
+    """
     ledger = ledger or build_ledger(settings)
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
@@ -175,6 +188,7 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.services = services
+    app.state.housekeeper = Housekeeper(ledger) if housekeeping else None
     _install_errors(app)
     _install_metrics(app, services.metrics)
     for module in (ingest, audit, log, analytics, replays, key_routes, ops):

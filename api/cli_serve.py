@@ -22,7 +22,8 @@ def cmd_serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs offline at /docs)."""
+    """Serve the HTTP API (OpenAPI docs offline at /docs); signs the tail when due and expires
+    held events in the background while it serves."""
     import uvicorn
 
     from api.app import create_app
@@ -30,7 +31,7 @@ def cmd_serve(
 
     settings = Settings()
     limits = Limits(max_body_bytes=settings.api_max_body_bytes, max_batch=settings.api_max_batch)
-    app = create_app(settings, limits=limits)
+    app = create_app(settings, limits=limits, housekeeping=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
