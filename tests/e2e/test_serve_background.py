@@ -49,7 +49,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pa
         time.sleep(0.1)
     yield data_dir, url
     proc.terminate()  # uvicorn shuts down cleanly, then re-raises SIGTERM (exit -15)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode in (0, -15) and "Traceback" not in err, err
 
 
