@@ -39,9 +39,13 @@ GRANTS: dict[str, frozenset[Capability]] = {
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT, Capability.HALT}),
-    "admin": frozenset({Capability.KEYS, Capability.HALT}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY}),
     "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY}),
 }
+
+
+CONSOLE_ONLY_ROLES = frozenset({"approver"})
+"""Roles whose grants hold in the console only: every API endpoint refuses their keys (403)."""
 
 
 class ForbiddenError(TachographError):
@@ -60,3 +64,14 @@ def check(role: str, capability: Capability) -> None:
             f"role {role!r} may not {capability.value.replace('_', ' ')}; "
             f"needs one of: {', '.join(roles_with(capability))}"
         )
+
+
+def check_api(role: str, capability: Capability) -> None:
+    """``check`` for an API request: console-only roles are refused whatever they hold."""
+    if role in CONSOLE_ONLY_ROLES:
+        raise ForbiddenError(
+            f"role {role!r} is for the console only: sign in at /console; "
+            f"over the API it may do nothing ({capability.value.replace('_', ' ')} needs one of: "
+            f"{', '.join(r for r in roles_with(capability) if r not in CONSOLE_ONLY_ROLES)})"
+        )
+    check(role, capability)

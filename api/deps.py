@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.audit_trail import AuditTrail
-from api.auth import Capability, check
+from api.auth import Capability, check_api
 from api.keys_store import ApiKey, AuthError, KeyStore
 from api.metrics import Metrics
 from api.run_index import RunIndex
@@ -87,10 +87,11 @@ CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
 def require(capability: Capability) -> Any:
-    """A dependency that yields the current key if its role holds ``capability`` (else 403)."""
+    """A dependency that yields the current key if its role holds ``capability`` over the API
+    (else 403; console-only roles never do)."""
 
     def dep(key: CurrentKey) -> ApiKey:
-        check(key.role, capability)
+        check_api(key.role, capability)
         return key
 
     dep.__name__ = f"require_{capability.value}"
