@@ -45,6 +45,7 @@ class Services:
     replays: ReplayJobs
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)
+    verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time
 
 
 def get_services(request: Request) -> Services:

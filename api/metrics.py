@@ -27,6 +27,10 @@ class Metrics:
             "tacho_audited_reads_total", "reads recorded in the ledger's audit runs",
             ["action"], registry=self.registry,
         )
+        self.verifications = Counter(
+            "tacho_log_verifications_total", "full ledger verifications computed for the API",
+            registry=self.registry,
+        )
         self.ledger_size = Gauge(
             "tacho_ledger_entries", "entries in the ledger", registry=self.registry
         )
