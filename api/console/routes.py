@@ -119,11 +119,22 @@ def need(session: Session, capability: Capability) -> None:
     check(session.role, capability)
 
 
+def same_origin(request: Request) -> None:
+    """Refuse a POST whose Origin (or, without one, Referer) names another site (CsrfError)."""
+    host = request.headers.get("host")
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        if urlsplit(origin).netloc != host:
+            raise CsrfError(f"refused: the form came from another origin ({origin})")
+        return
+    referer = request.headers.get("referer")
+    if referer and urlsplit(referer).netloc != host:
+        raise CsrfError(f"refused: the form came from another site ({urlsplit(referer).netloc})")
+
+
 async def checked_form(request: Request, session: Session) -> dict[str, str]:
     """The posted form, after checking its origin and CSRF token (raises CsrfError)."""
-    origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
-        raise CsrfError(f"refused: the form came from another origin ({origin})")
+    same_origin(request)
     form = await request.form()
     values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     token = values.get("csrf") or request.headers.get("x-csrf-token")
@@ -170,14 +181,19 @@ def _safe_next(target: str | None) -> str:
     return "/console/"
 
 
-@router.get("/login")
-def login_page(request: Request, next: str | None = None, why: str | None = None) -> HTMLResponse:
+def _login_form(request: Request, status: int = 200, **context: Any) -> HTMLResponse:
+    """The sign-in page with a fresh nonce cookie and the form token bound to it."""
     state = _state(request)
-    token = state.new_login_token()
-    resp = state.render(request, "login.html", {"csrf": token, "next": _safe_next(next), "why": why})
-    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/console",
+    nonce, token = state.new_login_nonce()
+    resp = state.render(request, "login.html", {"csrf": token, **context}, status=status)
+    resp.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", path="/console",
                     secure=request.url.scheme == "https", max_age=3600)
     return resp
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None, why: str | None = None) -> HTMLResponse:
+    return _login_form(request, next=_safe_next(next), why=why)
 
 
 @router.post("/login")
@@ -185,17 +201,14 @@ async def login(request: Request, api_key: Annotated[str, Form(max_length=200)] 
                 csrf: Annotated[str, Form(max_length=200)] = "",
                 next: Annotated[str, Form(max_length=500)] = "/console/") -> Response:
     state = _state(request)
-    if not same_token(csrf, request.cookies.get(LOGIN_COOKIE, "")) or not csrf:
+    same_origin(request)
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if not nonce or not csrf or not same_token(csrf, state.login_token(nonce)):
         raise CsrfError("refused: the sign-in form has no valid CSRF token (reload the page)")
     try:
         token, session = state.sessions.sign_in(api_key)
     except AuthError as e:
-        fresh = state.new_login_token()
-        resp = state.render(request, "login.html", {"csrf": fresh, "next": _safe_next(next), "error": str(e)},
-                            status=401)
-        resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", path="/console",
-                        secure=request.url.scheme == "https", max_age=3600)
-        return resp
+        return _login_form(request, status=401, next=_safe_next(next), error=str(e))
     await run_in_threadpool(record_action, _services(request), session, "sign_in", "/console/login",
                             {"role": session.role})
     done = RedirectResponse(_safe_next(next), status_code=303)

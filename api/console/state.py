@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,10 +76,23 @@ class ConsoleState:
             "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
         return resp
 
-    @staticmethod
-    def new_login_token() -> str:
-        """A fresh CSRF token for the sign-in form (double-submitted as a cookie)."""
-        return secrets.token_urlsafe(32)
+    login_secret: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.login_secret = self.login_secret or secrets.token_bytes(32)
+
+    def new_login_nonce(self) -> tuple[str, str]:
+        """A fresh pre-session nonce (the cookie) and the sign-in form's token bound to it.
+
+        The token is an HMAC of the nonce under a secret of this process: a page that manages to
+        plant a cookie still cannot make the matching token.
+        """
+        nonce = secrets.token_urlsafe(32)
+        return nonce, self.login_token(nonce)
+
+    def login_token(self, nonce: str) -> str:
+        """The sign-in form token that goes with a nonce."""
+        return hmac.new(self.login_secret, b"login:" + nonce.encode(), hashlib.sha256).hexdigest()
 
     @staticmethod
     def replays(services: Services) -> ReplayReports:

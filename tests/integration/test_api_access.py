@@ -166,3 +166,20 @@ def test_an_admin_key_starts_lists_and_reads_replays_as_the_docs_say(seeded: tup
     assert a.client.get(f"/v1/replays/{rid}", headers=a.auth("admin")).status_code == 200
     listed = a.client.get("/v1/replays", headers=a.auth("admin")).json()["replays"]
     assert rid in [x["replay_id"] for x in listed]
+
+
+def test_every_response_carries_nosniff_no_referrer_and_no_framing(api: Api) -> None:
+    big = b"[" + b" " * (api.services.limits.max_body_bytes + 1) + b"]"
+    answers = [
+        api.client.get("/healthz"), api.client.get("/v1/runs"), api.client.get("/openapi.json"),
+        api.client.get("/docs"), api.client.get("/console/login"), api.client.get("/nowhere"),
+        api.client.get("/v1/runs", headers=api.auth("auditor")),
+        api.client.post("/v1/events", content=big, headers={**api.auth("publisher"),
+                                                           "Content-Type": "application/json"}),
+    ]
+    assert [r.status_code for r in answers] == [200, 401, 200, 200, 200, 404, 200, 413]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["referrer-policy"] == "no-referrer", r.url
+        assert r.headers["x-frame-options"] == "DENY", r.url
+    assert "frame-ancestors 'none'" in answers[4].headers["content-security-policy"]
