@@ -24,7 +24,7 @@ class Metrics:
             ["path", "status"], registry=self.registry,
         )
         self.audited_reads = Counter(
-            "tacho_audited_reads_total", "reads recorded in the ledger's audit runs",
+            "tacho_audited_reads_total", "reads recorded in the ledger as audit.read platform records",
             ["action"], registry=self.registry,
         )
         self.verifications = Counter(
