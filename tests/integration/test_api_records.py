@@ -62,6 +62,8 @@ def test_a_forged_read_event_is_not_an_audit_record_and_the_audit_log_pages_real
     assert not any(r["record"]["actor"]["key_id"] == "someone" for r in every)
     assert api.client.get("/v1/audit-log", headers=api.auth("publisher")).status_code == 403
     assert api.client.get("/v1/audit-log", params={"type": "tool.called"}, headers=h).status_code == 422
+    actions = api.client.get("/v1/audit-log", params={"type": "console.action"}, headers=h).json()
+    assert actions == {"records": [], "next_after": None}
     other = api.key("beta", "auditor")
     beta = api.client.get("/v1/audit-log", headers={"Authorization": f"Bearer {other}"}).json()
     assert beta["records"] == []  # another workspace's records are not shown
