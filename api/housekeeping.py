@@ -39,7 +39,7 @@ class Housekeeper:
         if expired.quarantined:
             self.expired += expired.quarantined
             log.info("quarantined %d held events whose gap never filled", expired.quarantined)
-        if self.ledger.checkpoint(force=False) is not None:
+        if expired.checkpoint is not None or self.ledger.checkpoint(force=False) is not None:
             self.checkpoints += 1
 
     def _run(self) -> None:
