@@ -57,6 +57,7 @@ class LedgerConfig:
     checkpoint_interval_s: float = 5.0
     max_held: int = 10_000
     held_timeout_s: float = 60.0
+    max_held_per_workspace: int = 1_000
 
 
 @dataclass(slots=True)
@@ -197,6 +198,8 @@ class _Batch:
         self.held_new: list[HeldRow] = []
         self.held_drop: list[tuple[str, str, int]] = []
         self.held_total = 0
+        self.held_stored = 0
+        self.held_by_ws: dict[str, int] = {}  # per-workspace counts, read when one first holds
         self.report = AppendReport()
         origin = dumps(ledger.config.origin)
         self.middle = b',"kind":"event","log":' + origin + b',"prev":'
@@ -229,7 +232,7 @@ class _Batch:
         run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
         for key, raw in self.tx.load_runs(run_keys).items():
             self.states[key] = RunState.from_bytes(raw)
-        self.held_total = self.tx.count_held()
+        self.held_total = self.held_stored = self.tx.count_held()
         if self.held_total:
             for row in self.tx.load_held(run_keys):
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
@@ -305,19 +308,40 @@ class _Batch:
             return self.quarantine_item(
                 p.item, f"conflict: seq {ev['seq']} is already held with different content", ev
             )
-        if self.held_total >= self.ledger.config.max_held:
+        config = self.ledger.config
+        if self.held_total >= config.max_held:
             return self.quarantine_item(
                 p.item,
                 f"gap: run {state.run_id!r} expects seq {state.next_seq}, got {ev['seq']}, "
-                f"and the hold buffer is full ({self.ledger.config.max_held})",
+                f"and the hold buffer is full ({config.max_held})",
+                ev,
+            )
+        in_ws = self.held_in(state.workspace)
+        if in_ws >= config.max_held_per_workspace:
+            return self.quarantine_item(
+                p.item,
+                f"gap: run {state.run_id!r} expects seq {state.next_seq}, got {ev['seq']}, and "
+                f"workspace {state.workspace!r} already holds {in_ws} events, its share of the hold "
+                f"buffer ({config.max_held_per_workspace})",
                 ev,
             )
         row = HeldRow(state.workspace, state.run_id, ev["seq"], p.item.raw, p.item.source, self.now)
         waiting[ev["seq"]] = row
         self.held_new.append(row)
         self.held_total += 1
+        self.held_by_ws[state.workspace] = in_ws + 1
         self.report.held += 1
         return Outcome("held", f"waiting for seq {state.next_seq}", None, ev["event_id"], ev["run_id"])
+
+    def held_in(self, workspace: str) -> int:
+        """Events the workspace holds now (read from the store once per batch, then counted)."""
+        n = self.held_by_ws.get(workspace)
+        if n is None:
+            n = 0
+            if self.held_stored:  # stored, less those this batch released (dropped at flush)
+                n = self.tx.count_held_in(workspace) - sum(1 for d in self.held_drop if d[0] == workspace)
+            self.held_by_ws[workspace] = n
+        return n
 
     def release(self, key: tuple[str, str], state: RunState) -> None:
         waiting = self.held.get(key)
@@ -344,6 +368,8 @@ class _Batch:
         else:
             self.held_drop.append((row.workspace, row.run_id, row.seq))
         self.held_total -= 1
+        if row.workspace in self.held_by_ws:
+            self.held_by_ws[row.workspace] -= 1
 
     def accept(
         self,

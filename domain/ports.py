@@ -201,6 +201,10 @@ class LedgerTx(ABC):
         """Number of held events."""
 
     @abstractmethod
+    def count_held_in(self, workspace: str) -> int:
+        """Number of held events of one workspace (its share of the hold buffer)."""
+
+    @abstractmethod
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         """Hold events until their gap fills."""
 

@@ -203,6 +203,10 @@ class MemoryTx(LedgerTx):
         self._check_open()
         return len(self._held_visible())
 
+    def count_held_in(self, workspace: str) -> int:
+        self._check_open()
+        return sum(1 for ws, _run, _seq in self._held_visible() if ws == workspace)
+
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         self._check_open()
         visible = self._held_visible()

@@ -332,6 +332,10 @@ class PostgresTx(LedgerTx):
         row = self.c.execute("SELECT count(*) FROM held").fetchone()
         return 0 if row is None else int(row[0])
 
+    def count_held_in(self, workspace: str) -> int:
+        row = self.c.execute("SELECT count(*) FROM held WHERE workspace = %s", (workspace,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         self._copy(
             "held",

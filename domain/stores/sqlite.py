@@ -217,6 +217,11 @@ class SQLiteTx(LedgerTx):
     def count_held(self) -> int:
         return int(self.c.execute("SELECT count(*) FROM held").fetchone()[0])
 
+    def count_held_in(self, workspace: str) -> int:
+        # the primary key starts with workspace: an index range count
+        row = self.c.execute("SELECT count(*) FROM held WHERE workspace = ?", (workspace,)).fetchone()
+        return int(row[0])
+
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         self.c.executemany(
             "INSERT INTO held (workspace, run_id, seq, raw, source, held_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -307,6 +307,17 @@ class StoreContract:
                 held("r1", 3, 10.0), held("r2", 5, 12.0),
             ]  # fmt: skip
 
+    def test_held_rows_are_counted_per_workspace_including_this_transactions_writes(self, store):
+        with store.transaction() as tx:
+            tx.put_held([held("r1", 3, 1.0), held("r2", 2, 1.0), held("r1", 4, 1.0, "beta")])
+        with store.transaction() as tx:
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta"), tx.count_held_in("c")) == (2, 1, 0)
+            tx.drop_held([("acme", "r1", 3)])
+            tx.put_held([held("r9", 1, 2.0, "beta")])
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta")) == (1, 2)
+        with store.transaction() as tx:
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta")) == (1, 2)
+
     def test_expired_held_rows_come_oldest_first_up_to_the_limit(self, store):
         with store.transaction() as tx:
             tx.put_held(
