@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from hashlib import sha256
 from typing import Any
 
 from domain import merkle
-from domain.canonical import dumps, parse_event
+from domain.canonical import MAX_EVENT_BYTES, dumps, loads, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
 from domain.errors import (
     ContractError,
@@ -58,6 +59,13 @@ class LedgerConfig:
     max_held: int = 10_000
     held_timeout_s: float = 60.0
     max_held_per_workspace: int = 1_000
+    quarantine_bytes_per_workspace: int = 256 * 2**20
+    quarantine_bytes_unattributed: int = 64 * 2**20
+
+
+QUARANTINE_PREVIEW_BYTES = 1024
+"""Raw bytes kept of a quarantined item once its bucket is over its budget (and shown in lists)."""
+_WORKSPACE = re.compile(r"[a-z0-9-]{1,64}")
 
 
 @dataclass(slots=True)
@@ -177,6 +185,18 @@ def parse_items(items: Sequence[Incoming]) -> list[Parsed]:
     return [Parsed(item, *result) for item, result in zip(items, validate_raw([i.raw for i in items]), strict=True)]
 
 
+def _claimed_workspace(raw: bytes) -> str | None:
+    """The workspace a rejected JSON object names, if it is a workspace name (else None)."""
+    if len(raw) > MAX_EVENT_BYTES or not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = loads(raw)
+    except ValueError:
+        return None
+    ws = value.get("workspace") if isinstance(value, dict) else None
+    return ws if isinstance(ws, str) and _WORKSPACE.fullmatch(ws) else None
+
+
 class _Batch:
     """Mutable working set of one append transaction."""
 
@@ -200,6 +220,7 @@ class _Batch:
         self.held_total = 0
         self.held_stored = 0
         self.held_by_ws: dict[str, int] = {}  # per-workspace counts, read when one first holds
+        self.kept_by_ws: dict[str | None, int] = {}  # quarantine bytes kept, read when first needed
         self.report = AppendReport()
         origin = dumps(ledger.config.origin)
         self.middle = b',"kind":"event","log":' + origin + b',"prev":'
@@ -259,11 +280,28 @@ class _Batch:
         ws = run = eid = None
         if event is not None:
             ws, run, eid = event.get("workspace"), event.get("run_id"), event.get("event_id")
+        else:
+            ws = item.workspace or _claimed_workspace(item.raw)
+        raw = item.raw
         self.quarantine.append(
-            QuarantineRow(item.raw, reason, item.source, self.received, ws, run, eid)
+            QuarantineRow(self.keep(ws, raw), reason, item.source, self.received, ws, run, eid,
+                          None, len(raw), hashlib.sha256(raw).digest())
         )
         self.report.quarantined += 1
         return Outcome("quarantined", reason, None, eid, run)
+
+    def keep(self, workspace: str | None, raw: bytes) -> bytes:
+        """The raw bytes the quarantine keeps: all of them while the bucket is within its budget,
+        then a preview (the item's size and SHA-256 are kept either way)."""
+        config = self.ledger.config
+        budget = (config.quarantine_bytes_unattributed if workspace is None
+                  else config.quarantine_bytes_per_workspace)
+        used = self.kept_by_ws.get(workspace)
+        if used is None:
+            used = self.tx.quarantine_kept_bytes(workspace)
+        kept = raw if used + len(raw) <= budget else raw[:QUARANTINE_PREVIEW_BYTES]
+        self.kept_by_ws[workspace] = used + len(kept)
+        return kept
 
     def process(self, p: Parsed) -> Outcome:
         if p.event is None or p.canonical is None:
@@ -348,7 +386,7 @@ class _Batch:
         while waiting and state.next_seq in waiting:
             row = waiting.pop(state.next_seq)
             self.drop_held(row)
-            item = Incoming(row.raw, row.source)
+            item = Incoming(row.raw, row.source, row.workspace)
             parsed = parse_items([item])[0]
             if parsed.event is None or parsed.canonical is None:  # cannot happen: validated before
                 self.quarantine_item(item, parsed.error or "contract: invalid")
@@ -543,7 +581,7 @@ class Ledger:
             expired = tx.expired_held(now - self.config.held_timeout_s, 10_000)
             for row in expired:
                 batch.quarantine_item(
-                    Incoming(row.raw, row.source),
+                    Incoming(row.raw, row.source, row.workspace),
                     f"gap: run {row.run_id!r} seq {row.seq} waited {self.config.held_timeout_s:g}s "
                     "for earlier events that never arrived",
                 )

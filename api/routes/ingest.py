@@ -171,7 +171,7 @@ def append_events(services: ServicesDep, key: ApiKey, batch: list[Item], kind: s
                 "event_id": None, "run_id": None, "index": None,
             }
             continue
-        incoming = Incoming(raw, Source(kind=kind, name=name, line=n))
+        incoming = Incoming(raw, Source(kind=kind, name=name, line=n), key.workspace)
         items.append(incoming)
         parsed.append(Parsed(incoming, *result))
         positions.append(n)

@@ -144,6 +144,38 @@ def test_a_workspace_share_counts_what_the_batch_released(tmp_path):
     assert [o.status for o in report.results] == ["accepted", "accepted", "held"]
 
 
+def test_beyond_its_budget_a_workspace_quarantine_keeps_a_preview_size_and_digest(tmp_path):
+    import hashlib
+
+    from domain.ledger import QUARANTINE_PREVIEW_BYTES
+
+    ledger = make_ledger(tmp_path / "l.db", quarantine_bytes_per_workspace=10_000,
+                         quarantine_bytes_unattributed=3_000)
+    junk = [b'{"workspace": "alpha", "pad": "' + bytes([65 + n]) * 4_000 + b'"}' for n in range(4)]
+    report = ledger.append([Incoming(j, Source(kind="kafka", topic="t", partition=0, offset=n))
+                            for n, j in enumerate(junk)])
+    assert report.quarantined == 4
+    rows = ledger.store.quarantine()
+    assert [r.workspace for r in rows] == ["alpha"] * 4  # the workspace the item names
+    assert [r.kept for r in rows] == [len(junk[0]), len(junk[1]), QUARANTINE_PREVIEW_BYTES,
+                                      QUARANTINE_PREVIEW_BYTES]
+    assert all(r.raw_size == len(j) and r.raw_sha256 == hashlib.sha256(j).digest()
+               for r, j in zip(rows, junk, strict=True))  # the fact and the digest stay
+    assert ledger.store.quarantined(rows[3].id).raw == junk[3][:QUARANTINE_PREVIEW_BYTES]
+    # another workspace's and the unattributed bucket have budgets of their own
+    other = ledger.append([
+        *items([{"workspace": "beta", "seq": "x"}]),
+        Incoming(b"\xff" * 2_500, Source(kind="kafka")), Incoming(b"\xfe" * 2_500, Source(kind="kafka")),
+        Incoming(b"not json", Source(kind="http"), "gamma"),
+    ])
+    assert other.quarantined == 4
+    beta, first, second, gamma = ledger.store.quarantine(after_id=rows[-1].id)
+    assert (beta.workspace, beta.truncated, gamma.workspace, gamma.truncated) == ("beta", False, "gamma", False)
+    assert (first.workspace, first.kept, second.workspace, second.kept) == (None, 2_500, None, 1024)
+    usage = ledger.store.quarantine_usage()
+    assert (usage["alpha"].items, usage["alpha"].truncated, usage[None].truncated) == (4, 2, 1)
+
+
 def test_run_rule_breaches_are_quarantined_with_the_rule(tmp_path):
     ledger = make_ledger(tmp_path / "l.db")
     report = ledger.append(
