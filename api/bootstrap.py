@@ -62,5 +62,8 @@ def build_ledger(settings: Settings, store: LedgerStore | None = None) -> Ledger
         checkpoint_interval_s=settings.checkpoint_interval_s,
         max_held=settings.max_held,
         held_timeout_s=settings.held_timeout_s,
+        max_held_per_workspace=settings.max_held_per_workspace,
+        quarantine_bytes_per_workspace=settings.quarantine_bytes_per_workspace,
+        quarantine_bytes_unattributed=settings.quarantine_bytes_unattributed,
     )
     return Ledger(store, signer, config, clock=time.time)

@@ -20,8 +20,9 @@ from domain.canonical import dumps
 from domain.errors import NotFoundError
 from domain.events import json_schema
 from domain.evidence import build_evidence, verify_evidence
+from domain.ledger import QUARANTINE_PREVIEW_BYTES
 from domain.note import NoteSigner
-from domain.ports import LedgerStore
+from domain.ports import LedgerStore, QuarantineRow
 from domain.verify import VerifyResult, verify_log
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
@@ -262,43 +263,64 @@ def cmd_keys_rotate(json_out: JsonOpt = False) -> None:
 quarantine_app = typer.Typer(help="Messages that could not be accepted.", no_args_is_help=True)
 
 
+def _quarantine_json(r: QuarantineRow, raw: bool) -> dict[str, object]:
+    out: dict[str, object] = {
+        "id": r.id, "reason": r.reason, "source": r.source.to_json(), "received": r.received,
+        "workspace": r.workspace, "run_id": r.run_id, "event_id": r.event_id, "bytes": r.raw_size,
+        "sha256": (r.raw_sha256 or b"").hex(), "kept": r.kept,
+    }
+    out["raw" if raw else "preview"] = r.raw.decode("utf-8", errors="replace")
+    return out
+
+
 @quarantine_app.command("list")
 def cmd_quarantine_list(
-    limit: int = 50, after: Annotated[int, typer.Option(help="show ids after this")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="most messages to list")] = 50,
+    after: Annotated[int, typer.Option(help="show ids after this (the previous page's last id)")] = 0,
+    workspace: Annotated[str | None, typer.Option(help="only this workspace's messages")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="every kept raw byte, not a 1 KiB preview")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List quarantined messages with their reasons."""
+    """List quarantined messages with their reasons, sizes and SHA-256 (a preview of the bytes)."""
     store = open_store(Settings())
-    rows = store.quarantine(limit, after)
+    rows = store.quarantine(limit, after, workspace=workspace,
+                            preview=None if raw else QUARANTINE_PREVIEW_BYTES)
     if json_out:
+        usage = store.quarantine_usage()
         print_json(
             {
                 "total": store.quarantine_count(),
-                "items": [
-                    {"id": r.id, "reason": r.reason, "source": r.source.to_json(), "received": r.received,
-                     "workspace": r.workspace, "run_id": r.run_id, "event_id": r.event_id, "bytes": len(r.raw)}
-                    for r in rows
-                ],
+                "usage": [{"workspace": ws, "items": u.items, "kept_bytes": u.kept_bytes,
+                           "truncated": u.truncated} for ws, u in sorted(usage.items(), key=lambda x: x[0] or "")],
+                "items": [_quarantine_json(r, raw) for r in rows],
+                "next_after": rows[-1].id if len(rows) == limit else None,
             }
         )
         return
-    table = Table("id", "received", "source", "run", "reason", title=f"quarantine ({store.quarantine_count()})")
+    table = Table("id", "received", "workspace", "source", "run", "bytes", "reason",
+                  title=f"quarantine ({store.quarantine_count()})")
     for r in rows:
         src = ":".join(str(v) for k, v in r.source.to_json().items() if k != "kind")
-        table.add_row(str(r.id), r.received, f"{r.source.kind} {src}", r.run_id or "-", r.reason)
+        size = f"{r.raw_size:,}" + ("" if not r.truncated else f" (kept {r.kept:,})")
+        table.add_row(str(r.id), r.received, r.workspace or "-", f"{r.source.kind} {src}",
+                      r.run_id or "-", size, r.reason)
     console().print(table)
 
 
 @quarantine_app.command("show")
-def cmd_quarantine_show(qid: int, json_out: JsonOpt = False) -> None:
+def cmd_quarantine_show(
+    qid: int,
+    raw_out: Annotated[Path | None, typer.Option("--raw-out", help="write the kept raw bytes to this file")] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Show one quarantined message, raw bytes included."""
     store = open_store(Settings())
-    rows = [r for r in store.quarantine(1, qid - 1) if r.id == qid]
-    if not rows:
+    r = store.quarantined(qid)
+    if r is None:
         raise NotFoundError(f"no quarantined message {qid}")
-    r = rows[0]
-    data = {"id": r.id, "reason": r.reason, "source": r.source.to_json(), "received": r.received,
-            "raw": r.raw.decode("utf-8", errors="replace")}
+    if raw_out is not None:
+        raw_out.write_bytes(r.raw)
+    data = _quarantine_json(r, raw=True)
     if json_out:
         print_json(data)
     else:

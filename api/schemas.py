@@ -209,7 +209,12 @@ class QuarantinedOut(BaseModel):
     workspace: str | None
     run_id: str | None
     event_id: str | None
-    raw: str = Field(description="the raw bytes as UTF-8 text (invalid bytes replaced)")
+    raw: str = Field(description="a preview: the first 1,024 raw bytes as UTF-8 text (invalid "
+                     "bytes replaced); every kept byte from GET /v1/quarantine/{id}/raw")
+    raw_size: int = Field(description="bytes of the message as received")
+    raw_sha256: str = Field(description="SHA-256 (hex) of the message as received")
+    raw_kept: int = Field(description="bytes the quarantine keeps: fewer than raw_size once the "
+                          "workspace's quarantine was over its budget (then the first 1,024)")
 
 
 class QuarantinePage(BaseModel):

@@ -21,6 +21,16 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(5.0, gt=0, description="...and at least every T seconds")
     max_held: int = Field(10_000, ge=0, description="events held while waiting for a seq gap")
     held_timeout_s: float = Field(60.0, gt=0, description="quarantine held events after T seconds")
+    max_held_per_workspace: int = Field(
+        1_000, ge=0, description="events one workspace may hold (its share of max_held)"
+    )
+    quarantine_bytes_per_workspace: int = Field(
+        256 * 2**20, ge=0,
+        description="raw bytes the quarantine keeps per workspace; beyond, items keep a 1 KiB preview",
+    )
+    quarantine_bytes_unattributed: int = Field(
+        64 * 2**20, ge=0, description="the same for items that name no workspace (e.g. not JSON)"
+    )
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")
     api_max_body_bytes: int = Field(

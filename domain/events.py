@@ -25,6 +25,19 @@ from pydantic import (
 
 SPEC = "tachograph.event/1"
 
+# Bounds where storage has bounds (docs/ingest.md "Bounds"): each keeps its column exact, with
+# headroom for the sums the projections take (DECIMAL(38, 9) money, signed 64-bit counts).
+MAX_SEQ = 2**53 - 1
+"""Largest ``seq``: a JSON-safe integer, and a signed 64-bit column in every store."""
+MAX_COUNT = 2**53 - 1
+"""Largest budget count (``max_model_calls``, ``max_tokens``): JSON-safe, never summed."""
+MAX_TOKENS = 1_000_000_000
+"""Largest token count of one model call: a run's sum stays in BIGINT over 9.2 billion calls."""
+MAX_MONEY = Decimal(1_000_000_000_000)
+"""Largest amount in USD (9 decimals): a DECIMAL(38, 9) sum holds 10^17 such amounts."""
+MAX_NUMBER = 2**53 - 1
+"""Largest other number (``latency_ms``, ``deadline_s``, ``limit_value``, ``observed``)."""
+
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
@@ -67,6 +80,8 @@ def _money(value: Any) -> Decimal:
     d = _to_decimal(value, what="money")
     if d < 0:
         raise ValueError("money must be >= 0")
+    if d > MAX_MONEY:
+        raise ValueError(f"money must be at most {MAX_MONEY} (USD)")
     exponent = d.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -9 and d != d.quantize(Decimal("1e-9")):
         raise ValueError("money has more than 9 decimal places")
@@ -82,25 +97,30 @@ Money = Annotated[
     BeforeValidator(_money),
     WithJsonSchema(
         {
-            "description": "US dollars, >= 0, at most 9 decimal places; number or decimal string",
+            "description": f"US dollars, >= 0 and <= {MAX_MONEY}, at most 9 decimal places; "
+            "number or decimal string",
             "oneOf": [
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": int(MAX_MONEY)},
                 {"type": "string", "pattern": r"^\d+(\.\d{1,9})?$"},
             ],
         }
     ),
 ]
-Number = Annotated[
-    Decimal, BeforeValidator(_number), WithJsonSchema({"type": "number", "minimum": 0})
+NonNegNumber = Annotated[
+    Decimal,
+    BeforeValidator(_number),
+    Field(ge=0, le=MAX_NUMBER),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_NUMBER}),
 ]
-NonNegNumber = Annotated[Number, Field(ge=0)]
 UnitInterval = Annotated[
     Decimal,
     BeforeValidator(_number),
     Field(ge=0, le=1),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
 ]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 Workspace = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
@@ -180,8 +200,8 @@ class ModelCalled(_Strict):
     call_id: Name
     provider: Name
     model: Name
-    input_tokens: Count
-    output_tokens: Count
+    input_tokens: Tokens
+    output_tokens: Tokens
     cost_usd: Money
     latency_ms: NonNegNumber
     request: ModelRequest | None = None
@@ -280,7 +300,7 @@ class _Envelope(_Strict):
     event_id: Ident
     workspace: Workspace
     run_id: Ident
-    seq: Count
+    seq: Seq
     time: Time
     agent: Agent
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = None

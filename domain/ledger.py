@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from hashlib import sha256
 from typing import Any
 
 from domain import merkle
-from domain.canonical import dumps, parse_event
+from domain.canonical import MAX_EVENT_BYTES, dumps, loads, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
 from domain.errors import (
     ContractError,
@@ -58,6 +59,14 @@ class LedgerConfig:
     checkpoint_interval_s: float = 5.0
     max_held: int = 10_000
     held_timeout_s: float = 60.0
+    max_held_per_workspace: int = 1_000
+    quarantine_bytes_per_workspace: int = 256 * 2**20
+    quarantine_bytes_unattributed: int = 64 * 2**20
+
+
+QUARANTINE_PREVIEW_BYTES = 1024
+"""Raw bytes kept of a quarantined item once its bucket is over its budget (and shown in lists)."""
+_WORKSPACE = re.compile(r"[a-z0-9-]{1,64}")
 
 
 @dataclass(slots=True)
@@ -177,6 +186,18 @@ def parse_items(items: Sequence[Incoming]) -> list[Parsed]:
     return [Parsed(item, *result) for item, result in zip(items, validate_raw([i.raw for i in items]), strict=True)]
 
 
+def _claimed_workspace(raw: bytes) -> str | None:
+    """The workspace a rejected JSON object names, if it is a workspace name (else None)."""
+    if len(raw) > MAX_EVENT_BYTES or not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = loads(raw)
+    except ValueError:
+        return None
+    ws = value.get("workspace") if isinstance(value, dict) else None
+    return ws if isinstance(ws, str) and _WORKSPACE.fullmatch(ws) else None
+
+
 class _Batch:
     """Mutable working set of one append transaction."""
 
@@ -198,6 +219,9 @@ class _Batch:
         self.held_new: list[HeldRow] = []
         self.held_drop: list[tuple[str, str, int]] = []
         self.held_total = 0
+        self.held_stored = 0
+        self.held_by_ws: dict[str, int] = {}  # per-workspace counts, read when one first holds
+        self.kept_by_ws: dict[str | None, int] = {}  # quarantine bytes kept, read when first needed
         self.report = AppendReport()
         origin = dumps(ledger.config.origin)
         self.middle = b',"kind":"event","log":' + origin + b',"prev":'
@@ -230,7 +254,7 @@ class _Batch:
         run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
         for key, raw in self.tx.load_runs(run_keys).items():
             self.states[key] = RunState.from_bytes(raw)
-        self.held_total = self.tx.count_held()
+        self.held_total = self.held_stored = self.tx.count_held()
         if self.held_total:
             for row in self.tx.load_held(run_keys):
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
@@ -257,11 +281,28 @@ class _Batch:
         ws = run = eid = None
         if event is not None:
             ws, run, eid = event.get("workspace"), event.get("run_id"), event.get("event_id")
+        else:
+            ws = item.workspace or _claimed_workspace(item.raw)
+        raw = item.raw
         self.quarantine.append(
-            QuarantineRow(item.raw, reason, item.source, self.received, ws, run, eid)
+            QuarantineRow(self.keep(ws, raw), reason, item.source, self.received, ws, run, eid,
+                          None, len(raw), hashlib.sha256(raw).digest())
         )
         self.report.quarantined += 1
         return Outcome("quarantined", reason, None, eid, run)
+
+    def keep(self, workspace: str | None, raw: bytes) -> bytes:
+        """The raw bytes the quarantine keeps: all of them while the bucket is within its budget,
+        then a preview (the item's size and SHA-256 are kept either way)."""
+        config = self.ledger.config
+        budget = (config.quarantine_bytes_unattributed if workspace is None
+                  else config.quarantine_bytes_per_workspace)
+        used = self.kept_by_ws.get(workspace)
+        if used is None:
+            used = self.tx.quarantine_kept_bytes(workspace)
+        kept = raw if used + len(raw) <= budget else raw[:QUARANTINE_PREVIEW_BYTES]
+        self.kept_by_ws[workspace] = used + len(kept)
+        return kept
 
     def process(self, p: Parsed) -> Outcome:
         if p.event is None or p.canonical is None:
@@ -306,26 +347,47 @@ class _Batch:
             return self.quarantine_item(
                 p.item, f"conflict: seq {ev['seq']} is already held with different content", ev
             )
-        if self.held_total >= self.ledger.config.max_held:
+        config = self.ledger.config
+        if self.held_total >= config.max_held:
             return self.quarantine_item(
                 p.item,
                 f"gap: run {state.run_id!r} expects seq {state.next_seq}, got {ev['seq']}, "
-                f"and the hold buffer is full ({self.ledger.config.max_held})",
+                f"and the hold buffer is full ({config.max_held})",
+                ev,
+            )
+        in_ws = self.held_in(state.workspace)
+        if in_ws >= config.max_held_per_workspace:
+            return self.quarantine_item(
+                p.item,
+                f"gap: run {state.run_id!r} expects seq {state.next_seq}, got {ev['seq']}, and "
+                f"workspace {state.workspace!r} already holds {in_ws} events, its share of the hold "
+                f"buffer ({config.max_held_per_workspace})",
                 ev,
             )
         row = HeldRow(state.workspace, state.run_id, ev["seq"], p.item.raw, p.item.source, self.now)
         waiting[ev["seq"]] = row
         self.held_new.append(row)
         self.held_total += 1
+        self.held_by_ws[state.workspace] = in_ws + 1
         self.report.held += 1
         return Outcome("held", f"waiting for seq {state.next_seq}", None, ev["event_id"], ev["run_id"])
+
+    def held_in(self, workspace: str) -> int:
+        """Events the workspace holds now (read from the store once per batch, then counted)."""
+        n = self.held_by_ws.get(workspace)
+        if n is None:
+            n = 0
+            if self.held_stored:  # stored, less those this batch released (dropped at flush)
+                n = self.tx.count_held_in(workspace) - sum(1 for d in self.held_drop if d[0] == workspace)
+            self.held_by_ws[workspace] = n
+        return n
 
     def release(self, key: tuple[str, str], state: RunState) -> None:
         waiting = self.held.get(key)
         while waiting and state.next_seq in waiting:
             row = waiting.pop(state.next_seq)
             self.drop_held(row)
-            item = Incoming(row.raw, row.source)
+            item = Incoming(row.raw, row.source, row.workspace)
             parsed = parse_items([item])[0]
             if parsed.event is None or parsed.canonical is None:  # cannot happen: validated before
                 self.quarantine_item(item, parsed.error or "contract: invalid")
@@ -345,6 +407,8 @@ class _Batch:
         else:
             self.held_drop.append((row.workspace, row.run_id, row.seq))
         self.held_total -= 1
+        if row.workspace in self.held_by_ws:
+            self.held_by_ws[row.workspace] -= 1
 
     def accept(
         self,
@@ -518,7 +582,7 @@ class Ledger:
             expired = tx.expired_held(now - self.config.held_timeout_s, 10_000)
             for row in expired:
                 batch.quarantine_item(
-                    Incoming(row.raw, row.source),
+                    Incoming(row.raw, row.source, row.workspace),
                     f"gap: run {row.run_id!r} seq {row.seq} waited {self.config.held_timeout_s:g}s "
                     "for earlier events that never arrived",
                 )

@@ -6,6 +6,7 @@ contract suite (``tests/contract/store_contract.py``) runs against each of them.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -71,10 +72,15 @@ class Source(NamedTuple):
 
 
 class Incoming(NamedTuple):
-    """One raw event as received by an entry point, before validation."""
+    """One raw event as received by an entry point, before validation.
+
+    ``workspace``: the workspace the entry point vouches for (an HTTP key's), to which the item
+    is attributed in the quarantine when its own bytes name none.
+    """
 
     raw: bytes
     source: Source
+    workspace: str | None = None
 
 
 @dataclass
@@ -106,7 +112,13 @@ class EntryRow:
 
 @dataclass(frozen=True)
 class QuarantineRow:
-    """A message that could not be accepted, kept with its raw bytes and the reason."""
+    """A message that could not be accepted, kept with its raw bytes and the reason.
+
+    ``raw`` is what the store keeps (on a list read, a preview of it); ``raw_size`` and
+    ``raw_sha256`` describe the message as received, and ``kept`` is how many of its bytes the
+    store keeps: fewer than ``raw_size`` once the workspace's quarantine was over its budget.
+    Stores fill all three on read; a writer may leave them None (meaning: all of ``raw``).
+    """
 
     raw: bytes
     reason: str
@@ -116,6 +128,31 @@ class QuarantineRow:
     run_id: str | None = None
     event_id: str | None = None
     id: int | None = None
+    raw_size: int | None = None
+    raw_sha256: bytes | None = None
+    kept: int | None = None
+
+    def stored(self) -> tuple[int, bytes]:
+        """(raw_size, raw_sha256) to store: as given, or those of ``raw``."""
+        size = len(self.raw) if self.raw_size is None else self.raw_size
+        digest = hashlib.sha256(self.raw).digest() if self.raw_sha256 is None else self.raw_sha256
+        return size, digest
+
+    @property
+    def truncated(self) -> bool:
+        """The store keeps fewer bytes than were received."""
+        return (self.kept if self.kept is not None else len(self.raw)) < (
+            self.raw_size if self.raw_size is not None else len(self.raw)
+        )
+
+
+@dataclass(frozen=True)
+class QuarantineUsage:
+    """What one quarantine bucket (a workspace, or None: unattributed) holds."""
+
+    items: int = 0
+    kept_bytes: int = 0
+    truncated: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,7 +223,11 @@ class LedgerTx(ABC):
 
     @abstractmethod
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
-        """Keep rejected messages with their reason."""
+        """Keep rejected messages with their reason (and count them in their bucket's usage)."""
+
+    @abstractmethod
+    def quarantine_kept_bytes(self, workspace: str | None) -> int:
+        """Raw bytes the quarantine keeps for one workspace (None: the unattributed bucket)."""
 
     @abstractmethod
     def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
@@ -199,6 +240,10 @@ class LedgerTx(ABC):
     @abstractmethod
     def count_held(self) -> int:
         """Number of held events."""
+
+    @abstractmethod
+    def count_held_in(self, workspace: str) -> int:
+        """Number of held events of one workspace (its share of the hold buffer)."""
 
     @abstractmethod
     def put_held(self, rows: Sequence[HeldRow]) -> None:
@@ -284,8 +329,28 @@ class LedgerStore(ABC):
         """Next offsets to read per (topic, partition) for a consumer group."""
 
     @abstractmethod
-    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
-        """Quarantined messages, oldest first."""
+    def quarantine(
+        self,
+        limit: int = 100,
+        after_id: int = 0,
+        *,
+        workspace: str | None = None,
+        preview: int | None = None,
+    ) -> list[QuarantineRow]:
+        """Quarantined messages, oldest first.
+
+        Args:
+            workspace: only this workspace's (default: every bucket's).
+            preview: read at most this many raw bytes of each (default: all it keeps).
+        """
+
+    @abstractmethod
+    def quarantined(self, qid: int) -> QuarantineRow | None:
+        """One quarantined message with every raw byte kept, or None."""
+
+    @abstractmethod
+    def quarantine_usage(self) -> dict[str | None, QuarantineUsage]:
+        """Items, kept bytes and truncated items per bucket (None: unattributed)."""
 
     @abstractmethod
     def quarantine_count(self) -> int:

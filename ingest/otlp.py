@@ -16,7 +16,7 @@ Other spans are not mapped. The first span seen of a run that has no events yet 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -173,9 +173,10 @@ def run_id_of(span: SpanView) -> str:
 
 
 def _int(value: Any) -> int:
+    """A count attribute as an int (over its maximum it stays so: the contract refuses it)."""
     try:
         return max(0, int(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite double
         return 0
 
 
@@ -283,13 +284,22 @@ class RunCursor:
     completed: bool = False
 
 
+Check = Callable[[dict[str, Any]], str | None]
+
+
+def _valid(_event: dict[str, Any]) -> str | None:
+    return None
+
+
 def events_for_run(
-    spans: Sequence[SpanView], workspace: str, run_id: str, cursor: RunCursor
+    spans: Sequence[SpanView], workspace: str, run_id: str, cursor: RunCursor, check: Check = _valid
 ) -> tuple[list[dict[str, Any]], int]:
     """The new contract events of one run from its spans (skipping events already stored).
 
     Returns the events (with contiguous seq after ``cursor.next_seq``) and how many spans
-    were already stored (duplicates).
+    were already stored (duplicates). ``check`` sees each event as it is mapped and returns why
+    it breaks the contract, or None: a rejected event is left out and takes no ``seq``, so one
+    bad span (a value over its maximum, say) never leaves a gap that holds back the rest.
     """
     spans = sorted(spans, key=lambda s: (s.start_ns, s.span_id))
     mapped = [s for s in spans if s.kind is not None]
@@ -308,7 +318,7 @@ def events_for_run(
         if eid in cursor.event_ids:
             dup += 1
             return
-        out.append({
+        event = {
             "spec": SPEC,
             "event_id": eid,
             "workspace": workspace,
@@ -320,7 +330,10 @@ def events_for_run(
             "trace_id": span.trace_id,
             "span_id": span.span_id,
             "data": data,
-        })
+        }
+        if check(event) is not None:
+            return
+        out.append(event)
         seq += 1
 
     if cursor.next_seq == 0:

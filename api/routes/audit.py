@@ -37,6 +37,8 @@ from api.schemas import (
 from domain.canonical import dumps, loads
 from domain.errors import NotFoundError
 from domain.evidence import build_evidence
+from domain.ledger import QUARANTINE_PREVIEW_BYTES
+from domain.ports import QuarantineRow
 from domain.records import RECORD_TYPES
 
 router = APIRouter(tags=["audit"])
@@ -235,19 +237,14 @@ def audit_log(
     return AuditLogPage(records=records, next_after=nxt)
 
 
-def _visible(row_ws: str | None, source: dict[str, Any], workspace: str) -> bool:
-    if row_ws is not None:
-        return row_ws == workspace
-    return str(source.get("name", "")).startswith(f"{workspace}/")
-
-
 @router.get(
     "/v1/quarantine",
     response_model=QuarantinePage,
     summary="Quarantined messages of the key's workspace",
-    description="Messages that could not be accepted, with the reason and raw bytes, oldest "
-    "first. Messages whose workspace is unreadable are shown to the workspace of the key that "
-    "sent them over HTTP. Role auditor. Audited.",
+    description="Messages that could not be accepted, oldest first, with the reason, where they "
+    "came from, their size and SHA-256, and a preview of their first 1,024 bytes (every kept byte "
+    "from `GET /v1/quarantine/{id}/raw`). Messages sent over HTTP with a key count as that key's "
+    "workspace. Page with `cursor` (the previous page's `next_cursor`). Role auditor. Audited.",
     responses=errors(401, 403, 422, 503),
 )
 def quarantine(
@@ -257,24 +254,44 @@ def quarantine(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> QuarantinePage:
-    store = services.ledger.store
-    items: list[QuarantinedOut] = []
-    after = cursor
-    while len(items) < limit:
-        rows = store.quarantine(limit=500, after_id=after)
-        if not rows:
-            break
-        for r in rows:
-            after = r.id or after
-            src = r.source.to_json()
-            if _visible(r.workspace, src, key.workspace):
-                items.append(QuarantinedOut(
-                    id=r.id or 0, reason=r.reason, received=r.received, source=src,
-                    workspace=r.workspace, run_id=r.run_id, event_id=r.event_id,
-                    raw=r.raw.decode("utf-8", "replace"),
-                ))
-                if len(items) >= limit:
-                    break
-    more = len(items) >= limit
+    rows = services.ledger.store.quarantine(
+        limit + 1, cursor, workspace=key.workspace, preview=QUARANTINE_PREVIEW_BYTES
+    )
+    more = len(rows) > limit
+    items = [_quarantined(r) for r in rows[:limit]]
     audited(services, key, request, "quarantine.list", workspace=key.workspace, returned=len(items))
-    return QuarantinePage(items=items, next_cursor=items[-1].id if more and items else None)
+    return QuarantinePage(items=items, next_cursor=items[-1].id if more else None)
+
+
+def _quarantined(r: QuarantineRow) -> QuarantinedOut:
+    return QuarantinedOut(
+        id=r.id or 0, reason=r.reason, received=r.received, source=r.source.to_json(),
+        workspace=r.workspace, run_id=r.run_id, event_id=r.event_id,
+        raw=r.raw.decode("utf-8", "replace"), raw_size=r.raw_size or 0,
+        raw_sha256=(r.raw_sha256 or b"").hex(), raw_kept=r.kept or 0,
+    )
+
+
+@router.get(
+    "/v1/quarantine/{qid}/raw",
+    summary="The raw bytes of one quarantined message",
+    description="Every byte the quarantine keeps of the message, as `application/octet-stream`; "
+    "headers `X-Raw-Size`, `X-Raw-SHA256` (of the message as received) and `X-Raw-Kept` (fewer "
+    "bytes than its size when it was kept truncated). Role auditor. Audited.",
+    responses={200: {"content": {"application/octet-stream": {}}}, **errors(401, 403, 404, 422, 503)},
+    response_class=Response,
+)
+def quarantine_raw(
+    request: Request,
+    services: ServicesDep,
+    key: QuarantineReader,
+    qid: Annotated[int, Path(ge=1, le=2**62, description="the quarantined message's id")],
+) -> Response:
+    row = services.ledger.store.quarantined(qid)
+    if row is None or row.workspace != key.workspace:
+        raise NotFoundError(f"no quarantined message {qid}")
+    audited(services, key, request, "quarantine.raw", workspace=key.workspace, id=qid)
+    return Response(row.raw, media_type="application/octet-stream", headers={
+        "X-Raw-Size": str(row.raw_size), "X-Raw-SHA256": (row.raw_sha256 or b"").hex(),
+        "X-Raw-Kept": str(row.kept), "Content-Disposition": f'attachment; filename="quarantine-{qid}.bin"',
+    })

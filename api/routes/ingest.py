@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from api.deps import Limits, Publisher, ServicesDep
@@ -56,10 +57,12 @@ TRACES_BODY: dict[str, Any] = {
 }
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
-    """The request body, decompressed (gzip or deflate) within the size limit."""
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+def decompress(body: bytes, content_encoding: str | None, limits: Limits) -> bytes:
+    """A body decoded per its Content-Encoding (gzip, deflate or none) within the size limit.
+
+    CPU-bound for a large body: routes call it off the event loop.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -168,7 +171,7 @@ def append_events(services: ServicesDep, key: ApiKey, batch: list[Item], kind: s
                 "event_id": None, "run_id": None, "index": None,
             }
             continue
-        incoming = Incoming(raw, Source(kind=kind, name=name, line=n))
+        incoming = Incoming(raw, Source(kind=kind, name=name, line=n), key.workspace)
         items.append(incoming)
         parsed.append(Parsed(incoming, *result))
         positions.append(n)
@@ -205,14 +208,15 @@ def append_events(services: ServicesDep, key: ApiKey, batch: list[Item], kind: s
     openapi_extra={"requestBody": EVENTS_BODY},
 )
 async def post_events(request: Request, services: ServicesDep, key: Publisher) -> Response:
-    body = await read_body(request, services.limits)
+    body = await request.body()
     ctype = request.headers.get("content-type", "application/json")
-    return await run_in_threadpool(_ingest, services, key, body, ctype)
+    encoding = request.headers.get("content-encoding")
+    return await run_in_threadpool(_ingest, services, key, body, encoding, ctype)
 
 
-def _ingest(services: ServicesDep, key: ApiKey, body: bytes, ctype: str) -> Response:
-    """Split, validate and append one request body (off the event loop); the JSON report."""
-    batch = _split(body, ctype)
+def _ingest(services: ServicesDep, key: ApiKey, body: bytes, encoding: str | None, ctype: str) -> Response:
+    """Decompress, split, validate and append one request body (off the event loop); the report."""
+    batch = _split(decompress(body, encoding, services.limits), ctype)
     if len(batch) > services.limits.max_batch:
         raise BodyTooLarge(f"{len(batch)} events in one request; the limit is {services.limits.max_batch}")
     report = append_events(services, key, batch, "http")
@@ -220,10 +224,24 @@ def _ingest(services: ServicesDep, key: ApiKey, body: bytes, ctype: str) -> Resp
 
 
 def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView]) -> tuple[int, str]:
-    """Map spans to events run by run and append them; return (rejected spans, message)."""
+    """Map spans to events run by run and append them; return (rejected spans, message).
+
+    A span whose event breaks the contract (e.g. a token count over its maximum) is quarantined
+    with the reason and takes no ``seq``: the run's other events stay contiguous and land.
+    """
     rejected, reasons = 0, []
+    limit = services.limits.max_batch
     with services.ingest_lock:
         batch: list[Item] = []
+
+        def check(event: dict[str, Any]) -> str | None:
+            item = item_of_value(event)
+            batch.append(item)
+            if len(batch) > limit:
+                raise BodyTooLarge(f"the spans map to more than {limit} events in one request; "
+                                   f"the limit is {limit} (TACHO_API_MAX_BATCH); nothing was stored")
+            return item.result[2]
+
         for run_id, run_spans in otlp.group_by_run(spans).items():
             rows = services.ledger.store.run_entries(key.workspace, run_id)
             cursor = otlp.RunCursor(
@@ -231,8 +249,7 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
                 event_ids={r.event_id for r in rows if r.event_id},
                 completed=any(r.event_type == "run.completed" for r in rows),
             )
-            events, _dups = otlp.events_for_run(run_spans, key.workspace, run_id, cursor)
-            batch.extend(item_of_value(ev) for ev in events)
+            otlp.events_for_run(run_spans, key.workspace, run_id, cursor, check)
         if batch:
             report = append_events(services, key, batch, "otlp")
             for r in report["results"]:
@@ -240,6 +257,24 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
                     rejected += 1
                     reasons.append(r["reason"] or r["status"])
     return rejected, "; ".join(reasons[:5])
+
+
+def _traces(services: ServicesDep, key: ApiKey, body: bytes, encoding: str | None, as_json: bool) -> Response:
+    """Decode, map and append one OTLP export (off the event loop); the export response."""
+    body = decompress(body, encoding, services.limits)
+    req = otlp.decode_request(body, json=as_json)
+    spans = otlp.spans_of(req)
+    if len(spans) > services.limits.max_batch:
+        raise BodyTooLarge(f"{len(spans)} spans in one request; the limit is "
+                           f"{services.limits.max_batch} (TACHO_API_MAX_BATCH); nothing was stored")
+    rejected, message = _otlp_events(services, key, spans)
+    resp = ExportTraceServiceResponse()
+    if rejected:
+        resp.partial_success.rejected_spans = rejected
+        resp.partial_success.error_message = message
+    if as_json:
+        return Response(json_format.MessageToJson(resp), media_type="application/json")
+    return Response(resp.SerializeToString(), media_type="application/x-protobuf")
 
 
 @router.post(
@@ -251,7 +286,10 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
         "`gen_ai.request.model`, `gen_ai.usage.*`, `gen_ai.provider.name`) and OpenInference "
         "attributes (`openinference.span.kind`, `llm.model_name`, `llm.token_count.*`, "
         "`tool.name`) become contract events of the key's workspace; one trace is one run. "
-        "Needs role publisher."
+        "At most `api_max_batch` (10,000) spans, and events mapped from them, per request (413 "
+        "beyond). A span whose event breaks the contract (e.g. a value over its maximum, see "
+        "docs/ingest.md) is quarantined with the reason and counted in `partial_success`; the "
+        "run's other spans still land. Needs role publisher."
     ),
     responses={
         200: {"description": "ExportTraceServiceResponse (partial_success names rejected spans)",
@@ -267,17 +305,7 @@ async def post_traces(request: Request, services: ServicesDep, key: Publisher) -
         raise UnsupportedMedia(
             f"content-type {ctype!r} is not OTLP: send application/x-protobuf or application/json"
         )
-    as_json = ctype == "application/json"
-    body = await read_body(request, services.limits)
-    req = otlp.decode_request(body, json=as_json)
-    spans = otlp.spans_of(req)
-    rejected, message = await run_in_threadpool(_otlp_events, services, key, spans)
-    resp = ExportTraceServiceResponse()
-    if rejected:
-        resp.partial_success.rejected_spans = rejected
-        resp.partial_success.error_message = message
-    if as_json:
-        from google.protobuf import json_format
-
-        return Response(json_format.MessageToJson(resp), media_type="application/json")
-    return Response(resp.SerializeToString(), media_type="application/x-protobuf")
+    body = await request.body()
+    encoding = request.headers.get("content-encoding")
+    # decoding a large export takes seconds of CPU: never on the event loop (/healthz stays live)
+    return await run_in_threadpool(_traces, services, key, body, encoding, ctype == "application/json")

@@ -21,6 +21,7 @@ from domain.ports import (
     LedgerStore,
     LedgerTx,
     QuarantineRow,
+    QuarantineUsage,
     nodes_to_store,
 )
 
@@ -57,6 +58,7 @@ class _Data:
     nodes: dict[tuple[int, int], bytes] = field(default_factory=dict)
     runs: dict[RunKey, bytes] = field(default_factory=dict)
     quarantine: list[QuarantineRow] = field(default_factory=list)
+    quarantine_usage: dict[str | None, QuarantineUsage] = field(default_factory=dict)
     next_quarantine_id: int = 1
     held: dict[SeqKey, HeldRow] = field(default_factory=dict)
     offsets: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
@@ -185,7 +187,14 @@ class MemoryTx(LedgerTx):
 
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
         self._check_open()
-        self._quarantine.extend(rows)
+        for r in rows:
+            size, digest = r.stored()
+            self._quarantine.append(replace(r, id=None, raw_size=size, raw_sha256=digest, kept=len(r.raw)))
+
+    def quarantine_kept_bytes(self, workspace: str | None) -> int:
+        self._check_open()
+        base = self._base.quarantine_usage.get(workspace, QuarantineUsage()).kept_bytes
+        return base + sum(len(r.raw) for r in self._quarantine if r.workspace == workspace)
 
     def load_held(self, keys: Sequence[RunKey]) -> list[HeldRow]:
         self._check_open()
@@ -202,6 +211,10 @@ class MemoryTx(LedgerTx):
     def count_held(self) -> int:
         self._check_open()
         return len(self._held_visible())
+
+    def count_held_in(self, workspace: str) -> int:
+        self._check_open()
+        return sum(1 for ws, _run, _seq in self._held_visible() if ws == workspace)
 
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         self._check_open()
@@ -246,6 +259,10 @@ class MemoryTx(LedgerTx):
         for row in self._quarantine:
             d.quarantine.append(replace(row, id=d.next_quarantine_id))
             d.next_quarantine_id += 1
+            u = d.quarantine_usage.get(row.workspace, QuarantineUsage())
+            d.quarantine_usage[row.workspace] = QuarantineUsage(
+                u.items + 1, u.kept_bytes + len(row.raw), u.truncated + row.truncated
+            )
         for key in self._held_drop:
             d.held.pop(key, None)
         d.held.update(self._held_put)
@@ -351,10 +368,28 @@ class MemoryStore(LedgerStore):
         with self._data_lock:
             return dict(self._data.offsets.get(consumer, {}))
 
-    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
+    def quarantine(
+        self,
+        limit: int = 100,
+        after_id: int = 0,
+        *,
+        workspace: str | None = None,
+        preview: int | None = None,
+    ) -> list[QuarantineRow]:
         with self._data_lock:
-            rows = [r for r in self._data.quarantine if (r.id or 0) > after_id]
-        return rows[:limit]
+            rows = [
+                r for r in self._data.quarantine
+                if (r.id or 0) > after_id and (workspace is None or r.workspace == workspace)
+            ][:limit]
+        return rows if preview is None else [replace(r, raw=r.raw[:preview]) for r in rows]
+
+    def quarantined(self, qid: int) -> QuarantineRow | None:
+        with self._data_lock:
+            return next((r for r in self._data.quarantine if r.id == qid), None)
+
+    def quarantine_usage(self) -> dict[str | None, QuarantineUsage]:
+        with self._data_lock:
+            return dict(self._data.quarantine_usage)
 
     def quarantine_count(self) -> int:
         with self._data_lock:

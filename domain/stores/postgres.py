@@ -29,6 +29,7 @@ from domain.ports import (
     LedgerStore,
     LedgerTx,
     QuarantineRow,
+    QuarantineUsage,
     Source,
     nodes_to_store,
 )
@@ -57,6 +58,19 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS quarantine (
   id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, raw BYTEA NOT NULL, reason TEXT NOT NULL,
   source TEXT NOT NULL, received TEXT NOT NULL, workspace TEXT, run_id TEXT, event_id TEXT);
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS raw_size BIGINT;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS raw_sha256 BYTEA;
+CREATE INDEX IF NOT EXISTS quarantine_by_workspace ON quarantine (workspace, id);
+CREATE TABLE IF NOT EXISTS quarantine_usage (
+  bucket TEXT PRIMARY KEY, items BIGINT NOT NULL, kept_bytes BIGINT NOT NULL,
+  truncated BIGINT NOT NULL);
+UPDATE quarantine SET workspace = split_part(source::json->>'name', '/', 1)
+  WHERE workspace IS NULL AND source::json->>'kind' IN ('http', 'otlp')
+    AND position('/' IN coalesce(source::json->>'name', '')) > 1;
+UPDATE quarantine SET raw_size = length(raw), raw_sha256 = sha256(raw) WHERE raw_size IS NULL;
+INSERT INTO quarantine_usage (bucket, items, kept_bytes, truncated)
+  SELECT coalesce(workspace, ''), count(*), sum(length(raw)), 0 FROM quarantine GROUP BY 1
+  ON CONFLICT (bucket) DO NOTHING;
 CREATE TABLE IF NOT EXISTS held (
   workspace TEXT NOT NULL, run_id TEXT NOT NULL, seq BIGINT NOT NULL, raw BYTEA NOT NULL,
   source TEXT NOT NULL, held_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (workspace, run_id, seq));
@@ -76,6 +90,7 @@ _TABLES = (
     "nodes",
     "runs",
     "quarantine",
+    "quarantine_usage",
     "held",
     "offsets",
     "checkpoints",
@@ -90,6 +105,10 @@ _ENTRY_TYPES = [
 ]  # fmt: skip
 _HELD_COLS = "workspace, run_id, seq, raw, source, held_at"
 _PAGE = 5_000
+_UNATTRIBUTED = ""  # the bucket key of items with no workspace (no workspace name is empty)
+_QUARANTINE_COLS = (
+    "id, raw, reason, source, received, workspace, run_id, event_id, raw_size, raw_sha256, length(raw)"
+)
 _MAX_INDEX = 2**62
 
 
@@ -117,6 +136,18 @@ def _held(r: Sequence[Any]) -> HeldRow:
         bytes(r[3]),
         Source.from_json(orjson.loads(r[4])),
         float(r[5]),
+    )
+
+
+def _bucket(workspace: str | None) -> str:
+    return _UNATTRIBUTED if workspace is None else workspace
+
+
+def _quarantined(r: Sequence[Any]) -> QuarantineRow:
+    qid, raw, reason, src, rec, ws, run, eid, size, digest, kept = r
+    return QuarantineRow(
+        bytes(raw), str(reason), Source.from_json(orjson.loads(src)), str(rec), ws, run, eid,
+        int(qid), int(size), bytes(digest), int(kept),
     )
 
 
@@ -299,16 +330,38 @@ class PostgresTx(LedgerTx):
         )
 
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        values = []
+        usage: dict[str, list[int]] = {}
+        for r in rows:
+            size, digest = r.stored()
+            values.append((r.raw, r.reason, _source_text(r.source), r.received, r.workspace,
+                           r.run_id, r.event_id, size, digest))
+            u = usage.setdefault(_bucket(r.workspace), [0, 0, 0])
+            u[0] += 1
+            u[1] += len(r.raw)
+            u[2] += len(r.raw) < size
         self._copy(
             "quarantine",
-            "raw, reason, source, received, workspace, run_id, event_id",
-            ["bytea", "text", "text", "text", "text", "text", "text"],
-            [
-                (r.raw, r.reason, _source_text(r.source), r.received, r.workspace, r.run_id,
-                 r.event_id)
-                for r in rows
-            ],
-        )  # fmt: skip
+            "raw, reason, source, received, workspace, run_id, event_id, raw_size, raw_sha256",
+            ["bytea", "text", "text", "text", "text", "text", "text", "int8", "bytea"],
+            values,
+        )
+        if usage:
+            self.c.execute(
+                "INSERT INTO quarantine_usage AS u (bucket, items, kept_bytes, truncated) "
+                "SELECT * FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[]) "
+                "ON CONFLICT (bucket) DO UPDATE SET items = u.items + excluded.items, "
+                "kept_bytes = u.kept_bytes + excluded.kept_bytes, "
+                "truncated = u.truncated + excluded.truncated",
+                (list(usage), [u[0] for u in usage.values()], [u[1] for u in usage.values()],
+                 [u[2] for u in usage.values()]),
+            )
+
+    def quarantine_kept_bytes(self, workspace: str | None) -> int:
+        row = self.c.execute(
+            "SELECT kept_bytes FROM quarantine_usage WHERE bucket = %s", (_bucket(workspace),)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
         if not keys:
@@ -331,6 +384,10 @@ class PostgresTx(LedgerTx):
 
     def count_held(self) -> int:
         row = self.c.execute("SELECT count(*) FROM held").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def count_held_in(self, workspace: str) -> int:
+        row = self.c.execute("SELECT count(*) FROM held WHERE workspace = %s", (workspace,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def put_held(self, rows: Sequence[HeldRow]) -> None:
@@ -579,18 +636,38 @@ class PostgresStore(LedgerStore):
             )
         }
 
-    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
-        return [
-            QuarantineRow(
-                bytes(raw), str(reason), Source.from_json(orjson.loads(src)), str(rec),
-                ws, run, eid, int(qid),
+    def quarantine(
+        self,
+        limit: int = 100,
+        after_id: int = 0,
+        *,
+        workspace: str | None = None,
+        preview: int | None = None,
+    ) -> list[QuarantineRow]:
+        raw = "raw" if preview is None else f"substring(raw FROM 1 FOR {int(preview)})"
+        cols = _QUARANTINE_COLS.replace("raw,", raw + ",", 1)
+        if workspace is None:
+            rows = self._fetch(
+                f"SELECT {cols} FROM quarantine WHERE id > %s ORDER BY id LIMIT %s", (after_id, limit)
             )
-            for qid, raw, reason, src, rec, ws, run, eid in self._fetch(
-                "SELECT id, raw, reason, source, received, workspace, run_id, event_id "
-                "FROM quarantine WHERE id > %s ORDER BY id LIMIT %s",
-                (after_id, limit),
+        else:
+            rows = self._fetch(
+                f"SELECT {cols} FROM quarantine WHERE workspace = %s AND id > %s ORDER BY id LIMIT %s",
+                (workspace, after_id, limit),
             )
-        ]  # fmt: skip
+        return [_quarantined(r) for r in rows]
+
+    def quarantined(self, qid: int) -> QuarantineRow | None:
+        rows = self._fetch(f"SELECT {_QUARANTINE_COLS} FROM quarantine WHERE id = %s", (qid,))
+        return _quarantined(rows[0]) if rows else None
+
+    def quarantine_usage(self) -> dict[str | None, QuarantineUsage]:
+        return {
+            (None if b == _UNATTRIBUTED else str(b)): QuarantineUsage(int(n), int(k), int(t))
+            for b, n, k, t in self._fetch(
+                "SELECT bucket, items, kept_bytes, truncated FROM quarantine_usage"
+            )
+        }
 
     def quarantine_count(self) -> int:
         return int(self._fetch("SELECT count(*) FROM quarantine")[0][0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from domain.ports import (
     LedgerStore,
     LedgerTx,
     QuarantineRow,
+    QuarantineUsage,
     Source,
     nodes_to_store,
 )
@@ -46,7 +48,12 @@ CREATE TABLE IF NOT EXISTS runs (
   PRIMARY KEY (workspace, run_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
   id INTEGER PRIMARY KEY AUTOINCREMENT, raw BLOB NOT NULL, reason TEXT NOT NULL,
-  source TEXT NOT NULL, received TEXT NOT NULL, workspace TEXT, run_id TEXT, event_id TEXT);
+  source TEXT NOT NULL, received TEXT NOT NULL, workspace TEXT, run_id TEXT, event_id TEXT,
+  raw_size INTEGER, raw_sha256 BLOB);
+CREATE TABLE IF NOT EXISTS quarantine_usage (
+  bucket TEXT PRIMARY KEY, items INTEGER NOT NULL, kept_bytes INTEGER NOT NULL,
+  truncated INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_by_workspace ON quarantine (workspace, id);
 CREATE TABLE IF NOT EXISTS held (
   workspace TEXT NOT NULL, run_id TEXT NOT NULL, seq INTEGER NOT NULL, raw BLOB NOT NULL,
   source TEXT NOT NULL, held_at REAL NOT NULL, PRIMARY KEY (workspace, run_id, seq)) WITHOUT ROWID;
@@ -57,6 +64,31 @@ CREATE TABLE IF NOT EXISTS checkpoints (
   id INTEGER PRIMARY KEY AUTOINCREMENT, size INTEGER NOT NULL, note TEXT NOT NULL,
   created TEXT NOT NULL);
 """
+
+# Stores made before quarantine rows carried their size and digest: add them, attribute HTTP
+# items to the key's workspace (its name is in the source), and count every bucket's usage.
+_QUARANTINE_MIGRATION = """
+ALTER TABLE quarantine ADD COLUMN raw_size INTEGER;
+ALTER TABLE quarantine ADD COLUMN raw_sha256 BLOB;
+UPDATE quarantine SET workspace = substr(json_extract(source, '$.name'), 1,
+    instr(json_extract(source, '$.name'), '/') - 1)
+  WHERE workspace IS NULL AND json_extract(source, '$.kind') IN ('http', 'otlp')
+    AND instr(json_extract(source, '$.name'), '/') > 1;
+UPDATE quarantine SET raw_size = length(raw), raw_sha256 = tacho_sha256(raw);
+DELETE FROM quarantine_usage;
+INSERT INTO quarantine_usage (bucket, items, kept_bytes, truncated)
+  SELECT coalesce(workspace, ''), count(*), sum(length(raw)), 0 FROM quarantine GROUP BY 1;
+"""
+_UNATTRIBUTED = ""  # the bucket key of items with no workspace (no workspace name is empty)
+
+
+def _bucket(workspace: str | None) -> str:
+    return _UNATTRIBUTED if workspace is None else workspace
+
+
+def _sha256(value: bytes | str) -> bytes:
+    return hashlib.sha256(value.encode() if isinstance(value, str) else value).digest()
+
 
 _CHUNK = 500
 
@@ -182,15 +214,33 @@ class SQLiteTx(LedgerTx):
         )
 
     def add_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        values = []
+        usage: dict[str, list[int]] = {}
+        for r in rows:
+            size, digest = r.stored()
+            values.append((r.raw, r.reason, orjson.dumps(r.source.to_json()).decode(), r.received,
+                           r.workspace, r.run_id, r.event_id, size, digest))
+            u = usage.setdefault(_bucket(r.workspace), [0, 0, 0])
+            u[0] += 1
+            u[1] += len(r.raw)
+            u[2] += len(r.raw) < size
         self.c.executemany(
-            "INSERT INTO quarantine (raw, reason, source, received, workspace, run_id, event_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (r.raw, r.reason, orjson.dumps(r.source.to_json()).decode(), r.received,
-                 r.workspace, r.run_id, r.event_id)
-                for r in rows
-            ],
+            "INSERT INTO quarantine (raw, reason, source, received, workspace, run_id, event_id, "
+            "raw_size, raw_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
         )
+        self.c.executemany(
+            "INSERT INTO quarantine_usage (bucket, items, kept_bytes, truncated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (bucket) DO UPDATE SET items = items + excluded.items, "
+            "kept_bytes = kept_bytes + excluded.kept_bytes, truncated = truncated + excluded.truncated",
+            [(b, *u) for b, u in usage.items()],
+        )
+
+    def quarantine_kept_bytes(self, workspace: str | None) -> int:
+        row = self.c.execute(
+            "SELECT kept_bytes FROM quarantine_usage WHERE bucket = ?", (_bucket(workspace),)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def load_held(self, keys: Sequence[tuple[str, str]]) -> list[HeldRow]:
         out: list[HeldRow] = []
@@ -217,6 +267,11 @@ class SQLiteTx(LedgerTx):
 
     def count_held(self) -> int:
         return int(self.c.execute("SELECT count(*) FROM held").fetchone()[0])
+
+    def count_held_in(self, workspace: str) -> int:
+        # the primary key starts with workspace: an index range count
+        row = self.c.execute("SELECT count(*) FROM held WHERE workspace = ?", (workspace,)).fetchone()
+        return int(row[0])
 
     def put_held(self, rows: Sequence[HeldRow]) -> None:
         self.c.executemany(
@@ -249,6 +304,20 @@ class SQLiteTx(LedgerTx):
 def _held(r: tuple[Any, ...]) -> HeldRow:
     return HeldRow(
         str(r[0]), str(r[1]), int(r[2]), bytes(r[3]), Source.from_json(orjson.loads(r[4])), float(r[5])
+    )
+
+
+_QUARANTINE_COLS = (
+    "id, raw, reason, source, received, workspace, run_id, event_id, raw_size, raw_sha256, length(raw)"
+)
+
+
+def _quarantined(r: Sequence[Any]) -> QuarantineRow:
+    qid, raw, reason, src, rec, ws, run, eid, size, digest, kept = r
+    raw = bytes(raw)
+    return QuarantineRow(
+        raw, str(reason), Source.from_json(orjson.loads(src)), str(rec), ws, run, eid, int(qid),
+        int(size), bytes(digest), int(kept),
     )
 
 
@@ -301,6 +370,23 @@ class SQLiteStore(LedgerStore):
         self._local = threading.local()
         self._writer = self._connect()
         self._writer.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier version up to this schema (once, in one transaction)."""
+        c = self._writer
+        if "raw_size" not in {r[1] for r in c.execute("PRAGMA table_info(quarantine)")}:
+            c.create_function("tacho_sha256", 1, _sha256, deterministic=True)
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                if "raw_size" not in {r[1] for r in c.execute("PRAGMA table_info(quarantine)")}:
+                    for statement in _QUARANTINE_MIGRATION.split(";"):
+                        if statement.strip():
+                            c.execute(statement)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -441,18 +527,39 @@ class SQLiteStore(LedgerStore):
             )
         }
 
-    def quarantine(self, limit: int = 100, after_id: int = 0) -> list[QuarantineRow]:
+    def quarantine(
+        self,
+        limit: int = 100,
+        after_id: int = 0,
+        *,
+        workspace: str | None = None,
+        preview: int | None = None,
+    ) -> list[QuarantineRow]:
+        raw = "raw" if preview is None else f"substr(raw, 1, {int(preview)})"
+        where = "id > ?" if workspace is None else "workspace = ? AND id > ?"
+        params = (after_id, limit) if workspace is None else (workspace, after_id, limit)
         return [
-            QuarantineRow(
-                bytes(raw), str(reason), Source.from_json(orjson.loads(src)), str(rec),
-                ws, run, eid, int(qid),
-            )
-            for qid, raw, reason, src, rec, ws, run, eid in self._reader().execute(
-                "SELECT id, raw, reason, source, received, workspace, run_id, event_id "
-                "FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
+            _quarantined(r)
+            for r in self._reader().execute(
+                f"SELECT {_QUARANTINE_COLS.replace('raw,', raw + ',', 1)} FROM quarantine "
+                f"WHERE {where} ORDER BY id LIMIT ?",
+                params,
             )
         ]
+
+    def quarantined(self, qid: int) -> QuarantineRow | None:
+        row = self._reader().execute(
+            f"SELECT {_QUARANTINE_COLS} FROM quarantine WHERE id = ?", (qid,)
+        ).fetchone()
+        return None if row is None else _quarantined(row)
+
+    def quarantine_usage(self) -> dict[str | None, QuarantineUsage]:
+        return {
+            (None if b == _UNATTRIBUTED else str(b)): QuarantineUsage(int(n), int(k), int(t))
+            for b, n, k, t in self._reader().execute(
+                "SELECT bucket, items, kept_bytes, truncated FROM quarantine_usage"
+            )
+        }
 
     def quarantine_count(self) -> int:
         return int(self._reader().execute("SELECT count(*) FROM quarantine").fetchone()[0])

@@ -292,6 +292,50 @@ class StoreContract:
         assert [q.reason for q in first] == ["r0", "r1"]
         assert [q.reason for q in rest] == ["r2", "r3", "r4"]
 
+    def test_quarantine_rows_carry_size_digest_and_kept_bytes_and_read_as_previews(self, store):
+        import hashlib
+
+        src = Source(kind="http", name="acme/k1", line=0)
+        whole = b"x" * 5000
+        rows = [
+            QuarantineRow(whole, "r0", src, "t", "acme"),
+            QuarantineRow(b"y" * 1024, "r1", src, "t", "acme", raw_size=9000,
+                          raw_sha256=b"\x01" * 32),  # kept truncated: 1,024 of 9,000 bytes
+            QuarantineRow(b"\xff junk", "r2", Source(kind="kafka", topic="t", partition=0, offset=1), "t"),
+            QuarantineRow(b"z" * 10, "r3", src, "t", "beta"),
+        ]
+        with store.transaction() as tx:
+            tx.add_quarantine(rows[:2])
+            assert tx.quarantine_kept_bytes("acme") == 5000 + 1024
+        with store.transaction() as tx:
+            tx.add_quarantine(rows[2:])
+            assert (tx.quarantine_kept_bytes("acme"), tx.quarantine_kept_bytes(None),
+                    tx.quarantine_kept_bytes("beta"), tx.quarantine_kept_bytes("c")) == (6024, 6, 10, 0)
+        got = store.quarantine(preview=16)
+        assert [(r.raw, r.raw_size, r.kept) for r in got] == [
+            (b"x" * 16, 5000, 5000), (b"y" * 16, 9000, 1024), (b"\xff junk", 6, 6), (b"z" * 10, 10, 10)]
+        assert got[0].raw_sha256 == hashlib.sha256(whole).digest() and got[1].raw_sha256 == b"\x01" * 32
+        assert [r.truncated for r in got] == [False, True, False, False]
+        assert [r.reason for r in store.quarantine(workspace="acme")] == ["r0", "r1"]
+        assert [r.reason for r in store.quarantine(limit=1, after_id=got[0].id, workspace="acme")] == ["r1"]
+        one = store.quarantined(got[0].id)
+        assert one is not None and one.raw == whole and one.reason == "r0"
+        assert store.quarantined(got[-1].id + 100) is None
+        usage = store.quarantine_usage()
+        assert (usage["acme"].items, usage["acme"].kept_bytes, usage["acme"].truncated) == (2, 6024, 1)
+        assert (usage[None].items, usage[None].kept_bytes, usage["beta"].items) == (1, 6, 1)
+
+    def test_quarantine_written_in_a_rolled_back_transaction_is_not_counted(self, store):
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.add_quarantine([QuarantineRow(b"abc", "r", Source(kind="http"), "t", "acme")])
+            raise Boom
+        assert store.quarantine_usage().get("acme") is None
+        with store.transaction() as tx:
+            assert tx.quarantine_kept_bytes("acme") == 0
+
     # -- held events ----------------------------------------------------------------------------
 
     def test_held_rows_are_put_loaded_per_run_in_seq_order_and_dropped(self, store):
@@ -307,6 +351,17 @@ class StoreContract:
             assert tx.load_held([("acme", "r1"), ("acme", "r2")]) == [
                 held("r1", 3, 10.0), held("r2", 5, 12.0),
             ]  # fmt: skip
+
+    def test_held_rows_are_counted_per_workspace_including_this_transactions_writes(self, store):
+        with store.transaction() as tx:
+            tx.put_held([held("r1", 3, 1.0), held("r2", 2, 1.0), held("r1", 4, 1.0, "beta")])
+        with store.transaction() as tx:
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta"), tx.count_held_in("c")) == (2, 1, 0)
+            tx.drop_held([("acme", "r1", 3)])
+            tx.put_held([held("r9", 1, 2.0, "beta")])
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta")) == (1, 2)
+        with store.transaction() as tx:
+            assert (tx.count_held_in("acme"), tx.count_held_in("beta")) == (1, 2)
 
     def test_expired_held_rows_come_oldest_first_up_to_the_limit(self, store):
         with store.transaction() as tx:

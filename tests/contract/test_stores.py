@@ -29,10 +29,47 @@ class TestMemoryStore(StoreContract):
             tx.set_meta("k", "v")
 
 
+LEGACY_ROWS = [  # quarantine rows as a store made before sizes, digests and usage wrote them
+    (b"{broken", "contract: not JSON", '{"kind":"http","line":0,"name":"acme/k1"}', None),
+    (b"\xffjunk", "contract: not UTF-8", '{"kind":"kafka","offset":3,"partition":0,"topic":"t"}', None),
+    (b'{"seq":1}', "contract: x", '{"kind":"file","line":2,"name":"a.jsonl"}', "beta"),
+]
+
+
+def _check_migrated(store) -> None:
+    import hashlib
+
+    rows = store.quarantine()
+    assert [(r.workspace, r.raw_size, r.raw_sha256, r.kept) for r in rows] == [
+        (ws, len(raw), hashlib.sha256(raw).digest(), len(raw))
+        for raw, ws in ((b"{broken", "acme"), (b"\xffjunk", None), (b'{"seq":1}', "beta"))
+    ]  # the HTTP item is attributed to its key's workspace
+    usage = store.quarantine_usage()
+    assert {ws: (u.items, u.kept_bytes) for ws, u in usage.items()} == {
+        "acme": (1, 7), None: (1, 5), "beta": (1, 9)}
+
+
 class TestSQLiteStore(StoreContract, PersistentStoreContract):
     @pytest.fixture
     def open_store(self, tmp_path) -> OpenStore:
         return lambda: SQLiteStore(tmp_path / "ledger.db")
+
+    def test_a_store_of_the_previous_schema_gets_quarantine_sizes_digests_and_usage(self, tmp_path):
+        import sqlite3
+
+        path = tmp_path / "old.db"
+        SQLiteStore(path).close()
+        con = sqlite3.connect(path, isolation_level=None)
+        con.executescript("DROP TABLE quarantine_usage; ALTER TABLE quarantine DROP COLUMN raw_size; "
+                          "ALTER TABLE quarantine DROP COLUMN raw_sha256;")
+        con.executemany("INSERT INTO quarantine (raw, reason, source, received, workspace) "
+                        "VALUES (?, ?, ?, 't', ?)", LEGACY_ROWS)
+        con.close()
+        store = SQLiteStore(path)
+        try:
+            _check_migrated(store)
+        finally:
+            store.close()
 
 
 class TestPostgresStore(StoreContract, PersistentStoreContract):
@@ -43,6 +80,20 @@ class TestPostgresStore(StoreContract, PersistentStoreContract):
     @pytest.fixture
     def open_store(self, dsn) -> OpenStore:
         return lambda: PostgresStore(dsn)
+
+    def test_a_store_of_the_previous_schema_gets_quarantine_sizes_digests_and_usage(self, store, dsn):
+        store.close()
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute("DROP TABLE quarantine_usage")
+            con.execute("ALTER TABLE quarantine DROP COLUMN raw_size, DROP COLUMN raw_sha256")
+            with con.cursor() as cur:
+                cur.executemany("INSERT INTO quarantine (raw, reason, source, received, workspace) "
+                                "VALUES (%s, %s, %s, 't', %s)", LEGACY_ROWS)
+        again = PostgresStore(dsn)
+        try:
+            _check_migrated(again)
+        finally:
+            again.close()
 
     def test_appending_ten_thousand_events_takes_a_handful_of_round_trips(self, store):
         ledger = make_ledger(store=store, checkpoint_every=1_000_000)

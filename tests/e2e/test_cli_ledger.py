@@ -131,3 +131,23 @@ def test_ingest_gives_up_on_an_unreachable_broker_after_its_connect_timeout(tmp_
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in proc.stderr
     assert "kafka.net" not in proc.stderr  # one error in our words, not kafka-python's log lines
     assert took < 20, f"took {took:.1f}s with --connect-timeout 1 (kafka-python's default is 30s)"
+
+
+def test_quarantine_list_shows_previews_sizes_and_digests_and_the_raw_bytes_on_request(tmp_path):
+    import hashlib
+
+    junk = b"J" * 2_000_000
+    src = tmp_path / "junk.jsonl"
+    src.write_bytes(junk + b"\n{broken\n")
+    tacho(tmp_path, "import", str(src), "--json")
+    listed = json.loads(tacho(tmp_path, "quarantine", "list", "--json").stdout)
+    big, small = listed["items"]
+    assert (big["bytes"], big["kept"], big["sha256"]) == (len(junk), len(junk), hashlib.sha256(junk).hexdigest())
+    assert big["preview"] == "J" * 1024 and "raw" not in big
+    assert small["preview"] == "{broken" and listed["usage"] == [
+        {"workspace": None, "items": 2, "kept_bytes": len(junk) + 7, "truncated": 0}]
+    whole = json.loads(tacho(tmp_path, "quarantine", "list", "--raw", "--limit", "1", "--json").stdout)
+    assert whole["items"][0]["raw"] == junk.decode() and whole["next_after"] == big["id"]
+    out = tmp_path / "raw.bin"
+    tacho(tmp_path, "quarantine", "show", str(big["id"]), "--raw-out", str(out), "--json")
+    assert out.read_bytes() == junk

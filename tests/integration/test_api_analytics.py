@@ -106,3 +106,33 @@ def test_filter_values_are_data_never_sql(projected: tuple[Api, dict[str, dict[s
     assert body["rows"] == []
     bad = a.client.get("/v1/analytics/outcomes", params={"until": "2026-02-30"}, headers=a.auth("analyst"))
     assert bad.status_code == 422 and "until" in bad.json()["message"]
+
+
+def test_costs_beyond_the_money_maximum_are_refused_and_every_cost_report_keeps_answering(tmp_path) -> None:
+    a = make_api(tmp_path)
+    try:
+        beta = a.key("beta", "publisher")
+        events = workload(runs=4, seed=3, workspaces=("acme", "beta"))
+        call = next(e for e in events if e["type"] == "model.called" and e["workspace"] == "acme")
+        # issue 13 item 3: 1e30 stopped projections for every tenant, just under 1e29 broke the report
+        over = [dumps({**call, "run_id": f"big-{n}", "event_id": f"big-{n}", "seq": 1}).replace(
+            dumps(call["data"]["cost_usd"]), cost) for n, cost in enumerate((b"1e30", b"9" * 29))]
+        body = b"[" + b",".join([*over, *(dumps(e) for e in events if e["workspace"] == "acme")]) + b"]"
+        r = a.client.post("/v1/events", content=body,
+                          headers={**a.auth("publisher"), "Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["quarantined"] == 2
+        assert all("data.cost_usd" in x["reason"] and "1000000000000" in x["reason"]
+                   for x in r.json()["results"][:2])
+        r = a.client.post("/v1/events", content=b"[" + b",".join(
+            dumps(e) for e in events if e["workspace"] == "beta") + b"]",
+            headers={"Authorization": f"Bearer {beta}", "Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["quarantined"] == 0
+        with open_projector(a.ledger.store, analytics_path(a.data_dir)) as projector:
+            projector.catch_up()
+        for secret in (a.secrets["analyst"], a.key("beta", "analyst")):
+            got = a.client.get("/v1/analytics/cost-per-outcome", params={"by": "workflow"},
+                               headers={"Authorization": f"Bearer {secret}"})
+            assert got.status_code == 200, got.text
+            assert got.json()["rows"]
+    finally:
+        close_api(a)

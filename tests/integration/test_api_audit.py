@@ -147,3 +147,43 @@ def test_health_metrics_and_offline_docs_need_no_key(api: Api) -> None:
     for path, ops in spec["paths"].items():
         for op in ops.values():
             assert op.get("summary") or op.get("description"), path
+
+
+def test_quarantine_reads_are_previews_paged_and_the_raw_bytes_come_on_request(api: Api) -> None:
+    import hashlib
+
+    # issue 13 item 7: 8 large junk items gave a 110 MiB quarantine list
+    junk = [bytes([65 + n]) * (1_500_000 + n) + b"\xff" for n in range(8)]
+    h_pub = {**api.auth("publisher"), "Content-Type": "application/x-ndjson"}
+    for j in junk:
+        r = api.client.post("/v1/events", content=j, headers=h_pub)
+        assert r.status_code == 200 and r.json()["quarantined"] == 1
+    h = api.auth("auditor")
+    r = api.client.get("/v1/quarantine", headers=h)
+    assert r.status_code == 200
+    assert len(r.content) < 32 * 1024  # was the whole 12 MB, now 8 previews of 1 KiB
+    items = r.json()["items"]
+    assert len(items) == 8 and r.json()["next_cursor"] is None
+    for item, j in zip(items, junk, strict=True):
+        assert item["workspace"] == "acme"  # not JSON: attributed to the key that sent it
+        assert item["raw"] == j[:1024].decode("utf-8", "replace")
+        assert (item["raw_size"], item["raw_kept"]) == (len(j), len(j))
+        assert item["raw_sha256"] == hashlib.sha256(j).hexdigest()
+    first = api.client.get("/v1/quarantine?limit=3", headers=h).json()
+    second = api.client.get(f"/v1/quarantine?limit=3&cursor={first['next_cursor']}", headers=h).json()
+    assert [i["id"] for i in first["items"] + second["items"]] == [i["id"] for i in items[:6]]
+    assert api.client.get("/v1/quarantine?limit=501", headers=h).status_code == 422
+
+    qid = items[2]["id"]
+    raw = api.client.get(f"/v1/quarantine/{qid}/raw", headers=h)
+    assert raw.status_code == 200 and raw.content == junk[2]
+    assert raw.headers["content-type"] == "application/octet-stream"
+    assert raw.headers["x-raw-sha256"] == hashlib.sha256(junk[2]).hexdigest()
+    other = api.key("other", "auditor")
+    assert api.client.get(f"/v1/quarantine/{qid}/raw",
+                          headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert api.client.get(f"/v1/quarantine/{qid}/raw", headers=api.auth("publisher")).status_code == 403
+    assert api.client.get("/v1/quarantine/999999/raw", headers=h).status_code == 404
+    reads = [(a["action"], a["target"]) for a in (x["data"]["args"] for x in audit_reads(api))]
+    assert reads[-1] == ("quarantine.raw", {"workspace": "acme", "id": qid})
+    assert [a for a, _ in reads].count("quarantine.list") == 3

@@ -99,3 +99,21 @@ def test_oversize_bodies_and_gzip_bombs_get_413_and_earlier_events_stay(tmp_path
     result = verify_log(store.raw_entries(), [c.note for c in store.checkpoints()],
                         [a.ledger.signer.vkey], origin=store.get_meta("origin"))
     assert result.ok, result.reason
+
+
+def test_values_beyond_storage_bounds_are_quarantined_naming_the_field_and_the_rest_lands(api: Api) -> None:
+    good = workload(runs=2)
+    call = next(e for e in good if e["type"] == "model.called")
+    big_seq = dict(good[0], event_id="big-seq", run_id="big", seq=2**63)  # answered 500 before
+    big_cost = dumps(dict(call, event_id="big-cost", run_id="big2", seq=1)).replace(
+        dumps(call["data"]["cost_usd"]), b"1e30")
+    body = b"[" + dumps(big_seq) + b"," + big_cost + b"," + b",".join(dumps(e) for e in good) + b"]"
+    r = api.client.post("/v1/events", content=body,
+                        headers={**api.auth("publisher"), "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["accepted"] == len(good) and out["quarantined"] == 2 and out["held"] == 0
+    reasons = [x["reason"] for x in out["results"][:2]]
+    assert "seq" in reasons[0] and str(2**53 - 1) in reasons[0]
+    assert "data.cost_usd" in reasons[1] and "1000000000000" in reasons[1]
+    assert _stored_event_ids(api) == Counter(e["event_id"] for e in good)

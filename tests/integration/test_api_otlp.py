@@ -141,3 +141,70 @@ def test_bad_otlp_bodies_get_4xx_and_no_500(served) -> None:
     r = httpx.post(f"{url}/v1/traces", content=b"x", headers={**h, "Content-Type": "text/csv"})
     assert r.status_code == 415
     assert a.ledger.store.size() == 0
+
+
+def _export(keep: _Keep) -> bytes:
+    return encode_spans(keep.spans).SerializeToString()
+
+
+def test_a_span_over_a_bound_is_rejected_by_name_and_the_runs_other_spans_land(served) -> None:
+    a, url = served
+    keep = _Keep()
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("invoke_agent") as root:
+        root.set_attribute("gen_ai.operation.name", "invoke_agent")
+        with tracer.start_as_current_span("chat") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.usage.input_tokens", 10**12)  # over the 10^9 maximum
+        with tracer.start_as_current_span("tool") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("tool.name", "kb.search")
+        with tracer.start_as_current_span("chat 2") as chat2:
+            chat2.set_attribute("gen_ai.operation.name", "chat")
+            chat2.set_attribute("tachograph.cost_usd", 1e30)  # over the 10^12 USD maximum
+        run = format(root.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    r = httpx.post(f"{url}/v1/traces", content=_export(keep),
+                   headers={**a.auth("publisher"), "Content-Type": "application/x-protobuf"})
+    assert r.status_code == 200, r.text
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    resp = ExportTraceServiceResponse.FromString(r.content)
+    assert resp.partial_success.rejected_spans == 2
+    message = resp.partial_success.error_message
+    assert "data.input_tokens" in message and "1000000000" in message
+    assert "data.cost_usd" in message and "1000000000000" in message
+    # no gap left behind: the run's other events are stored with contiguous seqs, none held
+    assert _run_types(a, run) == ["run.started", "tool.called", "run.completed"]
+    assert [r.seq for r in a.ledger.store.run_entries("acme", run)] == [0, 1, 2]
+    assert len(a.ledger.store.quarantine()) == 2
+
+
+def test_an_export_over_the_batch_limit_gets_413_naming_the_limit_and_stores_nothing(tmp_path) -> None:
+    from api.deps import Limits
+
+    a = make_api(tmp_path, limits=Limits(max_batch=50))
+    try:
+        keep = _Keep()
+        provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+        provider.add_span_processor(SimpleSpanProcessor(keep))
+        tracer = provider.get_tracer("t")
+        for _ in range(51):
+            with tracer.start_as_current_span("chat") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+        provider.shutdown()
+        h = {**a.auth("publisher"), "Content-Type": "application/x-protobuf"}
+        r = a.client.post("/v1/traces", content=_export(keep), headers=h)
+        assert r.status_code == 413 and "51 spans" in r.json()["message"]
+        assert "limit is 50" in r.json()["message"]
+        # 30 model spans of 30 traces open 30 runs: 60 events from 30 spans, over 50
+        r = a.client.post("/v1/traces", content=encode_spans(keep.spans[:30]).SerializeToString(), headers=h)
+        assert r.status_code == 413 and "limit is 50" in r.json()["message"]
+        assert a.ledger.store.size() == 0
+        r = a.client.post("/v1/traces", content=encode_spans(keep.spans[:25]).SerializeToString(), headers=h)
+        assert r.status_code == 200 and a.ledger.store.size() == 50
+    finally:
+        a.client.close()
+        a.ledger.store.close()

@@ -222,6 +222,36 @@ def test_poison_messages_are_quarantined_with_reason_and_position_and_the_partit
     assert ledger.store.offsets(f"g-{topic}") == {(topic, 0): len(sequence)}
 
 
+def test_values_beyond_storage_bounds_are_quarantined_naming_the_field_and_the_rest_lands(
+    kafka_broker, topic_factory, tmp_path
+):
+    topic = topic_factory(partitions=1)
+    call = {"call_id": "c", "provider": "p", "model": "m", "input_tokens": 1, "output_tokens": 1,
+            "cost_usd": "COST", "latency_ms": 1}
+    good = [dumps(_ev("good", 0, "run.started", START)),
+            dumps(_ev("good", 1, "model.called", {**call, "cost_usd": "0.5"}))]
+    over = [
+        (dumps(_ev("good", 2**63, "model.called", {**call, "cost_usd": "1"}, eid="seq")),
+         str(2**53 - 1)),  # OverflowError storing a held event stopped the batch
+        (dumps(_ev("cost", 1, "model.called", call)).replace(b'"COST"', b"1e30"), "1000000000000"),
+        (dumps(_ev("tok", 1, "model.called", {**call, "cost_usd": "1", "input_tokens": 10**12})),
+         "1000000000"),
+    ]
+    sequence = [good[0], *(raw for raw, _ in over), good[1]]
+    produce(kafka_broker.bootstrap, topic, [("k", "", v) for v in sequence])
+    ledger = _ledger(tmp_path)
+
+    summary = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=2.0).run()
+
+    assert (summary.accepted, summary.quarantined) == (2, 3)
+    assert [r.event_id for r in ledger.store.entries()] == ["good-0", "good-1"]
+    rows = {r.source.offset: r for r in ledger.store.quarantine(limit=10)}
+    for offset, (_raw, maximum) in enumerate(over, start=1):
+        reason = rows[offset].reason
+        assert maximum in reason and ("less than or equal" in reason or "at most" in reason), reason
+    assert ledger.store.offsets(f"g-{topic}") == {(topic, 0): len(sequence)}
+
+
 def test_a_producer_retrying_after_a_timeout_is_absorbed_as_duplicates(
     kafka_broker, topic_factory, tmp_path
 ):

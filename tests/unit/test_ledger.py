@@ -116,6 +116,66 @@ def test_the_hold_buffer_is_bounded(tmp_path):
     assert "hold buffer is full" in report.results[-1].reason
 
 
+def test_one_workspace_filling_its_share_of_the_hold_buffer_does_not_quarantine_anothers_gap(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", max_held=6, max_held_per_workspace=3)
+    flood = [event(f"a{n}", 5, "model.called", MODEL_CALL, workspace="alpha") for n in range(8)]
+    report = ledger.append(items(flood))
+    assert [o.status for o in report.results] == ["held"] * 3 + ["quarantined"] * 5
+    assert "workspace 'alpha' already holds 3 events" in report.results[3].reason
+    more = event("a9", 5, "model.called", MODEL_CALL, workspace="alpha")
+    assert ledger.append(items([flood[0], more])).quarantined == 1  # counted from the store
+    # beta's ordinary out-of-order event is held, then accepted when its gap fills
+    b0, b1, b2 = (event("b", s, t, d, workspace="beta") for s, t, d in (
+        (0, "run.started", None), (1, "model.called", MODEL_CALL),
+        (2, "run.completed", {"outcome": "succeeded"})))
+    assert [o.status for o in ledger.append(items([b0, b2])).results] == ["accepted", "held"]
+    assert ledger.append(items([b1])).accepted == 2
+    assert [e.seq for e in ledger.store.run_entries("beta", "b")] == [0, 1, 2]
+
+
+def test_a_workspace_share_counts_what_the_batch_released(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", max_held_per_workspace=1)
+    e0, e1, e2 = event(seq=0), event(seq=1, etype="model.called", data=MODEL_CALL), event(
+        seq=2, etype="run.completed", data={"outcome": "succeeded"})
+    assert ledger.append(items([e0, e2])).held == 1
+    later = event("r2", 3, "model.called", MODEL_CALL)
+    # e1 releases e2 from the buffer, so r2's event fits in acme's share of one
+    report = ledger.append(items([e1, event("r2", 0), later]))
+    assert [o.status for o in report.results] == ["accepted", "accepted", "held"]
+
+
+def test_beyond_its_budget_a_workspace_quarantine_keeps_a_preview_size_and_digest(tmp_path):
+    import hashlib
+
+    from domain.ledger import QUARANTINE_PREVIEW_BYTES
+
+    ledger = make_ledger(tmp_path / "l.db", quarantine_bytes_per_workspace=10_000,
+                         quarantine_bytes_unattributed=3_000)
+    junk = [b'{"workspace": "alpha", "pad": "' + bytes([65 + n]) * 4_000 + b'"}' for n in range(4)]
+    report = ledger.append([Incoming(j, Source(kind="kafka", topic="t", partition=0, offset=n))
+                            for n, j in enumerate(junk)])
+    assert report.quarantined == 4
+    rows = ledger.store.quarantine()
+    assert [r.workspace for r in rows] == ["alpha"] * 4  # the workspace the item names
+    assert [r.kept for r in rows] == [len(junk[0]), len(junk[1]), QUARANTINE_PREVIEW_BYTES,
+                                      QUARANTINE_PREVIEW_BYTES]
+    assert all(r.raw_size == len(j) and r.raw_sha256 == hashlib.sha256(j).digest()
+               for r, j in zip(rows, junk, strict=True))  # the fact and the digest stay
+    assert ledger.store.quarantined(rows[3].id).raw == junk[3][:QUARANTINE_PREVIEW_BYTES]
+    # another workspace's and the unattributed bucket have budgets of their own
+    other = ledger.append([
+        *items([{"workspace": "beta", "seq": "x"}]),
+        Incoming(b"\xff" * 2_500, Source(kind="kafka")), Incoming(b"\xfe" * 2_500, Source(kind="kafka")),
+        Incoming(b"not json", Source(kind="http"), "gamma"),
+    ])
+    assert other.quarantined == 4
+    beta, first, second, gamma = ledger.store.quarantine(after_id=rows[-1].id)
+    assert (beta.workspace, beta.truncated, gamma.workspace, gamma.truncated) == ("beta", False, "gamma", False)
+    assert (first.workspace, first.kept, second.workspace, second.kept) == (None, 2_500, None, 1024)
+    usage = ledger.store.quarantine_usage()
+    assert (usage["alpha"].items, usage["alpha"].truncated, usage[None].truncated) == (4, 2, 1)
+
+
 def test_run_rule_breaches_are_quarantined_with_the_rule(tmp_path):
     ledger = make_ledger(tmp_path / "l.db")
     report = ledger.append(
