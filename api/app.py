@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_trail import AuditTrail, AuditTrailError
 from api.auth import ForbiddenError
-from api.bootstrap import build_ledger
+from api.bootstrap import build_ledger, witness_pusher
 from api.deps import Limits, Services
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
@@ -133,9 +133,14 @@ class BodyLimit:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown, let a running replay finish (queued ones are dropped)."""
-    yield
+    """Push checkpoints to the witnesses while serving; on shutdown, let a running replay finish."""
     services: Services = app.state.services
+    services.witnesses = witness_pusher(services.settings, services.ledger)
+    if services.witnesses is not None:
+        services.witnesses.start()
+    yield
+    if services.witnesses is not None:
+        await run_in_threadpool(services.witnesses.stop)
     await run_in_threadpool(services.replays.close)
 
 

@@ -30,7 +30,15 @@ def readyz(services: ServicesDep) -> Response | Health:
     except TachographError as e:
         return JSONResponse(Health(status="unavailable", checks={"ledger": str(e)}).model_dump(),
                             status_code=503)
-    return Health(status="ok", checks={"ledger": f"{size} entries"})
+    checks = {"ledger": f"{size} entries"}
+    for w in services.witnesses.status() if services.witnesses else []:
+        last = w.get("last") or {}
+        status = str(last.get("status", "not asked yet")) if isinstance(last, dict) else "?"
+        checks[f"witness {w['witness']}"] = (
+            f"cosigned size {w['cosigned_size']}" if status == "cosigned"
+            else f"{status.upper()}: {last.get('reason') if isinstance(last, dict) else ''}"
+        )
+    return Health(status="ok", checks=checks)
 
 
 @router.get(
