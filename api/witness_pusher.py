@@ -111,6 +111,20 @@ class WitnessPusher:
             for st in self.states
         ]
 
+    def checks(self) -> dict[str, str]:
+        """``{"witness <name+id>": last outcome}`` in words (for ``/readyz``)."""
+        out = {}
+        for st in self.states:
+            last = st.last
+            if last is None:
+                text = "not asked yet"
+            elif last.status == "cosigned":
+                text = f"cosigned size {last.size}"
+            else:
+                text = f"{last.status.upper()} at size {last.size}: {last.reason}"
+            out[f"witness {st.config.verifier.ident}"] = text
+        return out
+
     # -- the per-witness loop ---------------------------------------------------------------
 
     def _run(self, st: WitnessState) -> None:

@@ -22,6 +22,8 @@ def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Readiness: the ledger store answers",
+    description="`checks` names the ledger's size and, with `TACHO_WITNESSES`, each witness's last "
+    "outcome (cosigned size, or UNREACHABLE / REFUSED / ROLLBACK / FORK and why).",
     responses={503: {"model": Health, "description": "not ready"}},
 )
 def readyz(services: ServicesDep) -> Response | Health:
@@ -31,13 +33,8 @@ def readyz(services: ServicesDep) -> Response | Health:
         return JSONResponse(Health(status="unavailable", checks={"ledger": str(e)}).model_dump(),
                             status_code=503)
     checks = {"ledger": f"{size} entries"}
-    for w in services.witnesses.status() if services.witnesses else []:
-        last = w.get("last") or {}
-        status = str(last.get("status", "not asked yet")) if isinstance(last, dict) else "?"
-        checks[f"witness {w['witness']}"] = (
-            f"cosigned size {w['cosigned_size']}" if status == "cosigned"
-            else f"{status.upper()}: {last.get('reason') if isinstance(last, dict) else ''}"
-        )
+    if services.witnesses is not None:
+        checks.update(services.witnesses.checks())
     return Health(status="ok", checks=checks)
 
 
