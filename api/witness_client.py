@@ -30,6 +30,7 @@ ProofFn = Callable[[int, int], list[bytes]]
 """``proof(old_size, new_size)``: the ledger's RFC 9162 consistency proof."""
 
 TERMINAL = ("rollback", "fork")
+MAX_CONFLICTS = 3  # 409s followed in one exchange (one is usual: the witness names its size)
 
 
 @dataclass
@@ -89,7 +90,7 @@ def exchange(
         return Outcome(ident, cp.size, status, reason, size)
 
     tried: set[int] = set()
-    while True:
+    for _ in range(MAX_CONFLICTS + 1):
         if old > cp.size:
             return out(
                 "rollback",
@@ -143,6 +144,7 @@ def exchange(
         if status in (400, 403, 404):
             return out("refused", f"HTTP {status}: {_text(data)} (is this log and its key added to the witness?)")
         return out("unreachable", f"HTTP {status}: {_text(data)}")
+    return out("refused", f"the witness answered 409 Conflict {MAX_CONFLICTS + 1} times in a row (sizes {sorted(tried)})")
 
 
 def client(timeout_s: float) -> httpx.Client:

@@ -202,3 +202,25 @@ def test_a_state_file_from_another_history_is_refused(tmp_path, workload):
     res = tacho(tmp_path, "verify", "--state", str(state), "--json", check=False)
     out = json.loads(res.stdout)
     assert res.returncode == 1 and out["reason"].startswith(f"state file {state}")
+
+
+def test_a_state_file_refuses_a_history_rewritten_with_the_ledger_s_own_key(tmp_path, workload):
+    honest = tmp_path / "honest"
+    honest.mkdir()
+    tacho(honest, "import", str(workload))
+    state = tmp_path / "state.note"
+    assert tacho(honest, "verify", "--state", str(state)).returncode == 0
+    # whoever holds the key and the data dir starts the log again and signs another history
+    forged = tmp_path / "forged"
+    (forged / "keys").mkdir(parents=True, mode=0o700)
+    key = forged / "keys" / "ledger.skey"
+    key.write_bytes((honest / "keys" / "ledger.skey").read_bytes())
+    key.chmod(0o600)
+    other = tmp_path / "other.jsonl"
+    tacho(tmp_path, "generate", str(other), "--runs", "90", "--seed", "2")
+    tacho(forged, "import", str(other))
+    assert tacho(forged, "verify").returncode == 0  # signed by the same key: valid on its own
+    res = tacho(forged, "verify", "--state", str(state), "--json", check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["reason"].startswith(f"state file {state} (size ")
+    assert "does not match the ledger's tree at that size" in out["reason"]

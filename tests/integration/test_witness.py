@@ -227,3 +227,35 @@ def test_a_normal_ledger_passes_with_a_witness_threshold(tmp_path, litewitness_f
     assert res.returncode == 1 and "only 1 of the 2" in out["reason"] and "cannot reach" in out["reason"]
     offline = ["--witness", w1.vkey, "--witness", w2.vkey]
     assert tacho(data, "verify", *offline).returncode == 0  # both cosignatures are stored
+
+
+def test_tacho_ingest_appends_while_the_witness_is_down_and_pushes_when_it_is_back(
+    tmp_path, litewitness_factory, tansu_broker, topic_factory
+):
+    from tests.integration.ingest_support import (
+        assert_exactly,
+        log_tail,
+        produce,
+        start_worker,
+        wait_exit,
+        workload_messages,
+    )
+
+    w = litewitness_factory()
+    data = tmp_path / "data"
+    registered(data, w)
+    topic = topic_factory(partitions=2, broker=tansu_broker)
+    messages = workload_messages(30, seed=5)
+    produce(tansu_broker.bootstrap, topic, messages)
+    w.stop()
+    env = {"TACHO_WITNESSES": f"{w.url}={w.vkey}", "TACHO_WITNESS_WAIT_S": "2"}
+    t0 = time.monotonic()
+    first = start_worker(tansu_broker.bootstrap, topic, data, "--assign", "--until-idle", "2", **env)
+    assert wait_exit(first, 120) == 0, log_tail(first)
+    assert time.monotonic() - t0 < 60
+    assert_exactly(data / "ledger.db", [eid for _, eid, _ in messages])  # nothing waited on it
+    assert "cannot reach" in log_tail(first, 200)  # the witness being down is said, not hidden
+    w.resume()
+    second = start_worker(tansu_broker.bootstrap, topic, data, "--assign", "--until-idle", "1", **env)
+    assert wait_exit(second, 120) == 0, log_tail(second)
+    assert witness_size(w) == ledger_size(data)  # caught up by the next worker
