@@ -133,8 +133,10 @@ class WitnessPusher:
                 wait = self.poll_s
                 try:
                     wait = self._step(st, http)
-                except TachographError as e:  # a store read failed: try again at the next poll
-                    log.warning("witness %s: %s", st.config.name, e)
+                except TachographError as e:  # a store read or write failed: again at the next poll
+                    log.error("witness %s: %s", st.config.name, e)
+                except Exception:  # this thread must not die unnoticed: logged in full, then retried
+                    log.exception("witness %s: the pusher failed; retrying at the next poll", st.config.name)
                 st.wake.wait(wait)
                 st.wake.clear()
 
@@ -146,7 +148,7 @@ class WitnessPusher:
         if st.last is not None and st.last.size == row.size and st.last.status in TERMINAL:
             return self.poll_s  # already reported loudly for this checkpoint
         now = self.clock()
-        if now < st.next_try and st.last is not None and st.last.size == row.size:
+        if now < st.next_try:  # backing off (a newer checkpoint waits for the retry too)
             return min(self.poll_s, st.next_try - now)
         outcome = exchange(http, st.config, row.note, self.ledger.consistency_proof, old=st.held)
         self._record(st, outcome)
@@ -163,8 +165,10 @@ class WitnessPusher:
             self.ledger.store.add_cosignatures([CosignatureRow(outcome.size, c.witness, c.line, c.timestamp)])
             st.cosigned = outcome.size
             st.failures = 0
+            st.next_try = 0.0
             log.info("witness %s cosigned checkpoint %d", name, outcome.size)
         elif outcome.status in TERMINAL:
+            st.next_try = 0.0
             log.error("witness %s: %s: %s", name, outcome.status.upper(), outcome.reason)
         else:
             st.failures += 1

@@ -260,3 +260,38 @@ def test_tacho_ingest_appends_while_the_witness_is_down_and_pushes_when_it_is_ba
     second = start_worker(tansu_broker.bootstrap, topic, data, "--assign", "--until-idle", "1", **env)
     assert wait_exit(second, 120) == 0, log_tail(second)
     assert witness_size(w) == ledger_size(data)  # caught up by the next worker
+
+
+def test_a_witness_that_is_down_is_retried_with_backoff_not_hammered(tmp_path):
+    import threading
+
+    closing = socket.socket()  # accepts and hangs up at once: every request fails fast
+    closing.bind(("127.0.0.1", 0))
+    closing.listen(64)
+    attempts: list[float] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = closing.accept()
+            except OSError:
+                return
+            attempts.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items(workload_events(runs=2)))
+    ledger.checkpoint()
+    down = parse_witness(f"http://127.0.0.1:{closing.getsockname()[1]}={witness_key_of_nobody()}")
+    pusher = WitnessPusher(ledger, [down], timeout_s=1.0, retry_max_s=1.0, poll_s=0.02).start()
+    try:
+        time.sleep(3.2)
+        [check] = pusher.checks().values()
+    finally:
+        pusher.stop()
+        closing.close()
+        ledger.store.close()
+    # backoff 0.5 s, then 1 s (the maximum): about 4 tries in 3.2 s, not one per 20 ms poll
+    assert 3 <= len(attempts) <= 6, attempts
+    assert check.startswith("UNREACHABLE at size ")
