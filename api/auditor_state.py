@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from api.witness_check import stored_cosignatures
+from domain.checkpoint import Checkpoint
 from domain.errors import ConfigError
+from domain.note import split_note
+from domain.ports import LedgerStore
 from domain.verify import Trusted
+from domain.witness import WitnessConfig
 
 MAX_STATE_BYTES = 64 * 1024
 
@@ -51,3 +56,25 @@ def write_state(path: Path, note: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def note_size(note: str) -> int:
+    """The tree size of a signed checkpoint note."""
+    return Checkpoint.parse(split_note(note)[0]).size
+
+
+def save_state(
+    path: Path, store: LedgerStore, newest: str, witnesses: list[WitnessConfig], prior: Trusted | None
+) -> dict[str, object]:
+    """After a passing run: keep the newest proven checkpoint, with the cosignatures that verified.
+
+    A state newer than every stored checkpoint (it covers a tail signed elsewhere, proven by
+    this run) is kept as it is: the state never moves back.
+    """
+    size = note_size(newest)
+    if prior is not None and note_size(prior.note) > size:
+        return {"path": str(path), "size": note_size(prior.note), "updated": False}
+    valid = stored_cosignatures(store, newest, witnesses) if witnesses else {}
+    lines = "".join(c.line for c in store.cosignatures(size) if c.witness in valid)
+    write_state(path, newest + lines)
+    return {"path": str(path), "size": size, "updated": True}

@@ -14,22 +14,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.auditor_state import read_state, write_state
+from api.auditor_state import note_size, read_state, save_state
 from api.bootstrap import build_ledger, load_signer, open_store, witness_pusher, write_secret
 from api.output import console, err_console, print_json
 from api.settings import Settings
-from api.witness_check import stored_cosignatures, verify_witnesses
+from api.witness_check import verify_witnesses
 from domain import merkle
 from domain.canonical import dumps
-from domain.checkpoint import Checkpoint
 from domain.errors import ConfigError, NotFoundError
 from domain.events import json_schema
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
-from domain.note import NoteSigner, split_note
+from domain.note import NoteSigner
 from domain.ports import LedgerStore
 from domain.verify import Trusted, VerifyResult, verify_log
-from domain.witness import WitnessConfig, parse_witness
+from domain.witness import parse_witness
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
 
@@ -195,7 +194,7 @@ def cmd_verify(
             allow_unsigned_tail=allow_unsigned_tail,
             progress=lambda n: bar.update(task, completed=n),
         )
-    newest = max(notes, key=_note_size) if notes else None
+    newest = max(notes, key=note_size) if notes else None
     if result.ok and witnesses and newest is not None:
         verdict = verify_witnesses(  # no signing key needed: proofs come from the stored tree
             store, newest, witnesses, threshold, lambda a, b: merkle.consistency_proof(a, b, store.node),
@@ -206,7 +205,7 @@ def cmd_verify(
             result.ok, result.reason = False, f"witnesses: {verdict.reason}"
     state_out = None
     if result.ok and state is not None and newest is not None:
-        state_out = _save_state(state, store, newest, witnesses, prior, result)
+        state_out = save_state(state, store, newest, witnesses, prior)
     if json_out:
         print_json({**result.to_json(), **({"state": state_out} if state is not None else {})})
     elif result.ok:
@@ -224,24 +223,6 @@ def cmd_verify(
         where = f" at position {result.position}" if result.position is not None else ""
         console().print(f"[red]BREACH[/]{where}: {result.reason}", highlight=False)
     raise typer.Exit(0 if result.ok else 1)
-
-
-def _note_size(note: str) -> int:
-    return Checkpoint.parse(split_note(note)[0]).size
-
-
-def _save_state(
-    path: Path, store: LedgerStore, newest: str, witnesses: list[WitnessConfig], prior: Trusted | None,
-    result: VerifyResult,
-) -> dict[str, object]:
-    """Keep the newest proven checkpoint (with the cosignatures that verified) in the state file."""
-    size = _note_size(newest)
-    if prior is not None and _note_size(prior.note) > size:  # cannot happen: verification failed
-        return {"path": str(path), "size": _note_size(prior.note), "updated": False}
-    valid = stored_cosignatures(store, newest, witnesses) if witnesses else {}
-    lines = "".join(c.line for c in store.cosignatures(size) if c.witness in valid)
-    write_state(path, newest + lines)
-    return {"path": str(path), "size": size, "updated": True}
 
 
 def cmd_checkpoint(json_out: JsonOpt = False) -> None:
