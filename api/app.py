@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_trail import AuditTrail, AuditTrailError
 from api.auth import ForbiddenError
-from api.bootstrap import build_ledger
+from api.bootstrap import build_ledger, witness_pusher
 from api.deps import Limits, Services
 from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
@@ -164,16 +164,21 @@ class SecurityHeaders:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start housekeeping (if asked for); on shutdown stop it, sign the tail, and let a running
-    replay finish (queued ones are dropped)."""
+    """Start housekeeping (if asked for) and the witness pusher (TACHO_WITNESSES); on shutdown
+    stop them, sign the tail, and let a running replay finish (queued ones are dropped)."""
+    services: Services = app.state.services
     keeper: Housekeeper | None = app.state.housekeeper
     if keeper is not None:
         keeper.start()
+    services.witnesses = witness_pusher(services.settings, services.ledger)
+    if services.witnesses is not None:
+        services.witnesses.start()
     yield
-    services: Services = app.state.services
     if keeper is not None:
         await run_in_threadpool(keeper.stop)
         await run_in_threadpool(services.ledger.checkpoint)  # the tail, signed before exit
+    if services.witnesses is not None:
+        await run_in_threadpool(services.witnesses.stop)
     await run_in_threadpool(services.replays.close)
 
 

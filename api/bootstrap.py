@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from api.settings import Settings
+from api.witness_pusher import WitnessPusher, build_pusher
 from domain.errors import ConfigError
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
@@ -67,3 +68,10 @@ def build_ledger(settings: Settings, store: LedgerStore | None = None) -> Ledger
         quarantine_bytes_unattributed=settings.quarantine_bytes_unattributed,
     )
     return Ledger(store, signer, config, clock=time.time)
+
+
+def witness_pusher(settings: Settings, ledger: Ledger) -> WitnessPusher | None:
+    """The pusher for ``TACHO_WITNESSES`` (not started), or None when none is configured."""
+    return build_pusher(
+        ledger, settings.witness_list(), settings.witness_timeout_s, settings.witness_retry_max_s
+    )

@@ -12,7 +12,7 @@ import typer
 from rich.live import Live
 from rich.text import Text
 
-from api.bootstrap import build_ledger
+from api.bootstrap import build_ledger, witness_pusher
 from api.cli_ledger import JsonOpt
 from api.output import console, err_console, print_json
 from api.settings import Settings
@@ -110,6 +110,9 @@ def cmd_ingest(
 
     worker = IngestWorker(ledger, config, metrics, on_batch=on_batch)
     worker.install_signal_handlers()
+    pusher = witness_pusher(settings, ledger)  # in its own threads: never holds up ingest
+    if pusher is not None:
+        pusher.start()
     try:
         if show:
             with live:
@@ -117,6 +120,11 @@ def cmd_ingest(
         else:
             summary = worker.run()
     finally:
+        if pusher is not None:
+            last = ledger.store.latest_checkpoint()
+            if last is not None:
+                pusher.wait_settled(last.size, settings.witness_wait_s)
+            pusher.stop()
         if server is not None:
             server.shutdown()
         ledger.store.close()

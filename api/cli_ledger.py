@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -13,17 +14,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from api.bootstrap import build_ledger, load_signer, open_store, write_secret
+from api.auditor_state import note_size, read_state, save_state
+from api.bootstrap import build_ledger, load_signer, open_store, witness_pusher, write_secret
 from api.output import console, err_console, print_json
 from api.settings import Settings
+from api.witness_check import verify_witnesses
+from domain import merkle
 from domain.canonical import dumps
-from domain.errors import NotFoundError
+from domain.errors import ConfigError, NotFoundError
 from domain.events import json_schema
 from domain.evidence import build_evidence, verify_evidence
-from domain.ledger import QUARANTINE_PREVIEW_BYTES
+from domain.ledger import QUARANTINE_PREVIEW_BYTES, Ledger
 from domain.note import NoteSigner
 from domain.ports import LedgerStore, QuarantineRow
-from domain.verify import VerifyResult, verify_log
+from domain.verify import Trusted, VerifyResult, verify_log
+from domain.witness import parse_witness
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
 
@@ -54,13 +59,15 @@ def cmd_import(
     batch_size: Annotated[int, typer.Option(help="events per transaction")] = 2000,
 ) -> None:
     """Append events from a JSONL file (accepted / duplicate / quarantined counts)."""
-    ledger = build_ledger(Settings())
+    settings = Settings()
+    ledger = build_ledger(settings)
     total = _count_lines(file)
     with progress_bar(total, "importing") as bar:
         task = bar.add_task("import", total=total)
         totals = import_jsonl(ledger, file, batch_size, progress=lambda n: bar.advance(task, n))
+    pushed = push_to_witnesses(settings, ledger)
     if json_out:
-        print_json(totals.to_json())
+        print_json({**totals.to_json(), **({"witnesses": pushed} if pushed else {})})
         return
     c = console()
     c.print(
@@ -72,6 +79,30 @@ def cmd_import(
         c.print(f"  [red]quarantined:[/] {reason}")
     if totals.quarantined:
         c.print("  see `tacho quarantine list`")
+
+
+def push_to_witnesses(settings: Settings, ledger: Ledger) -> list[dict[str, object]]:
+    """Push the newest checkpoint to ``TACHO_WITNESSES`` and wait (bounded) for their answers.
+
+    Each outcome is also printed on stderr; a rollback or fork is an error, not a warning.
+    """
+    pusher = witness_pusher(settings, ledger)
+    row = ledger.store.latest_checkpoint()
+    if pusher is None or row is None:
+        return []
+    pusher.start()
+    try:
+        outcomes = pusher.wait_settled(row.size, settings.witness_wait_s)
+    finally:
+        pusher.stop()
+    err = err_console()
+    for o in outcomes:
+        if o.status == "cosigned":
+            err.print(f"witness {o.witness}: cosigned checkpoint {o.size}")
+        else:
+            style = "bold red" if o.status in ("rollback", "fork") else "yellow"
+            err.print(f"[{style}]witness {o.witness}: {o.status.upper()}[/] {o.reason}", highlight=False)
+    return [o.to_json() for o in outcomes]
 
 
 def _trusted(settings: Settings, given: list[str] | None) -> list[str]:
@@ -96,6 +127,8 @@ def verify_store(
     trusted_checkpoint: str | None = None,
     allow_unsigned_tail: bool = False,
     progress: Callable[[int], object] | None = None,
+    trusted_checkpoints: list[Trusted] | None = None,
+    checkpoint_notes: list[str] | None = None,
 ) -> VerifyResult:
     """Verify a whole store: over its range reader in parallel when it is large, else in one pass.
 
@@ -104,10 +137,11 @@ def verify_store(
     parallel = store.size() > 50_000 and hasattr(store, "range_reader")
     return verify_log(
         store.range_reader() if parallel else store.raw_entries(),  # type: ignore[attr-defined]
-        [c.note for c in store.checkpoints()],
+        checkpoint_notes if checkpoint_notes is not None else [c.note for c in store.checkpoints()],
         keys,
         origin=store.get_meta("origin"),
         trusted_checkpoint=trusted_checkpoint,
+        trusted_checkpoints=trusted_checkpoints or [],
         allow_unsigned_tail=allow_unsigned_tail,
         workers=min(os.cpu_count() or 1, 4) if parallel else 1,
         progress=progress,
@@ -116,7 +150,8 @@ def verify_store(
 
 def cmd_verify(
     trusted_checkpoint: Annotated[
-        Path | None, typer.Option(exists=True, help="a signed checkpoint kept outside the system")
+        list[Path] | None,
+        typer.Option(exists=True, dir_okay=False, help="a signed checkpoint kept outside the system; repeatable"),
     ] = None,
     trusted_key: Annotated[
         list[str] | None, typer.Option(help="verifier key (vkey) to trust; repeatable")
@@ -124,45 +159,95 @@ def cmd_verify(
     allow_unsigned_tail: Annotated[
         bool, typer.Option(help="do not fail on entries newer than the last checkpoint")
     ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="auditor state file: the newest proven checkpoint, kept between runs"),
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(help="witness VKEY (stored cosignature) or URL=VKEY (also asked online); repeatable"),
+    ] = None,
+    witness_threshold: Annotated[
+        int | None, typer.Option(min=1, help="cosignatures required (default: every --witness)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Recompute every leaf, run chain and the tree; check every checkpoint and key."""
     settings = Settings()
     store = open_store(settings)
     keys = _trusted(settings, trusted_key)
+    witnesses = [parse_witness(w) for w in witness or []]
+    threshold = len(witnesses) if witness_threshold is None else witness_threshold
+    if witnesses and threshold > len(witnesses):
+        raise ConfigError(f"--witness-threshold {threshold} is more than the {len(witnesses)} witnesses given")
+    trusted = [Trusted(p.read_text(errors="replace"), f"trusted checkpoint {p}") for p in trusted_checkpoint or []]
+    prior = read_state(state) if state is not None else None
+    notes = [c.note for c in store.checkpoints()]
     total = store.size()
     with progress_bar(total, "verifying") as bar:
         task = bar.add_task("verify", total=total)
         result = verify_store(
             store,
             keys,
-            trusted_checkpoint=trusted_checkpoint.read_text() if trusted_checkpoint else None,
+            trusted_checkpoints=[*trusted, *([prior] if prior else [])],
+            checkpoint_notes=notes,
             allow_unsigned_tail=allow_unsigned_tail,
             progress=lambda n: bar.update(task, completed=n),
         )
+    newest = max(notes, key=note_size) if notes else None
+    if result.ok and witnesses and newest is not None:
+        verdict = verify_witnesses(  # no signing key needed: proofs come from the stored tree
+            store, newest, witnesses, threshold, lambda a, b: merkle.consistency_proof(a, b, store.node),
+            settings.witness_timeout_s,
+        )
+        result.witnesses = asdict(verdict)
+        if not verdict.ok:
+            result.ok, result.reason = False, f"witnesses: {verdict.reason}"
+    state_out = None
+    if result.ok and state is not None and newest is not None:
+        state_out = save_state(state, store, newest, witnesses, prior)
     if json_out:
-        print_json(result.to_json())
+        print_json({**result.to_json(), **({"state": state_out} if state is not None else {})})
     elif result.ok:
-        console().print(
+        c = console()
+        c.print(
             f"[green]OK[/] {result.entries} entries, {result.runs} runs, "
             f"{result.checkpoints} checkpoints verified; root {result.root}"
         )
+        if result.witnesses:
+            c.print(f"  witnesses: {result.witnesses['cosigned']} of {len(witnesses)} cosigned the newest "
+                    f"checkpoint (threshold {threshold})")
+        if state_out:
+            c.print(f"  state file {state}: checkpoint of size {state_out['size']}")
     else:
-        console().print(f"[red]BREACH[/] at position {result.position}: {result.reason}")
+        where = f" at position {result.position}" if result.position is not None else ""
+        console().print(f"[red]BREACH[/]{where}: {result.reason}", highlight=False)
     raise typer.Exit(0 if result.ok else 1)
 
 
 def cmd_checkpoint(json_out: JsonOpt = False) -> None:
-    """Print the latest signed checkpoint (signing one first if the tree grew)."""
-    ledger = build_ledger(Settings())
+    """Print the latest signed checkpoint (signing one first if the tree grew), with cosignatures.
+
+    With ``TACHO_WITNESSES``, it is pushed to the witnesses first (waiting at most
+    ``TACHO_WITNESS_WAIT_S``) and printed with the cosignatures they returned.
+    """
+    settings = Settings()
+    ledger = build_ledger(settings)
     row = ledger.checkpoint(force=False) or ledger.store.latest_checkpoint()
     if row is None:
         row = ledger.checkpoint(force=True)
     assert row is not None
+    pushed = push_to_witnesses(settings, ledger)
+    cosigs = ledger.store.cosignatures(row.size)
+    note = row.note + "".join(c.line for c in cosigs)
     if json_out:
-        print_json({"size": row.size, "note": row.note, "created": row.created})
+        print_json({"size": row.size, "note": note, "created": row.created,
+                    "cosignatures": [asdict(c) for c in cosigs],
+                    **({"witnesses": pushed} if pushed else {})})
     else:
-        sys.stdout.write(row.note)
+        sys.stdout.write(note)
+    if any(o["status"] in ("rollback", "fork") for o in pushed):
+        raise typer.Exit(1)
 
 
 def _workspace_of(settings: Settings, run_id: str, workspace: str | None) -> str:

@@ -16,6 +16,7 @@ from api.keys_store import ApiKey, AuthError, KeyStore
 from api.metrics import Metrics
 from api.run_index import RunIndex
 from api.settings import Settings
+from api.witness_pusher import WitnessPusher
 from domain.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Services:
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)
     verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time
+    witnesses: WitnessPusher | None = None  # started by the app's lifespan (TACHO_WITNESSES)
 
 
 def get_services(request: Request) -> Services:

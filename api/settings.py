@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.witness import WitnessConfig, parse_witnesses
+
 
 class Settings(BaseSettings):
     """Tachograph settings; every field can be set as ``TACHO_<NAME>``."""
@@ -43,6 +45,20 @@ class Settings(BaseSettings):
     )
     replay_queue: int = Field(8, ge=1, description="HTTP API: replays queued or running at once")
     replay_workers: int = Field(2, ge=1, description="runs replayed in parallel within one replay")
+    witnesses: str = Field(
+        "", description="witnesses that cosign checkpoints: comma-separated URL=VKEY (c2sp.org/tlog-witness)"
+    )
+    witness_timeout_s: float = Field(5.0, gt=0, le=300, description="HTTP timeout of one witness request")
+    witness_retry_max_s: float = Field(
+        60.0, gt=0, description="longest wait between retries of a witness that is down"
+    )
+    witness_wait_s: float = Field(
+        10.0, ge=0, description="`tacho import`/`checkpoint`: how long to wait for the witnesses' answers"
+    )
+
+    def witness_list(self) -> list[WitnessConfig]:
+        """``witnesses`` parsed (ConfigError naming a bad entry)."""
+        return parse_witnesses(self.witnesses)
 
     @property
     def key_path(self) -> Path:

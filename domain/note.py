@@ -47,10 +47,26 @@ def _is_utf8(s: str) -> bool:
     return True
 
 
-def key_id(name: str, public_key: bytes) -> bytes:
-    """Return the 4-byte key ID: SHA-256(name || 0x0A || 0x01 || public key)[:4]."""
-    data = name.encode("utf-8") + b"\n" + bytes([ALG_ED25519]) + public_key
+def key_id(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:
+    """Return the 4-byte key ID: SHA-256(name || 0x0A || alg || public key)[:4]."""
+    data = name.encode("utf-8") + b"\n" + bytes([alg]) + public_key
     return hashlib.sha256(data).digest()[:KEY_ID_SIZE]
+
+
+def parse_vkey(vkey: str, alg: int, what: str = "verifier key") -> tuple[str, bytes]:
+    """Parse ``<name>+<8 hex key ID>+<base64(alg || 32-byte key)>``; return (name, public key)."""
+    name, sep1, rest = vkey.partition("+")
+    id_hex, sep2, key64 = rest.partition("+")
+    if not (sep1 and sep2):
+        raise SignatureError(f"malformed {what}: want <name>+<keyid>+<key>")
+    _check_name(name)
+    expected_id = _parse_key_id(id_hex, what)
+    raw = _b64decode_strict(key64, what)
+    if len(raw) != 33 or raw[0] != alg:
+        raise SignatureError(f"{what} is not an Ed25519 (0x{alg:02x} + 32 bytes) key")
+    if key_id(name, raw[1:], alg) != expected_id:
+        raise SignatureError(f"{what} ID {id_hex} does not match its key")
+    return name, raw[1:]
 
 
 def _b64decode_strict(s: str, what: str) -> bytes:
@@ -95,19 +111,7 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse a verifier key ``<name>+<8 hex key ID>+<base64(0x01 || public key)>``."""
-        name, sep1, rest = vkey.partition("+")
-        id_hex, sep2, key64 = rest.partition("+")
-        if not (sep1 and sep2):
-            raise SignatureError("malformed verifier key: want <name>+<keyid>+<key>")
-        _check_name(name)
-        expected_id = _parse_key_id(id_hex, "verifier key")
-        raw = _b64decode_strict(key64, "verifier key")
-        if len(raw) != 33 or raw[0] != ALG_ED25519:
-            raise SignatureError("verifier key is not an Ed25519 (0x01 + 32 bytes) key")
-        verifier = cls(name, raw[1:])
-        if verifier.key_id != expected_id:
-            raise SignatureError(f"verifier key ID {id_hex} does not match its key")
-        return verifier
+        return cls(*parse_vkey(vkey, ALG_ED25519))
 
     @property
     def vkey(self) -> str:

@@ -176,6 +176,16 @@ class CheckpointRow:
     created: str
 
 
+@dataclass(frozen=True)
+class CosignatureRow:
+    """A witness's cosignature of the stored checkpoint of ``size`` (c2sp.org/tlog-cosignature)."""
+
+    size: int
+    witness: str  # the witness key: <name>+<8 hex key ID>
+    line: str  # the note signature line as the witness sent it, newline included
+    timestamp: int  # when the witness signed (unix seconds, from the signature)
+
+
 class LedgerTx(ABC):
     """One store transaction; everything written through it commits or rolls back together."""
 
@@ -323,6 +333,18 @@ class LedgerStore(ABC):
     @abstractmethod
     def latest_checkpoint(self) -> CheckpointRow | None:
         """The newest checkpoint, if any."""
+
+    @abstractmethod
+    def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        """Keep witness cosignatures (one per checkpoint size and witness: a newer one replaces).
+
+        Written in its own short transaction, never under the append lock's head row: a witness
+        answering late must not hold up appends.
+        """
+
+    @abstractmethod
+    def cosignatures(self, size: int) -> list[CosignatureRow]:
+        """The stored cosignatures of the checkpoint of ``size``, by witness."""
 
     @abstractmethod
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:

@@ -47,10 +47,21 @@ class VerifyResult:
     reason: str | None = None
     trusted_keys: list[str] = field(default_factory=list)
     runs: int = 0
+    trusted_checkpoints: list[int] = field(default_factory=list)  # their sizes, all proven
+    checkpoint_size: int | None = None  # the newest checkpoint proven (stored or trusted)
+    witnesses: dict[str, Any] | None = None  # filled by ``tacho verify --witness``
 
     def to_json(self) -> dict[str, Any]:
         """The result as the JSON printed by ``tacho verify --json``."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """A signed checkpoint kept outside the system, and where it came from (named in reasons)."""
+
+    note: str
+    label: str = "trusted checkpoint"
 
 
 def _check_checkpoint(note: str, origin: str | None) -> Checkpoint:
@@ -71,6 +82,7 @@ def verify_log(
     trusted_checkpoint: str | None = None,
     allow_unsigned_tail: bool = False,
     workers: int = 1,
+    trusted_checkpoints: Sequence[str | Trusted] = (),
     chunk_bits: int = 12,
     progress: Callable[[int], object] | None = None,
 ) -> VerifyResult:
@@ -83,15 +95,21 @@ def verify_log(
             are trusted only through rotation entries signed by an earlier trusted key.
         origin: the log's origin; taken from the first checkpoint when not given.
         trusted_checkpoint: a signed checkpoint kept outside the system (detects rollback).
+        trusted_checkpoints: more of them (any order): each must be signed by a trusted key,
+            match the ledger's tree at its size (so every older one is consistent with every
+            newer one) and be no larger than the ledger.
         allow_unsigned_tail: do not fail on entries newer than the latest checkpoint.
         workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel; give a
             ``RangeReader`` for a large ledger, as a plain iterable is read into memory first.
         progress: called with the number of entries verified so far after each chunk.
     """
     result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes))
+    trusted = [t if isinstance(t, Trusted) else Trusted(t) for t in trusted_checkpoints]
+    if trusted_checkpoint is not None:
+        trusted.append(Trusted(trusted_checkpoint))
     try:
         _verify(
-            entries, checkpoint_notes, trusted_keys, origin, trusted_checkpoint,
+            entries, checkpoint_notes, trusted_keys, origin, trusted,
             allow_unsigned_tail, result, chunk_bits, workers, progress,
         )
     except VerificationError as e:
@@ -107,7 +125,7 @@ def _verify(
     checkpoint_notes: Sequence[str],
     trusted_keys: Sequence[str],
     origin: str | None,
-    trusted_checkpoint: str | None,
+    trusted: Sequence[Trusted],
     allow_unsigned_tail: bool,
     result: VerifyResult,
     chunk_bits: int = 12,
@@ -121,26 +139,23 @@ def _verify(
     if not verifiers:
         raise VerificationError("no trusted verifier key given")
     result.trusted_keys = [v.vkey for v in verifiers]
-    notes = list(checkpoint_notes)
-    if trusted_checkpoint is not None:
-        notes.append(trusted_checkpoint)
-    parsed: list[tuple[Checkpoint, str, bool]] = []
-    for i, note in enumerate(notes):
-        is_trusted = trusted_checkpoint is not None and i == len(notes) - 1
+    labels: list[str | None] = [None] * len(checkpoint_notes) + [t.label for t in trusted]
+    parsed: list[tuple[Checkpoint, str, str | None]] = []
+    for i, (note, label) in enumerate(zip([*checkpoint_notes, *(t.note for t in trusted)], labels, strict=True)):
         try:
             cp = _check_checkpoint(note, origin)
         except TachographError as e:
-            what = "trusted checkpoint" if is_trusted else f"checkpoint #{i + 1}"
-            raise VerificationError(f"{what} is malformed: {e}") from e
+            raise VerificationError(f"{label or f'checkpoint #{i + 1}'} is malformed: {e}") from e
         if origin is None:
             origin = cp.origin
-        parsed.append((cp, note, is_trusted))
-    by_size: dict[int, list[tuple[Checkpoint, str, bool]]] = {}
+        parsed.append((cp, note, label))
+    _check_trusted_agree(parsed)
+    by_size: dict[int, list[tuple[Checkpoint, str, str | None]]] = {}
     for item in parsed:
         by_size.setdefault(item[0].size, []).append(item)
     last_stored = 0
-    for cp, _, is_trusted in parsed:
-        if not is_trusted:
+    for cp, _, label in parsed:
+        if label is None:
             if cp.size < last_stored:
                 raise VerificationError(
                     f"checkpoint sizes go backwards ({last_stored} then {cp.size})", cp.size
@@ -158,14 +173,21 @@ def _verify(
         return keys
 
     def check_sigs(size: int, root: bytes) -> None:
-        for cp, note, is_trusted in by_size.get(size, []):
-            what = "trusted checkpoint" if is_trusted else f"checkpoint of size {size}"
+        for cp, note, label in by_size.get(size, []):
+            what = f"{label} (size {size})" if label else f"checkpoint of size {size}"
             try:
                 open_checkpoint(note, keys_for(size), origin=origin)
             except (SignatureError, CheckpointError) as e:
                 raise VerificationError(
                     f"{what} is not signed by a key trusted for that size: {e}", size
                 ) from e
+            if cp.root_hash != root and label:
+                raise VerificationError(
+                    f"{what} does not match the ledger's tree at that size: the entries before it "
+                    "were rewritten after it was taken (a newer checkpoint signed over the "
+                    "rewritten ledger does not make it valid)",
+                    size - 1,
+                )
             if cp.root_hash != root:
                 raise VerificationError(
                     f"{what}: root hash does not match the entries (edited, deleted, inserted or "
@@ -234,6 +256,14 @@ def _verify(
     result.entries = position
     result.runs = len(chains)
     result.root = nodes.root(position).hex()
+    beyond_trusted = [(cp, label) for cp, _, label in parsed if label and cp.size > position]
+    if beyond_trusted:
+        cp, label = max(beyond_trusted, key=lambda t: t[0].size)
+        raise VerificationError(
+            f"{label} covers {cp.size} entries but the ledger holds only {position}: a rollback "
+            "(or truncation) of the ledger to an earlier state after that checkpoint was taken",
+            position,
+        )
     beyond = [cp for cp, _, _ in parsed if cp.size > position]
     if beyond:
         cp = max(beyond, key=lambda c: c.size)
@@ -243,12 +273,29 @@ def _verify(
             position,
         )
     covered = max((cp.size for cp, _, _ in parsed), default=0)
+    result.trusted_checkpoints = sorted(cp.size for cp, _, label in parsed if label)
+    result.checkpoint_size = covered if parsed else None
     if covered < position and not allow_unsigned_tail:
         raise VerificationError(
             f"entries {covered}..{position - 1} are not covered by any signed checkpoint "
             "(run `tacho checkpoint` to sign them)",
             covered,
         )
+
+
+def _check_trusted_agree(parsed: Sequence[tuple[Checkpoint, str, str | None]]) -> None:
+    """Two trusted checkpoints of one size must name one root (else the log forked)."""
+    seen: dict[int, tuple[bytes, str]] = {}
+    for cp, _, label in parsed:
+        if label is None:
+            continue
+        prior = seen.setdefault(cp.size, (cp.root_hash, label))
+        if prior[0] != cp.root_hash:
+            raise VerificationError(
+                f"{prior[1]} and {label} are both of size {cp.size} but name different roots: "
+                "the log showed two different histories (a fork)",
+                cp.size - 1 if cp.size else None,
+            )
 
 
 def _check_rotation(

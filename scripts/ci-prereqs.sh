@@ -38,3 +38,13 @@ if [ -z "$PYTHON" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 "$PYTHON" -m tests.harness.kafka --fetch --status
+
+# litewitness + witnessctl (filippo.io/torchwood) for the witness tests: built once with go
+# into .cache/witness/<version>/bin (idempotent: nothing happens when they are there)
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then export PATH="$PATH:/usr/local/go/bin"; fi
+command -v ssh-agent >/dev/null 2>&1 || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-client
+if ! command -v go >/dev/null 2>&1; then
+  echo "ci-prereqs: installing golang-go (to build litewitness)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go
+fi
+"$PYTHON" -m tests.harness.witness --build

@@ -12,17 +12,21 @@ Fixtures
 - ``postgres_server`` (session) -> ``tests.harness.postgres.PostgresServer``.
 - ``postgres_dsn_factory`` (function) -> ``make(name=None) -> dsn``: a new database per call.
 - ``browser`` (function) -> a selenium 4 Chrome WebDriver (headless Debian chromium).
+- ``litewitness_factory`` (function) -> ``make(name) -> tests.harness.witness.LiteWitness``:
+  a running litewitness (C2SP tlog-witness) with its own ssh-agent, key and database.
 
 Unavailable services are reported in the header and the terminal summary, and the tests that
 need them fail (never skip); ``make test`` runs scripts/ci-prereqs.sh first so they exist. With
 ``TACHO_REQUIRE_ALL_SERVICES=1`` (CI) a missing service stops the session before any test runs.
-Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` markers automatically.
+Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` / ``witness`` markers
+automatically.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -32,6 +36,7 @@ import pytest
 from tests.harness import browser as _browser
 from tests.harness import kafka as _kafka
 from tests.harness import postgres as _postgres
+from tests.harness import witness as _witness
 
 REQUIRE_ALL = os.environ.get("TACHO_REQUIRE_ALL_SERVICES", "") not in ("", "0", "false", "no")
 
@@ -39,6 +44,7 @@ _BROKER_FIXTURE = {"tansu": "tansu_broker", "apache": "apache_kafka"}
 _KAFKA_FIXTURES = {"kafka_broker", "topic_factory", *_BROKER_FIXTURE.values()}
 _PG_FIXTURES = {"postgres_server", "postgres_dsn_factory"}
 _BROWSER_FIXTURES = {"browser"}
+_WITNESS_FIXTURES = {"litewitness_factory"}
 
 
 def _service_status() -> dict[str, str | None]:
@@ -48,6 +54,7 @@ def _service_status() -> dict[str, str | None]:
     }
     status["postgres"] = _postgres.postgres_unavailable_reason()
     status["chromium"] = _browser.chromium_unavailable_reason()
+    status["litewitness"] = _witness.unavailable_reason()
     return status
 
 
@@ -98,6 +105,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if names & _BROWSER_FIXTURES:
             item.add_marker(pytest.mark.browser)
+        if names & _WITNESS_FIXTURES:
+            item.add_marker(pytest.mark.witness)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -128,7 +137,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             )
         else:
             tr.write_line(f"kafka {name:7s} available, not started (no test needed it)")
-    for service in ("postgres", "chromium"):
+    for service in ("postgres", "chromium", "litewitness"):
         reason = status[service]
         if reason is not None:
             tr.write_line(f"{service:13s} NOT RUN -- unavailable: {reason}", yellow=True)
@@ -262,3 +271,38 @@ def browser():
     _started.setdefault("chromium", time.monotonic() - t0)
     yield driver
     driver.quit()
+
+
+# ----------------------------------------------------------------------------------------------
+# Witness (litewitness, built from filippo.io/torchwood with go)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def litewitness_bin():
+    """The litewitness/witnessctl binaries, built once into .cache (fails, never skips)."""
+    reason = _witness.unavailable_reason()
+    if reason is not None:
+        _unavailable("litewitness", reason)
+    t0 = time.monotonic()
+    try:
+        path = _witness.build()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        _unavailable("litewitness", f"cannot build it: {e}")
+    _started.setdefault("litewitness", time.monotonic() - t0)
+    return path
+
+
+@pytest.fixture
+def litewitness_factory(litewitness_bin, tmp_path_factory):
+    """``make(name="witness.test/w1") -> LiteWitness`` started (its own agent, key and db)."""
+    made: list[_witness.LiteWitness] = []
+
+    def make(name: str = "witness.test/w1") -> _witness.LiteWitness:
+        w = _witness.LiteWitness(tmp_path_factory.mktemp("witness"), name)
+        made.append(w)
+        return w.start()
+
+    yield make
+    for w in made:
+        w.close()

@@ -22,6 +22,8 @@ def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Readiness: the ledger store answers",
+    description="`checks` names the ledger's size and, with `TACHO_WITNESSES`, each witness's last "
+    "outcome (cosigned size, or UNREACHABLE / REFUSED / ROLLBACK / FORK and why).",
     responses={503: {"model": Health, "description": "not ready"}},
 )
 def readyz(services: ServicesDep) -> Response | Health:
@@ -30,7 +32,10 @@ def readyz(services: ServicesDep) -> Response | Health:
     except TachographError as e:
         return JSONResponse(Health(status="unavailable", checks={"ledger": str(e)}).model_dump(),
                             status_code=503)
-    return Health(status="ok", checks={"ledger": f"{size} entries"})
+    checks = {"ledger": f"{size} entries"}
+    if services.witnesses is not None:
+        checks.update(services.witnesses.checks())
+    return Health(status="ok", checks=checks)
 
 
 @router.get(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
+    CosignatureRow,
     EntryRow,
     Head,
     HeldRow,
@@ -63,6 +64,7 @@ class _Data:
     held: dict[SeqKey, HeldRow] = field(default_factory=dict)
     offsets: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
+    cosignatures: dict[tuple[int, str], CosignatureRow] = field(default_factory=dict)
 
 
 class MemoryTx(LedgerTx):
@@ -363,6 +365,16 @@ class MemoryStore(LedgerStore):
     def latest_checkpoint(self) -> CheckpointRow | None:
         with self._data_lock:
             return self._data.checkpoints[-1] if self._data.checkpoints else None
+
+    def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        with self._data_lock:
+            for row in rows:
+                self._data.cosignatures[(row.size, row.witness)] = row
+
+    def cosignatures(self, size: int) -> list[CosignatureRow]:
+        with self._data_lock:
+            found = [r for (s, _), r in self._data.cosignatures.items() if s == size]
+        return sorted(found, key=lambda r: r.witness)
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         with self._data_lock:

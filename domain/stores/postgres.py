@@ -23,6 +23,7 @@ from psycopg import pq
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
+    CosignatureRow,
     EntryRow,
     Head,
     HeldRow,
@@ -81,6 +82,9 @@ CREATE TABLE IF NOT EXISTS offsets (
 CREATE TABLE IF NOT EXISTS checkpoints (
   id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, size BIGINT NOT NULL, note TEXT NOT NULL,
   created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cosignatures (
+  size BIGINT NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, timestamp BIGINT NOT NULL,
+  PRIMARY KEY (size, witness));
 """
 
 _TABLES = (
@@ -94,6 +98,7 @@ _TABLES = (
     "held",
     "offsets",
     "checkpoints",
+    "cosignatures",
 )
 
 # pg_advisory_xact_lock key serialising concurrent schema creation ("tachograph" in ASCII).
@@ -626,6 +631,33 @@ class PostgresStore(LedgerStore):
         return (
             None if not rows else CheckpointRow(int(rows[0][0]), str(rows[0][1]), str(rows[0][2]))
         )
+
+    def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        if not rows:
+            return
+        # its own transaction on the writer, without the head row lock that appends hold
+        with self._lock:
+            try:
+                conn = self._writer_conn()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO cosignatures (size, witness, line, timestamp) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT (size, witness) "
+                        "DO UPDATE SET line = excluded.line, timestamp = excluded.timestamp",
+                        [(r.size, r.witness, r.line, r.timestamp) for r in rows],
+                    )
+            except psycopg.Error as e:
+                raise StoreError(f"ledger write failed: {_reason(e)}") from e
+
+    def cosignatures(self, size: int) -> list[CosignatureRow]:
+        return [
+            CosignatureRow(int(s), str(w), str(line), int(t))
+            for s, w, line, t in self._fetch(
+                "SELECT size, witness, line, timestamp FROM cosignatures WHERE size = %s "
+                "ORDER BY witness",
+                (size,),
+            )
+        ]
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         return {

@@ -16,6 +16,7 @@ import orjson
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
+    CosignatureRow,
     EntryRow,
     Head,
     HeldRow,
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS offsets (
 CREATE TABLE IF NOT EXISTS checkpoints (
   id INTEGER PRIMARY KEY AUTOINCREMENT, size INTEGER NOT NULL, note TEXT NOT NULL,
   created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cosignatures (
+  size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, timestamp INTEGER NOT NULL,
+  PRIMARY KEY (size, witness)) WITHOUT ROWID;
 """
 
 # Stores made before quarantine rows carried their size and digest: add them, attribute HTTP
@@ -518,6 +522,28 @@ class SQLiteStore(LedgerStore):
             "SELECT size, note, created FROM checkpoints ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return None if row is None else CheckpointRow(int(row[0]), str(row[1]), str(row[2]))
+
+    def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        if not rows:
+            return
+        with self.transaction() as tx:
+            assert isinstance(tx, SQLiteTx)
+            tx.c.executemany(
+                "INSERT INTO cosignatures (size, witness, line, timestamp) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line, "
+                "timestamp = excluded.timestamp",
+                [(r.size, r.witness, r.line, r.timestamp) for r in rows],
+            )
+
+    def cosignatures(self, size: int) -> list[CosignatureRow]:
+        return [
+            CosignatureRow(int(s), str(w), str(line), int(t))
+            for s, w, line, t in self._reader().execute(
+                "SELECT size, witness, line, timestamp FROM cosignatures WHERE size = ? "
+                "ORDER BY witness",
+                (size,),
+            )
+        ]
 
     def offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         return {

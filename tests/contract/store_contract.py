@@ -21,6 +21,7 @@ from domain.ledger import Ledger
 from domain.ports import (
     STORED_NODE_LEVEL,
     CheckpointRow,
+    CosignatureRow,
     EntryRow,
     Head,
     HeldRow,
@@ -408,6 +409,40 @@ class StoreContract:
         assert store.checkpoints() == rows
         assert store.latest_checkpoint() == rows[-1]
 
+    def test_cosignatures_are_kept_per_checkpoint_size_and_witness_and_a_newer_one_replaces(
+        self, store
+    ):
+        a1 = CosignatureRow(5, "w.example/a+0a0b0c0d", "— w.example/a AAAA\n", 100)
+        b1 = CosignatureRow(5, "w.example/b+01020304", "— w.example/b BBBB\n", 101)
+        a2 = CosignatureRow(9, "w.example/a+0a0b0c0d", "— w.example/a CCCC\n", 102)
+        store.add_cosignatures([b1, a1])
+        store.add_cosignatures([a2])
+        store.add_cosignatures([])
+        assert store.cosignatures(5) == [a1, b1]
+        assert store.cosignatures(9) == [a2]
+        assert store.cosignatures(7) == []
+        newer = CosignatureRow(5, a1.witness, "— w.example/a DDDD\n", 200)
+        store.add_cosignatures([newer])
+        assert store.cosignatures(5) == [newer, b1]
+
+    def test_cosignatures_can_be_written_while_another_thread_appends(self, store):
+        ledger = make_ledger(store=store)
+        ledger.append(items(workload_events(runs=3)))
+        row = ledger.checkpoint()
+        assert row is not None
+        done = threading.Event()
+        with store.transaction() as tx:
+            tx.set_meta("busy", "yes")
+            writer = threading.Thread(
+                target=lambda: (store.add_cosignatures([CosignatureRow(row.size, "w+00000000", "l\n", 1)]),
+                                done.set()),
+            )
+            writer.start()
+        writer.join(timeout=30)
+        assert done.is_set()
+        assert [c.line for c in store.cosignatures(row.size)] == ["l\n"]
+        assert store.get_meta("busy") == "yes"
+
     # -- transactions ---------------------------------------------------------------------------
 
     def _write_everything(self, tx) -> None:
@@ -647,5 +682,16 @@ class PersistentStoreContract:
             reopened = make_ledger(store=second)
             assert verify(reopened).ok
             assert reopened.append(items(events)).duplicates == len(events)
+        finally:
+            second.close()
+
+    def test_cosignatures_survive_reopening(self, open_store: OpenStore):
+        first = open_store()
+        row = CosignatureRow(3, "w.example/a+0a0b0c0d", "— w.example/a AAAA\n", 100)
+        first.add_cosignatures([row])
+        first.close()
+        second = open_store()
+        try:
+            assert second.cosignatures(3) == [row]
         finally:
             second.close()

@@ -151,3 +151,96 @@ def test_quarantine_list_shows_previews_sizes_and_digests_and_the_raw_bytes_on_r
     out = tmp_path / "raw.bin"
     tacho(tmp_path, "quarantine", "show", str(big["id"]), "--raw-out", str(out), "--json")
     assert out.read_bytes() == junk
+
+
+def _rolled_back(tmp_path: Path, workload: Path) -> tuple[Path, bytes]:
+    """Import half the workload, keep a copy of the database, then import the rest."""
+    half = tmp_path / "half.jsonl"
+    lines = workload.read_bytes().splitlines(keepends=True)
+    half.write_bytes(b"".join(lines[: len(lines) // 2]))
+    tacho(tmp_path, "import", str(half))
+    tacho(tmp_path, "checkpoint")  # a clean copy: checkpointed, WAL folded in by the next open
+    db = tmp_path / "ledger.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return db, db.read_bytes()
+
+
+def _restore(db: Path, backup: bytes) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(backup)
+
+
+def test_verify_takes_several_trusted_checkpoints_and_names_the_one_that_fails(tmp_path, workload):
+    db, backup = _rolled_back(tmp_path, workload)
+    old = tmp_path / "old.note"
+    old.write_text(tacho(tmp_path, "checkpoint").stdout)
+    tacho(tmp_path, "import", str(workload))
+    new = tmp_path / "new.note"
+    new.write_text(tacho(tmp_path, "checkpoint").stdout)
+    ok = json.loads(tacho(tmp_path, "verify", "--trusted-checkpoint", str(new),
+                          "--trusted-checkpoint", str(old), "--json").stdout)
+    assert ok["ok"] and len(ok["trusted_checkpoints"]) == 2
+    _restore(db, backup)
+    res = tacho(tmp_path, "verify", "--trusted-checkpoint", str(old), "--trusted-checkpoint", str(new),
+                "--json", check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["reason"].startswith(f"trusted checkpoint {new} covers")
+    assert "rollback" in out["reason"]
+
+
+def test_the_state_file_keeps_the_newest_proven_checkpoint_and_refuses_a_rollback(tmp_path, workload):
+    state = tmp_path / "auditor" / "state.note"
+    state.parent.mkdir()
+    db, backup = _rolled_back(tmp_path, workload)
+    first = json.loads(tacho(tmp_path, "verify", "--state", str(state), "--json").stdout)
+    assert first["ok"] and first["state"]["updated"] and stat.S_IMODE(state.stat().st_mode) == 0o600
+    small = first["state"]["size"]
+    assert state.read_text().split("\n")[1] == str(small)
+    tacho(tmp_path, "import", str(workload))
+    second = json.loads(tacho(tmp_path, "verify", "--state", str(state), "--json").stdout)
+    assert second["ok"] and second["state"]["size"] > small
+    assert second["trusted_checkpoints"] == [small]  # the earlier state was checked, then replaced
+    kept = state.read_text()
+    _restore(db, backup)
+    res = tacho(tmp_path, "verify", "--state", str(state), check=False)
+    assert res.returncode == 1
+    assert f"state file {state} covers {second['state']['size']} entries" in res.stdout
+    assert "rollback" in res.stdout
+    assert state.read_text() == kept  # a failed run never moves the state
+
+
+def test_a_state_file_from_another_history_is_refused(tmp_path, workload):
+    other = tmp_path / "other"
+    other.mkdir()
+    tacho(other, "import", str(workload))
+    state = tmp_path / "state.note"
+    assert tacho(other, "verify", "--state", str(state)).returncode == 0
+    tacho(tmp_path, "import", str(workload))  # another ledger: another key, another origin
+    res = tacho(tmp_path, "verify", "--state", str(state), "--json", check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["reason"].startswith(f"state file {state}")
+
+
+def test_a_state_file_refuses_a_history_rewritten_with_the_ledger_s_own_key(tmp_path, workload):
+    honest = tmp_path / "honest"
+    honest.mkdir()
+    tacho(honest, "import", str(workload))
+    state = tmp_path / "state.note"
+    assert tacho(honest, "verify", "--state", str(state)).returncode == 0
+    # whoever holds the key and the data dir starts the log again and signs another history
+    forged = tmp_path / "forged"
+    (forged / "keys").mkdir(parents=True, mode=0o700)
+    key = forged / "keys" / "ledger.skey"
+    key.write_bytes((honest / "keys" / "ledger.skey").read_bytes())
+    key.chmod(0o600)
+    other = tmp_path / "other.jsonl"
+    tacho(tmp_path, "generate", str(other), "--runs", "90", "--seed", "2")
+    tacho(forged, "import", str(other))
+    assert tacho(forged, "verify").returncode == 0  # signed by the same key: valid on its own
+    res = tacho(forged, "verify", "--state", str(state), "--json", check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["reason"].startswith(f"state file {state} (size ")
+    assert "does not match the ledger's tree at that size" in out["reason"]

@@ -7,6 +7,8 @@ Submodules (import them explicitly; nothing heavy is imported here):
 - ``tests.harness.postgres`` -- ``PostgresServer`` (Debian ``postgresql`` binaries).
 - ``tests.harness.browser``  -- ``chromium_available()`` / ``make_driver()`` (selenium + Debian
   chromium/chromedriver).
+- ``tests.harness.witness``  -- ``LiteWitness``: litewitness (``filippo.io/torchwood``, built with
+  go into ``.cache/witness``) with its own ssh-agent key; ``python -m tests.harness.witness --build``.
 
 Fixtures wrapping these live in ``tests/conftest.py``.
 """
