@@ -102,7 +102,7 @@ def verify_store(
     """
     parallel = store.size() > 50_000 and hasattr(store, "range_reader")
     return verify_log(
-        store.range_reader() if parallel else store.raw_entries(),  # type: ignore[attr-defined]
+        store.range_reader() if parallel else store.stored_entries(),  # type: ignore[attr-defined]
         [c.note for c in store.checkpoints()],
         keys,
         origin=store.get_meta("origin"),

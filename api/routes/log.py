@@ -94,7 +94,7 @@ def verification(services: ServicesDep, key: LogReader) -> Verification:
         return cached  # type: ignore[no-any-return]
     keys = [k for k in (store.get_meta("initial_vkey"), services.ledger.signer.vkey) if k]
     result = verify_log(
-        store.raw_entries(0, size),
+        store.stored_entries(0, size),
         [c.note for c in store.checkpoints()],
         list(dict.fromkeys(keys)),
         origin=store.get_meta("origin"),
