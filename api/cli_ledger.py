@@ -196,23 +196,29 @@ def cmd_evidence(
 def cmd_verify_evidence(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     trusted_key: Annotated[list[str] | None, typer.Option(help="vkey to trust; repeatable")] = None,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option(help="accept a bundle without a signed run head (format /1): it cannot prove "
+                          "that no entry after its last was left out"),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check an evidence bundle offline (no store needed)."""
+    """Check an evidence bundle offline (no store needed), its completeness included."""
     try:
         bundle = orjson.loads(file.read_bytes())
     except orjson.JSONDecodeError as e:
         bundle = None
         if not json_out:
             console().print(f"[red]not JSON:[/] {e}")
-    result = verify_evidence(bundle, trusted_key or [])
+    result = verify_evidence(bundle, trusted_key or [], allow_incomplete=allow_incomplete)
     if json_out:
         print_json(result.to_json())
     elif result.ok:
+        whole = "all" if result.whole else "NOT PROVEN TO BE ALL (no run head)"
         console().print(
-            f"[green]OK[/] run {result.run_id} ({result.workspace}): {result.entries} entries in "
-            f"the signed tree of size {result.tree_size}; outcome {result.outcome or 'not completed'}; "
-            f"trusted: {result.trusted}"
+            f"[green]OK[/] run {result.run_id} ({result.workspace}): {result.entries} entries, "
+            f"{whole} of the run's entries in the signed tree of size {result.tree_size}; "
+            f"outcome {result.outcome or 'not completed'}; trusted: {result.trusted}"
         )
     else:
         console().print(f"[red]INVALID[/] {result.reason}")

@@ -263,6 +263,14 @@ class LedgerStore(ABC):
         """
 
     @abstractmethod
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(index, stored bytes) of the entries in [start, end) whose bytes contain ``needle``.
+
+        Searches the bytes, not the index columns: what an evidence bundle uses to make sure
+        no entry of a run was left out by an edited column.
+        """
+
+    @abstractmethod
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         """Entries of one run in seq order."""
 

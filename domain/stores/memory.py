@@ -311,6 +311,9 @@ class MemoryStore(LedgerStore):
             yield (r.index, r.data, r.kind, r.workspace, r.run_id, r.seq, r.event_id,
                    r.event_type, r.event_time, r.leaf_hash)  # fmt: skip
 
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [(r.index, r.data) for r in self._rows(start, end) if needle in r.data]
+
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         with self._data_lock:
             rows = [

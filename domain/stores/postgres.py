@@ -526,6 +526,16 @@ class PostgresStore(LedgerStore):
         for row in self._pages(f"idx, {_STORED_COLS}", ["int8", *_STORED_TYPES], start, end):
             yield _stored(row)
 
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [
+            (int(i), bytes(d))
+            for i, d in self._fetch(
+                "SELECT idx, data FROM entries WHERE idx >= %s AND idx < %s "
+                "AND position(%s::bytea IN data) > 0 ORDER BY idx",
+                (start, end, needle),
+            )
+        ]
+
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         return [
             _entry(r)

@@ -388,6 +388,16 @@ class SQLiteStore(LedgerStore):
         while rows := cur.fetchmany(4096):
             yield from rows
 
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [
+            (int(i), bytes(d))
+            for i, d in self._reader().execute(
+                "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? "
+                "AND instr(CAST(data AS BLOB), ?) > 0 ORDER BY idx",
+                (start, end, needle),
+            )
+        ]
+
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         return [
             _entry(r)

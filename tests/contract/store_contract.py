@@ -143,6 +143,24 @@ class StoreContract:
 
     # -- entries --------------------------------------------------------------------------------
 
+    def test_stored_entries_give_the_bytes_with_the_index_columns(self, store):
+        rows = [entry(i) for i in range(4)] + [entry(4, run_id=None, kind="key.rotated")]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        assert list(store.stored_entries(1, 5)) == [
+            (r.index, r.data, r.kind, r.workspace, r.run_id, r.seq, r.event_id, r.event_type,
+             r.event_time, r.leaf_hash)
+            for r in rows[1:5]
+        ]  # fmt: skip
+
+    def test_entries_containing_searches_the_bytes_in_a_range(self, store):
+        rows = [entry(i, run_id="r1" if i % 2 else "r2") for i in range(8)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        found = store.entries_containing(b'"run":"r1"', 2, 7)
+        assert found == [(r.index, r.data) for r in rows if r.index in (3, 5)]
+        assert store.entries_containing(b'"run":"r9"', 0, 8) == []
+
     def test_entries_round_trip_byte_for_byte_in_index_order(self, store):
         rows = [entry(i) for i in range(7)]
         with store.transaction() as tx:

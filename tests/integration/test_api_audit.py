@@ -102,7 +102,10 @@ def test_evidence_and_proofs_verify_against_the_signed_checkpoint(api: Api) -> N
     run = events[0]["run_id"]
     h = api.auth("auditor")
     bundle = api.client.get(f"/v1/runs/{run}/evidence", headers=h).json()
-    assert verify_evidence(bundle, [api.ledger.signer.vkey]).ok
+    checked = verify_evidence(bundle, [api.ledger.signer.vkey])
+    assert checked.ok and checked.whole and bundle["format"] == "tachograph.evidence/2"
+    bundle["entries"].pop()
+    assert "does not prove completeness" in verify_evidence(bundle, [api.ledger.signer.vkey]).reason
     cp = api.client.get("/v1/log/checkpoint", headers=h).json()
     size = cp["size"]
     proof = api.client.get("/v1/log/proof/inclusion", params={"index": 2, "size": size},
