@@ -230,17 +230,19 @@ keys_app = typer.Typer(help="The ledger's signing keys.", no_args_is_help=False,
 
 @keys_app.callback()
 def cmd_keys(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """Show the public verifier key (signed-note vkey) of this ledger."""
+    """Show the public verifier key (signed-note vkey) of this ledger, and where its private key is."""
     if ctx.invoked_subcommand is not None:
         return
     settings = Settings()
     store = open_store(settings)
     signer = load_signer(settings, store)
-    data = {"vkey": signer.vkey, "name": signer.name, "initial_vkey": store.get_meta("initial_vkey")}
+    data = {"vkey": signer.vkey, "name": signer.name, "initial_vkey": store.get_meta("initial_vkey"),
+            "key_file": str(settings.key_path.resolve())}
     if json_out:
         print_json(data)
     else:
-        console().print(signer.vkey)
+        console().print(signer.vkey)  # alone on stdout: `--trusted-key "$(tacho keys)"`
+        err_console().print(f"private key: {data['key_file']}")
 
 
 @keys_app.command("rotate")
@@ -255,7 +257,7 @@ def cmd_keys_rotate(json_out: JsonOpt = False) -> None:
     write_secret(staged, new.skey + "\n")
     old = ledger.signer.vkey
     cp = ledger.rotate_key(new)
-    retired = settings.key_path.with_name(f"ledger.{cp.size}.retired.skey")
+    retired = settings.key_path.with_name(f"{settings.key_path.stem}.{cp.size}.retired.skey")
     settings.key_path.rename(retired)
     staged.rename(settings.key_path)
     data = {"old_vkey": old, "new_vkey": new.vkey, "checkpoint_size": cp.size}

@@ -298,11 +298,20 @@ class SQLiteStore(LedgerStore):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._writer = self._connect()
         self._writer.executescript(SCHEMA)
+        if self.path != ":memory:":
+            self._make_private()
+
+    def _make_private(self) -> None:
+        """Owner-only files (0600): SQLite creates the -wal and -shm files with the database's mode."""
+        for suffix in ("", "-wal", "-shm"):
+            file = Path(self.path + suffix)
+            if file.exists() and file.stat().st_mode & 0o077:
+                os.chmod(file, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
         try:
