@@ -56,7 +56,7 @@ def make_data_dir_private(data_dir: Path) -> int:
     if not data_dir.is_dir():
         return 0
     changed = 0
-    for root, dirs, files in os.walk(data_dir):
+    for root, _dirs, files in os.walk(data_dir):
         for name, mode in [(root, 0o700)] + [(os.path.join(root, f), 0o600) for f in files]:
             st = os.lstat(name)
             if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:

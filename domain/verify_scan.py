@@ -247,11 +247,19 @@ def _event_columns(d: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(ev.get(k) for k in ("workspace", "run_id", "seq", "event_id", "type", "time"))
 
 
+def _record_columns(d: dict[str, Any]) -> tuple[Any, ...]:
+    rec = d.get("record")
+    rec = rec if isinstance(rec, dict) else {}
+    return (rec.get("workspace"), None, None, rec.get("record_id"), rec.get("type"), rec.get("time"))
+
+
 COLUMNS_OF_KIND: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
     "event": _event_columns,
+    "record": _record_columns,
 }
 """For each entry kind with index columns: (workspace, run_id, seq, event_id, event_type,
-event_time) as its bytes say them. Any other kind has all six NULL."""
+event_time) as its bytes say them (a record: its workspace, record_id, type and time). Any other
+kind has all six NULL."""
 
 
 def expected_columns(data: bytes, leaf: bytes) -> tuple[Any, ...]:
@@ -316,18 +324,11 @@ class RangeReaderBase(ABC):
     def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         """(index, bytes) or (index, *StoredRow) for indices in [start, end), in order."""
 
-    def read_data(self, start: int, end: int) -> list[bytes] | None:
-        """The bytes of entries ``start .. end - 1`` when every one is stored, else None.
-
-        A reader overrides this when it can check that cheaply (a count over a primary key);
-        on None, ``read`` is used and the scan names what is missing.
-        """
-        return None
-
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
-        """``read_data`` with each entry's index columns (a ``StoredRow`` each), or None.
+        """Each entry ``start .. end - 1`` as a ``StoredRow`` when every one is stored, else None.
 
-        A store's reader overrides this so that verification compares the columns with the bytes.
+        A store's reader overrides this when it can check that cheaply (a count over a primary
+        key); on None, ``read`` is used and the scan names what is missing.
         """
         return None
 
@@ -342,9 +343,6 @@ def scan_range(
     stored = reader.read_stored(start, end)
     if stored is not None:
         return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored)
-    datas = reader.read_data(start, end)
-    if datas is not None:
-        return scan_entries(start, datas, origin, checkpoint_sizes)
     return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes)
 
 
