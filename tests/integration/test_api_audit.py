@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 
 from domain import merkle
@@ -150,3 +151,16 @@ def test_health_metrics_and_offline_docs_need_no_key(api: Api) -> None:
     for path, ops in spec["paths"].items():
         for op in ops.values():
             assert op.get("summary") or op.get("description"), path
+
+
+def test_evidence_of_a_run_whose_last_entry_lost_its_run_id_column_is_refused_not_cut_short(api: Api) -> None:
+    """Issue 13 item 9 over HTTP: the bundle is refused with the position, never built without the event."""
+    events = workload(runs=3)
+    publish(api, events)
+    run = events[0]["run_id"]
+    last = api.ledger.store.run_entries("acme", run)[-1].index
+    with sqlite3.connect(api.ledger.store.path) as c:
+        c.execute("UPDATE entries SET run_id = 'elsewhere' WHERE idx = ?", (last,))
+    got = api.client.get(f"/v1/runs/{run}/evidence", headers=api.auth("auditor"))
+    assert got.status_code == 500, got.text
+    assert f"at position {last}" in got.json()["message"] and "by its bytes" in got.json()["message"]
