@@ -82,8 +82,8 @@ def consistency(request: Request, services: ServicesDep, key: LogReader, first: 
     response_model=Verification,
     summary="Verification status of the whole ledger",
     description="Recomputes every leaf, run chain, the tree and every checkpoint signature from "
-    "the stored bytes (cached per ledger size). Entries after the last checkpoint are allowed. "
-    "Role auditor.",
+    "the stored bytes, and compares every stored index column with them (cached per ledger "
+    "size). Entries after the last checkpoint are allowed. Role auditor.",
     responses=errors(401, 403),
 )
 def verification(services: ServicesDep, key: LogReader) -> Verification:
