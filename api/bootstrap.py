@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 
@@ -30,10 +31,51 @@ def open_store(settings: Settings) -> LedgerStore:
     return SQLiteStore(settings.sqlite_path)
 
 
+def private_dir(path: Path) -> None:
+    """Make ``path`` a directory only its owner can enter (0700), creating it if need be."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & 0o077:
+        if st.st_uid != os.getuid():
+            raise ConfigError(
+                f"{path} is open to other users (mode {st.st_mode & 0o777:o}) and not ours to "
+                "tighten: keep the signing key in a private directory"
+            )
+        os.chmod(path, 0o700)
+
+
+PRIVATE_UMASK = 0o077
+
+
+def make_data_dir_private(data_dir: Path) -> int:
+    """Tighten an existing data directory: every directory in it 0700, every file 0600.
+
+    SQLite, DuckDB and pyarrow create their files themselves, so the process also runs with
+    umask 077 (``api.cli.main``); this catches what an older version or another tool left open.
+    Returns how many modes were changed; a file owned by someone else is a ConfigError.
+    """
+    if not data_dir.is_dir():
+        return 0
+    changed = 0
+    for root, _dirs, files in os.walk(data_dir):
+        for name, mode in [(root, 0o700)] + [(os.path.join(root, f), 0o600) for f in files]:
+            st = os.lstat(name)
+            if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+                continue
+            try:
+                os.chmod(name, mode)
+            except PermissionError as e:
+                raise ConfigError(
+                    f"{name} in the data directory is open to other users (mode "
+                    f"{st.st_mode & 0o777:o}) and cannot be made private: {e.strerror}"
+                ) from e
+            changed += 1
+    return changed
+
+
 def write_secret(path: Path, text: str) -> None:
-    """Create a secret file with mode 0600 (never readable by others, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    """Create a secret file with mode 0600 in a 0700 directory (never readable by others, even briefly)."""
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

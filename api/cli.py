@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from domain.errors import TachographError
 
@@ -40,10 +42,24 @@ def build_app() -> typer.Typer:
     return app
 
 
+def make_private() -> None:
+    """Every file this process creates is its owner's alone, and so is the data directory."""
+    from api.bootstrap import PRIVATE_UMASK, make_data_dir_private
+    from api.settings import Settings
+
+    os.umask(PRIVATE_UMASK)
+    try:
+        data_dir = Settings().data_dir
+    except ValidationError:
+        return  # the command that reads the settings says what is wrong with them
+    make_data_dir_private(data_dir)
+
+
 def main() -> None:
     """Entry point of the ``tacho`` script."""
     app = build_app()
     try:
+        make_private()
         app()
     except TachographError as e:
         typer.echo(f"error: {e}", err=True)

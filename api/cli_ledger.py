@@ -136,7 +136,7 @@ def verify_store(
     """
     parallel = store.size() > 50_000 and hasattr(store, "range_reader")
     return verify_log(
-        store.range_reader() if parallel else store.raw_entries(),  # type: ignore[attr-defined]
+        store.range_reader() if parallel else store.stored_entries(),  # type: ignore[attr-defined]
         checkpoint_notes if checkpoint_notes is not None else [c.note for c in store.checkpoints()],
         keys,
         origin=store.get_meta("origin"),
@@ -282,23 +282,29 @@ def cmd_evidence(
 def cmd_verify_evidence(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     trusted_key: Annotated[list[str] | None, typer.Option(help="vkey to trust; repeatable")] = None,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option(help="accept a bundle without a signed run head (format /1): it cannot prove "
+                          "that no entry after its last was left out"),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Check an evidence bundle offline (no store needed)."""
+    """Check an evidence bundle offline (no store needed), its completeness included."""
     try:
         bundle = orjson.loads(file.read_bytes())
     except orjson.JSONDecodeError as e:
         bundle = None
         if not json_out:
             console().print(f"[red]not JSON:[/] {e}")
-    result = verify_evidence(bundle, trusted_key or [])
+    result = verify_evidence(bundle, trusted_key or [], allow_incomplete=allow_incomplete)
     if json_out:
         print_json(result.to_json())
     elif result.ok:
+        whole = "all" if result.whole else "NOT PROVEN TO BE ALL (no run head)"
         console().print(
-            f"[green]OK[/] run {result.run_id} ({result.workspace}): {result.entries} entries in "
-            f"the signed tree of size {result.tree_size}; outcome {result.outcome or 'not completed'}; "
-            f"trusted: {result.trusted}"
+            f"[green]OK[/] run {result.run_id} ({result.workspace}): {result.entries} entries, "
+            f"{whole} of the run's entries in the signed tree of size {result.tree_size}; "
+            f"outcome {result.outcome or 'not completed'}; trusted: {result.trusted}"
         )
     else:
         console().print(f"[red]INVALID[/] {result.reason}")
@@ -310,17 +316,19 @@ keys_app = typer.Typer(help="The ledger's signing keys.", no_args_is_help=False,
 
 @keys_app.callback()
 def cmd_keys(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """Show the public verifier key (signed-note vkey) of this ledger."""
+    """Show the public verifier key (signed-note vkey) of this ledger, and where its private key is."""
     if ctx.invoked_subcommand is not None:
         return
     settings = Settings()
     store = open_store(settings)
     signer = load_signer(settings, store)
-    data = {"vkey": signer.vkey, "name": signer.name, "initial_vkey": store.get_meta("initial_vkey")}
+    data = {"vkey": signer.vkey, "name": signer.name, "initial_vkey": store.get_meta("initial_vkey"),
+            "key_file": str(settings.key_path.resolve())}
     if json_out:
         print_json(data)
     else:
-        console().print(signer.vkey)
+        console().print(signer.vkey)  # alone on stdout: `--trusted-key "$(tacho keys)"`
+        err_console().print(f"private key: {data['key_file']}")
 
 
 @keys_app.command("rotate")
@@ -335,7 +343,7 @@ def cmd_keys_rotate(json_out: JsonOpt = False) -> None:
     write_secret(staged, new.skey + "\n")
     old = ledger.signer.vkey
     cp = ledger.rotate_key(new)
-    retired = settings.key_path.with_name(f"ledger.{cp.size}.retired.skey")
+    retired = settings.key_path.with_name(f"{settings.key_path.stem}.{cp.size}.retired.skey")
     settings.key_path.rename(retired)
     staged.rename(settings.key_path)
     data = {"old_vkey": old, "new_vkey": new.vkey, "checkpoint_size": cp.size}

@@ -16,6 +16,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TACHO_", extra="ignore")
 
     data_dir: Path = Field(Path(".tacho"), description="where the embedded ledger, keys and views live")
+    signing_key: Path | None = Field(
+        None,
+        description="the ledger's private signing key file; default data_dir/keys/ledger.skey. Put it "
+        "outside the data directory (another volume, a secret mount) so that whoever takes the "
+        "directory cannot re-sign; retired keys are kept beside it",
+    )
     ledger_url: str | None = Field(
         None, description="postgresql://... for a shared ledger; default: SQLite in data_dir"
     )
@@ -62,8 +68,8 @@ class Settings(BaseSettings):
 
     @property
     def key_path(self) -> Path:
-        """Private signing key file (mode 0600)."""
-        return self.data_dir / "keys" / "ledger.skey"
+        """Private signing key file (mode 0600): ``signing_key`` or the data directory's."""
+        return self.signing_key if self.signing_key is not None else self.data_dir / "keys" / "ledger.skey"
 
     @property
     def sqlite_path(self) -> Path:

@@ -457,7 +457,6 @@ class _Batch:
                 event_id=ev["event_id"],
                 event_type=ev["type"],
                 event_time=ev["time"],
-                event_hash=ehash,
             )
         )
         self.report.accepted += 1

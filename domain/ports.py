@@ -107,7 +107,25 @@ class EntryRow:
     event_id: str | None = None
     event_type: str | None = None
     event_time: str | None = None
-    event_hash: bytes | None = None
+    event_hash: bytes | None = None  # no longer written: see event_hash_of
+
+
+_EVENT_START = b'{"event":'
+_EVENT_END = b',"index":'
+
+
+def event_hash_of(data: bytes) -> bytes:
+    """SHA-256 of the event an event entry's bytes hold: what deduplication compares.
+
+    Worked out from the stored bytes each time, never kept in a column beside them: a column
+    would be one more copy that verification has to compare (the write path looks stored events
+    up only when one comes out of order or again). The ledger writes an event entry as
+    ``{"event":<canonical event>,"index":...}`` and no string inside it holds an unescaped
+    quote, so the event's bytes end at the last ``,"index":``.
+    """
+    end = data.rfind(_EVENT_END)
+    body = data[len(_EVENT_START) : end] if data.startswith(_EVENT_START) and end > 0 else data
+    return hashlib.sha256(body).digest()
 
 
 @dataclass(frozen=True)
@@ -217,11 +235,11 @@ class LedgerTx(ABC):
     def event_hashes(
         self, workspace_event_ids: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[str, int, bytes]]:
-        """For stored (workspace, event_id): (run_id, seq, event hash)."""
+        """For stored (workspace, event_id): (run_id, seq, ``event_hash_of`` its bytes)."""
 
     @abstractmethod
     def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
-        """For stored (workspace, run_id, seq): the event hash."""
+        """For stored (workspace, run_id, seq): ``event_hash_of`` its bytes."""
 
     @abstractmethod
     def append_entries(self, rows: Sequence[EntryRow]) -> None:
@@ -290,6 +308,21 @@ class LedgerStore(ABC):
     @abstractmethod
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         """(index, stored bytes) in index order: all the verifier reads."""
+
+    @abstractmethod
+    def stored_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[Any, ...]]:
+        """``(index, *StoredRow)`` in index order: the bytes and the index columns beside them.
+
+        What ``tacho verify`` reads from a store, to check the columns against the bytes.
+        """
+
+    @abstractmethod
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        """(index, stored bytes) of the entries in [start, end) whose bytes contain ``needle``.
+
+        Searches the bytes, not the index columns: what an evidence bundle uses to make sure
+        no entry of a run was left out by an edited column.
+        """
 
     @abstractmethod
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:

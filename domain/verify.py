@@ -74,7 +74,7 @@ def _check_checkpoint(note: str, origin: str | None) -> Checkpoint:
 
 
 def verify_log(
-    entries: Iterable[tuple[int, bytes]] | RangeReader,
+    entries: Iterable[tuple[Any, ...]] | RangeReader,
     checkpoint_notes: Sequence[str],
     trusted_keys: Sequence[str],
     *,
@@ -89,7 +89,8 @@ def verify_log(
     """Check every entry, run chain, Merkle root, checkpoint signature and key rotation.
 
     Args:
-        entries: ``(index, stored bytes)`` in storage order.
+        entries: ``(index, stored bytes)`` in storage order, or ``(index, *StoredRow)`` from a
+            store (``LedgerStore.stored_entries``): then every index column is checked too.
         checkpoint_notes: stored signed checkpoints, oldest first.
         trusted_keys: verifier keys (vkey text) trusted for the first checkpoints; later keys
             are trusted only through rotation entries signed by an earlier trusted key.
@@ -121,7 +122,7 @@ def verify_log(
 
 
 def _verify(
-    entries: Iterable[tuple[int, bytes]] | RangeReader,
+    entries: Iterable[tuple[Any, ...]] | RangeReader,
     checkpoint_notes: Sequence[str],
     trusted_keys: Sequence[str],
     origin: str | None,
@@ -326,13 +327,13 @@ def _check_rotation(
 class _ListReader(RangeReaderBase):
     """Entries already in memory, read by range (forked workers inherit them)."""
 
-    def __init__(self, rows: list[tuple[int, bytes]]) -> None:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
         self.rows = rows
 
     def size(self) -> int:
         return len(self.rows)
 
-    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+    def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         return self.rows[start:end]
 
 
@@ -359,7 +360,7 @@ def _scan_worker(
 
 
 def _scans(
-    entries: Iterable[tuple[int, bytes]] | RangeReader,
+    entries: Iterable[tuple[Any, ...]] | RangeReader,
     origin: str | None,
     sizes: Sequence[int],
     chunk_bits: int,
@@ -418,7 +419,7 @@ def _scans(
             pipe.close()
 
 
-def _chunks(entries: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+def _chunks(entries: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     it = iter(entries)
     while chunk := list(islice(it, size)):
         yield chunk

@@ -8,8 +8,9 @@ them in parallel processes and stitch run chains and tree roots together in orde
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -19,6 +20,12 @@ from domain import merkle
 from domain.records import RECORD_KIND, record_shape_error
 
 Node = tuple[int, int]  # (level, index)
+
+StoredRow = tuple[Any, ...]
+"""An entry as its store holds it: ``(bytes, kind, workspace, run_id, seq, event_id, event_type,
+event_time, leaf_hash)``, the bytes followed by the columns indexed beside them."""
+
+COLUMN_NAMES = ("kind", "workspace", "run_id", "seq", "event_id", "event_type", "event_time", "leaf_hash")
 
 
 # One run's entries inside a chunk, as a list (cheap to build and to pickle):
@@ -56,19 +63,20 @@ def frontier_nodes(start: int, size: int, hashes: Sequence[bytes]) -> dict[Node,
 
 def scan_chunk(
     start: int,
-    rows: Sequence[tuple[int, bytes]],
+    rows: Sequence[tuple[Any, ...]],
     origin: str | None,
     checkpoint_sizes: Sequence[int],
 ) -> ChunkScan:
-    """Check each ``(index, bytes)`` entry on its own and within the chunk.
+    """Check each ``(index, bytes)`` or ``(index, StoredRow)`` entry on its own and within the chunk.
 
     A stored index that is not its position ends the chunk there, with that reason.
     """
+    stored = [row[1:] for row in rows] if rows and len(rows[0]) > 2 else None
     datas = [row[1] for row in rows]
     bad = next((k for k, row in enumerate(rows) if row[0] != start + k), None)
     if bad is None:
-        return scan_entries(start, datas, origin, checkpoint_sizes)
-    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes)
+        return scan_entries(start, datas, origin, checkpoint_sizes, stored)
+    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad])
     if scan.error is None:
         scan.error = (
             start + bad,
@@ -84,6 +92,8 @@ class _Event(msgspec.Struct):
     event_id: str
     run_id: str
     seq: int
+    time: str
+    type: str
     workspace: str
 
 
@@ -107,8 +117,12 @@ def scan_entries(
     datas: Sequence[bytes],
     origin: str | None,
     checkpoint_sizes: Sequence[int],
+    stored: Sequence[StoredRow] | None = None,
 ) -> ChunkScan:
     """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
+
+    With ``stored`` (the store's row of each entry), every index column must say what the
+    entry's bytes say: the queries that find a run's entries trust the columns, not the bytes.
 
     The loop is the verifier's hot path. Each entry is parsed whole, as strict JSON, by
     msgspec into the shape of an event entry (the members of ``agent`` and ``data`` are
@@ -129,7 +143,8 @@ def scan_entries(
     event_ids = scan.event_ids
     position = start
     log = origin
-    for data, leaf in zip(datas, leaves, strict=True):
+    rows = repeat(None) if stored is None else stored
+    for data, leaf, row in zip(datas, leaves, rows, strict=False):  # rows may repeat None
         if log is not None and type(data) is bytes:
             try:
                 e = decode(data)
@@ -141,6 +156,11 @@ def scan_entries(
                 ev = e.event
                 prev = e.prev
                 seq = ev.seq
+                if row is not None and row != (
+                    data, "event", ev.workspace, ev.run_id, seq, ev.event_id, ev.type, ev.time, leaf
+                ):
+                    scan.error = (position, column_error(row, data, leaf) or "index columns differ")
+                    break
                 h = leaf.hex()
                 key = (ev.workspace, ev.run_id)
                 span = runs.get(key)
@@ -159,6 +179,8 @@ def scan_entries(
                 position += 1
                 continue
         error = _general(scan, position, data, leaf)
+        if error is None and row is not None:
+            error = column_error(row, data, leaf)
         if error is not None:
             scan.error = (position, error)
             break
@@ -225,6 +247,49 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
     return None
 
 
+def _event_columns(d: dict[str, Any]) -> tuple[Any, ...]:
+    ev = d.get("event")
+    ev = ev if isinstance(ev, dict) else {}
+    return tuple(ev.get(k) for k in ("workspace", "run_id", "seq", "event_id", "type", "time"))
+
+
+def _record_columns(d: dict[str, Any]) -> tuple[Any, ...]:
+    rec = d.get("record")
+    rec = rec if isinstance(rec, dict) else {}
+    return (rec.get("workspace"), None, None, rec.get("record_id"), rec.get("type"), rec.get("time"))
+
+
+COLUMNS_OF_KIND: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
+    "event": _event_columns,
+    "record": _record_columns,
+}
+"""For each entry kind with index columns: (workspace, run_id, seq, event_id, event_type,
+event_time) as its bytes say them (a record: its workspace, record_id, type and time). Any other
+kind has all six NULL."""
+
+
+def expected_columns(data: bytes, leaf: bytes) -> tuple[Any, ...]:
+    """The stored row an entry's bytes call for (``StoredRow`` order; ``data`` parses as JSON)."""
+    d = orjson.loads(data)
+    kind = d.get("kind")
+    of_kind = COLUMNS_OF_KIND.get(kind) if isinstance(kind, str) else None
+    return (data, kind, *(of_kind(d) if of_kind else (None,) * 6), leaf)
+
+
+def column_error(row: StoredRow, data: bytes, leaf: bytes) -> str | None:
+    """Why a stored row's index columns disagree with its entry's bytes, or None."""
+    expected = expected_columns(data, leaf)
+    for name, got, want in zip(("data", *COLUMN_NAMES), row, expected, strict=True):
+        if got != want or type(got) is not type(want):
+            if name == "leaf_hash":
+                got, want = (h.hex() if isinstance(h, bytes) else h for h in (got, want))
+            return (
+                f"stored column {name} is {got!r} but the entry's bytes say {want!r} "
+                "(index column edited: lookups by run or event id would miss or misplace this entry)"
+            )
+    return None
+
+
 def _perfect_nodes(start: int, leaves: list[bytes], sizes: Sequence[int]) -> dict[Node, bytes]:
     """Frontier nodes at each of ``sizes`` (relative to ``start``), from all levels at once."""
     levels = [leaves]
@@ -262,14 +327,14 @@ class RangeReaderBase(ABC):
         """Number of entries."""
 
     @abstractmethod
-    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        """(index, bytes) for indices in [start, end), in order."""
+    def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
+        """(index, bytes) or (index, *StoredRow) for indices in [start, end), in order."""
 
-    def read_data(self, start: int, end: int) -> list[bytes] | None:
-        """The bytes of entries ``start .. end - 1`` when every one is stored, else None.
+    def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
+        """Each entry ``start .. end - 1`` as a ``StoredRow`` when every one is stored, else None.
 
-        A reader overrides this when it can check that cheaply (a count over a primary key);
-        on None, ``read`` is used and the scan names what is missing.
+        A store's reader overrides this when it can check that cheaply (a count over a primary
+        key); on None, ``read`` is used and the scan names what is missing.
         """
         return None
 
@@ -281,9 +346,9 @@ def scan_range(
     reader: RangeReader, start: int, end: int, origin: str | None, checkpoint_sizes: Sequence[int]
 ) -> ChunkScan:
     """Read one chunk through ``reader`` and scan it (runs in a worker process)."""
-    datas = reader.read_data(start, end)
-    if datas is not None:
-        return scan_entries(start, datas, origin, checkpoint_sizes)
+    stored = reader.read_stored(start, end)
+    if stored is not None:
+        return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored)
     return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes)
 
 

@@ -70,7 +70,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     tmp = directory / (MANIFEST + ".tmp")
-    with tmp.open("wb") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         f.flush()
         os.fsync(f.fileno())
@@ -93,9 +93,16 @@ def _remove_orphans(directory: Path, manifest: dict[str, Any]) -> int:
     return removed
 
 
+def _make_private(directory: Path, file: Path) -> None:
+    """The lake is as private as the ledger: files 0600, the directories down to them 0700."""
+    os.chmod(file, 0o600)
+    for parent in file.relative_to(directory).parents:
+        os.chmod(directory / parent, 0o700)
+
+
 def _check_directory(directory: Path) -> None:
     if not directory.exists():
-        directory.mkdir(parents=True)
+        directory.mkdir(mode=0o700, parents=True)
         return
     if (directory / MANIFEST).exists():
         return
@@ -141,6 +148,7 @@ def export_parquet(
             f"FILENAME_PATTERN '{stem}-{{i}}', OVERWRITE_OR_IGNORE)"
         ).fetchall()
         for path in sorted(target.glob(f"**/{stem}-*.parquet")):
+            _make_private(directory, path)
             count = con.execute(
                 "SELECT count(*) FROM read_parquet(?)", [path.as_posix()]
             ).fetchall()[0][0]

@@ -7,6 +7,7 @@ at any point leaves the rows and the position consistent (no double counting on 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,8 +45,11 @@ def connect(path: Path, read_only: bool = False, retries: int = 0) -> duckdb.Duc
             if read_only:
                 con = duckdb.connect(str(path), read_only=True)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 con = duckdb.connect(str(path))
+                for file in (path, path.with_name(path.name + ".wal")):  # owner-only, as the ledger
+                    if file.exists():
+                        os.chmod(file, 0o600)
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:
                 con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")

@@ -27,10 +27,13 @@ class ReplayReports:
 
     def save(self, report: Mapping[str, Any]) -> Path:
         """Write a report atomically (temp file, then rename)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self._path(str(report["replay_id"]))
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(dumps(report))
+        # reports hold run contents: owner-only (0600), as the ledger
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(dumps(report))
+        os.chmod(tmp, 0o600)  # a stale .tmp left with another mode
         os.replace(tmp, path)
         return path
 

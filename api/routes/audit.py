@@ -184,9 +184,11 @@ def run_events(request: Request, services: ServicesDep, key: HistoryReader, run_
 
 @router.get(
     "/v1/runs/{run_id}/evidence",
-    summary="Evidence bundle of a run (tachograph.evidence/1)",
-    description="Every entry of the run with inclusion proofs to a signed checkpoint; check it "
-    "offline with `tacho evidence verify`. Role auditor. Audited.",
+    summary="Evidence bundle of a run (tachograph.evidence/2)",
+    description="Every entry of the run with inclusion proofs to a signed checkpoint and a signed "
+    "run head (how many entries the run has in that tree), so that a bundle missing an entry "
+    "fails; check it offline with `tacho verify-evidence`. Answers 500 (and builds nothing) when "
+    "the ledger's index columns disagree with its bytes. Role auditor. Audited.",
     responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
                **errors(401, 403, 404, 422, 503)},
 )

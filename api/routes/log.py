@@ -82,8 +82,9 @@ def consistency(request: Request, services: ServicesDep, key: LogReader, first: 
     response_model=Verification,
     summary="Verification status of the whole ledger",
     description="Recomputes every leaf, run chain, the tree and every checkpoint signature from "
-    "the stored bytes (cached per ledger size; concurrent calls share one computation). Entries "
-    "after the last checkpoint are allowed. Role auditor.",
+    "the stored bytes, and compares every stored index column with them (cached per ledger size; "
+    "concurrent calls share one computation). Entries after the last checkpoint are allowed. "
+    "Role auditor.",
     responses=errors(401, 403),
 )
 def verification(services: ServicesDep, key: LogReader) -> Verification:
@@ -99,7 +100,7 @@ def verification(services: ServicesDep, key: LogReader) -> Verification:
         size = store.size()
         keys = [k for k in (store.get_meta("initial_vkey"), services.ledger.signer.vkey) if k]
         result = verify_log(
-            store.raw_entries(0, size),
+            store.stored_entries(0, size),
             [c.note for c in store.checkpoints() if c.size <= size],
             list(dict.fromkeys(keys)),
             origin=store.get_meta("origin"),

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
@@ -23,6 +24,7 @@ from domain.ports import (
     LedgerTx,
     QuarantineRow,
     QuarantineUsage,
+    event_hash_of,
     nodes_to_store,
 )
 
@@ -136,7 +138,7 @@ class MemoryTx(LedgerTx):
             index = self._by_event.get(key, self._base.by_event.get(key))
             row = None if index is None else self._entry(index)
             if row is not None and row.run_id is not None and row.seq is not None:
-                out[key] = (row.run_id, row.seq, row.event_hash or b"")
+                out[key] = (row.run_id, row.seq, event_hash_of(row.data))
         return out
 
     def seq_hashes(self, keys: Sequence[SeqKey]) -> dict[SeqKey, bytes]:
@@ -146,7 +148,7 @@ class MemoryTx(LedgerTx):
             index = self._by_seq.get(key, self._base.by_seq.get(key))
             row = None if index is None else self._entry(index)
             if row is not None:
-                out[key] = row.event_hash or b""
+                out[key] = event_hash_of(row.data)
         return out
 
     def append_entries(self, rows: Sequence[EntryRow]) -> None:
@@ -322,6 +324,14 @@ class MemoryStore(LedgerStore):
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         for row in self._rows(start, end):
             yield row.index, row.data
+
+    def stored_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[Any, ...]]:
+        for r in self._rows(start, end):
+            yield (r.index, r.data, r.kind, r.workspace, r.run_id, r.seq, r.event_id,
+                   r.event_type, r.event_time, r.leaf_hash)  # fmt: skip
+
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [(r.index, r.data) for r in self._rows(start, end) if needle in r.data]
 
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         with self._data_lock:

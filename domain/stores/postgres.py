@@ -32,6 +32,7 @@ from domain.ports import (
     QuarantineRow,
     QuarantineUsage,
     Source,
+    event_hash_of,
     nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
@@ -108,6 +109,8 @@ _ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, ti
 _ENTRY_TYPES = [
     "int8", "bytea", "bytea", "text", "text", "text", "int8", "text", "text", "text", "bytea",
 ]  # fmt: skip
+_STORED_COLS = "data, kind, workspace, run_id, seq, event_id, type, time, leaf"
+_STORED_TYPES = ["bytea", "text", "text", "text", "int8", "text", "text", "text", "bytea"]
 _HELD_COLS = "workspace, run_id, seq, raw, source, held_at"
 _PAGE = 5_000
 _UNATTRIBUTED = ""  # the bucket key of items with no workspace (no workspace name is empty)
@@ -172,6 +175,11 @@ def _entry(r: Sequence[Any]) -> EntryRow:
     )
 
 
+def _stored(r: Sequence[Any]) -> tuple[Any, ...]:
+    """``(index, *StoredRow)`` from a row of ``idx, _STORED_COLS``."""
+    return (int(r[0]), bytes(r[1]), *r[2:9], bytes(r[9]))
+
+
 def _frontier_list(raw: bytes) -> list[bytes]:
     return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
@@ -210,18 +218,18 @@ class PostgresRangeReader(RangeReaderBase):
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
         return 0 if row is None else int(row[0])
 
-    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+    def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         try:
             with (
                 self._conn().cursor() as cur,
                 cur.copy(
-                    "COPY (SELECT idx, data FROM entries WHERE idx >= %s AND idx < %s "
+                    f"COPY (SELECT idx, {_STORED_COLS} FROM entries WHERE idx >= %s AND idx < %s "
                     "ORDER BY idx) TO STDOUT (FORMAT BINARY)",
                     (start, end),
                 ) as copy,
             ):
-                copy.set_types(["int8", "bytea"])
-                return [(int(i), bytes(d)) for i, d in copy.rows()]
+                copy.set_types(["int8", *_STORED_TYPES])
+                return [_stored(r) for r in copy.rows()]
         except psycopg.Error as e:
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
 
@@ -297,25 +305,26 @@ class PostgresTx(LedgerTx):
         if not workspace_event_ids:
             return {}
         rows = self.c.execute(
-            "SELECT e.workspace, e.event_id, e.run_id, e.seq, e.event_hash FROM entries e "
+            "SELECT e.workspace, e.event_id, e.run_id, e.seq, e.data FROM entries e "
             "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, event_id) "
             "USING (workspace, event_id)",
             ([k[0] for k in workspace_event_ids], [k[1] for k in workspace_event_ids]),
         ).fetchall()
         return {
-            (str(ws), str(eid)): (str(run), int(seq), bytes(h)) for ws, eid, run, seq, h in rows
+            (str(ws), str(eid)): (str(run), int(seq), event_hash_of(bytes(d)))
+            for ws, eid, run, seq, d in rows
         }
 
     def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
         if not keys:
             return {}
         rows = self.c.execute(
-            "SELECT e.workspace, e.run_id, e.seq, e.event_hash FROM entries e "
+            "SELECT e.workspace, e.run_id, e.seq, e.data FROM entries e "
             "JOIN unnest(%s::text[], %s::text[], %s::int8[]) AS k(workspace, run_id, seq) "
             "USING (workspace, run_id, seq)",
             ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
         ).fetchall()
-        return {(str(ws), str(run), int(seq)): bytes(h) for ws, run, seq, h in rows}
+        return {(str(ws), str(run), int(seq)): event_hash_of(bytes(d)) for ws, run, seq, d in rows}
 
     def append_entries(self, rows: Sequence[EntryRow]) -> None:
         self._copy(
@@ -575,6 +584,20 @@ class PostgresStore(LedgerStore):
     def raw_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
         for idx, data in self._pages("idx, data", ["int8", "bytea"], start, end):
             yield int(idx), bytes(data)
+
+    def stored_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[Any, ...]]:
+        for row in self._pages(f"idx, {_STORED_COLS}", ["int8", *_STORED_TYPES], start, end):
+            yield _stored(row)
+
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [
+            (int(i), bytes(d))
+            for i, d in self._fetch(
+                "SELECT idx, data FROM entries WHERE idx >= %s AND idx < %s "
+                "AND position(%s::bytea IN data) > 0 ORDER BY idx",
+                (start, end, needle),
+            )
+        ]
 
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         return [

@@ -25,9 +25,10 @@ from domain.ports import (
     QuarantineRow,
     QuarantineUsage,
     Source,
+    event_hash_of,
     nodes_to_store,
 )
-from domain.verify_scan import RangeReaderBase
+from domain.verify_scan import RangeReaderBase, StoredRow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,6 +116,8 @@ def _entry(row: tuple[object, ...]) -> EntryRow:
 
 
 _ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, time, event_hash"
+_STORED_COLS = "CAST(data AS BLOB), kind, workspace, run_id, seq, event_id, type, time, leaf"
+"""A ``StoredRow``: the bytes (TEXT read as its bytes, as the verifier hashes them), then the columns."""
 
 
 class SQLiteTx(LedgerTx):
@@ -184,22 +187,22 @@ class SQLiteTx(LedgerTx):
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 for eid, run, seq, h in self.c.execute(
-                    f"SELECT event_id, run_id, seq, event_hash FROM entries "
+                    f"SELECT event_id, run_id, seq, CAST(data AS BLOB) FROM entries "
                     f"WHERE workspace = ? AND event_id IN ({marks})",
                     (ws, *chunk),
                 ):
-                    out[(ws, eid)] = (run, seq, bytes(h))
+                    out[(ws, eid)] = (run, seq, event_hash_of(h))
         return out
 
     def seq_hashes(self, keys: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int], bytes]:
         out: dict[tuple[str, str, int], bytes] = {}
         for ws, run, seq in keys:
             row = self.c.execute(
-                "SELECT event_hash FROM entries WHERE workspace = ? AND run_id = ? AND seq = ?",
+                "SELECT CAST(data AS BLOB) FROM entries WHERE workspace = ? AND run_id = ? AND seq = ?",
                 (ws, run, seq),
             ).fetchone()
             if row is not None:
-                out[(ws, run, seq)] = bytes(row[0])
+                out[(ws, run, seq)] = event_hash_of(row[0])
         return out
 
     def append_entries(self, rows: Sequence[EntryRow]) -> None:
@@ -347,20 +350,20 @@ class SQLiteRangeReader(RangeReaderBase):
         row = self._conn().execute("SELECT coalesce(max(idx) + 1, 0) FROM entries").fetchone()
         return int(row[0])
 
-    def read(self, start: int, end: int) -> list[tuple[int, bytes]]:
+    def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         # CAST: a value rewritten as TEXT is still read (and hashed) as its bytes, as raw_entries does
         return self._conn().execute(
-            "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            f"SELECT idx, {_STORED_COLS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
             (start, end),
         ).fetchall()
 
-    def read_data(self, start: int, end: int) -> list[bytes] | None:
+    def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         rows = self._conn().execute(
-            "SELECT CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            f"SELECT {_STORED_COLS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
             (start, end),
         ).fetchall()
         # idx is the primary key: as many rows as indices means every index is there once
-        return [row[0] for row in rows] if len(rows) == end - start else None
+        return rows if len(rows) == end - start else None
 
 
 class SQLiteStore(LedgerStore):
@@ -369,12 +372,14 @@ class SQLiteStore(LedgerStore):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._writer = self._connect()
         self._writer.executescript(SCHEMA)
         self._migrate()
+        if self.path != ":memory:":
+            self._make_private()
 
     def _migrate(self) -> None:
         """Bring a store made by an earlier version up to this schema (once, in one transaction)."""
@@ -391,6 +396,13 @@ class SQLiteStore(LedgerStore):
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
+
+    def _make_private(self) -> None:
+        """Owner-only files (0600): SQLite creates the -wal and -shm files with the database's mode."""
+        for suffix in ("", "-wal", "-shm"):
+            file = Path(self.path + suffix)
+            if file.exists() and file.stat().st_mode & 0o077:
+                os.chmod(file, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -466,6 +478,25 @@ class SQLiteStore(LedgerStore):
             for idx, data in rows:
                 # a value rewritten as TEXT is still checked, byte for byte
                 yield idx, (data.encode() if isinstance(data, str) else data)
+
+    def stored_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[Any, ...]]:
+        stop = end if end is not None else 2**62
+        cur = self._reader().execute(
+            f"SELECT idx, {_STORED_COLS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, stop),
+        )
+        while rows := cur.fetchmany(4096):
+            yield from rows
+
+    def entries_containing(self, needle: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [
+            (int(i), bytes(d))
+            for i, d in self._reader().execute(
+                "SELECT idx, CAST(data AS BLOB) FROM entries WHERE idx >= ? AND idx < ? "
+                "AND instr(CAST(data AS BLOB), ?) > 0 ORDER BY idx",
+                (start, end, needle),
+            )
+        ]
 
     def run_entries(self, workspace: str, run_id: str) -> list[EntryRow]:
         return [

@@ -8,6 +8,7 @@ the adapter is persistent). Persistent adapters also mix in :class:`PersistentSt
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from domain.ports import (
     Source,
 )
 from domain.records import Record
+from domain.verify import verify_log
 from tests.factories import FakeClock, event, items, make_ledger, verify_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]
@@ -45,7 +47,7 @@ def entry(
     kind: str = "event",
 ) -> EntryRow:
     """A synthetic entry row whose bytes and hashes are derived from its index."""
-    data = f'{{"index":{index},"run":"{run_id}"}}'.encode()
+    data = f'{{"event":{event_body(index, run_id).decode()},"index":{index}}}'.encode()
     seq = index if seq is None and run_id is not None else seq
     return EntryRow(
         index=index,
@@ -58,8 +60,17 @@ def entry(
         event_id=event_id if event_id is not None else (f"e{index}" if run_id else None),
         event_type="run.started" if seq == 0 else "tool.called",
         event_time=f"2026-01-01T00:00:{index % 60:02d}Z",
-        event_hash=bytes([index % 256]) * 32,
     )
+
+
+def event_body(index: int, run_id: str | None = "r1") -> bytes:
+    """The event member of ``entry(index)``'s bytes."""
+    return f'{{"n":{index},"run":"{run_id}"}}'.encode()
+
+
+def hashed(row: EntryRow) -> bytes:
+    """What event_hashes answers for a stored row: SHA-256 of the event in its bytes."""
+    return hashlib.sha256(event_body(row.index, row.run_id)).digest()
 
 
 def held(run_id: str, seq: int, held_at: float, workspace: str = "acme") -> HeldRow:
@@ -69,8 +80,26 @@ def held(run_id: str, seq: int, held_at: float, workspace: str = "acme") -> Held
 
 
 def verify(ledger: Ledger):
-    """verify_log over everything the ledger's store holds."""
-    return verify_ledger(ledger, origin=ledger.config.origin)
+    """verify_log over everything the ledger's store holds, its index columns included."""
+    store = ledger.store
+    return verify_log(
+        store.stored_entries(), [c.note for c in store.checkpoints()], [ledger.signer.vkey],
+        origin=ledger.config.origin,
+    )
+
+
+# one edit per stored index column, of one entry: (column, SQL value, what verify must name)
+COLUMN_TAMPERS = [
+    ("kind", "'key.rotated'", "kind"),
+    ("workspace", "'other'", "workspace"),
+    ("run_id", "'other-run'", "run_id"),
+    ("run_id", "NULL", "run_id"),
+    ("seq", "99", "seq"),
+    ("event_id", "'forged-id'", "event_id"),
+    ("type", "'run.completed'", "event_type"),
+    ("time", "'2000-01-01T00:00:00Z'", "event_time"),
+    ("leaf", "{zero_hash}", "leaf_hash"),
+]
 
 
 class StoreContract:
@@ -115,6 +144,24 @@ class StoreContract:
         assert store.get_meta("missing") is None
 
     # -- entries --------------------------------------------------------------------------------
+
+    def test_stored_entries_give_the_bytes_with_the_index_columns(self, store):
+        rows = [entry(i) for i in range(4)] + [entry(4, run_id=None, kind="key.rotated")]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        assert list(store.stored_entries(1, 5)) == [
+            (r.index, r.data, r.kind, r.workspace, r.run_id, r.seq, r.event_id, r.event_type,
+             r.event_time, r.leaf_hash)
+            for r in rows[1:5]
+        ]  # fmt: skip
+
+    def test_entries_containing_searches_the_bytes_in_a_range(self, store):
+        rows = [entry(i, run_id="r1" if i % 2 else "r2") for i in range(8)]
+        with store.transaction() as tx:
+            tx.append_entries(rows)
+        found = store.entries_containing(b'"run":"r1"', 2, 7)
+        assert found == [(r.index, r.data) for r in rows if r.index in (3, 5)]
+        assert store.entries_containing(b'"run":"r9"', 0, 8) == []
 
     def test_entries_round_trip_byte_for_byte_in_index_order(self, store):
         rows = [entry(i) for i in range(7)]
@@ -181,18 +228,18 @@ class StoreContract:
         with store.transaction() as tx:
             found = tx.event_hashes([("acme", "x"), ("acme", "y"), ("acme", "z"), ("w2", "x")])
         assert found == {
-            ("acme", "x"): ("r1", 0, rows[0].event_hash),
-            ("acme", "y"): ("r1", 1, rows[1].event_hash),
-            ("w2", "x"): ("r1", 2, rows[2].event_hash),
+            ("acme", "x"): ("r1", 0, hashed(rows[0])),
+            ("acme", "y"): ("r1", 1, hashed(rows[1])),
+            ("w2", "x"): ("r1", 2, hashed(rows[2])),
         }
 
     def test_event_hashes_see_entries_written_earlier_in_the_same_transaction(self, store):
         with store.transaction() as tx:
             tx.append_entries([entry(0)])
             assert tx.event_hashes([("acme", "e0")]) == {
-                ("acme", "e0"): ("r1", 0, entry(0).event_hash)
+                ("acme", "e0"): ("r1", 0, hashed(entry(0)))
             }
-            assert tx.seq_hashes([("acme", "r1", 0)]) == {("acme", "r1", 0): entry(0).event_hash}
+            assert tx.seq_hashes([("acme", "r1", 0)]) == {("acme", "r1", 0): hashed(entry(0))}
 
     def test_seq_hashes_find_stored_events_by_run_position(self, store):
         rows = [entry(i) for i in range(3)]
@@ -200,7 +247,7 @@ class StoreContract:
             tx.append_entries(rows)
         with store.transaction() as tx:
             found = tx.seq_hashes([("acme", "r1", 1), ("acme", "r1", 9), ("other", "r1", 0)])
-        assert found == {("acme", "r1", 1): rows[1].event_hash}
+        assert found == {("acme", "r1", 1): hashed(rows[1])}
 
     def test_a_batch_of_ten_thousand_lookups_answers_every_stored_key(self, store):
         rows = [entry(i) for i in range(2_000)]
@@ -663,7 +710,29 @@ class StoreContract:
 
 
 class PersistentStoreContract:
-    """Extra behaviours of adapters that keep their data in a database."""
+    """Extra behaviours of adapters that keep their data in a database.
+
+    A subclass gives ``raw_sql``: run one SQL statement (``%s`` placeholders, ``{zero_hash}``
+    for the adapter's 32-zero-byte literal) straight on the database, as a tamperer would.
+    """
+
+    @pytest.mark.parametrize(("column", "value", "named"), COLUMN_TAMPERS)
+    def test_an_edited_index_column_is_caught_by_verify(
+        self, store, raw_sql, column, value, named
+    ):
+        ledger = make_ledger(store=store)
+        ledger.append(items(workload_events(runs=6)))
+        ledger.checkpoint()
+        assert verify(ledger).ok
+        last = store.run_entries("acme", store.entries(0, 1).__next__().run_id)[-1].index
+        raw_sql(f"UPDATE entries SET {column} = {value} WHERE idx = %s", (last,))
+        for entries in (store.stored_entries(), store.range_reader()):  # one pass; parallel chunks
+            result = verify_log(
+                entries, [c.note for c in store.checkpoints()], [ledger.signer.vkey],
+                origin=ledger.config.origin, workers=2, chunk_bits=3,
+            )
+            assert not result.ok and result.position == last, result
+            assert f"stored column {named} is" in result.reason
 
     def test_reopening_the_store_keeps_everything_and_schema_creation_is_idempotent(
         self, open_store: OpenStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 import threading
 
@@ -71,6 +72,13 @@ class TestSQLiteStore(StoreContract, PersistentStoreContract):
         finally:
             store.close()
 
+    @pytest.fixture
+    def raw_sql(self, tmp_path):
+        def run(sql: str, params: tuple) -> None:
+            with sqlite3.connect(tmp_path / "ledger.db") as c:  # another connection, as a tamperer's
+                c.execute(sql.replace("%s", "?").format(zero_hash="zeroblob(32)"), params)
+        return run
+
 
 class TestPostgresStore(StoreContract, PersistentStoreContract):
     @pytest.fixture
@@ -94,6 +102,13 @@ class TestPostgresStore(StoreContract, PersistentStoreContract):
             _check_migrated(again)
         finally:
             again.close()
+
+    @pytest.fixture
+    def raw_sql(self, dsn):
+        def run(sql: str, params: tuple) -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute(sql.format(zero_hash="'\\x" + "00" * 32 + "'::bytea"), params)
+        return run
 
     def test_appending_ten_thousand_events_takes_a_handful_of_round_trips(self, store):
         ledger = make_ledger(store=store, checkpoint_every=1_000_000)

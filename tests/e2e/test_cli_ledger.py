@@ -119,6 +119,45 @@ def test_evidence_bundle_round_trip_and_offline_verification(tmp_path, workload)
     assert res.returncode == 1 and "INVALID" in res.stdout
 
 
+def test_an_edited_run_id_column_fails_verify_and_evidence_instead_of_hiding_the_event(tmp_path, workload):
+    """Issue 13 item 9: only the run_id column of a run's last entry is changed."""
+    tacho(tmp_path, "import", str(workload))
+    with sqlite3.connect(tmp_path / "ledger.db") as c:
+        (last,) = c.execute(
+            "SELECT max(idx) FROM entries WHERE workspace = 'acme' AND run_id = 'run-0000004'"
+        ).fetchone()
+        c.execute("UPDATE entries SET run_id = 'run-elsewhere' WHERE idx = ?", (last,))
+    res = tacho(tmp_path, "verify", "--json", check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["ok"] is False and out["position"] == last
+    assert out["reason"].startswith("stored column run_id is 'run-elsewhere' but the entry's bytes say 'run-0000004'")
+    res = tacho(tmp_path, "evidence", "run-0000004", "--workspace", "acme", "-o", str(tmp_path / "b.json"),
+                check=False)
+    assert res.returncode != 0 and not (tmp_path / "b.json").exists()
+    assert f"entry at index {last} belongs to run 'run-0000004' by its bytes" in res.stdout + res.stderr
+
+
+def test_a_bundle_missing_its_last_entry_fails_and_an_old_one_needs_an_explicit_flag(tmp_path, workload):
+    tacho(tmp_path, "import", str(workload))
+    bundle = tmp_path / "run.json"
+    tacho(tmp_path, "evidence", "run-0000004", "-o", str(bundle))
+    vkey = tacho(tmp_path, "keys").stdout.strip()
+    ok = tacho(tmp_path, "verify-evidence", str(bundle), "--trusted-key", vkey)
+    assert "all of the run's entries" in ok.stdout
+    data = json.loads(bundle.read_text())
+    data["entries"].pop()
+    bundle.write_text(json.dumps(data))
+    res = tacho(tmp_path, "verify-evidence", str(bundle), "--trusted-key", vkey, "--json", check=False)
+    assert res.returncode == 1 and "does not prove completeness" in json.loads(res.stdout)["reason"]
+    del data["run_head"]
+    data["format"] = "tachograph.evidence/1"
+    bundle.write_text(json.dumps(data))
+    res = tacho(tmp_path, "verify-evidence", str(bundle), "--trusted-key", vkey, check=False)
+    assert res.returncode == 1 and "does not prove completeness" in res.stdout
+    res = tacho(tmp_path, "verify-evidence", str(bundle), "--trusted-key", vkey, "--allow-incomplete")
+    assert "NOT PROVEN TO BE ALL" in res.stdout
+
+
 def test_ingest_gives_up_on_an_unreachable_broker_after_its_connect_timeout(tmp_path):
     from tests.harness import free_port
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 
 from domain import merkle
@@ -102,7 +103,10 @@ def test_evidence_and_proofs_verify_against_the_signed_checkpoint(api: Api) -> N
     run = events[0]["run_id"]
     h = api.auth("auditor")
     bundle = api.client.get(f"/v1/runs/{run}/evidence", headers=h).json()
-    assert verify_evidence(bundle, [api.ledger.signer.vkey]).ok
+    checked = verify_evidence(bundle, [api.ledger.signer.vkey])
+    assert checked.ok and checked.whole and bundle["format"] == "tachograph.evidence/2"
+    bundle["entries"].pop()
+    assert "does not prove completeness" in verify_evidence(bundle, [api.ledger.signer.vkey]).reason
     cp = api.client.get("/v1/log/checkpoint", headers=h).json()
     size = cp["size"]
     proof = api.client.get("/v1/log/proof/inclusion", params={"index": 2, "size": size},
@@ -187,3 +191,16 @@ def test_quarantine_reads_are_previews_paged_and_the_raw_bytes_come_on_request(a
     reads = [(a["action"], a["target"]) for a in (x["data"]["args"] for x in audit_reads(api))]
     assert reads[-1] == ("quarantine.raw", {"workspace": "acme", "id": qid})
     assert [a for a, _ in reads].count("quarantine.list") == 3
+
+
+def test_evidence_of_a_run_whose_last_entry_lost_its_run_id_column_is_refused_not_cut_short(api: Api) -> None:
+    """Issue 13 item 9 over HTTP: the bundle is refused with the position, never built without the event."""
+    events = workload(runs=3)
+    publish(api, events)
+    run = events[0]["run_id"]
+    last = api.ledger.store.run_entries("acme", run)[-1].index
+    with sqlite3.connect(api.ledger.store.path) as c:
+        c.execute("UPDATE entries SET run_id = 'elsewhere' WHERE idx = ?", (last,))
+    got = api.client.get(f"/v1/runs/{run}/evidence", headers=api.auth("auditor"))
+    assert got.status_code == 500, got.text
+    assert f"at position {last}" in got.json()["message"] and "by its bytes" in got.json()["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 import pytest
@@ -312,3 +313,17 @@ def test_source_metadata_is_canonical_json_whatever_path_builds_it(tmp_path, sou
 
     assert _Batch.source_json(source) == dumps(source.to_json())
     assert orjson.loads(_Batch.source_json(source)) == source.to_json()
+
+
+def test_the_event_hash_is_worked_out_from_the_stored_bytes_not_a_column(tmp_path):
+    from domain.ports import event_hash_of
+
+    canonical = b'{"data":{"args":{"index":3,"note":"a,\\"index\\":9"}},"event_id":"e1"}'
+    data = b'{"event":' + canonical + b',"index":7,"kind":"event","log":"x","prev":null}'
+    assert event_hash_of(data) == hashlib.sha256(canonical).digest()
+    ledger = make_ledger(tmp_path / "l.db")
+    events = workload_events(runs=2)
+    ledger.append(items(events))
+    with sqlite3.connect(ledger.store.path) as c:
+        assert c.execute("SELECT count(*) FROM entries WHERE event_hash IS NOT NULL").fetchone() == (0,)
+    assert ledger.append(items(events)).duplicates == len(events)  # looked up, hashed from the bytes

@@ -29,8 +29,8 @@ def build(tmp_path, runs=12, name="l.db", **kw) -> Ledger:
 def check(ledger: Ledger, keys=None, **kw):
     """Verify in one pass, and again in small chunks over two processes: same verdict."""
     args = ([c.note for c in ledger.store.checkpoints()], keys or [signer().vkey])
-    one = verify_log(ledger.store.raw_entries(), *args, origin=None, **kw)
-    chunked = verify_log(ledger.store.raw_entries(), *args, origin=None, chunk_bits=3, workers=2, **kw)
+    one = verify_log(ledger.store.stored_entries(), *args, origin=None, **kw)
+    chunked = verify_log(ledger.store.stored_entries(), *args, origin=None, chunk_bits=3, workers=2, **kw)
     ranged = verify_log(ledger.store.range_reader(), *args, origin=None, chunk_bits=4, workers=2, **kw)
     assert (one.ok, one.position, one.reason, one.root) == (
         chunked.ok, chunked.position, chunked.reason, chunked.root
@@ -45,9 +45,11 @@ def db(ledger: Ledger) -> sqlite3.Connection:
 
 
 def rewrite(ledger: Ledger, index: int, transform) -> None:
+    """Edit an entry's bytes and keep its leaf column in step, as a careful tamperer would."""
     c = db(ledger)
     (data,) = c.execute("SELECT data FROM entries WHERE idx = ?", (index,)).fetchone()
-    c.execute("UPDATE entries SET data = ? WHERE idx = ?", (transform(bytes(data)), index))
+    new = transform(bytes(data))
+    c.execute("UPDATE entries SET data = ?, leaf = ? WHERE idx = ?", (new, merkle.leaf_hash(new), index))
 
 
 def test_an_untouched_ledger_verifies(tmp_path):
