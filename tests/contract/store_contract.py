@@ -32,7 +32,7 @@ from domain.ports import (
 )
 from domain.records import Record
 from domain.verify import verify_log
-from tests.factories import FakeClock, event, items, make_ledger, verify_ledger, workload_events
+from tests.factories import FakeClock, event, items, make_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]
 

@@ -188,7 +188,7 @@ def test_quarantine_reads_are_previews_paged_and_the_raw_bytes_come_on_request(a
                           headers={"Authorization": f"Bearer {other}"}).status_code == 404
     assert api.client.get(f"/v1/quarantine/{qid}/raw", headers=api.auth("publisher")).status_code == 403
     assert api.client.get("/v1/quarantine/999999/raw", headers=h).status_code == 404
-    reads = [(a["action"], a["target"]) for a in (x["data"]["args"] for x in audit_reads(api))]
+    reads = [(a["action"], a["target"]) for a in (x["data"] for x in audit_reads(api))]
     assert reads[-1] == ("quarantine.raw", {"workspace": "acme", "id": qid})
     assert [a for a, _ in reads].count("quarantine.list") == 3
 
