@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -28,6 +28,31 @@ def nodes_to_store(nodes: Sequence[tuple[int, int, bytes]]) -> list[tuple[int, i
     """The (level, index, hash) nodes a store keeps, of those an append completed."""
     return [n for n in nodes if n[0] >= STORED_NODE_LEVEL]
 
+
+
+def first_repeated_event_id(
+    execute: Callable[..., Any], end: int, mark: str
+) -> tuple[int, str] | None:
+    """The first position below ``end`` whose (workspace, event_id) columns an earlier entry
+    has too, and that id; None if there is none. ``execute`` runs SQL with ``mark`` parameters.
+
+    One pass over the event-id index (grouped); only a repeated pair costs a second query.
+    """
+    pairs = execute(
+        f"SELECT workspace, event_id FROM entries WHERE idx < {mark} AND event_id IS NOT NULL "
+        "GROUP BY workspace, event_id HAVING count(*) > 1",
+        (end,),
+    ).fetchall()
+    first: tuple[int, str] | None = None
+    for workspace, event_id in pairs:
+        row = execute(
+            f"SELECT idx FROM entries WHERE workspace = {mark} AND event_id = {mark} AND idx < {mark} "
+            "ORDER BY idx LIMIT 1 OFFSET 1",
+            (workspace, event_id, end),
+        ).fetchone()
+        if row is not None and (first is None or row[0] < first[0]):
+            first = (int(row[0]), str(event_id))
+    return first
 
 
 class Source(NamedTuple):

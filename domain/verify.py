@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from multiprocessing.connection import Connection
@@ -200,9 +201,12 @@ def _verify(
     nodes = NodeMap()
     chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
     event_ids: set[str | None] = set()  # never holds None: it is discarded from each chunk first
+    repeated = _RepeatedIds(entries)
+    ids_checked = repeated.checked
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
-    for scan in _scans(entries, origin, sizes, chunk_bits, workers):
+    for scan in _scans(entries, origin, sizes, chunk_bits, workers, ids_checked):
+        repeated.start()  # after the first result: the workers are forked by then
         if scan.start != position:
             raise VerificationError(
                 f"entries {position}..{scan.start - 1} are missing (deleted or truncated)", position
@@ -219,16 +223,8 @@ def _verify(
                 errors.append((first_position, 1, chain_broken(key[1], first_prev, expected_prev)))
             elif first_seq != expected_seq:
                 errors.append((first_position, 1, seq_gap(key[1], first_seq, expected_seq)))
-        fresh = set(scan.event_ids)
-        fresh.discard(None)
-        if len(fresh) != len(scan.event_ids) - len(scan.rotations) or not event_ids.isdisjoint(fresh):
-            seen: set[str] = set()
-            for offset, k in enumerate(scan.event_ids):
-                if k is not None and (k in event_ids or k in seen):
-                    errors.append((scan.start + offset, 2, f"event_id {k.split(chr(10))[1]!r} appears twice"))
-                    break
-                seen.add(k) if k is not None else None
-        event_ids |= fresh
+        if not ids_checked:
+            _check_event_ids(scan, event_ids, errors)
         limit = min(errors)[0] if errors else scan.start + scan.count
         for pos, d in scan.rotations:
             if pos >= limit:
@@ -248,12 +244,15 @@ def _verify(
                     errors.append((size - 1, 4, e.reason))
                     break
         if errors:
+            repeated.raise_before(min(errors)[0])
             pos, _, reason = min(errors)
             raise VerificationError(reason, pos)
+        repeated.raise_before(scan.start + scan.count, wait=False)
         chains.update(scan.runs)
         position = scan.start + scan.count
         if progress is not None:
             progress(position)
+    repeated.raise_before(position)
     result.entries = position
     result.runs = len(chains)
     result.root = nodes.root(position).hex()
@@ -297,6 +296,55 @@ def _check_trusted_agree(parsed: Sequence[tuple[Checkpoint, str, str | None]]) -
                 "the log showed two different histories (a fork)",
                 cp.size - 1 if cp.size else None,
             )
+
+
+class _RepeatedIds:
+    """The store's answer on repeated event ids, asked on a thread while the chunks are scanned.
+
+    Only a ``RangeReader`` whose store answers ``repeated_event_id`` is asked (``checked``);
+    otherwise the scans collect event ids and ``_check_event_ids`` works on them.
+    """
+
+    def __init__(self, entries: Iterable[tuple[Any, ...]] | RangeReader) -> None:
+        self.reader = entries if isinstance(entries, RangeReaderBase) else None
+        self.checked = self.reader is not None and type(self.reader).repeated_event_id is not (
+            RangeReaderBase.repeated_event_id
+        )
+        self.future: Future[tuple[int, str] | None] | None = None
+
+    def start(self) -> None:
+        """Ask the store, once (a thread: the query waits in SQLite or the server, not in Python)."""
+        if self.checked and self.future is None and self.reader is not None:
+            pool = ThreadPoolExecutor(max_workers=1)
+            self.future = pool.submit(self.reader.repeated_event_id, self.reader.size())
+            pool.shutdown(wait=False)
+
+    def raise_before(self, limit: int, wait: bool = True) -> None:
+        """Raise the repeated id if it is at a position below ``limit`` (waiting for the answer
+        unless ``wait`` is false and it is not in yet)."""
+        if not self.checked:
+            return
+        self.start()
+        assert self.future is not None
+        if not wait and not self.future.done():
+            return
+        found = self.future.result()
+        if found is not None and found[0] < limit:
+            raise VerificationError(f"event_id {found[1]!r} appears twice", found[0])
+
+
+def _check_event_ids(scan: ChunkScan, seen_before: set[str | None], errors: list[tuple[int, int, str]]) -> None:
+    """Add an error for the chunk's first event id that was seen before; remember the chunk's ids."""
+    fresh = set(scan.event_ids)
+    fresh.discard(None)
+    if len(fresh) != len(scan.event_ids) - len(scan.rotations) or not seen_before.isdisjoint(fresh):
+        seen: set[str] = set()
+        for offset, k in enumerate(scan.event_ids):
+            if k is not None and (k in seen_before or k in seen):
+                errors.append((scan.start + offset, 2, f"event_id {k.split(chr(10))[1]!r} appears twice"))
+                break
+            seen.add(k) if k is not None else None
+    seen_before |= fresh
 
 
 def _check_rotation(
@@ -345,6 +393,7 @@ def _scan_worker(
     origin: str | None,
     sizes: Sequence[int],
     conn: Connection,
+    ids_checked: bool = False,
 ) -> None:
     """Scan the chunks at ``starts`` in order, sending each result as soon as it is done."""
     # The collector has nothing to find here (a scan builds no cycles) and would walk the
@@ -352,7 +401,7 @@ def _scan_worker(
     gc.disable()
     try:
         for start in starts:
-            conn.send(scan_range(reader, start, min(start + size, total), origin, sizes))
+            conn.send(scan_range(reader, start, min(start + size, total), origin, sizes, ids_checked))
     except BaseException as e:
         conn.send(TachographError(f"verification worker failed: {type(e).__name__}: {e}"))
     finally:
@@ -365,6 +414,7 @@ def _scans(
     sizes: Sequence[int],
     chunk_bits: int,
     workers: int,
+    ids_checked: bool = False,
 ) -> Iterator[ChunkScan]:
     """Scan aligned chunks in order, in this process or in ``workers`` processes.
 
@@ -377,7 +427,7 @@ def _scans(
         if isinstance(entries, RangeReaderBase):
             total = entries.size()
             for start in range(0, total, size):
-                yield scan_range(entries, start, min(start + size, total), origin, sizes)
+                yield scan_range(entries, start, min(start + size, total), origin, sizes, ids_checked)
         else:
             for n, chunk in enumerate(_chunks(entries, size)):
                 yield scan_chunk(n * size, chunk, origin, sizes)
@@ -394,7 +444,7 @@ def _scans(
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(
                 target=_scan_worker,
-                args=(reader, starts[w::workers], size, total, origin, sizes, send),
+                args=(reader, starts[w::workers], size, total, origin, sizes, send, ids_checked),
                 daemon=True,
             )
             proc.start()

@@ -66,6 +66,7 @@ def scan_chunk(
     rows: Sequence[tuple[Any, ...]],
     origin: str | None,
     checkpoint_sizes: Sequence[int],
+    collect_ids: bool = True,
 ) -> ChunkScan:
     """Check each ``(index, bytes)`` or ``(index, StoredRow)`` entry on its own and within the chunk.
 
@@ -74,9 +75,10 @@ def scan_chunk(
     stored = [row[1:] for row in rows] if rows and len(rows[0]) > 2 else None
     datas = [row[1] for row in rows]
     bad = next((k for k, row in enumerate(rows) if row[0] != start + k), None)
+    collect_ids = collect_ids or stored is None  # ids left to the store only with its columns
     if bad is None:
-        return scan_entries(start, datas, origin, checkpoint_sizes, stored)
-    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad])
+        return scan_entries(start, datas, origin, checkpoint_sizes, stored, collect_ids)
+    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad], collect_ids)
     if scan.error is None:
         scan.error = (
             start + bad,
@@ -118,11 +120,14 @@ def scan_entries(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
     stored: Sequence[StoredRow] | None = None,
+    collect_ids: bool = True,
 ) -> ChunkScan:
     """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
 
     With ``stored`` (the store's row of each entry), every index column must say what the
     entry's bytes say: the queries that find a run's entries trust the columns, not the bytes.
+    Without ``collect_ids`` (only with ``stored``) event ids are not collected for the parent's
+    uniqueness check: the store answers it over the compared columns (``repeated_event_id``).
 
     The loop is the verifier's hot path. Each entry is parsed whole, as strict JSON, by
     msgspec into the shape of an event entry (the members of ``agent`` and ``data`` are
@@ -175,7 +180,8 @@ def scan_entries(
                 else:
                     span[LAST_LEAF] = h
                     span[LAST_SEQ] = seq
-                event_ids.append(f"{ev.workspace}\n{ev.event_id}")
+                if collect_ids:
+                    event_ids.append(f"{ev.workspace}\n{ev.event_id}")
                 position += 1
                 continue
         error = _general(scan, position, data, leaf)
@@ -330,6 +336,17 @@ class RangeReaderBase(ABC):
     def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         """(index, bytes) or (index, *StoredRow) for indices in [start, end), in order."""
 
+    def repeated_event_id(self, end: int) -> tuple[int, str] | None:
+        """The first position below ``end`` whose (workspace, event_id) column pair is stored
+        before it too, with that event id; None when every pair is unique.
+
+        A reader whose ``read_stored`` gives rows overrides this with one query over its event-id
+        index, and the scan then leaves event ids to it: the columns are compared with the bytes
+        of every entry, so unique columns are unique ids. A reader that does not override it has
+        the scan collect every event id for the parent to check instead.
+        """
+        raise NotImplementedError
+
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         """Each entry ``start .. end - 1`` as a ``StoredRow`` when every one is stored, else None.
 
@@ -343,13 +360,23 @@ RangeReader = RangeReaderBase
 
 
 def scan_range(
-    reader: RangeReader, start: int, end: int, origin: str | None, checkpoint_sizes: Sequence[int]
+    reader: RangeReader,
+    start: int,
+    end: int,
+    origin: str | None,
+    checkpoint_sizes: Sequence[int],
+    ids_checked: bool = False,
 ) -> ChunkScan:
-    """Read one chunk through ``reader`` and scan it (runs in a worker process)."""
+    """Read one chunk through ``reader`` and scan it (runs in a worker process).
+
+    ``ids_checked``: the reader's store checks event-id uniqueness itself (``repeated_event_id``),
+    so rows read with their columns collect no event ids.
+    """
     stored = reader.read_stored(start, end)
     if stored is not None:
-        return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored)
-    return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes)
+        return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored,
+                            collect_ids=not ids_checked)
+    return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes, not ids_checked)
 
 
 class NodeMap:

@@ -33,6 +33,7 @@ from domain.ports import (
     QuarantineUsage,
     Source,
     event_hash_of,
+    first_repeated_event_id,
     nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase
@@ -217,6 +218,13 @@ class PostgresRangeReader(RangeReaderBase):
         except psycopg.Error as e:
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
         return 0 if row is None else int(row[0])
+
+    def repeated_event_id(self, end: int) -> tuple[int, str] | None:
+        try:
+            with _open(self.dsn) as conn:  # its own: this runs on a thread beside the scans
+                return first_repeated_event_id(conn.execute, end, "%s")
+        except psycopg.Error as e:
+            raise StoreError(f"ledger read failed: {_reason(e)}") from e
 
     def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         try:

@@ -26,6 +26,7 @@ from domain.ports import (
     QuarantineUsage,
     Source,
     event_hash_of,
+    first_repeated_event_id,
     nodes_to_store,
 )
 from domain.verify_scan import RangeReaderBase, StoredRow
@@ -356,6 +357,14 @@ class SQLiteRangeReader(RangeReaderBase):
             f"SELECT idx, {_STORED_COLS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
             (start, end),
         ).fetchall()
+
+    def repeated_event_id(self, end: int) -> tuple[int, str] | None:
+        # its own connection: this runs on a thread beside the reads of the verify workers
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return first_repeated_event_id(conn.execute, end, "?")
+        finally:
+            conn.close()
 
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         rows = self._conn().execute(

@@ -272,3 +272,32 @@ def test_an_entry_rewritten_as_text_by_sql_is_a_breach_in_every_mode(tmp_path):
     assert kind == "text"  # same characters, but no longer the stored bytes' type
     result = check(ledger)  # one pass, chunked, and ranged agree (see check)
     assert result.ok or result.position == 12
+
+
+def test_an_event_id_used_twice_is_found_by_the_scan_and_by_the_store_alike(tmp_path):
+    """A ledger whose bytes hold one event id twice (the run's last entry rewritten, columns
+    and leaf kept in step, checkpoints dropped): the one-pass scan collects ids, the range reader
+    leaves them to the store's event-id index; both name the later position."""
+    ledger = build(tmp_path)
+    c = db(ledger)
+    first_run = orjson.loads(c.execute("SELECT data FROM entries WHERE idx = 0").fetchone()[0])["event"]
+    rows = c.execute("SELECT idx, data FROM entries WHERE kind = 'event' ORDER BY idx").fetchall()
+    last_of = {}
+    for idx, data in rows:
+        last_of[orjson.loads(data)["event"]["run_id"]] = idx
+    target = max(i for run, i in last_of.items() if run != first_run["run_id"])
+    reused = first_run["event_id"]
+    c.execute("DROP INDEX entries_event_id")
+    rewrite(ledger, target, lambda d: orjson.dumps(
+        {**orjson.loads(d), "event": {**orjson.loads(d)["event"], "event_id": reused}},
+        option=orjson.OPT_SORT_KEYS))
+    c.execute("UPDATE entries SET event_id = ? WHERE idx = ?", (reused, target))
+    c.execute("DELETE FROM checkpoints")
+    c.execute("CREATE INDEX entries_event_id ON entries (workspace, event_id)")
+    args = ([], [signer().vkey])
+    one = verify_log(ledger.store.stored_entries(), *args, allow_unsigned_tail=True)
+    ranged = verify_log(ledger.store.range_reader(), *args, allow_unsigned_tail=True,
+                        chunk_bits=4, workers=2)
+    for result in (one, ranged):
+        assert not result.ok and result.position == target
+        assert result.reason == f"event_id {reused!r} appears twice"
