@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py domain/_sha256batch.c
+$(STAMP): pyproject.toml setup.py domain/_sha256batch.c domain/_sqlitescan.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@$(BIN)/python -c 'from domain import merkle; print("Merkle list hashing:", "C module built" if merkle.NATIVE else "hashlib (the optional C module was not built: no C compiler or OpenSSL headers; verify runs about 10% slower)")'
+	@$(BIN)/python -c 'from domain.stores import sqlite; print("Index-column check in verify:", "C module built" if sqlite._sqlitescan else "Python (the optional C module was not built: no SQLite headers, e.g. libsqlite3-dev; verify runs about 25% slower)")'
 	touch $(STAMP)
 
 demo: install

@@ -94,8 +94,6 @@ class _Event(msgspec.Struct):
     event_id: str
     run_id: str
     seq: int
-    time: str
-    type: str
     workspace: str
 
 
@@ -111,7 +109,21 @@ class _EventEntry(msgspec.Struct, forbid_unknown_fields=True):
     source: msgspec.Raw
 
 
+class _EventWithColumns(_Event):
+    """``_Event`` with the type and time too: what the index columns are compared with."""
+
+    time: str
+    type: str
+
+
+class _EventEntryWithColumns(_EventEntry, forbid_unknown_fields=True):
+    """``_EventEntry`` whose event carries every indexed member (rows read with their columns)."""
+
+    event: _EventWithColumns
+
+
 _decode_event_entry = msgspec.json.Decoder(_EventEntry).decode
+_decode_with_columns = msgspec.json.Decoder(_EventEntryWithColumns).decode
 
 
 def scan_entries(
@@ -121,6 +133,7 @@ def scan_entries(
     checkpoint_sizes: Sequence[int],
     stored: Sequence[StoredRow] | None = None,
     collect_ids: bool = True,
+    leaves: list[bytes] | None = None,
 ) -> ChunkScan:
     """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
 
@@ -140,10 +153,11 @@ def scan_entries(
     sizes = [s - start for s in checkpoint_sizes if start < s <= start + len(datas)]
     datas = datas if type(datas) is list else list(datas)
     try:
-        leaves = merkle.leaf_hashes(datas)  # the whole chunk at once (C where built)
+        if leaves is None:
+            leaves = merkle.leaf_hashes(datas)  # the whole chunk at once (C where built)
     except TypeError:  # a stored entry that is not bytes: _general says so at its position
         leaves = [merkle.leaf_hash(d) if isinstance(d, bytes) else b"" for d in datas]
-    decode = _decode_event_entry
+    decode = _decode_event_entry if stored is None else _decode_with_columns
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
@@ -162,7 +176,8 @@ def scan_entries(
                 prev = e.prev
                 seq = ev.seq
                 if row is not None and row != (
-                    data, "event", ev.workspace, ev.run_id, seq, ev.event_id, ev.type, ev.time, leaf
+                    data, "event", ev.workspace, ev.run_id, seq, ev.event_id,
+                    ev.type, ev.time, leaf,  # type: ignore[attr-defined]  # _EventWithColumns
                 ):
                     scan.error = (position, column_error(row, data, leaf) or "index columns differ")
                     break
@@ -347,6 +362,13 @@ class RangeReaderBase(ABC):
         """
         raise NotImplementedError
 
+    def read_checked(self, start: int, end: int) -> tuple[list[bytes], bytes, list[int]] | None:
+        """Entries ``start .. end - 1`` with their index columns already compared with their
+        bytes by the store's own code: ``(datas, stored leaves concatenated, offsets of entries
+        whose columns it could not confirm)``; None when it cannot (``read_stored`` is used).
+        """
+        return None
+
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         """Each entry ``start .. end - 1`` as a ``StoredRow`` when every one is stored, else None.
 
@@ -372,11 +394,45 @@ def scan_range(
     ``ids_checked``: the reader's store checks event-id uniqueness itself (``repeated_event_id``),
     so rows read with their columns collect no event ids.
     """
+    checked = reader.read_checked(start, end)
+    if checked is not None:
+        return _scan_checked(reader, start, checked, origin, checkpoint_sizes, ids_checked)
     stored = reader.read_stored(start, end)
     if stored is not None:
         return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored,
                             collect_ids=not ids_checked)
     return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes, not ids_checked)
+
+
+def _scan_checked(
+    reader: RangeReader,
+    start: int,
+    checked: tuple[list[bytes], bytes, list[int]],
+    origin: str | None,
+    checkpoint_sizes: Sequence[int],
+    ids_checked: bool,
+) -> ChunkScan:
+    """Scan a chunk whose columns the store compared (``read_checked``): check the stored leaves
+    and decide the entries it was unsure of with ``column_error``; the first that differs ends
+    the chunk there, unless the scan fails earlier."""
+    datas, stored_leaves, unsure = checked
+    leaves = merkle.leaf_hashes(datas)
+    suspects = set(unsure)
+    if b"".join(leaves) != stored_leaves:
+        suspects.add(next(k for k, leaf in enumerate(leaves) if stored_leaves[32 * k : 32 * k + 32] != leaf))
+    bad: tuple[int, str] | None = None
+    for k in sorted(suspects):  # each one read again with its columns: the Python check decides
+        rows = reader.read_stored(start + k, start + k + 1)
+        error = column_error(rows[0], datas[k], leaves[k]) if rows else f"entry {start + k} went missing"
+        if error is not None:
+            bad = (k, error)
+            break
+    end = len(datas) if bad is None else bad[0]
+    scan = scan_entries(start, datas[:end], origin, checkpoint_sizes, None, not ids_checked,
+                        leaves=leaves[:end])
+    if bad is not None and scan.error is None:
+        scan.error = (start + bad[0], bad[1])
+    return scan
 
 
 class NodeMap:

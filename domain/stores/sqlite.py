@@ -31,6 +31,11 @@ from domain.ports import (
 )
 from domain.verify_scan import RangeReaderBase, StoredRow
 
+try:  # optional C reader that compares index columns with the bytes (domain/_sqlitescan.c)
+    from domain import _sqlitescan
+except ImportError:  # not built: the columns are read and compared in Python
+    _sqlitescan = None  # type: ignore[assignment]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS head (
@@ -116,6 +121,7 @@ def _entry(row: tuple[object, ...]) -> EntryRow:
     return EntryRow(*row)  # type: ignore[arg-type]
 
 
+_UNIQUE_EVENT_IDS = "CREATE UNIQUE INDEX entries_event_id ON entries (workspace, event_id)"
 _ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, time, event_hash"
 _STORED_COLS = "CAST(data AS BLOB), kind, workspace, run_id, seq, event_id, type, time, leaf"
 """A ``StoredRow``: the bytes (TEXT read as its bytes, as the verifier hashes them), then the columns."""
@@ -358,10 +364,27 @@ class SQLiteRangeReader(RangeReaderBase):
             (start, end),
         ).fetchall()
 
+    def read_checked(self, start: int, end: int) -> tuple[list[bytes], bytes, list[int]] | None:
+        if _sqlitescan is None:
+            return None
+        try:
+            return _sqlitescan.read_chunk(self.path, start, end)
+        except OSError as e:
+            raise StoreError(str(e)) from e
+
     def repeated_event_id(self, end: int) -> tuple[int, str] | None:
         # its own connection: this runs on a thread beside the reads of the verify workers
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
+            row = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'entries_event_id' "
+                "AND tbl_name = 'entries'"
+            ).fetchone()
+            if row is not None and row[0] == _UNIQUE_EVENT_IDS:
+                # SQLite keeps the pairs unique: an index created over repeated pairs fails, so
+                # no SQL edit can leave both (an edit of the file's pages below SQL is what
+                # `PRAGMA integrity_check` finds; docs/threat-model.md)
+                return None
             return first_repeated_event_id(conn.execute, end, "?")
         finally:
             conn.close()
