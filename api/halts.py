@@ -31,6 +31,9 @@ from ingest.halt_client import SCOPES, Halt, HaltSet
 from ingest.halts import LedgerHalts, identity
 
 MAX_REASON = 2000
+RUN_ID = "^[A-Za-z0-9._:-]{1,128}$"
+"""What a run id is (the contract's ``Ident``), as a pattern for the OpenAPI schema."""
+BLANKS = " \t\r\n"
 Via = Literal["api", "console"]
 
 _TARGETS: dict[str, tuple[TypeAdapter[str], str]] = {
@@ -78,8 +81,8 @@ def check_target(scope: str, target: str | None, workspace: str) -> str:
 
 
 def check_reason(reason: str | None, required: bool) -> str | None:
-    """The trimmed reason (1-2000 characters; optional when clearing)."""
-    reason = (reason or "").strip()
+    """The reason without surrounding blanks (1-2000 characters; optional when clearing)."""
+    reason = (reason or "").strip(BLANKS)
     if len(reason) > MAX_REASON:
         raise HaltRequestError(f"a reason is at most {MAX_REASON} characters, not {len(reason)}")
     if not reason and required:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header
+from fastapi import APIRouter, Body, Header, Path
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Capability
-from api.deps import ServicesDep, require
-from api.halts import MAX_REASON, HaltChange
+from api.deps import Services, ServicesDep, require
+from api.halts import MAX_REASON, RUN_ID, HaltChange
 from api.keys_store import ApiKey
 from api.schemas import errors
 
@@ -55,7 +55,8 @@ class SetBody(BaseModel):
     """Why the target is halted."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(max_length=MAX_REASON, description=f"1-{MAX_REASON} characters")
+    reason: str = Field(max_length=MAX_REASON, description=f"1-{MAX_REASON} characters, not only blanks",
+                        json_schema_extra={"minLength": 1, "pattern": "[^ \t\r\n]"})
 
 
 class ClearBody(BaseModel):
@@ -114,23 +115,79 @@ _CLEAR: dict[str, Any] = {
 }
 
 
-@router.put("/v1/halts/{scope}", **_SET)
-def set_workspace_halt(services: ServicesDep, key: Halter, scope: str, body: SetBody) -> JSONResponse:
-    return _changed(services.halts.set(key, scope, None, body.reason), 201)
+WorkflowTarget = Annotated[str, Path(description="the workflow name (1-512 characters), one encoded "
+                                     "segment", json_schema_extra={"minLength": 1, "maxLength": 512})]
+AgentTarget = Annotated[str, Path(description="the agent id (1-512 characters), one encoded segment",
+                                  json_schema_extra={"minLength": 1, "maxLength": 512})]
+RunTarget = Annotated[str, Path(description="the run id", json_schema_extra={"pattern": RUN_ID})]
+Clear = Annotated[ClearBody | None, Body()]
 
 
-@router.put("/v1/halts/{scope}/{target:path}", **_SET)
-def set_halt(services: ServicesDep, key: Halter, scope: str, target: str, body: SetBody) -> JSONResponse:
+def _set(services: Services, key: ApiKey, scope: str, target: str | None, body: SetBody) -> JSONResponse:
     return _changed(services.halts.set(key, scope, target, body.reason), 201)
 
 
-@router.delete("/v1/halts/{scope}", **_CLEAR)
-def clear_workspace_halt(services: ServicesDep, key: Halter, scope: str,
-                         body: Annotated[ClearBody | None, Body()] = None) -> JSONResponse:
-    return _changed(services.halts.clear(key, scope, None, body.reason if body else None), 200)
-
-
-@router.delete("/v1/halts/{scope}/{target:path}", **_CLEAR)
-def clear_halt(services: ServicesDep, key: Halter, scope: str, target: str,
-               body: Annotated[ClearBody | None, Body()] = None) -> JSONResponse:
+def _clear(services: Services, key: ApiKey, scope: str, target: str | None, body: ClearBody | None) -> JSONResponse:
     return _changed(services.halts.clear(key, scope, target, body.reason if body else None), 200)
+
+
+@router.put("/v1/halts/workspace", **_SET)
+def set_workspace_halt(services: ServicesDep, key: Halter, body: SetBody) -> JSONResponse:
+    return _set(services, key, "workspace", None, body)
+
+
+@router.put("/v1/halts/workflow/{target:path}", **_SET)
+def set_workflow_halt(services: ServicesDep, key: Halter, target: WorkflowTarget, body: SetBody) -> JSONResponse:
+    return _set(services, key, "workflow", target, body)
+
+
+@router.put("/v1/halts/agent/{target:path}", **_SET)
+def set_agent_halt(services: ServicesDep, key: Halter, target: AgentTarget, body: SetBody) -> JSONResponse:
+    return _set(services, key, "agent", target, body)
+
+
+@router.put("/v1/halts/run/{target:path}", **_SET)
+def set_run_halt(services: ServicesDep, key: Halter, target: RunTarget, body: SetBody) -> JSONResponse:
+    return _set(services, key, "run", target, body)
+
+
+@router.delete("/v1/halts/workspace", **_CLEAR)
+def clear_workspace_halt(services: ServicesDep, key: Halter, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, "workspace", None, body)
+
+
+@router.delete("/v1/halts/workflow/{target:path}", **_CLEAR)
+def clear_workflow_halt(services: ServicesDep, key: Halter, target: WorkflowTarget, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, "workflow", target, body)
+
+
+@router.delete("/v1/halts/agent/{target:path}", **_CLEAR)
+def clear_agent_halt(services: ServicesDep, key: Halter, target: AgentTarget, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, "agent", target, body)
+
+
+@router.delete("/v1/halts/run/{target:path}", **_CLEAR)
+def clear_run_halt(services: ServicesDep, key: Halter, target: RunTarget, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, "run", target, body)
+
+
+# any other shape (an unknown scope, a scope without its target, a target for the workspace):
+# answered by the same service, whose 422 names what is wrong; not in the schema
+@router.put("/v1/halts/{scope}", include_in_schema=False)
+def set_other(services: ServicesDep, key: Halter, scope: str, body: SetBody) -> JSONResponse:
+    return _set(services, key, scope, None, body)
+
+
+@router.put("/v1/halts/{scope}/{target:path}", include_in_schema=False)
+def set_other_target(services: ServicesDep, key: Halter, scope: str, target: str, body: SetBody) -> JSONResponse:
+    return _set(services, key, scope, target, body)
+
+
+@router.delete("/v1/halts/{scope}", include_in_schema=False)
+def clear_other(services: ServicesDep, key: Halter, scope: str, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, scope, None, body)
+
+
+@router.delete("/v1/halts/{scope}/{target:path}", include_in_schema=False)
+def clear_other_target(services: ServicesDep, key: Halter, scope: str, target: str, body: Clear = None) -> JSONResponse:
+    return _clear(services, key, scope, target, body)
