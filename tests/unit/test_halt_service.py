@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.halts import HaltNotFoundError, HaltRequestError, HaltService
+from api.halts import RUN_ID, HaltNotFoundError, HaltRequestError, HaltService
 from api.keys_store import ApiKey
 from domain.canonical import loads
+from domain.events import Ident
 from domain.stores.sqlite import SQLiteStore
 from ingest.halts import LedgerHalts
 from tests.factories import FakeClock, make_ledger, verify_ledger
@@ -107,3 +108,7 @@ def test_a_bad_request_names_what_is_wrong_and_writes_nothing(ledger, service, s
 def test_a_run_target_may_be_any_run_id_dots_included(service):
     for run_id in ("..", ".", "a..b", "run:1.2-x_y"):
         assert service.set(ADMIN, "run", run_id, "why").halt.target == run_id
+
+
+def test_the_run_id_pattern_the_api_schema_documents_is_the_contracts():
+    assert RUN_ID == Ident.__metadata__[0].pattern

@@ -3,8 +3,11 @@ refused or stopped at its next step, recorded as cancelled with who, when, why a
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -139,6 +142,37 @@ def test_halts_that_cannot_be_read_refuse_to_start_the_run_and_record_nothing(le
     with pytest.raises(HaltsUnavailableError, match="cannot read the halts"), pub.run("refunds", run_id="r-x"):
         pytest.fail("the run must not start when the halts cannot be read")
     assert ledger.store.size() == 0
+
+
+def test_halts_that_stop_answering_during_a_run_end_it_failed_before_the_next_step_runs(ledger):
+    class Halts(BaseHTTPRequestHandler):  # a real HTTP server answering GET /v1/halts
+        def do_GET(self) -> None:
+            body = json.dumps({"workspace": "acme", "etag": '"halts-0"', "halts": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Halts)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    halts = HttpHalts(f"http://127.0.0.1:{server.server_address[1]}", "tacho_000000000000_x",
+                      max_age_s=0, timeout_s=2)
+    pub = Publisher(LedgerTransport(ledger), workspace="acme", agent_id="a", agent_version="1", halts=halts)
+    ran: list[int] = []
+    with pytest.raises(HaltsUnavailableError), pub.run("refunds", run_id="r-lost") as run:
+        run.tool_call("step", {"n": 1}, fn=lambda n: ran.append(n))
+        server.shutdown()
+        server.server_close()
+        run.tool_call("step", {"n": 2}, fn=lambda n: ran.append(n), side_effect="write")
+    assert ran == [1]
+    events = _events(ledger, "r-lost")
+    assert [e["type"] for e in events] == ["run.started", "tool.called", "run.completed"]
+    assert events[-1]["data"]["outcome"] == "failed" and "cannot read the halts" in events[-1]["data"]["error"]
 
 
 def test_simulated_services_count_refused_runs_of_a_halted_workflow_and_publish_every_event(ledger, service):
