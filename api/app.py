@@ -20,11 +20,12 @@ from api.audit_trail import AuditTrail, AuditTrailError
 from api.auth import ForbiddenError
 from api.bootstrap import build_ledger, witness_pusher
 from api.deps import Limits, Services
+from api.halts import HaltService
 from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.replay_jobs import ReplayJobs
-from api.routes import analytics, audit, ingest, log, ops, replays
+from api.routes import analytics, audit, halts, ingest, log, ops, replays
 from api.routes import keys as key_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
 from api.run_index import RunIndex
@@ -211,6 +212,7 @@ def create_app(
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
                            workers=settings.replay_workers),
+        halts=HaltService(ledger, clock),
     )
 
     app = FastAPI(
@@ -225,7 +227,7 @@ def create_app(
     app.state.housekeeper = Housekeeper(ledger) if housekeeping else None
     _install_errors(app)
     _install_metrics(app, services.metrics)
-    for module in (ingest, audit, log, analytics, replays, key_routes, ops):
+    for module in (ingest, audit, log, analytics, replays, halts, key_routes, ops):
         app.include_router(module.router)
     _install_docs(app)
     from api.console import mount_console  # the operator console (issue 7)

@@ -27,6 +27,14 @@ class AuditTrailError(TachographError):
     """A read could not be recorded in the ledger, so it is refused (HTTP 503)."""
 
 
+def actor_of(key: ApiKey) -> dict[str, str]:
+    """The ``actor`` of a record written for a key (or the person signed in with it)."""
+    actor = {"key_id": key.id, "role": key.role}
+    if key.label:
+        actor["name"] = key.label
+    return actor
+
+
 class AuditTrail:
     """Appends one platform record per audited read or console action."""
 
@@ -35,10 +43,7 @@ class AuditTrail:
         self.clock = clock
 
     def _write(self, rtype: str, key: ApiKey, data: dict[str, Any]) -> int:
-        actor = {"key_id": key.id, "role": key.role}
-        if key.label:
-            actor["name"] = key.label
-        rec = Record(rtype, key.workspace, iso(self.clock()), actor, data)
+        rec = Record(rtype, key.workspace, iso(self.clock()), actor_of(key), data)
         try:
             return self.ledger.append_records([rec])[0]
         except TachographError as e:

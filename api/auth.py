@@ -23,10 +23,11 @@ class Capability(StrEnum):
     APPROVE = "approve"
     REVERT = "revert"
     HALT = "halt"
+    READ_HALTS = "read_halts"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
-    "publisher": frozenset({Capability.INGEST}),
+    "publisher": frozenset({Capability.INGEST, Capability.READ_HALTS}),
     "auditor": frozenset(
         {
             Capability.READ_HISTORY,
@@ -38,14 +39,21 @@ GRANTS: dict[str, frozenset[Capability]] = {
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
-    "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT, Capability.HALT}),
-    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY}),
-    "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY}),
+    "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT,
+                           Capability.READ_HALTS}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.READ_HALTS, Capability.REPLAY}),
+    "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY,
+                           Capability.HALT, Capability.READ_HALTS}),
 }
 
 
 CONSOLE_ONLY_ROLES = frozenset({"approver"})
-"""Roles whose grants hold in the console only: every API endpoint refuses their keys (403)."""
+"""Roles whose grants hold in the console only, but for ``OPEN_TO_CONSOLE_ONLY_ROLES``: every
+other API endpoint refuses their keys (403)."""
+
+OPEN_TO_CONSOLE_ONLY_ROLES = frozenset({Capability.HALT, Capability.READ_HALTS})
+"""What a console-only role may still do over the API: the kill switches (issue 14), so a
+person can stop agents from a script or a pager as well as from the console."""
 
 
 class ForbiddenError(TachographError):
@@ -66,9 +74,16 @@ def check(role: str, capability: Capability) -> None:
         )
 
 
+def may_use_api(role: str, capability: Capability) -> bool:
+    """Whether an API key of ``role`` may do ``capability`` (what ``check_api`` allows)."""
+    return capability in GRANTS.get(role, frozenset()) and (
+        role not in CONSOLE_ONLY_ROLES or capability in OPEN_TO_CONSOLE_ONLY_ROLES)
+
+
 def check_api(role: str, capability: Capability) -> None:
-    """``check`` for an API request: console-only roles are refused whatever they hold."""
-    if role in CONSOLE_ONLY_ROLES:
+    """``check`` for an API request: console-only roles are refused whatever they hold, but for
+    ``OPEN_TO_CONSOLE_ONLY_ROLES``."""
+    if role in CONSOLE_ONLY_ROLES and capability not in OPEN_TO_CONSOLE_ONLY_ROLES:
         raise ForbiddenError(
             f"role {role!r} is for the console only: sign in at /console; "
             f"over the API it may do nothing ({capability.value.replace('_', ' ')} needs one of: "

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.audit_trail import AuditTrail
 from api.auth import Capability, check_api
+from api.halts import HaltService
 from api.keys_store import ApiKey, AuthError, KeyStore
 from api.metrics import Metrics
 from api.run_index import RunIndex
@@ -44,6 +45,7 @@ class Services:
     limits: Limits
     clock: Callable[[], float]
     replays: ReplayJobs
+    halts: HaltService
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)
     verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time

@@ -144,8 +144,9 @@ class AuditRecordOut(BaseModel):
     leaf_hash: str
     received: str
     record: dict[str, Any] = Field(
-        description="`type` (audit.read, console.action), `workspace`, `time`, `actor` "
-        "(`key_id`, `role`, `name`?), `data` (`action`, `method`, `path`, `query`?, `target`), "
+        description="`type` (audit.read, console.action, halt.set, halt.cleared), `workspace`, "
+        "`time`, `actor` (`key_id`, `role`, `name`?), `data` (reads and actions: `action`, `method`, "
+        "`path`, `query`?, `target`; halts: `scope`, `target`, `reason`, `via`, `set_index`), "
         "`record_id` (`record/<index>`)")
 
 

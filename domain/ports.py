@@ -364,6 +364,14 @@ class LedgerStore(ABC):
         """A workspace's platform records (entry kind ``record``) after ledger index ``after``,
         oldest first, at most ``limit``; only those of ``record_type`` when given."""
 
+    @abstractmethod
+    def records_of_types(
+        self, workspace: str, record_types: Sequence[str], after: int = -1, limit: int = 1000
+    ) -> list[EntryRow]:
+        """A workspace's records of any of ``record_types`` after ledger index ``after``, oldest
+        first, at most ``limit``: one indexed read (by workspace and type), however many records
+        of other types the workspace has (what the current halts are folded from)."""
+
     def node(self, level: int, index: int) -> bytes:
         """Hash of a complete Merkle subtree (raises NotFoundError if it does not exist).
 

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from domain.ledger import AppendReport, Ledger
 from ingest.devbroker import DevBroker, ensure_topic
-from ingest.halts import HaltCheck, halt_check
+from ingest.halt_client import HaltSource
+from ingest.halts import LedgerHalts
 from ingest.simulate import PublishedSummary, run_simulated_agents
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary
 
@@ -41,14 +42,14 @@ def publish_and_ingest(
     seed: int,
     group: str,
     console: Console,
-    halts: HaltCheck | None = None,
+    halts: HaltSource | None = None,
 ) -> tuple[PublishedSummary, WorkerSummary]:
     """Publish ``runs`` simulated runs (halted workflows refused), then ingest every event."""
     ensure_topic(bootstrap, topic, partitions=3)
     with _progress("agents publishing", console) as bar:
         task = bar.add_task("publish", total=runs)
         published = run_simulated_agents(
-            bootstrap, topic, runs, seed, progress=lambda n: bar.advance(task, n), halt_check=halts
+            bootstrap, topic, runs, seed, progress=lambda n: bar.advance(task, n), halts=halts
         )
     cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group, until_idle=5.0,
                        assign=True, parallel=False)
@@ -111,7 +112,7 @@ def run_kafka_demo(
     try:
         published, ingested = publish_and_ingest(
             ledger, bootstrap, settings.topic, runs, seed, group, console,
-            halts=halt_check(settings.data_dir),
+            halts=LedgerHalts(ledger.store),
         )
     finally:
         if broker is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from domain.errors import BackpressureError, TachographError
-from ingest.halts import HaltState
+from ingest.halt_client import Halt
 
 
 class BudgetExceededError(TachographError):
@@ -22,15 +22,20 @@ class BudgetExceededError(TachographError):
         self.observed = observed
 
 
-class WorkflowHaltedError(TachographError):
-    """The workflow's kill switch is on: the SDK refused to start the run. The refused run was
-    recorded as ``run.started`` + ``run.completed(cancelled)`` naming who halted it, when and why."""
+class RunHaltedError(TachographError):
+    """A halt (kill switch) stops the run: a new run was refused, or a running one stopped at
+    its next step. The run was recorded as ended ``cancelled`` with the halt (who, when, why and
+    its ledger record) in its ``run.completed``, and flushed; ``event_ids`` are the run's events."""
 
-    def __init__(self, run_id: str, halt: HaltState, event_ids: list[str]) -> None:
-        super().__init__(f"run {run_id!r} refused: {halt.refusal()}")
+    def __init__(self, run_id: str, halt: Halt, event_ids: list[str]) -> None:
+        super().__init__(f"run {run_id!r} stopped: {halt.refusal()}")
         self.run_id = run_id
         self.halt = halt
         self.event_ids = event_ids
+
+
+WorkflowHaltedError = RunHaltedError
+"""The name before halts had scopes other than a workflow."""
 
 
 class PublishBackpressureError(BackpressureError):

@@ -1,81 +1,88 @@
-"""The read side of the per-workflow kill switches: what the publisher SDK checks before a run.
+"""Halts from the ledger itself: what is halted now, folded from a workspace's ``halt.set`` and
+``halt.cleared`` platform records (written only by the platform, see ``api/halts.py``).
 
-The console (``api/console/kill_switch.py``) flips the switches and keeps them in a small SQLite
-file under the data dir; this module only reads that file, so agent services need nothing from
-``api``.
+The API serves these (``GET /v1/halts``); in the embedded mode the publisher SDK reads them here
+straight from the ledger store (:class:`LedgerHalts`). An agent on another host uses
+``ingest/halt_client.py`` over HTTP instead.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from functools import partial
-from pathlib import Path
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from domain.errors import ConfigError
+from domain.canonical import loads
+from domain.ports import EntryRow, LedgerStore
+from ingest.halt_client import SCOPES, Halt, HaltSet
 
-HALT_COLUMNS = "workspace, workflow, halted, reason, by, at, ledger_index"
-
-HaltCheck = Callable[[str, str], "HaltState | None"]
-"""``check(workspace, workflow)``: the halt of a workflow whose kill switch is on, else None."""
-
-
-@dataclass(frozen=True)
-class HaltState:
-    """The current state of one workflow's kill switch."""
-
-    workspace: str
-    workflow: str
-    halted: bool
-    reason: str
-    by: str
-    at: str
-    ledger_index: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The state as JSON."""
-        return asdict(self)
-
-    def refusal(self) -> str:
-        """The sentence an SDK records when it refuses to start a run."""
-        return (f"workflow {self.workflow!r} is halted by its kill switch "
-                f"(by {self.by} at {self.at}: {self.reason})")
+HALT_TYPES = ("halt.set", "halt.cleared")
 
 
-def halt_state(row: tuple[Any, ...]) -> HaltState:
-    """A state from a row of ``HALT_COLUMNS``."""
-    return HaltState(row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6])
+def identity(actor: Mapping[str, Any]) -> str:
+    """Who acted, as halts show it: the key's name and id (as the console writes ``by``)."""
+    name, key_id = actor.get("name"), actor.get("key_id")
+    return f"{name} (apikey:{key_id})" if name else f"apikey:{key_id}"
 
 
-def switches_path(data_dir: Path | str) -> Path:
-    """Where the kill switches of a data dir are kept."""
-    return Path(data_dir) / "console" / "kill_switches.db"
+class HaltFold:
+    """The halts in force in one workspace, folded from its halt records in ledger order.
+
+    A ``halt.set`` on a target already halted changes nothing (the first one stays in force);
+    a ``halt.cleared`` ends the halt on its target. The ETag names the last record folded.
+    """
+
+    def __init__(self, workspace: str) -> None:
+        self.workspace = workspace
+        self.last_index = -1
+        self._halts: dict[tuple[str, str], Halt] = {}
+
+    def apply(self, records: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
+        """Fold ``(ledger index, record body)`` pairs, oldest first."""
+        for index, rec in records:
+            data = rec["data"]
+            key = (str(data["scope"]), str(data["target"]))
+            if rec["type"] == "halt.set":
+                self._halts.setdefault(key, Halt(key[0], key[1], str(data["reason"]),
+                                                 identity(rec["actor"]), str(rec["time"]), index))
+            elif rec["type"] == "halt.cleared":
+                self._halts.pop(key, None)
+            self.last_index = max(self.last_index, index)
+
+    def snapshot(self) -> HaltSet:
+        """The halts in force, broadest scope first, then by target."""
+        halts = sorted(self._halts.values(), key=lambda h: (SCOPES.index(h.scope), h.target))
+        return HaltSet(self.workspace, tuple(halts), f'"halts-{self.last_index + 1}"')
 
 
-def is_halted(data_dir: Path | str, workspace: str, workflow: str) -> HaltState | None:
-    """The halt of a workflow if its kill switch is on, else None (read-only; no file: None)."""
-    path = switches_path(data_dir)
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute(
-                f"SELECT {HALT_COLUMNS} FROM kill_switches "
-                "WHERE workspace = ? AND workflow = ? AND halted = 1",
-                (workspace, workflow),
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as e:  # fail closed: an unreadable switch file refuses to answer
-        if "no such table" in str(e):
-            return None
-        raise ConfigError(f"cannot read the kill switch file {path}: {e}") from e
-    return halt_state(row) if row else None
+class LedgerHalts:
+    """The halts of any workspace of a ledger store, caught up on every read: one indexed query
+    for the halt records written since the last read (none, usually)."""
 
+    def __init__(self, store: LedgerStore, page: int = 1000) -> None:
+        self.store = store
+        self.page = page
+        self._folds: dict[str, HaltFold] = {}
+        self._lock = threading.Lock()
 
-def halt_check(data_dir: Path | str) -> HaltCheck:
-    """The kill-switch check of a data dir, for ``Publisher(halt_check=...)``."""
-    return partial(is_halted, Path(data_dir))
+    def current(self, workspace: str) -> HaltSet:
+        """The halts of ``workspace`` in force now."""
+        with self._lock:
+            fold = self._folds.setdefault(workspace, HaltFold(workspace))
+            while True:
+                rows = self.store.records_of_types(workspace, HALT_TYPES, fold.last_index, self.page)
+                fold.apply((r.index, loads(r.data)["record"]) for r in rows)
+                if len(rows) < self.page:
+                    return fold.snapshot()
+
+    def history(self, workspace: str, limit: int = 50) -> list[tuple[int, dict[str, Any]]]:
+        """The workspace's latest halt records, newest first, as (ledger index, record body)."""
+        rows: list[EntryRow] = []
+        after = -1
+        while True:
+            page = self.store.records_of_types(workspace, HALT_TYPES, after, self.page)
+            rows = (rows + page)[-limit:]
+            if len(page) < self.page:
+                break
+            after = page[-1].index
+        return [(r.index, loads(r.data)["record"]) for r in reversed(rows)]

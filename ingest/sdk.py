@@ -13,6 +13,11 @@ Usage::
 Every event is validated against the contract and the run rules *before* it is sent (bad use
 raises at once, naming the problem). ``event_id``, ``seq`` and ``time`` come from an injected
 id factory and clock, so a replay runtime can drive the same code deterministically.
+
+Kill switches: with ``halts`` (``ingest.halt_client.HttpHalts`` over the API, or
+``ingest.halts.LedgerHalts`` in the embedded mode) a run is checked before it starts and before
+every step; a halted run ends ``cancelled`` with the halt recorded and raises
+:class:`RunHaltedError`.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from domain.canonical import validate_event
 from domain.errors import RunRuleError
 from domain.events import SPEC
 from domain.run import RunState
-from ingest.errors import BudgetExceededError, RunClosedError, WorkflowHaltedError
-from ingest.halts import HaltCheck, HaltState
+from ingest.errors import BudgetExceededError, RunClosedError, RunHaltedError
+from ingest.halt_client import Halt, HaltSource
 from ingest.transport import Transport
 
 Clock = Callable[[], datetime]
@@ -122,10 +127,10 @@ class Publisher:
         ids: IdFactory = random_id,
         flush_on_exit: bool = True,
         flush_timeout: float | None = None,
-        halt_check: HaltCheck | None = None,
+        halts: HaltSource | None = None,
     ) -> None:
-        """``halt_check(workspace, workflow)`` is asked before every new run (a kill switch:
-        ``ingest.halts.halt_check(data_dir)``); a halt refuses the run."""
+        """``halts``: where the kill switches are read (``HttpHalts`` over the API, or
+        ``LedgerHalts`` of the embedded ledger); None: this publisher never checks them."""
         self.transport = transport
         self.workspace = workspace
         self.agent = {"id": agent_id, "version": agent_version}
@@ -133,7 +138,7 @@ class Publisher:
         self.ids = ids
         self.flush_on_exit = flush_on_exit
         self.flush_timeout = flush_timeout
-        self.halt_check = halt_check
+        self.halts = halts
 
     def start(
         self,
@@ -151,16 +156,17 @@ class Publisher:
         """Record ``run.started`` and return the open run; it stays open until ``complete()``
         (for runs that outlive a block, e.g. waiting for a person's approval).
 
-        If the workflow's kill switch is on (``halt_check``), the run is recorded as started
-        and at once cancelled with who halted the workflow, when and why, and
-        :class:`WorkflowHaltedError` is raised. Replays (``replay_of``) are never halted.
+        If a halt stops the run (its workspace, workflow, agent or run id is halted), the run is
+        recorded as started and at once cancelled with who halted it, when and why, and
+        :class:`RunHaltedError` is raised. Halts that cannot be read raise
+        ``HaltsUnavailableError`` before anything is recorded (fail closed). Replays
+        (``replay_of``) are never halted.
         """
-        halt = None
-        if self.halt_check is not None and replay_of is None:
-            halt = self.halt_check(self.workspace, workflow)
+        run_id = run_id or self.ids()
+        halt = None if replay_of is not None else self.halt_of(workflow, run_id)
         recorder = RunRecorder(
             self,
-            run_id or self.ids(),
+            run_id,
             workflow,
             mode="dry_run" if dry_run else mode,
             risk_tier=risk_tier,
@@ -170,7 +176,7 @@ class Publisher:
             replay_of=replay_of,
         )
         if halt is not None:
-            self._refuse(recorder, halt)
+            recorder.stop(halt)
         return recorder
 
     @contextmanager
@@ -193,15 +199,16 @@ class Publisher:
         it as ``failed`` (with the error) and propagates. ``dry_run`` (or ``mode="dry_run"``)
         records the run with ``mode = dry_run`` and the tool helpers do not execute tools.
 
-        A halted workflow (see :meth:`start`) raises :class:`WorkflowHaltedError` before the
-        block runs, after recording the refused run as cancelled.
+        A halted run (see :meth:`start`) raises :class:`RunHaltedError` before the block runs,
+        after recording the refused run as cancelled; a halt set while the block runs stops it
+        at its next step the same way.
         """
         recorder = self.start(workflow, mode=mode, risk_tier=risk_tier, budget=budget, input=input,
                               labels=labels, run_id=run_id, replay_of=replay_of, dry_run=dry_run)
         try:
             yield recorder
-        except BudgetExceededError:
-            raise  # already recorded budget.exceeded + run.completed(cancelled)
+        except (BudgetExceededError, RunHaltedError):
+            raise  # already recorded: run.completed(cancelled) with why
         except BaseException as e:
             if not recorder.completed:
                 recorder.complete("failed", error=f"{type(e).__name__}: {e}"[:2000])
@@ -213,17 +220,11 @@ class Publisher:
             if self.flush_on_exit:
                 self.transport.flush(self.flush_timeout)
 
-    def _refuse(self, recorder: RunRecorder, halt: HaltState) -> None:
-        """Cancel a run of a halted workflow (recorded and flushed) and raise WorkflowHaltedError."""
-        recorder.complete(
-            "cancelled",
-            result={"kill_switch": {"by": halt.by, "at": halt.at, "reason": halt.reason,
-                                    **({"ledger_index": halt.ledger_index}
-                                       if halt.ledger_index is not None else {})}},
-            error=halt.refusal()[:2000],
-        )
-        self.transport.flush(self.flush_timeout)
-        raise WorkflowHaltedError(recorder.run_id, halt, list(recorder.event_ids))
+    def halt_of(self, workflow: str, run_id: str) -> Halt | None:
+        """The halt in force on this run, if any (None without ``halts``)."""
+        if self.halts is None:
+            return None
+        return self.halts.current(self.workspace).find(workflow, self.agent["id"], run_id)
 
     def flush(self) -> None:
         """Wait until every recorded event is delivered."""
@@ -252,6 +253,7 @@ class RunRecorder:
         self.mode = mode
         self.budget = budget
         self.usage = Usage()
+        self.replay_of = replay_of
         self.state = RunState(publisher.workspace, run_id)
         self.seq = 0
         self.completed = False
@@ -332,6 +334,20 @@ class RunRecorder:
         if b.max_cost_usd is not None and u.cost_usd > _money(b.max_cost_usd):
             self._breach("cost_usd", _money(b.max_cost_usd), u.cost_usd)
 
+    def check_halt(self) -> None:
+        """Stop the run (RunHaltedError, after recording it) if a halt is in force on it."""
+        if self.replay_of is None and not self.completed:
+            halt = self.publisher.halt_of(self.workflow, self.run_id)
+            if halt is not None:
+                self.stop(halt)
+
+    def stop(self, halt: Halt) -> None:
+        """End the run ``cancelled`` with the halt recorded, flush, raise RunHaltedError."""
+        self._emit("run.completed", {"outcome": "cancelled", "result": {"kill_switch": halt.evidence()},
+                                     "error": halt.refusal()[:2000]})
+        self.publisher.transport.flush(self.publisher.flush_timeout)
+        raise RunHaltedError(self.run_id, halt, list(self.event_ids))
+
     def _breach(self, limit: str, limit_value: Decimal, observed: Decimal) -> None:
         self._emit(
             "budget.exceeded", {"limit": limit, "limit_value": limit_value, "observed": observed}
@@ -378,6 +394,7 @@ class RunRecorder:
         self.usage.tokens += input_tokens + output_tokens
         self.usage.cost_usd += _money(cost_usd)
         self.check_budget()
+        self.check_halt()  # the call happened and is recorded; the next step does not run
         return call_id
 
     def call_model(
@@ -389,7 +406,8 @@ class RunRecorder:
         messages: list[dict[str, Any]] | None = None,
         params: dict[str, Any] | None = None,
     ) -> ModelResult:
-        """Check the budget, call ``fn`` (the real model call), time it and record it."""
+        """Check halts and the budget, call ``fn`` (the real model call), time it and record it."""
+        self.check_halt()
         self.check_budget(next_model_call=True)
         t0 = _time.perf_counter()
         result = fn()
@@ -430,7 +448,10 @@ class RunRecorder:
         """Run ``fn(**args)`` (not in dry-run mode) and record it; re-raise its exception.
 
         Without ``fn``, record a call made elsewhere (``result`` or ``error``, ``latency_ms``).
+        Halts are checked before ``fn`` runs (without ``fn``: after the call is recorded).
         """
+        if fn is not None:
+            self.check_halt()
         self.check_budget()
         call_id = call_id or self._next_id("t")
         status: Literal["ok", "error"] = "error" if error is not None else "ok"
@@ -461,6 +482,8 @@ class RunRecorder:
         self._emit("tool.called", data)
         if raised is not None:
             raise raised
+        if fn is None:
+            self.check_halt()
         return result
 
     def policy(
@@ -471,7 +494,8 @@ class RunRecorder:
         reason: str,
         risk_score: Decimal | None = None,
     ) -> str:
-        """Record a policy decision; returns the decision."""
+        """Record a policy decision (halts checked first); returns the decision."""
+        self.check_halt()
         data: dict[str, Any] = {"policy": policy, "action": action, "decision": decision, "reason": reason}
         if risk_score is not None:
             data["risk_score"] = risk_score
@@ -485,7 +509,8 @@ class RunRecorder:
         change_id: str | None = None,
         approval_id: str | None = None,
     ) -> str:
-        """Record an approval request; returns its approval id."""
+        """Record an approval request (halts checked first); returns its approval id."""
+        self.check_halt()
         approval_id = approval_id or self._next_id("a")
         data: dict[str, Any] = {"approval_id": approval_id, "summary": summary, "risk": risk}
         if change_id is not None:
@@ -515,7 +540,8 @@ class RunRecorder:
         reversible: bool = True,
         change_id: str | None = None,
     ) -> str:
-        """Record a proposed change; returns its change id."""
+        """Record a proposed change (halts checked first); returns its change id."""
+        self.check_halt()
         change_id = change_id or self._next_id("c")
         self._emit(
             "change.proposed",
@@ -528,8 +554,10 @@ class RunRecorder:
         """Apply a proposed change with ``fn`` (skipped in dry-run mode) and record it.
 
         The run rules are checked first: a change that needed approval and has none raises
-        RunRuleError and ``fn`` is never called. If ``fn`` raises, nothing is recorded.
+        RunRuleError and ``fn`` is never called. If ``fn`` raises, nothing is recorded. A halt
+        stops the run before ``fn`` runs.
         """
+        self.check_halt()
         self.check_budget()
         probe = {"type": "change.applied", "seq": self.seq, "data": {"change_id": change_id}}
         if self.completed:

@@ -17,8 +17,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from domain.workload import MODELS, cost_of
-from ingest.errors import BudgetExceededError, WorkflowHaltedError
-from ingest.halts import HaltCheck
+from ingest.errors import BudgetExceededError, RunHaltedError
+from ingest.halt_client import HaltSource
 from ingest.sdk import Budget, ModelResult, Publisher, RunRecorder
 from ingest.transport import KafkaTransport, Transport
 
@@ -180,11 +180,12 @@ class _Agent:
                 self.publisher.flush()
         except BudgetExceededError as e:
             summary.budget_exceeded[e.limit] += 1
-        except WorkflowHaltedError as e:  # the kill switch is on: recorded as a cancelled run
+        except RunHaltedError as e:  # a halt stopped the run: recorded as cancelled
             summary.halted[self.workflow] += 1
-            summary.events += len(e.event_ids)
-            summary.event_ids.extend(e.event_ids)
             outcome = "cancelled"
+            if recorder is None:  # refused before it started: its events are only in the error
+                summary.events += len(e.event_ids)
+                summary.event_ids.extend(e.event_ids)
         except TimeoutError:
             pass  # recorded as a failed run by the SDK
         if recorder is not None:
@@ -225,13 +226,13 @@ def run_simulated_agents(
     start: datetime = datetime(2026, 11, 2, 8, 0, tzinfo=UTC),
     progress: Callable[[int], None] | None = None,
     transport_factory: Callable[[], Transport] | None = None,
-    halt_check: HaltCheck | None = None,
+    halts: HaltSource | None = None,
 ) -> PublishedSummary:
     """Run ``runs`` runs spread over three simulated agent services publishing to Kafka.
 
     Each service has its own idempotent producer; every run is flushed when it ends. ``progress``
-    is called with 1 after each run. ``halt_check`` (the kill switches) refuses runs of halted
-    workflows; they are recorded as cancelled and counted in ``halted``.
+    is called with 1 after each run. ``halts`` (the kill switches) stops runs that are halted;
+    they are recorded as cancelled and counted by workflow in ``halted``.
     """
     rng = random.Random(seed)
     summary = PublishedSummary()
@@ -246,7 +247,7 @@ def run_simulated_agents(
         clock = SimClock(start)
         publisher = Publisher(transport, workspace=workspace, agent_id=cls.agent_id,
                               agent_version=cls.version, clock=clock,
-                              ids=SeqIds(f"s{seed}-{cls.agent_id}"), halt_check=halt_check)
+                              ids=SeqIds(f"s{seed}-{cls.agent_id}"), halts=halts)
         services.append(cls(publisher, clock, random.Random(rng.randrange(2**32) + i)))
     try:
         for n in range(runs):

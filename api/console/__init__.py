@@ -10,7 +10,6 @@ from fastapi.staticfiles import StaticFiles
 
 from api.console.actions import RevertHook, load_revert_hooks
 from api.console.board import Board
-from api.console.kill_switch import KillSwitches, switches_path
 from api.console.session import Sessions
 from api.console.state import ConsoleState
 from api.deps import Services
@@ -19,17 +18,18 @@ from api.deps import Services
 def mount_console(app: FastAPI, services: Services,
                   revert_hooks: Mapping[str, RevertHook] | None = None) -> ConsoleState:
     """Add the console's pages and static files to the app (hooks default to entry points)."""
+    from api.console.kill_switch import router as kill_switch_router
     from api.console.routes import router
 
     state = ConsoleState(
         templates=ConsoleState.make_templates(),
         sessions=Sessions(services.keys, services.clock),
         board=Board(services.ledger.store),
-        kill_switches=KillSwitches(switches_path(services.settings.data_dir), services.clock),
         revert_hooks=load_revert_hooks() if revert_hooks is None else revert_hooks,
     )
     app.state.console = state
     app.include_router(router)
+    app.include_router(kill_switch_router)
     app.mount("/console/static", StaticFiles(directory=str(files("api.console") / "static")),
               name="console-static")
     return state

@@ -22,8 +22,8 @@ from api.bootstrap import write_secret
 from api.keys_store import KeyStore
 from api.settings import Settings
 from domain.ledger import Ledger
-from ingest.errors import WorkflowHaltedError
-from ingest.halts import halt_check
+from ingest.errors import RunHaltedError
+from ingest.halts import LedgerHalts
 from ingest.sdk import Publisher, RunRecorder
 from ingest.transport import LedgerTransport
 
@@ -112,7 +112,7 @@ def _voided(publisher: Publisher, n: int, complete: bool) -> RunRecorder:
 def seed_runs(settings: Settings, ledger: Ledger, workspace: str, demo: ConsoleDemo) -> None:
     """Two runs waiting for approval, one open and one completed run with a reversible change."""
     publisher = Publisher(LedgerTransport(ledger), workspace=workspace, agent_id="billing-agent",
-                          agent_version="3.1.0", halt_check=halt_check(settings.data_dir))
+                          agent_version="3.1.0", halts=LedgerHalts(ledger.store))
     steps: list[tuple[list[str], Callable[[], RunRecorder]]] = [
         (demo.pending, partial(_pending, publisher, 1, 2500, "high")),
         (demo.pending, partial(_pending, publisher, 2, 1200, "medium")),
@@ -122,7 +122,7 @@ def seed_runs(settings: Settings, ledger: Ledger, workspace: str, demo: ConsoleD
     for into, make in steps:
         try:
             into.append(make().run_id)
-        except WorkflowHaltedError as e:  # the workflow's kill switch is on: recorded as cancelled
+        except RunHaltedError as e:  # the workflow's kill switch is on: recorded as cancelled
             demo.halted.append(e.run_id)
     publisher.flush()
 

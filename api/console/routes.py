@@ -17,7 +17,6 @@ from api.audit_trail import LEGACY_AUDIT_WORKFLOW
 from api.auth import GRANTS, Capability, ForbiddenError, check
 from api.console.actions import ConsoleActionError, decide, record_action, revert
 from api.console.insights import AnalyticsMissing, build_charts
-from api.console.kill_switch import KillSwitchError, check_flip
 from api.console.session import COOKIE, LOGIN_COOKIE, CsrfError, Session, SignInRequired, same_token
 from api.console.state import ConsoleState
 from api.console.timeline import run_view
@@ -46,7 +45,7 @@ NAV: list[tuple[str, str, Capability | None]] = [
 
 CONSOLE_STATUS: list[tuple[type[Exception], int]] = [
     (AuthError, 401), (CsrfError, 403), (ForbiddenError, 403), (NotFoundError, 404),
-    (ReplayNotFoundError, 404), (ConsoleActionError, 409), (KillSwitchError, 422),
+    (ReplayNotFoundError, 404), (ConsoleActionError, 409),
 ]
 
 
@@ -522,39 +521,3 @@ def replay_page(request: Request, replay_id: str) -> HTMLResponse:
 
     return page(request, session, "replay.html", report=report, runs=runs, delta=delta,
                 s=report["summary"], changed=sum(1 for r in runs if r["changed"]))
-
-
-# -- kill switches ------------------------------------------------------------------------------
-@router.get("/kill-switches")
-def kill_switches_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLResponse:
-    session = person(request)
-    state = _state(request)
-    services = _services(request)
-    switches = {s.workflow: s for s in state.kill_switches.switches(session.workspace)}
-    seen, _ = services.runs.page(RunFilter(session.workspace), 10**9, None, True)
-    workflows = sorted({s.workflow for s in seen if s.workflow and s.workflow != AUDIT_WORKFLOW} | set(switches))
-    return page(request, session, "kill_switches.html", workflows=workflows, switches=switches,
-                history=state.kill_switches.history(session.workspace), msg=msg, ok=ok,
-                can_flip=may(session, Capability.HALT))
-
-
-@router.post("/kill-switches")
-async def flip_kill_switch(request: Request) -> Response:
-    session = person(request)
-    form = await checked_form(request, session)
-    need(session, Capability.HALT)
-    workflow = form.get("workflow", "").strip()
-    action = form.get("action", "")
-    if action not in ("halt", "resume"):
-        raise KillSwitchError(f"action must be halt or resume, not {action!r}")
-    try:
-        workflow, reason = check_flip(workflow, form.get("reason", ""))
-    except KillSwitchError as e:
-        return _back("/console/kill-switches", str(e), ok=False)
-    services = _services(request)
-    index = await run_in_threadpool(record_action, services, session, "kill_switch." + action,
-                                    "/console/kill-switches", {"workflow": workflow, "reason": reason})
-    _state(request).kill_switches.flip(session.workspace, workflow, action == "halt", session.identity,
-                                       reason, index)
-    verb = "halted" if action == "halt" else "resumed"
-    return _back("/console/kill-switches", f"{workflow} {verb} by {session.identity} (ledger index {index})")

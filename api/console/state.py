@@ -1,4 +1,4 @@
-"""What the console keeps between requests: templates, sessions, the board, kill switches, hooks."""
+"""What the console keeps between requests: templates, sessions, the board, revert hooks."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from fastapi.templating import Jinja2Templates
 
 from api.console.actions import RevertHook
 from api.console.board import Board, diff_rows
-from api.console.kill_switch import KillSwitches
 from api.console.session import Sessions
 from api.deps import Services
 from domain.canonical import dumps
@@ -55,7 +54,6 @@ class ConsoleState:
     templates: Jinja2Templates
     sessions: Sessions
     board: Board
-    kill_switches: KillSwitches
     revert_hooks: Mapping[str, RevertHook]
 
     @staticmethod

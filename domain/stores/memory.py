@@ -353,6 +353,18 @@ class MemoryStore(LedgerStore):
             ]
         return sorted(rows, key=lambda r: r.index)[:limit]
 
+    def records_of_types(
+        self, workspace: str, record_types: Sequence[str], after: int = -1, limit: int = 1000
+    ) -> list[EntryRow]:
+        wanted = set(record_types)
+        with self._data_lock:
+            rows = [
+                r for i, r in self._data.entries.items()
+                if i > after and r.kind == "record" and r.workspace == workspace
+                and r.event_type in wanted
+            ]
+        return sorted(rows, key=lambda r: r.index)[:limit]
+
     def workspaces_of_run(self, run_id: str) -> list[str]:
         with self._data_lock:
             return sorted({ws for ws, run, seq in self._data.by_seq if run == run_id and seq == 0})

@@ -53,6 +53,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id,
 CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
 CREATE INDEX IF NOT EXISTS entries_run_start ON entries (run_id) WHERE seq = 0;
 CREATE INDEX IF NOT EXISTS entries_records ON entries (workspace, idx) WHERE kind = 'record';
+CREATE INDEX IF NOT EXISTS entries_record_types ON entries (workspace, type, idx) WHERE kind = 'record';
 CREATE TABLE IF NOT EXISTS nodes (
   level INTEGER NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx));
 CREATE TABLE IF NOT EXISTS runs (
@@ -101,6 +102,7 @@ _TABLES = (
     "offsets",
     "checkpoints",
     "cosignatures",
+    "entries_record_types",  # an index added later: a ledger without it gets it on open
 )
 
 # pg_advisory_xact_lock key serialising concurrent schema creation ("tachograph" in ASCII).
@@ -627,6 +629,21 @@ class PostgresStore(LedgerStore):
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = %s "
                 f"AND idx > %s{typed} ORDER BY idx LIMIT %s",
                 (workspace, after, *([] if record_type is None else [record_type]), limit),
+            )
+        ]
+
+    def records_of_types(
+        self, workspace: str, record_types: Sequence[str], after: int = -1, limit: int = 1000
+    ) -> list[EntryRow]:
+        if not record_types:
+            return []
+        marks = ", ".join("%s" for _ in record_types)
+        return [
+            _entry(r)
+            for r in self._fetch(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = %s "
+                f"AND type IN ({marks}) AND idx > %s ORDER BY idx LIMIT %s",
+                (workspace, *record_types, after, limit),
             )
         ]
 

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE UNIQUE INDEX IF NOT EXISTS entries_run_seq ON entries (workspace, run_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS entries_event_id ON entries (workspace, event_id);
 CREATE INDEX IF NOT EXISTS entries_records ON entries (workspace, idx) WHERE kind = 'record';
+CREATE INDEX IF NOT EXISTS entries_record_types ON entries (workspace, type, idx) WHERE kind = 'record';
 CREATE TABLE IF NOT EXISTS nodes (
   level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
   PRIMARY KEY (level, idx)) WITHOUT ROWID;
@@ -549,6 +550,21 @@ class SQLiteStore(LedgerStore):
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = ? "
                 f"AND idx > ?{typed} ORDER BY idx LIMIT ?",
                 (workspace, after, *([] if record_type is None else [record_type]), limit),
+            )
+        ]
+
+    def records_of_types(
+        self, workspace: str, record_types: Sequence[str], after: int = -1, limit: int = 1000
+    ) -> list[EntryRow]:
+        if not record_types:
+            return []
+        marks = ", ".join("?" for _ in record_types)
+        return [
+            _entry(r)
+            for r in self._reader().execute(
+                f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = ? "
+                f"AND type IN ({marks}) AND idx > ? ORDER BY idx LIMIT ?",
+                (workspace, *record_types, after, limit),
             )
         ]
 

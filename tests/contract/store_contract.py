@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from domain import merkle
+from domain.canonical import loads
 from domain.checkpoint import Checkpoint
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.evidence import build_evidence, verify_evidence
@@ -674,6 +675,33 @@ class StoreContract:
         ledger.checkpoint()
         result = verify(ledger)
         assert result.ok, result.reason
+
+    def test_records_of_types_are_a_workspaces_records_of_those_types_only_after_an_index(self, store):
+        ledger = make_ledger(store=store, clock=FakeClock())
+        ledger.append(items([event("r1", 0)]))
+
+        def rec(ws: str, rtype: str, n: int = 0) -> Record:
+            return Record(rtype, ws, "2026-01-01T00:00:00Z", {"key_id": "k1"}, {"n": n})
+
+        written = ledger.append_records([
+            rec("acme", "halt.set", 0), rec("acme", "audit.read"), rec("beta", "halt.set"),
+            rec("acme", "console.action"), rec("acme", "halt.cleared", 1), rec("acme", "halt.set", 2),
+        ])
+        assert written == [1, 2, 3, 4, 5, 6]
+        halts = ("halt.set", "halt.cleared")
+        got = store.records_of_types("acme", halts)
+        assert [r.index for r in got] == [1, 5, 6]
+        assert [r.event_type for r in got] == ["halt.set", "halt.cleared", "halt.set"]
+        assert all(r.kind == "record" and r.workspace == "acme" for r in got)
+        assert [loads(r.data)["record"]["data"]["n"] for r in got] == [0, 1, 2]
+        assert [r.index for r in store.records_of_types("acme", halts, after=1)] == [5, 6]
+        assert [r.index for r in store.records_of_types("acme", halts, after=1, limit=1)] == [5]
+        assert [r.index for r in store.records_of_types("acme", ["halt.cleared"])] == [5]
+        assert [r.index for r in store.records_of_types("beta", halts)] == [3]
+        assert store.records_of_types("acme", halts, after=6) == []
+        assert store.records_of_types("gamma", halts) == []
+        assert store.records_of_types("acme", []) == []
+        assert store.records_of_types("acme", ["run.started"]) == []  # events are not records
 
     def test_a_ledger_absorbs_redelivery_and_keeps_every_event_exactly_once(self, store):
         ledger = make_ledger(store=store)

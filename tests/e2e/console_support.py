@@ -109,7 +109,7 @@ class ConsoleServer:
         out = []
         for row in self.ledger.store.records(WS, limit=10**6):
             rec = loads(row.data)["record"]
-            if rec["data"]["action"].startswith("console."):
+            if str(rec["data"].get("action", "")).startswith("console."):
                 out.append({**rec["data"], "key_id": rec["actor"]["key_id"], "type": rec["type"]})
         return out
 

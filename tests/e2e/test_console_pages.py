@@ -7,12 +7,13 @@ import re
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
-from api.console.kill_switch import is_halted
+from domain.canonical import loads
 from domain.evidence import verify_evidence
 from domain.verify import verify_log
-from ingest.errors import WorkflowHaltedError
-from ingest.halts import halt_check
+from ingest.errors import RunHaltedError
+from ingest.halts import LedgerHalts
 from ingest.sdk import Publisher
 from ingest.transport import LedgerTransport
 from tests.e2e.console_support import HOOKED_WORKFLOW, WS, shot, sign_in, text_of, wait_for
@@ -265,28 +266,35 @@ def test_an_engineer_opens_a_replay_diff_with_changed_outcomes_first(browser, co
     shot(browser, "replay")
 
 
-def test_an_admin_halts_a_workflow_and_the_sdk_check_sees_it_until_resumed(browser, console_server):
+def test_an_admin_halts_a_workflow_and_the_sdk_sees_it_until_cleared(browser, console_server):
     server = console_server
-    assert is_halted(server.data_dir, WS, HOOKED_WORKFLOW) is None
+    halts = LedgerHalts(server.ledger.store)  # an embedded agent's view: the ledger's records
+
+    def halted() -> list[tuple[str, str]]:
+        return [(h.scope, h.target) for h in halts.current(WS).halts]
+
+    assert ("workflow", HOOKED_WORKFLOW) not in halted()
     sign_in(browser, server, "admin", "/console/kill-switches")
     row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
     row.find_element(By.CLASS_NAME, "reason").send_keys("refunds misfiring, investigating")
     row.find_element(By.CSS_SELECTOR, "button.reject").click()
-    text_of(browser, "flash", f"{HOOKED_WORKFLOW} halted")
-    state = is_halted(server.data_dir, WS, HOOKED_WORKFLOW)
+    text_of(browser, "flash", f"workflow {HOOKED_WORKFLOW} halted")
+    state = halts.current(WS).get("workflow", HOOKED_WORKFLOW)
     assert state is not None and state.by == server.identity("admin")
     assert state.reason == "refunds misfiring, investigating" and "halted by its kill switch" in state.refusal()
-    assert is_halted(server.data_dir, "other-ws", HOOKED_WORKFLOW) is None
-    recorded = [a for a in server.console_actions() if a["action"] == "console.kill_switch.halt"]
-    assert recorded and recorded[-1]["target"] == {"workflow": HOOKED_WORKFLOW, "by": server.identity("admin"),
-                                                   "reason": "refunds misfiring, investigating"}
+    assert halts.current("other-ws").halts == ()
+    record = loads(next(r for r in server.ledger.store.records(WS, limit=10**6) if r.index == state.index).data)
+    assert record["record"]["type"] == "halt.set" and record["record"]["data"] == {
+        "scope": "workflow", "target": HOOKED_WORKFLOW, "reason": "refunds misfiring, investigating",
+        "via": "console"}
+    assert browser.find_element(By.ID, f"halt-workflow-{HOOKED_WORKFLOW}")  # listed in force
     shot(browser, "kill-switches")
 
-    # an agent service's SDK, checking the switches of the same data dir, refuses a new run
+    # an agent service's SDK (embedded: reading the same ledger) refuses a new run
     publisher = Publisher(LedgerTransport(server.ledger), workspace=WS, agent_id="billing-agent",
-                          agent_version="3.1.0", halt_check=halt_check(server.data_dir))
+                          agent_version="3.1.0", halts=halts)
     started = []
-    with pytest.raises(WorkflowHaltedError) as info, publisher.run(HOOKED_WORKFLOW, run_id="halted-run-1"):
+    with pytest.raises(RunHaltedError) as info, publisher.run(HOOKED_WORKFLOW, run_id="halted-run-1"):
         started.append(True)
     assert not started and info.value.halt.by == server.identity("admin")
     refused = server.events("halted-run-1")
@@ -294,16 +302,42 @@ def test_an_admin_halts_a_workflow_and_the_sdk_check_sees_it_until_resumed(brows
     assert refused[1]["data"]["outcome"] == "cancelled"
     assert server.identity("admin") in refused[1]["data"]["error"]
     assert "refunds misfiring, investigating" in refused[1]["data"]["error"] and state.at in refused[1]["data"]["error"]
+    assert refused[1]["data"]["result"]["kill_switch"]["ledger_index"] == state.index
     with publisher.run("ticket-triage", run_id="not-halted-1"):
         pass  # other workflows still run
     assert server.events("not-halted-1")[-1]["data"] == {"outcome": "succeeded"}
     row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
     row.find_element(By.CLASS_NAME, "reason").send_keys("fixed")
     row.find_element(By.CSS_SELECTOR, "button.approve").click()
-    text_of(browser, "flash", f"{HOOKED_WORKFLOW} resumed")
-    assert is_halted(server.data_dir, WS, HOOKED_WORKFLOW) is None
+    text_of(browser, "flash", f"workflow {HOOKED_WORKFLOW} cleared")
+    assert ("workflow", HOOKED_WORKFLOW) not in halted()
     with publisher.run(HOOKED_WORKFLOW, run_id="resumed-run-1"):
         pass
     assert server.events("resumed-run-1")[-1]["data"] == {"outcome": "succeeded"}
     history = browser.find_element(By.ID, "switch-history").text
-    assert "halt" in history and "resume" in history
+    assert "halt" in history and "clear" in history and "console" in history
+
+
+def test_an_approver_halts_any_scope_from_the_form_and_an_engineer_may_only_look(browser, console_server):
+    server = console_server
+    halts = LedgerHalts(server.ledger.store)
+    sign_in(browser, server, "approver", "/console/kill-switches")
+    Select(browser.find_element(By.ID, "halt-scope")).select_by_value("agent")
+    browser.find_element(By.ID, "halt-target").send_keys("billing/../agent")
+    browser.find_element(By.ID, "halt-reason").send_keys("loops on refunds")
+    browser.find_element(By.ID, "halt-submit").click()
+    text_of(browser, "flash", "agent billing/../agent halted")
+    assert ("agent", "billing/../agent") in [(h.scope, h.target) for h in halts.current(WS).halts]
+    Select(browser.find_element(By.ID, "halt-scope")).select_by_value("run")
+    browser.find_element(By.ID, "halt-target").send_keys("not a run id")
+    browser.find_element(By.ID, "halt-reason").send_keys("x")
+    browser.find_element(By.ID, "halt-submit").click()
+    text_of(browser, "flash", "is not a run id")
+    row = browser.find_element(By.ID, "halt-agent-billing/../agent")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    text_of(browser, "flash", "agent billing/../agent cleared")
+    assert all(h.scope != "agent" for h in halts.current(WS).halts)
+    browser.delete_all_cookies()
+    sign_in(browser, server, "engineer", "/console/kill-switches")
+    assert not browser.find_elements(By.ID, "halt-form")
+    assert "needs the approver or admin role" in browser.find_element(By.TAG_NAME, "main").text

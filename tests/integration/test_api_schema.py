@@ -25,6 +25,8 @@ def _role_for(path: str) -> str:
         return "admin"
     if path.startswith("/v1/replays"):
         return "engineer"
+    if path.startswith("/v1/halts"):
+        return "admin"
     return "auditor"
 
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from api.bootstrap import build_ledger
 from api.console.board import Board
 from api.console.demo import CONSOLE_URL, PEOPLE, run_console_demo
-from api.console.kill_switch import KillSwitches, switches_path
-from api.keys_store import KeyStore
+from api.halts import HaltService
+from api.keys_store import ApiKey, KeyStore
 from api.settings import Settings
 from domain.canonical import loads
 from tests.factories import FakeClock, verify_ledger
@@ -73,9 +73,8 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
 def test_the_console_stage_obeys_a_halted_workflow_and_records_the_refused_runs(tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
     ledger = build_ledger(settings)
-    switches = KillSwitches(switches_path(settings.data_dir), FakeClock())
-    switches.flip("demo", "billing-ops", True, "Ari Admin (apikey:x)", "investigating")
-    switches.close()
+    admin = ApiKey("0f2ce1b41813", "demo", "admin", "2026-01-01T00:00:00Z", None, None, "Ari Admin")
+    HaltService(ledger, FakeClock()).set(admin, "workflow", "billing-ops", "investigating")
     out, buf = _out()
     demo = run_console_demo(settings, ledger, out)
     assert len(demo.halted) == 4 and not demo.pending and not demo.open_runs
