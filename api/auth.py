@@ -23,6 +23,7 @@ class Capability(StrEnum):
     APPROVE = "approve"
     REVERT = "revert"
     HALT = "halt"
+    WEBHOOK_STATUS = "webhook_status"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
@@ -35,11 +36,12 @@ GRANTS: dict[str, frozenset[Capability]] = {
             Capability.READ_LOG,
             Capability.QUARANTINE,
             Capability.EXPORT,
+            Capability.WEBHOOK_STATUS,
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT, Capability.HALT}),
-    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY, Capability.WEBHOOK_STATUS}),
     "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY}),
 }
 
