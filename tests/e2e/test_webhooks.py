@@ -130,7 +130,7 @@ def failed_run(run_id: str, workspace: str = "acme") -> list[dict[str, Any]]:
         event(run_id, 0, workspace=workspace),
         event(run_id, 1, "approval.requested",
               {"approval_id": f"{run_id}-a1", "summary": "refund 120 EUR", "risk": "high"}, workspace=workspace),
-        event(run_id, 2, "budget.exceeded", {"limit": "cost_usd", "limit_value": "0.50", "observed": "0.61"},
+        event(run_id, 2, "budget.exceeded", {"limit": "cost_usd", "limit_value": 0.5, "observed": 0.61},
               workspace=workspace),
         event(run_id, 3, "run.completed", {"outcome": "failed", "error": "budget"}, workspace=workspace),
     ]
@@ -153,7 +153,7 @@ def test_signed_notifications_reach_a_receiver_in_another_process_through_retrie
                                                                "run.failed"]
     seen = receiver.log("flaky")
     assert all(r["verified"] for r in seen), [r["reason"] for r in seen]
-    assert len(seen) == 9 and sorted(r["attempt"] for r in seen) == ["1", "2", "3"] * 3
+    assert len(seen) == 9 and sorted(r["attempt"] for r in seen) == ["1"] * 3 + ["2"] * 3 + ["3"] * 3
     requested = next(r["body"] for r in got.values() if r["body"]["kind"] == "approval.requested")
     assert requested["workspace"] == "acme" and requested["run_id"] == "r1"
     assert requested["data"] == {"approval_id": "r1-a1", "summary": "refund 120 EUR", "risk": "high"}

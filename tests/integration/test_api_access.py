@@ -33,6 +33,8 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("GET", "/v1/replays", Capability.REPLAY, None),
     ("GET", "/v1/replays/{replay}", Capability.REPLAY, None),
     ("GET", "/v1/keys", Capability.KEYS, None),
+    ("GET", "/v1/webhooks", Capability.WEBHOOK_STATUS, None),
+    ("POST", "/v1/webhooks", Capability.KEYS, b'{"url": "https://hooks.example.com/tacho"}'),
 ]
 
 
