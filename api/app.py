@@ -27,9 +27,11 @@ from api.metrics import Metrics
 from api.replay_jobs import ReplayJobs
 from api.routes import analytics, audit, halts, ingest, log, ops, replays
 from api.routes import keys as key_routes
+from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
 from api.run_index import RunIndex
 from api.settings import Settings
+from api.webhooks_dispatch import Webhooks
 from domain.errors import (
     BackpressureError,
     ContractError,
@@ -174,7 +176,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.witnesses = witness_pusher(services.settings, services.ledger)
     if services.witnesses is not None:
         services.witnesses.start()
+    app.state.webhooks.start()  # delivers only under `tacho serve` (docs/webhooks.md)
     yield
+    await run_in_threadpool(app.state.webhooks.stop)
     if keeper is not None:
         await run_in_threadpool(keeper.stop)
         await run_in_threadpool(services.ledger.checkpoint)  # the tail, signed before exit
@@ -225,10 +229,12 @@ def create_app(
     )
     app.state.services = services
     app.state.housekeeper = Housekeeper(ledger) if housekeeping else None
+    app.state.webhooks = Webhooks(settings, ledger.store, clock, dispatch=housekeeping)
     _install_errors(app)
     _install_metrics(app, services.metrics)
     for module in (ingest, audit, log, analytics, replays, halts, key_routes, ops):
         app.include_router(module.router)
+    app.include_router(webhook_routes.router)
     _install_docs(app)
     from api.console import mount_console  # the operator console (issue 7)
 

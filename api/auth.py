@@ -24,6 +24,7 @@ class Capability(StrEnum):
     REVERT = "revert"
     HALT = "halt"
     READ_HALTS = "read_halts"
+    WEBHOOK_STATUS = "webhook_status"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
@@ -36,12 +37,14 @@ GRANTS: dict[str, frozenset[Capability]] = {
             Capability.READ_LOG,
             Capability.QUARANTINE,
             Capability.EXPORT,
+            Capability.WEBHOOK_STATUS,
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT,
                            Capability.READ_HALTS}),
-    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.READ_HALTS, Capability.REPLAY}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.READ_HALTS, Capability.REPLAY,
+                        Capability.WEBHOOK_STATUS}),
     "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY,
                            Capability.HALT, Capability.READ_HALTS}),
 }

@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     witness_wait_s: float = Field(
         10.0, ge=0, description="`tacho import`/`checkpoint`: how long to wait for the witnesses' answers"
     )
+    webhook_max_endpoints: int = Field(10, ge=1, le=1000, description="webhook endpoints per workspace")
+    webhook_max_attempts: int = Field(12, ge=1, le=100, description="webhook: attempts before a delivery fails")
+    webhook_backoff_s: float = Field(10.0, gt=0, description="webhook: wait before the first retry (doubles)")
+    webhook_backoff_max_s: float = Field(3600.0, gt=0, description="webhook: longest wait between retries")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="webhook: HTTP timeout of each phase")
+    webhook_workers: int = Field(16, ge=1, le=256, description="webhook: endpoints sent to at once")
+    webhook_allow_private: bool = Field(
+        False, description="webhook: allow endpoints on loopback, private and link-local addresses"
+    )
 
     def witness_list(self) -> list[WitnessConfig]:
         """``witnesses`` parsed (ConfigError naming a bad entry)."""

@@ -36,6 +36,8 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("GET", "/v1/halts", Capability.READ_HALTS, None),
     ("PUT", "/v1/halts/workflow/access-check", Capability.HALT, b'{"reason": "access check"}'),
     ("DELETE", "/v1/halts/workflow/access-check", Capability.HALT, None),
+    ("GET", "/v1/webhooks", Capability.WEBHOOK_STATUS, None),
+    ("POST", "/v1/webhooks", Capability.KEYS, b'{"url": "https://hooks.example.com/tacho"}'),
 ]
 
 

@@ -21,7 +21,7 @@ def _role_for(path: str) -> str:
         return "publisher"
     if path.startswith("/v1/analytics"):
         return "analyst"
-    if path.startswith("/v1/keys"):
+    if path.startswith(("/v1/keys", "/v1/webhooks")):
         return "admin"
     if path.startswith("/v1/replays"):
         return "engineer"
@@ -31,9 +31,10 @@ def _role_for(path: str) -> str:
 
 
 def _config_exclusions(path: str) -> list:  # type: ignore[type-arg]
-    """Schema-valid yet refused by configuration: ``by`` dimensions depend on the report, and a
-    replay's agent must be on the server's allow-list (its model, prompts and runs must exist)."""
-    configured = path.startswith(("/v1/analytics", "/v1/replays"))
+    """Schema-valid yet refused by configuration: ``by`` dimensions depend on the report, a
+    replay's agent must be on the server's allow-list (its model, prompts and runs must exist), and
+    a webhook URL must name a public http(s) host (and a workspace holds at most 10)."""
+    configured = path.startswith(("/v1/analytics", "/v1/replays", "/v1/webhooks"))
     return [schemathesis.checks.positive_data_acceptance] if configured else []
 
 
