@@ -103,8 +103,10 @@ _SET: dict[str, Any] = {
     "description": "Roles approver, admin. Running agents stop at their next step (they see the "
     "halt within about a second); new runs are refused. Recorded as a `halt.set` platform record. "
     "201 when set; 200 with `changed: false` when that target was halted already (nothing "
-    "written, the first halt stays). " + SCOPE_DOC,
-    "responses": {201: {"model": HaltChanged, "description": "halted"}, **errors(400, 401, 403, 422, 503)},
+    "written, the first halt stays). A target holding a line break matches no route: 404. "
+    + SCOPE_DOC,
+    "responses": {201: {"model": HaltChanged, "description": "halted"},
+                  **errors(400, 401, 403, 404, 422, 503)},
 }
 _CLEAR: dict[str, Any] = {
     "response_model": HaltChanged,
