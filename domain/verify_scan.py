@@ -11,12 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
 from domain import merkle
+from domain.approvals import APPROVAL_DECISION
+from domain.events import EVENT_TYPES
 from domain.records import RECORD_KIND, record_shape_error
 
 Node = tuple[int, int]  # (level, index)
@@ -46,6 +48,8 @@ class ChunkScan:
     runs: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)
     event_ids: list[str | None] = field(default_factory=list)  # "workspace\nevent_id" per entry
     rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # (position, "decided" | "decision", workspace, approval_id, run_id, decision, by), in order
+    approvals: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def frontier_nodes(start: int, size: int, hashes: Sequence[bytes]) -> dict[Node, bytes]:
@@ -88,6 +92,12 @@ def scan_chunk(
     return scan
 
 
+SLOW_TYPES = ("approval.decided",)
+"""Event types the fast path refuses (their type is not in ``_FastType``), so that ``_general``
+sees them whole: the parent checks each against the decision records. Other events pay nothing."""
+_FastType: Any = Literal[tuple(t for t in EVENT_TYPES if t not in SLOW_TYPES)]
+
+
 class _Event(msgspec.Struct):
     """The envelope fields the scan checks; the event's other members are parsed and skipped."""
 
@@ -95,7 +105,7 @@ class _Event(msgspec.Struct):
     run_id: str
     seq: int
     time: str
-    type: str
+    type: _FastType
     workspace: str
 
 
@@ -225,7 +235,10 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
     if kind == RECORD_KIND:  # a platform record: shape only, it is in no run
         error = record_shape_error(d)
         if error is None:
-            scan.event_ids.append(f"{d['record']['workspace']}\n{d['record']['record_id']}")
+            rec = d["record"]
+            scan.event_ids.append(f"{rec['workspace']}\n{rec['record_id']}")
+            if rec["type"] == APPROVAL_DECISION:
+                _note_approval(scan, position, "decision", rec["workspace"], rec["data"])
         return error
     if kind != "event":
         return f"unknown entry kind {kind!r}"
@@ -250,7 +263,17 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
         span[LAST_LEAF] = leaf.hex()
         span[LAST_SEQ] = seq
     scan.event_ids.append(f"{key[0]}\n{ev['event_id']}")
+    if ev.get("type") in SLOW_TYPES:
+        data = ev.get("data")
+        _note_approval(scan, position, "decided", key[0], {**(data if isinstance(data, dict) else {}),
+                                                           "run_id": key[1]})
     return None
+
+
+def _note_approval(scan: ChunkScan, position: int, what: str, workspace: str, data: dict[str, Any]) -> None:
+    """Keep an ``approval.decided`` event or ``approval.decision`` record for the parent to match."""
+    scan.approvals.append((position, what, workspace, *(data.get(k) for k in ("approval_id", "run_id",
+                                                                               "decision", "by"))))
 
 
 def _event_columns(d: dict[str, Any]) -> tuple[Any, ...]:
