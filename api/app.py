@@ -24,11 +24,12 @@ from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.replay_jobs import ReplayJobs
-from api.routes import analytics, audit, ingest, log, ops, replays
+from api.routes import analytics, approvals, audit, ingest, log, ops, replays
 from api.routes import keys as key_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
 from api.run_index import RunIndex
 from api.settings import Settings
+from domain.approvals import ApprovalConflict
 from domain.errors import (
     BackpressureError,
     ContractError,
@@ -54,6 +55,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (KeyRequestError, 422),
     (BadParameter, 422),
     (RunRuleError, 409),
+    (ApprovalConflict, 409),
     (ProofError, 400),
     (BackpressureError, 503),
     (AuditTrailError, 503),
@@ -225,7 +227,7 @@ def create_app(
     app.state.housekeeper = Housekeeper(ledger) if housekeeping else None
     _install_errors(app)
     _install_metrics(app, services.metrics)
-    for module in (ingest, audit, log, analytics, replays, key_routes, ops):
+    for module in (ingest, audit, approvals, log, analytics, replays, key_routes, ops):
         app.include_router(module.router)
     _install_docs(app)
     from api.console import mount_console  # the operator console (issue 7)

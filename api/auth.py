@@ -21,12 +21,14 @@ class Capability(StrEnum):
     REPLAY = "replay"
     KEYS = "keys"
     APPROVE = "approve"
+    APPROVAL_QUEUE = "approval_queue"
+    APPROVAL_STATUS = "approval_status"
     REVERT = "revert"
     HALT = "halt"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
-    "publisher": frozenset({Capability.INGEST}),
+    "publisher": frozenset({Capability.INGEST, Capability.APPROVAL_STATUS}),
     "auditor": frozenset(
         {
             Capability.READ_HISTORY,
@@ -35,17 +37,33 @@ GRANTS: dict[str, frozenset[Capability]] = {
             Capability.READ_LOG,
             Capability.QUARANTINE,
             Capability.EXPORT,
+            Capability.APPROVAL_QUEUE,
+            Capability.APPROVAL_STATUS,
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT, Capability.HALT}),
-    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY}),
-    "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY}),
+    "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.REPLAY, Capability.APPROVAL_QUEUE,
+                        Capability.APPROVAL_STATUS}),
+    "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY,
+                           Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS}),
 }
 
 
 CONSOLE_ONLY_ROLES = frozenset({"approver"})
-"""Roles whose grants hold in the console only: every API endpoint refuses their keys (403)."""
+"""Roles whose grants hold in the console only, but for ``API_GRANTS_OF_CONSOLE_ROLES``: every
+other API endpoint refuses their keys (403)."""
+API_GRANTS_OF_CONSOLE_ROLES: dict[str, frozenset[Capability]] = {
+    "approver": frozenset({Capability.APPROVE, Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS}),
+}
+"""What a console role may do over the API too: the approvals API (the console uses it as well)."""
+
+
+def api_may(role: str, capability: Capability) -> bool:
+    """Whether a key of ``role`` may use ``capability`` over the API."""
+    if role in CONSOLE_ONLY_ROLES and capability not in API_GRANTS_OF_CONSOLE_ROLES.get(role, frozenset()):
+        return False
+    return capability in GRANTS.get(role, frozenset())
 
 
 class ForbiddenError(TachographError):
@@ -67,11 +85,11 @@ def check(role: str, capability: Capability) -> None:
 
 
 def check_api(role: str, capability: Capability) -> None:
-    """``check`` for an API request: console-only roles are refused whatever they hold."""
-    if role in CONSOLE_ONLY_ROLES:
+    """``check`` for an API request: console-only roles are refused beyond their API grants."""
+    if role in CONSOLE_ONLY_ROLES and capability not in API_GRANTS_OF_CONSOLE_ROLES.get(role, frozenset()):
         raise ForbiddenError(
             f"role {role!r} is for the console only: sign in at /console; "
             f"over the API it may do nothing ({capability.value.replace('_', ' ')} needs one of: "
-            f"{', '.join(r for r in roles_with(capability) if r not in CONSOLE_ONLY_ROLES)})"
+            f"{', '.join(r for r in roles_with(capability) if api_may(r, capability))})"
         )
     check(role, capability)

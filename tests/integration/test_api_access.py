@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.auth import CONSOLE_ONLY_ROLES, GRANTS, Capability
+from api.auth import Capability, api_may
 from api.keys_store import ROLES
 from domain.canonical import dumps
+from tests.factories import event
 from tests.integration.api_support import Api, api, publish, workload
 
 __all__ = ["api"]
@@ -33,6 +34,10 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("GET", "/v1/replays", Capability.REPLAY, None),
     ("GET", "/v1/replays/{replay}", Capability.REPLAY, None),
     ("GET", "/v1/keys", Capability.KEYS, None),
+    ("GET", "/v1/approvals", Capability.APPROVAL_QUEUE, None),
+    ("GET", "/v1/approvals/ap%2F1", Capability.APPROVAL_STATUS, None),
+    ("GET", "/v1/approvals/ap%2F1?wait=0.1", Capability.APPROVAL_STATUS, None),
+    ("POST", "/v1/approvals/ap%2F1/decision", Capability.APPROVE, b'{"decision": "approved"}'),
 ]
 
 
@@ -40,6 +45,9 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
 def seeded(api: Api) -> tuple[Api, str]:
     events = workload(runs=3)
     publish(api, events)
+    publish(api, [event("waits-1", 0, workspace="acme"),
+                  event("waits-1", 1, "approval.requested", {"approval_id": "ap/1", "summary": "s", "risk": "low"},
+                        workspace="acme")])
     api.ledger.checkpoint(force=True)
     return api, events[0]["run_id"]
 
@@ -71,7 +79,7 @@ def test_every_endpoint_answers_each_role_by_its_grants(seeded: tuple[Api, str])
         for role in ROLES:
             status = _call(a, method, url, content, a.auth(role))
             table[(url, role)] = status
-            if cap in GRANTS[role] and role not in CONSOLE_ONLY_ROLES:
+            if api_may(role, cap):
                 # granted: never refused; analytics/export answer 503 until `tacho project` ran
                 assert status in (200, 201, 202, 503), (url, role, status)
             else:
@@ -79,7 +87,9 @@ def test_every_endpoint_answers_each_role_by_its_grants(seeded: tuple[Api, str])
     assert table[("/v1/runs", "auditor")] == 200
     assert table[("/v1/replays", "engineer")] == 200
     assert table[("/v1/replays", "admin")] == 200  # as docs/api.md and the OpenAPI say (issue 13)
-    assert table[("/v1/runs", "approver")] == 403  # approver: console only (issue 13)
+    assert table[("/v1/runs", "approver")] == 403  # approver: console only (issue 13)...
+    assert table[("/v1/approvals", "approver")] == 200  # ...but for the approvals API (issue 14)
+    assert table[("/v1/approvals/ap%2F1", "publisher")] == 200  # agents wait on their approvals
     assert table[("/v1/replays", "auditor")] == 403
 
 
