@@ -170,3 +170,20 @@ def test_the_scan_hands_the_parent_only_approval_decided_events_and_decision_rec
     assert scan.error is None and scan.count == len(rows) == 5
     assert scan.approvals == [(3, "decision", "acme", "a", "r1", "approved", "pat"),
                               (4, "decided", "acme", "a", "r1", "approved", "pat")]
+
+
+def test_only_approval_events_read_the_approvals_index_when_appended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.stores.memory import MemoryTx
+
+    reads: list[Any] = []
+    real = MemoryTx.approvals
+    monkeypatch.setattr(MemoryTx, "approvals", lambda self, keys: reads.append(keys) or real(self, keys))
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    tool = {"call_id": "t", "tool": "x", "args": {}, "status": "ok", "latency_ms": 1, "side_effect": "none"}
+    plain = [event("r1", 0, "run.started", START), *(event("r1", n, "tool.called", tool) for n in range(1, 50)),
+             event("r1", 50, "run.completed", {"outcome": "succeeded"})]
+    assert ledger.append(items(plain)).accepted == 51
+    assert reads == []  # a run without approvals never touches the index
+    ledger.append(items([event("r2", 0, "run.started", START), requested("r2", 1, "a"),
+                         event("r2", 2, "tool.called", tool)]))
+    assert reads == [[("acme", "a")]]
