@@ -194,9 +194,7 @@ def scan_entries(
                     event_ids.append(f"{ev.workspace}\n{ev.event_id}")
                 position += 1
                 continue
-        error = _general(scan, position, data, leaf)
-        if error is None and row is not None:
-            error = column_error(row, data, leaf)
+        error = _general(scan, position, data, leaf, row)
         if error is not None:
             scan.error = (position, error)
             break
@@ -208,14 +206,23 @@ def scan_entries(
     return scan
 
 
-def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | None:
-    """Check one entry of any kind (``leaf`` is its hash) by parsing all of it; None or why it fails."""
+def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes, row: StoredRow | None = None) -> str | None:
+    """Check one entry of any kind (``leaf`` is its hash) by parsing all of it, and its stored
+    row's columns when given (from the same parse); None or why it fails."""
     if not isinstance(data, bytes):
         return f"stored entry is {type(data).__name__}, not bytes"
     try:
         d = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         return f"entry bytes are not valid JSON ({e})"
+    error = _check_parsed(scan, position, d, leaf)
+    if error is None and row is not None:
+        error = column_error(row, data, leaf, d)
+    return error
+
+
+def _check_parsed(scan: ChunkScan, position: int, d: Any, leaf: bytes) -> str | None:
+    """``_general``'s checks of an entry parsed as JSON (``d``)."""
     if not isinstance(d, dict) or type(d.get("index")) is not int or d["index"] != position:
         got = d.get("index") if isinstance(d, dict) else "?"
         return (
@@ -297,17 +304,18 @@ event_time) as its bytes say them (a record: its workspace, record_id, type and 
 kind has all six NULL."""
 
 
-def expected_columns(data: bytes, leaf: bytes) -> tuple[Any, ...]:
-    """The stored row an entry's bytes call for (``StoredRow`` order; ``data`` parses as JSON)."""
-    d = orjson.loads(data)
+def expected_columns(data: bytes, leaf: bytes, parsed: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The stored row an entry's bytes call for (``StoredRow`` order; ``data`` parses as JSON,
+    to ``parsed`` when the caller has it)."""
+    d = orjson.loads(data) if parsed is None else parsed
     kind = d.get("kind")
     of_kind = COLUMNS_OF_KIND.get(kind) if isinstance(kind, str) else None
     return (data, kind, *(of_kind(d) if of_kind else (None,) * 6), leaf)
 
 
-def column_error(row: StoredRow, data: bytes, leaf: bytes) -> str | None:
+def column_error(row: StoredRow, data: bytes, leaf: bytes, parsed: dict[str, Any] | None = None) -> str | None:
     """Why a stored row's index columns disagree with its entry's bytes, or None."""
-    expected = expected_columns(data, leaf)
+    expected = expected_columns(data, leaf, parsed)
     for name, got, want in zip(("data", *COLUMN_NAMES), row, expected, strict=True):
         if got != want or type(got) is not type(want):
             if name == "leaf_hash":
