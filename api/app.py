@@ -25,13 +25,14 @@ from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.replay_jobs import ReplayJobs
-from api.routes import analytics, audit, halts, ingest, log, ops, replays
+from api.routes import analytics, approvals, audit, halts, ingest, log, ops, replays
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
 from api.run_index import RunIndex
 from api.settings import Settings
 from api.webhooks_dispatch import Webhooks
+from domain.approvals import ApprovalConflict
 from domain.errors import (
     BackpressureError,
     ContractError,
@@ -57,6 +58,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (KeyRequestError, 422),
     (BadParameter, 422),
     (RunRuleError, 409),
+    (ApprovalConflict, 409),
     (ProofError, 400),
     (BackpressureError, 503),
     (AuditTrailError, 503),
@@ -232,7 +234,7 @@ def create_app(
     app.state.webhooks = Webhooks(settings, ledger.store, clock, dispatch=housekeeping)
     _install_errors(app)
     _install_metrics(app, services.metrics)
-    for module in (ingest, audit, log, analytics, replays, halts, key_routes, ops):
+    for module in (ingest, audit, approvals, log, analytics, replays, halts, key_routes, ops):
         app.include_router(module.router)
     app.include_router(webhook_routes.router)
     _install_docs(app)

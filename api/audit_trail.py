@@ -23,6 +23,14 @@ READ = "audit.read"
 ACTION = "console.action"
 
 
+def actor(key: ApiKey) -> dict[str, str]:
+    """Who acted, as a platform record's ``actor``: the key's id, role and name."""
+    out = {"key_id": key.id, "role": key.role}
+    if key.label:
+        out["name"] = key.label
+    return out
+
+
 class AuditTrailError(TachographError):
     """A read could not be recorded in the ledger, so it is refused (HTTP 503)."""
 

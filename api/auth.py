@@ -21,6 +21,8 @@ class Capability(StrEnum):
     REPLAY = "replay"
     KEYS = "keys"
     APPROVE = "approve"
+    APPROVAL_QUEUE = "approval_queue"
+    APPROVAL_STATUS = "approval_status"
     REVERT = "revert"
     HALT = "halt"
     READ_HALTS = "read_halts"
@@ -28,7 +30,7 @@ class Capability(StrEnum):
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
-    "publisher": frozenset({Capability.INGEST, Capability.READ_HALTS}),
+    "publisher": frozenset({Capability.INGEST, Capability.READ_HALTS, Capability.APPROVAL_STATUS}),
     "auditor": frozenset(
         {
             Capability.READ_HISTORY,
@@ -38,25 +40,37 @@ GRANTS: dict[str, frozenset[Capability]] = {
             Capability.QUARANTINE,
             Capability.EXPORT,
             Capability.WEBHOOK_STATUS,
+            Capability.APPROVAL_QUEUE,
+            Capability.APPROVAL_STATUS,
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT,
                            Capability.READ_HALTS}),
     "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.READ_HALTS, Capability.REPLAY,
-                        Capability.WEBHOOK_STATUS}),
+                        Capability.WEBHOOK_STATUS, Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS}),
     "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY,
-                           Capability.HALT, Capability.READ_HALTS}),
+                           Capability.HALT, Capability.READ_HALTS, Capability.APPROVAL_QUEUE,
+                           Capability.APPROVAL_STATUS}),
 }
 
 
 CONSOLE_ONLY_ROLES = frozenset({"approver"})
-"""Roles whose grants hold in the console only, but for ``OPEN_TO_CONSOLE_ONLY_ROLES``: every
+"""Roles whose grants hold in the console only, but for ``API_GRANTS_OF_CONSOLE_ROLES``: every
 other API endpoint refuses their keys (403)."""
+API_GRANTS_OF_CONSOLE_ROLES: dict[str, frozenset[Capability]] = {
+    "approver": frozenset({Capability.APPROVE, Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS,
+                           Capability.HALT, Capability.READ_HALTS}),
+}
+"""What a console role may do over the API too: the approvals API (the console uses it as well)
+and the kill switches, so a person can stop agents from a script or a pager as well."""
 
-OPEN_TO_CONSOLE_ONLY_ROLES = frozenset({Capability.HALT, Capability.READ_HALTS})
-"""What a console-only role may still do over the API: the kill switches (issue 14), so a
-person can stop agents from a script or a pager as well as from the console."""
+
+def api_may(role: str, capability: Capability) -> bool:
+    """Whether a key of ``role`` may use ``capability`` over the API."""
+    if role in CONSOLE_ONLY_ROLES and capability not in API_GRANTS_OF_CONSOLE_ROLES.get(role, frozenset()):
+        return False
+    return capability in GRANTS.get(role, frozenset())
 
 
 class ForbiddenError(TachographError):
@@ -77,19 +91,12 @@ def check(role: str, capability: Capability) -> None:
         )
 
 
-def may_use_api(role: str, capability: Capability) -> bool:
-    """Whether an API key of ``role`` may do ``capability`` (what ``check_api`` allows)."""
-    return capability in GRANTS.get(role, frozenset()) and (
-        role not in CONSOLE_ONLY_ROLES or capability in OPEN_TO_CONSOLE_ONLY_ROLES)
-
-
 def check_api(role: str, capability: Capability) -> None:
-    """``check`` for an API request: console-only roles are refused whatever they hold, but for
-    ``OPEN_TO_CONSOLE_ONLY_ROLES``."""
-    if role in CONSOLE_ONLY_ROLES and capability not in OPEN_TO_CONSOLE_ONLY_ROLES:
+    """``check`` for an API request: console-only roles are refused beyond their API grants."""
+    if role in CONSOLE_ONLY_ROLES and capability not in API_GRANTS_OF_CONSOLE_ROLES.get(role, frozenset()):
         raise ForbiddenError(
             f"role {role!r} is for the console only: sign in at /console; "
             f"over the API it may do nothing ({capability.value.replace('_', ' ')} needs one of: "
-            f"{', '.join(r for r in roles_with(capability) if r not in CONSOLE_ONLY_ROLES)})"
+            f"{', '.join(r for r in roles_with(capability) if api_may(r, capability))})"
         )
     check(role, capability)

@@ -108,6 +108,7 @@ def build_ledger(settings: Settings, store: LedgerStore | None = None) -> Ledger
         max_held_per_workspace=settings.max_held_per_workspace,
         quarantine_bytes_per_workspace=settings.quarantine_bytes_per_workspace,
         quarantine_bytes_unattributed=settings.quarantine_bytes_unattributed,
+        approval_decisions=settings.approval_decisions,
     )
     return Ledger(store, signer, config, clock=time.time)
 

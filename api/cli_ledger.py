@@ -20,6 +20,7 @@ from api.output import console, err_console, print_json
 from api.settings import Settings
 from api.witness_check import verify_witnesses
 from domain import merkle
+from domain.approvals import DECISIONS_FROM, required_from
 from domain.canonical import dumps
 from domain.errors import ConfigError, NotFoundError
 from domain.events import json_schema
@@ -145,6 +146,7 @@ def verify_store(
         allow_unsigned_tail=allow_unsigned_tail,
         workers=min(os.cpu_count() or 1, 4) if parallel else 1,
         progress=progress,
+        approvals_from=required_from(store.get_meta(DECISIONS_FROM)),
     )
 
 

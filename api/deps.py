@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.approvals import ApprovalSignals
 from api.audit_trail import AuditTrail
 from api.auth import Capability, check_api
 from api.halts import HaltService
@@ -50,6 +51,7 @@ class Services:
     verify_cache: dict[str, Any] = field(default_factory=dict)
     verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time
     witnesses: WitnessPusher | None = None  # started by the app's lifespan (TACHO_WITNESSES)
+    approval_signals: ApprovalSignals = field(default_factory=ApprovalSignals)
 
 
 def get_services(request: Request) -> Services:
@@ -113,3 +115,6 @@ Analyst = Annotated[ApiKey, require(Capability.ANALYTICS)]
 Exporter = Annotated[ApiKey, require(Capability.EXPORT)]
 Engineer = Annotated[ApiKey, require(Capability.REPLAY)]
 Admin = Annotated[ApiKey, require(Capability.KEYS)]
+ApprovalQueueReader = Annotated[ApiKey, require(Capability.APPROVAL_QUEUE)]
+ApprovalReader = Annotated[ApiKey, require(Capability.APPROVAL_STATUS)]
+Approver = Annotated[ApiKey, require(Capability.APPROVE)]

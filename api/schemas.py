@@ -197,6 +197,9 @@ class Verification(BaseModel):
     position: int | None
     reason: str | None
     trusted_keys: list[str]
+    approvals_checked_from: int | None = Field(
+        None, description="from this ledger position on, every approval.decided was checked against "
+        "a person's recorded decision (null: this ledger does not require them)")
     checked_at: str
 
 
@@ -327,3 +330,38 @@ class ReplayList(BaseModel):
     """Replays of the key's workspace, oldest first (without their reports)."""
 
     replays: list[ReplayJobOut]
+
+
+class ApprovalOut(BaseModel):
+    """One approval request and, once made, the person's decision on it."""
+
+    approval_id: str
+    run_id: str
+    status: Literal["pending", "approved", "rejected", "expired"] = Field(
+        description="expired: its timeout_s passed, or its run ended, before anyone decided")
+    decided_by: str | None = Field(description="the person who decided (the `by` the agent must record)")
+    decided_at: str | None
+    reason: str | None
+    summary: str
+    risk: str
+    change_id: str | None
+    requested_at: str = Field(description="the time of the approval.requested event")
+    expires_at: str | None = Field(description="when it expires undecided (timeout_s after it was received)")
+    ledger_index: int = Field(description="ledger position of the approval.requested event")
+    decision_index: int | None = Field(description="ledger position of the person's approval.decision record")
+
+
+class ApprovalPage(BaseModel):
+    """A page of a workspace's approvals."""
+
+    approvals: list[ApprovalOut]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page")
+
+
+class DecisionIn(BaseModel):
+    """A person's decision on an approval."""
+
+    model_config = {"extra": "forbid"}
+
+    decision: Literal["approved", "rejected"]
+    reason: Annotated[str, Field(max_length=2000)] | None = None

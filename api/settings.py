@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
     )
     quarantine_bytes_unattributed: int = Field(
         64 * 2**20, ge=0, description="the same for items that name no workspace (e.g. not JSON)"
+    )
+    approval_decisions: Literal["agent", "person"] = Field(
+        "agent",
+        description="person: every approval.decided must repeat a person's decision made through the "
+        "platform, and approval ids are unique per workspace (permanent for the ledger once set); "
+        "agent: agents' own decisions are accepted (the SDK, replay and simulated population today)",
     )
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")

@@ -234,6 +234,14 @@ class ApprovalRequested(_Strict):
     summary: str
     risk: Literal["low", "medium", "high"]
     change_id: Name | None = None
+    timeout_s: Annotated[
+        Decimal,
+        BeforeValidator(_number),
+        Field(gt=0, le=MAX_NUMBER),
+        WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_NUMBER,
+                        "description": "seconds after the platform received the request when it "
+                        "expires undecided (absent: no timeout)"}),
+    ] | None = None
 
 
 class ApprovalDecided(_Strict):

@@ -17,6 +17,13 @@ from hashlib import sha256
 from typing import Any
 
 from domain import merkle
+from domain.approvals import (
+    APPROVAL_DECISION,
+    APPROVALS_INDEXED,
+    DECISIONS_FROM,
+    ApprovalBook,
+    index_approvals,
+)
 from domain.canonical import MAX_EVENT_BYTES, dumps, loads, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
 from domain.errors import (
@@ -62,11 +69,16 @@ class LedgerConfig:
     max_held_per_workspace: int = 1_000
     quarantine_bytes_per_workspace: int = 256 * 2**20
     quarantine_bytes_unattributed: int = 64 * 2**20
+    approval_decisions: str = "agent"
+    """``person``: from now on every ``approval.decided`` must repeat a person's decision recorded
+    by the platform, and approval ids are unique within a workspace (see ``domain/approvals.py``);
+    ``agent``: as before, until the ledger is once opened with ``person``."""
 
 
 QUARANTINE_PREVIEW_BYTES = 1024
 """Raw bytes kept of a quarantined item once its bucket is over its budget (and shown in lists)."""
 _WORKSPACE = re.compile(r"[a-z0-9-]{1,64}")
+_APPROVAL_STEPS = frozenset({"approval.requested", "approval.decided", "run.completed"})
 
 
 @dataclass(slots=True)
@@ -223,6 +235,7 @@ class _Batch:
         self.held_by_ws: dict[str, int] = {}  # per-workspace counts, read when one first holds
         self.kept_by_ws: dict[str | None, int] = {}  # quarantine bytes kept, read when first needed
         self.report = AppendReport()
+        self.approvals = ApprovalBook(tx, now)
         origin = dumps(ledger.config.origin)
         self.middle = b',"kind":"event","log":' + origin + b',"prev":'
         self.received_json = b',"received":' + dumps(self.received) + b',"source":'
@@ -422,6 +435,13 @@ class _Batch:
             state.check(ev)
         except RunRuleError as e:
             return self.quarantine_item(item, f"rule: {e}", ev)
+        step = ev["type"] in _APPROVAL_STEPS  # only approval events (and a run's end) pay
+        facts: dict[str, Any] | None = None  # the approval event's whole data
+        if step and ev["type"] != "run.completed":
+            facts = loads(canonical)["data"]
+            refusal = self.approvals.refusal(ev, facts)
+            if refusal is not None:
+                return self.quarantine_item(item, f"rule: {refusal}", ev)
         index = self.next_index
         # Same bytes as dumps({...}) with sorted keys, assembled directly: this is the hot path.
         prev = b"null" if state.last_hash is None else b'"' + state.last_hash.encode() + b'"'
@@ -460,6 +480,8 @@ class _Batch:
             )
         )
         self.report.accepted += 1
+        if step:
+            self.approvals.accepted(ev, facts, index, state)
         return Outcome("accepted", None, index, ev["event_id"], ev["run_id"])
 
     def add_system_entry(self, kind: str, body: Mapping[str, Any]) -> EntryRow:
@@ -492,6 +514,7 @@ class _Batch:
             tx.append_nodes(self.range.append_many(self.leaves))
         if self.dirty:
             tx.save_runs({k: self.states[k].to_bytes() for k in sorted(self.dirty)})
+        self.approvals.flush()
         if self.quarantine:
             tx.add_quarantine(self.quarantine)
         if self.held_new:
@@ -536,6 +559,10 @@ class Ledger:
                 raise TachographError(
                     f"store belongs to log {origin!r}, not {self.config.origin!r}"
                 )
+            if tx.meta(APPROVALS_INDEXED) is None:
+                index_approvals(self.store, tx)
+            if self.config.approval_decisions == "person" and tx.meta(DECISIONS_FROM) is None:
+                tx.set_meta(DECISIONS_FROM, str(tx.head().size))
 
     def append(
         self,
@@ -596,6 +623,8 @@ class Ledger:
             indexes = []
             for rec in records:
                 body = record_body(rec, batch.next_index)
+                if rec.type == APPROVAL_DECISION:
+                    batch.approvals.decision(rec, batch.next_index)
                 row = batch.add_system_entry(RECORD_KIND, body)
                 row.workspace, row.event_type, row.event_time = rec.workspace, rec.type, rec.time
                 row.event_id = record_id(row.index)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from domain import merkle
+from domain.approvals import ApprovalRow
 from domain.errors import NotFoundError
 
 STORED_NODE_LEVEL = 4
@@ -314,6 +315,14 @@ class LedgerTx(ABC):
     def add_checkpoint(self, row: CheckpointRow) -> None:
         """Store a signed checkpoint."""
 
+    @abstractmethod
+    def approvals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ApprovalRow]:
+        """The stored approval rows of the given (workspace, approval_id) keys that exist."""
+
+    @abstractmethod
+    def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
+        """Insert or replace approval rows (by workspace and approval_id)."""
+
 
 class LedgerStore(ABC):
     """A ledger database: transactions for writers, plain reads for everyone else."""
@@ -371,6 +380,18 @@ class LedgerStore(ABC):
         """A workspace's records of any of ``record_types`` after ledger index ``after``, oldest
         first, at most ``limit``: one indexed read (by workspace and type), however many records
         of other types the workspace has (what the current halts are folded from)."""
+
+    @abstractmethod
+    def approval(self, workspace: str, approval_id: str) -> ApprovalRow | None:
+        """One approval of a workspace, or None."""
+
+    @abstractmethod
+    def approval_page(
+        self, workspace: str, *, decided: bool, now: float, after: int = -1, limit: int = 100
+    ) -> list[ApprovalRow]:
+        """A workspace's approvals requested after ledger index ``after``, oldest request first, at
+        most ``limit``: the decided ones, or (``decided=False``) those still pending at ``now``
+        (undecided, run open, not timed out)."""
 
     def node(self, level: int, index: int) -> bytes:
         """Hash of a complete Merkle subtree (raises NotFoundError if it does not exist).

@@ -23,9 +23,11 @@ from domain.errors import TachographError
 RECORD_KIND = "record"
 RECORD_TYPES: dict[str, str] = {
     "audit.read": "a key or a signed-in person read an audit history, evidence or the audit log",
-    "console.action": "a signed-in person acted in the console (sign-in, decision, revert)",
+    "console.action": "a signed-in person acted in the console (sign-in, decision, revert, halt)",
     "halt.set": "a person halted a workspace, workflow, agent or run (its kill switch is on)",
     "halt.cleared": "a person cleared a halt (the kill switch is off again)",
+    "approval.decision": "a person approved or rejected an approval request (API or console); "
+    "the run's own approval.decided must repeat it",
 }
 RECORD_KEYS = frozenset({"type", "workspace", "time", "actor", "data", "record_id"})
 ENTRY_KEYS = frozenset({"index", "kind", "log", "received", "record"})

@@ -51,6 +51,7 @@ class VerifyResult:
     trusted_checkpoints: list[int] = field(default_factory=list)  # their sizes, all proven
     checkpoint_size: int | None = None  # the newest checkpoint proven (stored or trusted)
     witnesses: dict[str, Any] | None = None  # filled by ``tacho verify --witness``
+    approvals_checked_from: int | None = None  # approval.decided from here on repeat a person's decision
 
     def to_json(self) -> dict[str, Any]:
         """The result as the JSON printed by ``tacho verify --json``."""
@@ -86,8 +87,9 @@ def verify_log(
     trusted_checkpoints: Sequence[str | Trusted] = (),
     chunk_bits: int = 12,
     progress: Callable[[int], object] | None = None,
+    approvals_from: int | None = None,
 ) -> VerifyResult:
-    """Check every entry, run chain, Merkle root, checkpoint signature and key rotation.
+    """Check every entry, run chain, Merkle root, checkpoint signature, key rotation and approval.
 
     Args:
         entries: ``(index, stored bytes)`` in storage order, or ``(index, *StoredRow)`` from a
@@ -104,15 +106,19 @@ def verify_log(
         workers: processes scanning chunks of ``2**chunk_bits`` entries in parallel; give a
             ``RangeReader`` for a large ledger, as a plain iterable is read into memory first.
         progress: called with the number of entries verified so far after each chunk.
+        approvals_from: every ``approval.decided`` at this position or later must repeat an
+            earlier ``approval.decision`` record (same workspace, approval, run, decision and
+            person); the store keeps this position in its meta (``domain/approvals.py``).
     """
-    result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes))
+    result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes),
+                          approvals_checked_from=approvals_from)
     trusted = [t if isinstance(t, Trusted) else Trusted(t) for t in trusted_checkpoints]
     if trusted_checkpoint is not None:
         trusted.append(Trusted(trusted_checkpoint))
     try:
         _verify(
             entries, checkpoint_notes, trusted_keys, origin, trusted,
-            allow_unsigned_tail, result, chunk_bits, workers, progress,
+            allow_unsigned_tail, result, chunk_bits, workers, progress, approvals_from,
         )
     except VerificationError as e:
         result.reason = e.reason
@@ -133,6 +139,7 @@ def _verify(
     chunk_bits: int = 12,
     workers: int = 1,
     progress: Callable[[int], object] | None = None,
+    approvals_from: int | None = None,
 ) -> None:
     try:
         verifiers = [NoteVerifier.from_vkey(k) for k in trusted_keys]
@@ -201,11 +208,13 @@ def _verify(
     nodes = NodeMap()
     chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
     event_ids: set[str | None] = set()  # never holds None: it is discarded from each chunk first
+    decisions: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # (workspace, approval_id) -> (run, decision, by)
     repeated = _RepeatedIds(entries)
     ids_checked = repeated.checked
     check_sigs(0, merkle.EMPTY_ROOT)
     position = 0
-    for scan in _scans(entries, origin, sizes, chunk_bits, workers, ids_checked):
+    typed = approvals_from is not None  # approval.decided entries leave the fast path
+    for scan in _scans(entries, origin, sizes, chunk_bits, workers, ids_checked, typed):
         repeated.start()  # after the first result: the workers are forked by then
         if scan.start != position:
             raise VerificationError(
@@ -225,6 +234,8 @@ def _verify(
                 errors.append((first_position, 1, seq_gap(key[1], first_seq, expected_seq)))
         if not ids_checked:
             _check_event_ids(scan, event_ids, errors)
+        if scan.approvals:
+            _check_approvals(scan.approvals, decisions, approvals_from, errors)
         limit = min(errors)[0] if errors else scan.start + scan.count
         for pos, d in scan.rotations:
             if pos >= limit:
@@ -333,6 +344,23 @@ class _RepeatedIds:
             raise VerificationError(f"event_id {found[1]!r} appears twice", found[0])
 
 
+def _check_approvals(found: Sequence[tuple[Any, ...]], decisions: dict[tuple[Any, Any], tuple[Any, ...]],
+                     required_from: int | None, errors: list[tuple[int, int, str]]) -> None:
+    """Add an error for the first ``approval.decided`` (from ``required_from``) that repeats no
+    earlier decision record; remember the decision records."""
+    for position, what, workspace, aid, run, decision, by in found:
+        if what == "decision":
+            decisions.setdefault((workspace, aid), (run, decision, by))
+        elif required_from is not None and position >= required_from:
+            made = decisions.get((workspace, aid))
+            if made != (run, decision, by):
+                why = ("no person's decision was recorded before it" if made is None else
+                       f"the recorded decision is {made[1]} by {made[2]!r} for run {made[0]!r}")
+                errors.append((position, 2, f"approval.decided of approval {aid!r} in run {run!r} "
+                               f"({decision} by {by!r}) is not backed: {why}"))
+                return
+
+
 def _check_event_ids(scan: ChunkScan, seen_before: set[str | None], errors: list[tuple[int, int, str]]) -> None:
     """Add an error for the chunk's first event id that was seen before; remember the chunk's ids."""
     fresh = set(scan.event_ids)
@@ -394,6 +422,7 @@ def _scan_worker(
     sizes: Sequence[int],
     conn: Connection,
     ids_checked: bool = False,
+    typed: bool = False,
 ) -> None:
     """Scan the chunks at ``starts`` in order, sending each result as soon as it is done."""
     # The collector has nothing to find here (a scan builds no cycles) and would walk the
@@ -401,7 +430,7 @@ def _scan_worker(
     gc.disable()
     try:
         for start in starts:
-            conn.send(scan_range(reader, start, min(start + size, total), origin, sizes, ids_checked))
+            conn.send(scan_range(reader, start, min(start + size, total), origin, sizes, ids_checked, typed))
     except BaseException as e:
         conn.send(TachographError(f"verification worker failed: {type(e).__name__}: {e}"))
     finally:
@@ -415,6 +444,7 @@ def _scans(
     chunk_bits: int,
     workers: int,
     ids_checked: bool = False,
+    typed: bool = False,
 ) -> Iterator[ChunkScan]:
     """Scan aligned chunks in order, in this process or in ``workers`` processes.
 
@@ -427,10 +457,10 @@ def _scans(
         if isinstance(entries, RangeReaderBase):
             total = entries.size()
             for start in range(0, total, size):
-                yield scan_range(entries, start, min(start + size, total), origin, sizes, ids_checked)
+                yield scan_range(entries, start, min(start + size, total), origin, sizes, ids_checked, typed)
         else:
             for n, chunk in enumerate(_chunks(entries, size)):
-                yield scan_chunk(n * size, chunk, origin, sizes)
+                yield scan_chunk(n * size, chunk, origin, sizes, typed=typed)
         return
     reader = entries if isinstance(entries, RangeReaderBase) else _ListReader(list(entries))
     total = reader.size()
@@ -444,7 +474,7 @@ def _scans(
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(
                 target=_scan_worker,
-                args=(reader, starts[w::workers], size, total, origin, sizes, send, ids_checked),
+                args=(reader, starts[w::workers], size, total, origin, sizes, send, ids_checked, typed),
                 daemon=True,
             )
             proc.start()

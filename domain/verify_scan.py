@@ -11,12 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
 
 from domain import merkle
+from domain.approvals import APPROVAL_DECISION
+from domain.events import EVENT_TYPES
 from domain.records import RECORD_KIND, record_shape_error
 
 Node = tuple[int, int]  # (level, index)
@@ -46,6 +48,8 @@ class ChunkScan:
     runs: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)
     event_ids: list[str | None] = field(default_factory=list)  # "workspace\nevent_id" per entry
     rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # (position, "decided" | "decision", workspace, approval_id, run_id, decision, by), in order
+    approvals: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def frontier_nodes(start: int, size: int, hashes: Sequence[bytes]) -> dict[Node, bytes]:
@@ -67,6 +71,7 @@ def scan_chunk(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
     collect_ids: bool = True,
+    typed: bool = False,
 ) -> ChunkScan:
     """Check each ``(index, bytes)`` or ``(index, StoredRow)`` entry on its own and within the chunk.
 
@@ -77,8 +82,9 @@ def scan_chunk(
     bad = next((k for k, row in enumerate(rows) if row[0] != start + k), None)
     collect_ids = collect_ids or stored is None  # ids left to the store only with its columns
     if bad is None:
-        return scan_entries(start, datas, origin, checkpoint_sizes, stored, collect_ids)
-    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad], collect_ids)
+        return scan_entries(start, datas, origin, checkpoint_sizes, stored, collect_ids, typed=typed)
+    scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad], collect_ids,
+                        typed=typed)
     if scan.error is None:
         scan.error = (
             start + bad,
@@ -86,6 +92,12 @@ def scan_chunk(
             "an entry is missing or out of order",
         )
     return scan
+
+
+SLOW_TYPES = ("approval.decided",)
+"""Event types the fast path refuses (their type is not in ``_FastType``), so that ``_general``
+sees them whole: the parent checks each against the decision records. Other events pay nothing."""
+_FastType: Any = Literal[tuple(t for t in EVENT_TYPES if t not in SLOW_TYPES)]
 
 
 class _Event(msgspec.Struct):
@@ -116,14 +128,41 @@ class _EventWithColumns(_Event):
     type: str
 
 
+class _EventTyped(_Event):
+    """``_Event`` whose type must be one the fast path takes (``SLOW_TYPES`` are not)."""
+
+    type: _FastType
+
+
+class _EventWithColumnsTyped(_Event):
+    """``_EventWithColumns`` whose type must be one the fast path takes."""
+
+    time: str
+    type: _FastType
+
+
 class _EventEntryWithColumns(_EventEntry, forbid_unknown_fields=True):
     """``_EventEntry`` whose event carries every indexed member (rows read with their columns)."""
 
     event: _EventWithColumns
 
 
-_decode_event_entry = msgspec.json.Decoder(_EventEntry).decode
-_decode_with_columns = msgspec.json.Decoder(_EventEntryWithColumns).decode
+class _EventEntryTyped(_EventEntry, forbid_unknown_fields=True):
+    event: _EventTyped
+
+
+class _EventEntryWithColumnsTyped(_EventEntry, forbid_unknown_fields=True):
+    event: _EventWithColumnsTyped
+
+
+# (rows read with their columns, approvals checked): the fast path's decoder. Only a ledger whose
+# approvals are checked (``approvals_from``) sends its approval.decided entries to ``_general``.
+_DECODERS = {
+    (False, False): msgspec.json.Decoder(_EventEntry).decode,
+    (True, False): msgspec.json.Decoder(_EventEntryWithColumns).decode,
+    (False, True): msgspec.json.Decoder(_EventEntryTyped).decode,
+    (True, True): msgspec.json.Decoder(_EventEntryWithColumnsTyped).decode,
+}
 
 
 def scan_entries(
@@ -134,6 +173,7 @@ def scan_entries(
     stored: Sequence[StoredRow] | None = None,
     collect_ids: bool = True,
     leaves: list[bytes] | None = None,
+    typed: bool = False,
 ) -> ChunkScan:
     """Check the entries stored at positions ``start, start + 1, ...``; collect what stitching needs.
 
@@ -157,7 +197,7 @@ def scan_entries(
             leaves = merkle.leaf_hashes(datas)  # the whole chunk at once (C where built)
     except TypeError:  # a stored entry that is not bytes: _general says so at its position
         leaves = [merkle.leaf_hash(d) if isinstance(d, bytes) else b"" for d in datas]
-    decode = _decode_event_entry if stored is None else _decode_with_columns
+    decode = _DECODERS[(stored is not None, typed)]
     runs = scan.runs
     event_ids = scan.event_ids
     position = start
@@ -199,9 +239,7 @@ def scan_entries(
                     event_ids.append(f"{ev.workspace}\n{ev.event_id}")
                 position += 1
                 continue
-        error = _general(scan, position, data, leaf)
-        if error is None and row is not None:
-            error = column_error(row, data, leaf)
+        error = _general(scan, position, data, leaf, row)
         if error is not None:
             scan.error = (position, error)
             break
@@ -213,14 +251,23 @@ def scan_entries(
     return scan
 
 
-def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | None:
-    """Check one entry of any kind (``leaf`` is its hash) by parsing all of it; None or why it fails."""
+def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes, row: StoredRow | None = None) -> str | None:
+    """Check one entry of any kind (``leaf`` is its hash) by parsing all of it, and its stored
+    row's columns when given (from the same parse); None or why it fails."""
     if not isinstance(data, bytes):
         return f"stored entry is {type(data).__name__}, not bytes"
     try:
         d = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         return f"entry bytes are not valid JSON ({e})"
+    error = _check_parsed(scan, position, d, leaf)
+    if error is None and row is not None:
+        error = column_error(row, data, leaf, d)
+    return error
+
+
+def _check_parsed(scan: ChunkScan, position: int, d: Any, leaf: bytes) -> str | None:
+    """``_general``'s checks of an entry parsed as JSON (``d``)."""
     if not isinstance(d, dict) or type(d.get("index")) is not int or d["index"] != position:
         got = d.get("index") if isinstance(d, dict) else "?"
         return (
@@ -240,7 +287,10 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
     if kind == RECORD_KIND:  # a platform record: shape only, it is in no run
         error = record_shape_error(d)
         if error is None:
-            scan.event_ids.append(f"{d['record']['workspace']}\n{d['record']['record_id']}")
+            rec = d["record"]
+            scan.event_ids.append(f"{rec['workspace']}\n{rec['record_id']}")
+            if rec["type"] == APPROVAL_DECISION:
+                _note_approval(scan, position, "decision", rec["workspace"], rec["data"])
         return error
     if kind != "event":
         return f"unknown entry kind {kind!r}"
@@ -265,7 +315,17 @@ def _general(scan: ChunkScan, position: int, data: Any, leaf: bytes) -> str | No
         span[LAST_LEAF] = leaf.hex()
         span[LAST_SEQ] = seq
     scan.event_ids.append(f"{key[0]}\n{ev['event_id']}")
+    if ev.get("type") in SLOW_TYPES:
+        data = ev.get("data")
+        _note_approval(scan, position, "decided", key[0], {**(data if isinstance(data, dict) else {}),
+                                                           "run_id": key[1]})
     return None
+
+
+def _note_approval(scan: ChunkScan, position: int, what: str, workspace: str, data: dict[str, Any]) -> None:
+    """Keep an ``approval.decided`` event or ``approval.decision`` record for the parent to match."""
+    scan.approvals.append((position, what, workspace, *(data.get(k) for k in ("approval_id", "run_id",
+                                                                               "decision", "by"))))
 
 
 def _event_columns(d: dict[str, Any]) -> tuple[Any, ...]:
@@ -289,17 +349,18 @@ event_time) as its bytes say them (a record: its workspace, record_id, type and 
 kind has all six NULL."""
 
 
-def expected_columns(data: bytes, leaf: bytes) -> tuple[Any, ...]:
-    """The stored row an entry's bytes call for (``StoredRow`` order; ``data`` parses as JSON)."""
-    d = orjson.loads(data)
+def expected_columns(data: bytes, leaf: bytes, parsed: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The stored row an entry's bytes call for (``StoredRow`` order; ``data`` parses as JSON,
+    to ``parsed`` when the caller has it)."""
+    d = orjson.loads(data) if parsed is None else parsed
     kind = d.get("kind")
     of_kind = COLUMNS_OF_KIND.get(kind) if isinstance(kind, str) else None
     return (data, kind, *(of_kind(d) if of_kind else (None,) * 6), leaf)
 
 
-def column_error(row: StoredRow, data: bytes, leaf: bytes) -> str | None:
+def column_error(row: StoredRow, data: bytes, leaf: bytes, parsed: dict[str, Any] | None = None) -> str | None:
     """Why a stored row's index columns disagree with its entry's bytes, or None."""
-    expected = expected_columns(data, leaf)
+    expected = expected_columns(data, leaf, parsed)
     for name, got, want in zip(("data", *COLUMN_NAMES), row, expected, strict=True):
         if got != want or type(got) is not type(want):
             if name == "leaf_hash":
@@ -388,6 +449,7 @@ def scan_range(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
     ids_checked: bool = False,
+    typed: bool = False,
 ) -> ChunkScan:
     """Read one chunk through ``reader`` and scan it (runs in a worker process).
 
@@ -396,12 +458,12 @@ def scan_range(
     """
     checked = reader.read_checked(start, end)
     if checked is not None:
-        return _scan_checked(reader, start, checked, origin, checkpoint_sizes, ids_checked)
+        return _scan_checked(reader, start, checked, origin, checkpoint_sizes, ids_checked, typed)
     stored = reader.read_stored(start, end)
     if stored is not None:
         return scan_entries(start, [row[0] for row in stored], origin, checkpoint_sizes, stored,
-                            collect_ids=not ids_checked)
-    return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes, not ids_checked)
+                            collect_ids=not ids_checked, typed=typed)
+    return scan_chunk(start, reader.read(start, end), origin, checkpoint_sizes, not ids_checked, typed)
 
 
 def _scan_checked(
@@ -411,6 +473,7 @@ def _scan_checked(
     origin: str | None,
     checkpoint_sizes: Sequence[int],
     ids_checked: bool,
+    typed: bool = False,
 ) -> ChunkScan:
     """Scan a chunk whose columns the store compared (``read_checked``): check the stored leaves
     and decide the entries it was unsure of with ``column_error``; the first that differs ends
@@ -429,7 +492,7 @@ def _scan_checked(
             break
     end = len(datas) if bad is None else bad[0]
     scan = scan_entries(start, datas[:end], origin, checkpoint_sizes, None, not ids_checked,
-                        leaves=leaves[:end])
+                        leaves=leaves[:end], typed=typed)
     if bad is not None and scan.error is None:
         scan.error = (start + bad[0], bad[1])
     return scan

@@ -1,6 +1,6 @@
-"""Console actions written into the ledger: approval decisions and reverts in the run they belong
-to (or, for a completed run, a compensating run), and a platform record of every action (who,
-what, when)."""
+"""Console actions written into the ledger: approval decisions (platform records, as over the API),
+reverts in the run they belong to (or, for a completed run, a compensating run), and a platform
+record of every action (who, what, when)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from api import approvals
 from api.console.board import ChangeItem
 from api.console.compensation import bounded_event_id, compensating_events, revert_run_id
 from api.console.session import Session
 from api.deps import Services
+from domain.approvals import DECISIONS, ApprovalRow
 from domain.canonical import dumps, loads, validate_event
 from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
 from domain.events import SPEC
@@ -52,7 +54,10 @@ class Recorded:
 
 
 class RunWriter:
-    """Appends console-made events to runs, checking the run rules first (one writer at a time)."""
+    """Appends console-made reverts to runs, checking the run rules first (one writer at a time).
+
+    Approval decisions never go into a run: they are platform records (``api/approvals.py``).
+    """
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -93,20 +98,6 @@ class RunWriter:
             raise ConsoleActionError(f"the ledger did not accept {what}: "
                                      + "; ".join(f"{r.status} ({r.reason})" for r in refused))
         return [r.index for r in report.results if r.index is not None]
-
-    def append(self, workspace: str, run_id: str, etype: str, data: dict[str, Any],
-               before: Callable[[], None] | None = None) -> int:
-        """Append one event as the run's next seq; return its ledger index.
-
-        ``before`` runs after the run rules accepted the event and before it is appended (a
-        revert hook); if it raises, nothing is appended.
-        """
-        with self._lock:
-            state, _ = self._load(workspace, run_id)
-            event = self._next(state, etype, data)
-            if before is not None:
-                before()
-            return self._commit(workspace, [event], f"{etype} for run {run_id!r}")[0]
 
     def revert(self, change: ChangeItem, by: str, reason: str | None,
                before: Callable[[], None]) -> Recorded:
@@ -158,18 +149,18 @@ def record_action(services: Services, session: Session, action: str, path: str,
 
 
 def decide(services: Services, session: Session, run_id: str, approval_id: str, decision: str,
-           reason: str | None) -> int:
-    """Write ``approval.decided`` by the signed-in person; return its ledger index."""
-    if decision not in ("approved", "rejected"):
+           reason: str | None) -> ApprovalRow:
+    """Record the signed-in person's decision the way ``POST /v1/approvals/{id}/decision`` does
+    (an ``approval.decision`` platform record, never an event in the agent's run); return the
+    decided approval."""
+    if decision not in DECISIONS:
         raise ConsoleActionError(f"decision must be approved or rejected, not {decision!r}")
-    data: dict[str, Any] = {"approval_id": approval_id, "decision": decision, "by": session.identity}
-    if reason:
-        data["reason"] = reason[:2000]
-    index = RunWriter(services).append(session.workspace, run_id, "approval.decided", data)
+    row = approvals.decide(services, services.keys.get(session.key_id), approval_id, decision, reason,
+                           run_id=run_id)
     record_action(services, session, "approval.decide", "/console/approvals/decide",
                   {"run_id": run_id, "approval_id": approval_id, "decision": decision,
-                   "ledger_index": index})
-    return index
+                   "ledger_index": row.decision_index})
+    return row
 
 
 def revert(services: Services, session: Session, change: ChangeItem, workflow: str | None,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from api.console.compensation import Reverted, reverted_by_run
 from api.ledger_fold import LedgerFold
+from domain.approvals import APPROVAL_DECISION
 from domain.ports import LedgerStore
 
 
@@ -27,6 +29,11 @@ class ApprovalItem:
     reason: str | None = None
     decided: str | None = None
     decided_index: int | None = None
+    expires: float | None = None  # unix time: received + timeout_s
+
+    def expired(self, now: float) -> bool:
+        """Undecided past its timeout."""
+        return self.decision is None and self.expires is not None and now >= self.expires
 
 
 @dataclass
@@ -63,7 +70,13 @@ class RunFacts:
 
 
 class Board(LedgerFold):
-    """Approvals, changes and per-run facts by (workspace, run), refreshed from unseen entries."""
+    """Approvals, changes and per-run facts by (workspace, run), refreshed from unseen entries.
+
+    A person's decision is an ``approval.decision`` record (the run's own ``approval.decided``
+    repeats it; in a ledger of agent-made decisions that event is the decision).
+    """
+
+    record_types = frozenset({APPROVAL_DECISION})
 
     def __init__(self, store: LedgerStore) -> None:
         super().__init__(store)
@@ -72,9 +85,17 @@ class Board(LedgerFold):
         self.runs: dict[tuple[str, str], RunFacts] = {}
 
     def fold(self, index: int, entry: dict[str, Any]) -> None:
-        self._apply(index, entry["event"], entry.get("source", {}).get("kind") == "console")
+        self._apply(index, entry["event"], entry.get("source", {}).get("kind") == "console",
+                    entry.get("received"))
 
-    def _apply(self, index: int, ev: dict[str, Any], by_console: bool) -> None:
+    def fold_record(self, index: int, record: dict[str, Any]) -> None:
+        d = record["data"]
+        a = self.approvals.get((record["workspace"], d.get("run_id"), d.get("approval_id")))
+        if a is not None and a.decision is None:
+            a.decision, a.by, a.reason = d.get("decision"), d.get("by"), d.get("reason")
+            a.decided, a.decided_index = record["time"], index
+
+    def _apply(self, index: int, ev: dict[str, Any], by_console: bool, received: str | None = None) -> None:
         ws, run, t, d = ev["workspace"], ev["run_id"], ev["type"], ev["data"]
         facts = self.runs.setdefault((ws, run), RunFacts())
         if t == "run.started":
@@ -88,11 +109,15 @@ class Board(LedgerFold):
             if facts.reverts is not None and d["outcome"] == "succeeded":
                 self._compensated(ws, facts.reverts, run, ev["time"], (d.get("result") or {}).get("by"))
         elif t == "approval.requested":
+            expires = None
+            if d.get("timeout_s") is not None and received:
+                expires = datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp() + float(d["timeout_s"])
             self.approvals[(ws, run, d["approval_id"])] = ApprovalItem(
-                ws, run, d["approval_id"], d["summary"], d["risk"], d.get("change_id"), ev["time"], index)
+                ws, run, d["approval_id"], d["summary"], d["risk"], d.get("change_id"), ev["time"], index,
+                expires=expires)
         elif t == "approval.decided":
             a = self.approvals.get((ws, run, d["approval_id"]))
-            if a is not None:
+            if a is not None and a.decision is None:
                 a.decision, a.by, a.reason = d["decision"], d["by"], d.get("reason")
                 a.decided, a.decided_index = ev["time"], index
         elif t == "change.proposed":
@@ -121,11 +146,12 @@ class Board(LedgerFold):
         self.refresh()
         return self.runs.get((workspace, run_id), RunFacts())
 
-    def pending(self, workspace: str) -> list[ApprovalItem]:
-        """Undecided approvals of runs still open, oldest first."""
+    def pending(self, workspace: str, now: float) -> list[ApprovalItem]:
+        """Undecided approvals of runs still open and not timed out at ``now``, oldest first."""
         self.refresh()
         return sorted((a for a in self.approvals.values() if a.workspace == workspace
-                       and a.decision is None and not self.runs[(a.workspace, a.run_id)].completed),
+                       and a.decision is None and not a.expired(now)
+                       and not self.runs[(a.workspace, a.run_id)].completed),
                       key=lambda a: a.index)
 
     def decided(self, workspace: str, limit: int = 50) -> list[ApprovalItem]:

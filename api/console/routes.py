@@ -349,7 +349,7 @@ def approvals_page(request: Request, msg: str | None = None, ok: int = 1) -> HTM
     session = person(request)
     need(session, Capability.APPROVE)
     board = _state(request).board
-    pending = board.pending(session.workspace)
+    pending = board.pending(session.workspace, _services(request).clock())
     diffs = {}
     for a in pending:
         change = board.change(a.workspace, a.run_id, a.change_id) if a.change_id else None
@@ -386,10 +386,11 @@ async def decide_approval(request: Request) -> Response:
     reason = form.get("reason", "").strip() or None
     if decision == "rejected" and not reason:
         return _back("/console/approvals", f"say why you reject {approval_id}", ok=False)
-    index = await run_in_threadpool(decide, _services(request), session, run_id, approval_id,
-                                    decision, reason)
+    row = await run_in_threadpool(decide, _services(request), session, run_id, approval_id,
+                                  decision, reason)
     return _back("/console/approvals",
-                 f"{approval_id} of {run_id} {decision} by {session.identity} (ledger index {index})")
+                 f"{approval_id} of {run_id} {decision} by {session.identity} "
+                 f"(ledger index {row.decision_index})")
 
 
 @router.get("/changes")

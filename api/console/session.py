@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from api.approvals import identity
 from api.keys_store import ApiKey, AuthError, KeyStore
 from domain.errors import TachographError
 
@@ -41,7 +42,7 @@ class Session:
     @property
     def identity(self) -> str:
         """Who acted, as written into the ledger (``by``): the key's name and id."""
-        return f"{self.name} (apikey:{self.key_id})" if self.name else f"apikey:{self.key_id}"
+        return identity(self.name, self.key_id)
 
 
 def _digest(token: str) -> bytes:

@@ -21,6 +21,7 @@ from api.console.board import Board, diff_rows
 from api.console.session import Sessions
 from api.deps import Services
 from domain.canonical import dumps
+from domain.ledger import iso
 from replay.store import ReplayReports
 
 
@@ -60,7 +61,7 @@ class ConsoleState:
     def make_templates() -> Jinja2Templates:
         """Templates from the package (autoescaped), with the console's filters."""
         templates = Jinja2Templates(directory=str(files("api.console") / "templates"))
-        templates.env.filters.update(money=money, json=json_text, percent=percent, seg=segment)
+        templates.env.filters.update(money=money, json=json_text, percent=percent, seg=segment, when=iso)
         templates.env.globals["change_diff"] = lambda c: diff_rows(c.before, c.after)
         return templates
 

@@ -216,9 +216,10 @@ def audit_page(services: Services, workspace: str, after: int, limit: int,
     "/v1/audit-log",
     response_model=AuditLogPage,
     summary="The workspace's audit log: platform records, oldest first",
-    description="Every audited read (`audit.read`), console action (`console.action`) and halt "
-    "change (`halt.set`, `halt.cleared`) of the key's workspace, as written by the platform (entry kind `record`; no publisher key can write "
-    "one). Page with `after` = the previous page's `next_after`; filter with `type`. Each record's "
+    description="Every audited read (`audit.read`), console action (`console.action`), halt "
+    "change (`halt.set`, `halt.cleared`) and other platform record (e.g. a person's "
+    "`approval.decision`) of the key's workspace, as written by the platform (entry kind `record`; "
+    "no publisher key can write one). Page with `after` = the previous page's `next_after`; filter with `type`. Each record's "
     "entry is covered by the log's checkpoints like any other (`/v1/log/proof/inclusion`). Reads "
     "recorded by ledgers older than records are `tool.called` events of runs `audit-YYYY-MM-DD` "
     "(`/v1/runs?workflow=tachograph.audit`). Role auditor. Audited: reading the audit log is "

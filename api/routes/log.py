@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from api.deps import LogReader, ServicesDep
 from api.routes.audit import audited
 from api.schemas import CheckpointOut, ConsistencyProof, InclusionProof, Verification, errors
+from domain.approvals import DECISIONS_FROM, required_from
 from domain.errors import NotFoundError
 from domain.ledger import iso
 from domain.verify import verify_log
@@ -105,6 +106,7 @@ def verification(services: ServicesDep, key: LogReader) -> Verification:
             list(dict.fromkeys(keys)),
             origin=store.get_meta("origin"),
             allow_unsigned_tail=True,
+            approvals_from=required_from(store.get_meta(DECISIONS_FROM)),
         )
         services.metrics.verifications.inc()
         out = Verification(**result.to_json(), checked_at=iso(services.clock()))

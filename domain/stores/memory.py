@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from domain.approvals import ApprovalRow
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
@@ -67,6 +68,7 @@ class _Data:
     offsets: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     cosignatures: dict[tuple[int, str], CosignatureRow] = field(default_factory=dict)
+    approvals: dict[RunKey, ApprovalRow] = field(default_factory=dict)
 
 
 class MemoryTx(LedgerTx):
@@ -87,6 +89,7 @@ class MemoryTx(LedgerTx):
         self._held_drop: set[SeqKey] = set()
         self._offsets: dict[str, dict[tuple[str, int], int]] = {}
         self._checkpoints: list[CheckpointRow] = []
+        self._approvals: dict[RunKey, ApprovalRow] = {}
 
     def _check_open(self) -> None:
         if not self._open:
@@ -247,6 +250,19 @@ class MemoryTx(LedgerTx):
         self._check_open()
         self._checkpoints.append(row)
 
+    def approvals(self, keys: Sequence[RunKey]) -> dict[RunKey, ApprovalRow]:
+        self._check_open()
+        out: dict[RunKey, ApprovalRow] = {}
+        for key in keys:
+            row = self._approvals.get(key, self._base.approvals.get(key))
+            if row is not None:
+                out[key] = row
+        return out
+
+    def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
+        self._check_open()
+        self._approvals.update(((r.workspace, r.approval_id), r) for r in rows)
+
     def commit(self) -> None:
         """Apply the overlay to the committed state (caller holds the data lock)."""
         self._check_open()
@@ -273,6 +289,7 @@ class MemoryTx(LedgerTx):
         for consumer, offsets in self._offsets.items():
             d.offsets.setdefault(consumer, {}).update(offsets)
         d.checkpoints.extend(self._checkpoints)
+        d.approvals.update(self._approvals)
 
     def discard(self) -> None:
         """Forget every write of this transaction."""
@@ -364,6 +381,19 @@ class MemoryStore(LedgerStore):
                 and r.event_type in wanted
             ]
         return sorted(rows, key=lambda r: r.index)[:limit]
+
+    def approval(self, workspace: str, approval_id: str) -> ApprovalRow | None:
+        with self._data_lock:
+            return self._data.approvals.get((workspace, approval_id))
+
+    def approval_page(
+        self, workspace: str, *, decided: bool, now: float, after: int = -1, limit: int = 100
+    ) -> list[ApprovalRow]:
+        with self._data_lock:
+            rows = [r for r in self._data.approvals.values()
+                    if r.workspace == workspace and r.requested_index > after
+                    and (r.decision is not None if decided else r.status(now) == "pending")]
+        return sorted(rows, key=lambda r: r.requested_index)[:limit]
 
     def workspaces_of_run(self, run_id: str) -> list[str]:
         with self._data_lock:

@@ -20,6 +20,7 @@ import orjson
 import psycopg
 from psycopg import pq
 
+from domain.approvals import APPROVAL_COLUMNS, ApprovalRow, row_of, row_values
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
@@ -88,6 +89,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS cosignatures (
   size BIGINT NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, timestamp BIGINT NOT NULL,
   PRIMARY KEY (size, witness));
+CREATE TABLE IF NOT EXISTS approvals (
+  workspace TEXT NOT NULL, approval_id TEXT NOT NULL, run_id TEXT NOT NULL,
+  requested_index BIGINT NOT NULL, requested_at TEXT NOT NULL, summary TEXT NOT NULL,
+  risk TEXT NOT NULL, change_id TEXT, expires_at DOUBLE PRECISION, closed BOOLEAN NOT NULL,
+  decision TEXT, decided_by TEXT, decided_at TEXT, reason TEXT, decision_index BIGINT,
+  PRIMARY KEY (workspace, approval_id));
+CREATE INDEX IF NOT EXISTS approvals_by_request ON approvals (workspace, requested_index);
 """
 
 _TABLES = (
@@ -103,6 +111,7 @@ _TABLES = (
     "checkpoints",
     "cosignatures",
     "entries_record_types",  # an index added later: a ledger without it gets it on open
+    "approvals",
 )
 
 # pg_advisory_xact_lock key serialising concurrent schema creation ("tachograph" in ASCII).
@@ -452,6 +461,31 @@ class PostgresTx(LedgerTx):
             (row.size, row.note, row.created),
         )
 
+    def approvals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ApprovalRow]:
+        out: dict[tuple[str, str], ApprovalRow] = {}
+        for ws, aid in keys:
+            row = self.c.execute(
+                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = %s AND approval_id = %s",
+                (ws, aid),
+            ).fetchone()
+            if row is not None:
+                out[(ws, aid)] = row_of(row)
+        return out
+
+    def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
+        marks = ", ".join(["%s"] * len(APPROVAL_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in APPROVAL_COLUMNS[2:])
+        with self.c.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO approvals ({_APPROVAL_COLS}) VALUES ({marks}) "
+                f"ON CONFLICT (workspace, approval_id) DO UPDATE SET {updates}",
+                [row_values(r) for r in rows],
+            )
+
+
+_APPROVAL_COLS = ", ".join(APPROVAL_COLUMNS)
+_PENDING = "decision IS NULL AND NOT closed AND (expires_at IS NULL OR expires_at > %s)"
+
 
 class PostgresStore(LedgerStore):
     """Ledger in a PostgreSQL database, safe for concurrent writers in many processes.
@@ -644,6 +678,26 @@ class PostgresStore(LedgerStore):
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = %s "
                 f"AND type IN ({marks}) AND idx > %s ORDER BY idx LIMIT %s",
                 (workspace, *record_types, after, limit),
+            )
+        ]
+
+    def approval(self, workspace: str, approval_id: str) -> ApprovalRow | None:
+        rows = self._fetch(
+            f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = %s AND approval_id = %s",
+            (workspace, approval_id),
+        )
+        return row_of(rows[0]) if rows else None
+
+    def approval_page(
+        self, workspace: str, *, decided: bool, now: float, after: int = -1, limit: int = 100
+    ) -> list[ApprovalRow]:
+        which, params = ("decision IS NOT NULL", ()) if decided else (_PENDING, (now,))
+        return [
+            row_of(r)
+            for r in self._fetch(
+                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = %s AND requested_index > %s "
+                f"AND {which} ORDER BY requested_index LIMIT %s",
+                (workspace, after, *params, limit),
             )
         ]
 

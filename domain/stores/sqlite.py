@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from domain.approvals import APPROVAL_COLUMNS, ApprovalRow, row_of, row_values
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.ports import (
     CheckpointRow,
@@ -75,6 +76,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS cosignatures (
   size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL, timestamp INTEGER NOT NULL,
   PRIMARY KEY (size, witness)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS approvals (
+  workspace TEXT NOT NULL, approval_id TEXT NOT NULL, run_id TEXT NOT NULL,
+  requested_index INTEGER NOT NULL, requested_at TEXT NOT NULL, summary TEXT NOT NULL,
+  risk TEXT NOT NULL, change_id TEXT, expires_at REAL, closed INTEGER NOT NULL, decision TEXT,
+  decided_by TEXT, decided_at TEXT, reason TEXT, decision_index INTEGER,
+  PRIMARY KEY (workspace, approval_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS approvals_by_request ON approvals (workspace, requested_index);
 """
 
 # Stores made before quarantine rows carried their size and digest: add them, attribute HTTP
@@ -314,6 +322,28 @@ class SQLiteTx(LedgerTx):
             "INSERT INTO checkpoints (size, note, created) VALUES (?, ?, ?)",
             (row.size, row.note, row.created),
         )
+
+
+    def approvals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ApprovalRow]:
+        out: dict[tuple[str, str], ApprovalRow] = {}
+        for ws, aid in keys:
+            row = self.c.execute(
+                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = ? AND approval_id = ?", (ws, aid)
+            ).fetchone()
+            if row is not None:
+                out[(ws, aid)] = row_of(row)
+        return out
+
+    def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
+        marks = ", ".join("?" * len(APPROVAL_COLUMNS))
+        self.c.executemany(
+            f"INSERT OR REPLACE INTO approvals ({_APPROVAL_COLS}) VALUES ({marks})",
+            [row_values(r) for r in rows],
+        )
+
+
+_APPROVAL_COLS = ", ".join(APPROVAL_COLUMNS)
+_PENDING = "decision IS NULL AND closed = 0 AND (expires_at IS NULL OR expires_at > ?)"
 
 
 def _held(r: tuple[Any, ...]) -> HeldRow:
@@ -565,6 +595,26 @@ class SQLiteStore(LedgerStore):
                 f"SELECT {_ENTRY_COLS} FROM entries WHERE kind = 'record' AND workspace = ? "
                 f"AND type IN ({marks}) AND idx > ? ORDER BY idx LIMIT ?",
                 (workspace, *record_types, after, limit),
+            )
+        ]
+
+    def approval(self, workspace: str, approval_id: str) -> ApprovalRow | None:
+        row = self._reader().execute(
+            f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = ? AND approval_id = ?",
+            (workspace, approval_id),
+        ).fetchone()
+        return None if row is None else row_of(row)
+
+    def approval_page(
+        self, workspace: str, *, decided: bool, now: float, after: int = -1, limit: int = 100
+    ) -> list[ApprovalRow]:
+        which, params = ("decision IS NOT NULL", ()) if decided else (_PENDING, (now,))
+        return [
+            row_of(r)
+            for r in self._reader().execute(
+                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = ? AND requested_index > ? "
+                f"AND {which} ORDER BY requested_index LIMIT ?",
+                (workspace, after, *params, limit),
             )
         ]
 

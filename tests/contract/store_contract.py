@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from domain import merkle
+from domain.approvals import ApprovalRow
 from domain.canonical import loads
 from domain.checkpoint import Checkpoint
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
@@ -737,6 +738,79 @@ class StoreContract:
         assert store.size() == len(raw)
 
 
+    # -- approvals ------------------------------------------------------------------------------
+
+    def test_approval_rows_are_upserted_by_workspace_and_id_and_read_back_inside_and_outside(self, store):
+        first = approval_row("acme", "a/../1", 3)
+        with store.transaction() as tx:
+            tx.put_approvals([first, approval_row("beta", "a/../1", 4, run_id="r9")])
+            assert tx.approvals([("acme", "a/../1"), ("acme", "missing")]) == {("acme", "a/../1"): first}
+        assert store.approval("acme", "a/../1") == first
+        assert store.approval("beta", "a/../1").run_id == "r9"
+        assert store.approval("acme", "missing") is None
+        decided = first.decided("approved", "Pat (apikey:1)", "2026-01-01T00:00:09Z", "fine", 9)
+        with store.transaction() as tx:
+            tx.put_approvals([decided])
+        assert store.approval("acme", "a/../1") == decided
+
+    def test_approval_pages_split_pending_from_decided_oldest_request_first(self, store):
+        now = 1_000.0
+        rows = [
+            approval_row("acme", "open", 1),
+            approval_row("acme", "timed-out", 2, expires_at=now - 1),
+            approval_row("acme", "waits", 3, expires_at=now + 60),
+            approval_row("acme", "run-ended", 4, closed=True),
+            approval_row("acme", "yes", 5).decided("approved", "p", "t", None, 8),
+            approval_row("acme", "no", 6).decided("rejected", "p", "t", "why", 7),
+            approval_row("beta", "theirs", 7),
+        ]
+        with store.transaction() as tx:
+            tx.put_approvals(rows)
+        pending = store.approval_page("acme", decided=False, now=now)
+        assert [r.approval_id for r in pending] == ["open", "waits"]
+        assert [r.approval_id for r in store.approval_page("acme", decided=True, now=now)] == ["yes", "no"]
+        assert [r.approval_id for r in store.approval_page("acme", decided=False, now=now, after=1)] == ["waits"]
+        assert [r.approval_id for r in store.approval_page("acme", decided=False, now=now, limit=1)] == ["open"]
+        assert [r.status(now) for r in rows] == ["pending", "expired", "pending", "expired", "approved",
+                                                 "rejected", "pending"]
+
+    def test_approval_rows_of_a_rolled_back_transaction_are_not_kept(self, store):
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), store.transaction() as tx:
+            tx.put_approvals([approval_row("acme", "a1", 1)])
+            raise Boom
+        assert store.approval("acme", "a1") is None
+
+    def test_a_ledger_refuses_a_reused_approval_id_and_an_approval_no_person_decided(self, store):
+        ledger = make_ledger(store=store, approval_decisions="person")
+        run = [event("r1", 0, "run.started", {"workflow": "w", "mode": "execute", "risk_tier": "low"}),
+               event("r1", 1, "approval.requested", {"approval_id": "a/1", "summary": "s", "risk": "low"}),
+               event("r1", 2, "approval.decided", {"approval_id": "a/1", "decision": "approved", "by": "p"})]
+        other = [event("r2", 0, "run.started", {"workflow": "w", "mode": "execute", "risk_tier": "low"}),
+                 event("r2", 1, "approval.requested", {"approval_id": "a/1", "summary": "s", "risk": "low"})]
+        report = ledger.append(items(run + other))
+        assert [r.status for r in report.results] == ["accepted", "accepted", "quarantined", "accepted",
+                                                      "quarantined"]
+        assert "no person decided" in report.results[2].reason
+        assert "already used in workspace 'acme' by run 'r1'" in report.results[4].reason
+        ledger.append_records([Record("approval.decision", "acme", "2026-01-01T00:01:00Z", {"key_id": "k"},
+                                      {"approval_id": "a/1", "run_id": "r1", "decision": "approved", "by": "p"})])
+        assert ledger.append(items(run[2:])).accepted == 1
+        assert store.approval("acme", "a/1").decided_by == "p"
+        ledger.checkpoint()
+        assert verify_log(store.stored_entries(), [c.note for c in store.checkpoints()], [ledger.signer.vkey],
+                          approvals_from=0).ok
+
+
+def approval_row(workspace: str, approval_id: str, index: int, *, run_id: str = "r1",
+                 expires_at: float | None = None, closed: bool = False) -> ApprovalRow:
+    """A synthetic approval row requested at ledger ``index``."""
+    return ApprovalRow(workspace, approval_id, run_id, index, f"2026-01-01T00:00:0{index % 10}Z",
+                       f"summary {index}", "high", None, expires_at, closed)
+
+
 class PersistentStoreContract:
     """Extra behaviours of adapters that keep their data in a database.
 
@@ -779,6 +853,18 @@ class PersistentStoreContract:
             reopened = make_ledger(store=second)
             assert verify(reopened).ok
             assert reopened.append(items(events)).duplicates == len(events)
+        finally:
+            second.close()
+
+    def test_approval_rows_survive_reopening(self, open_store: OpenStore):
+        first = open_store()
+        row = approval_row("acme", "../x", 2, expires_at=12.5).decided("rejected", "p", "t", "no", 5)
+        with first.transaction() as tx:
+            tx.put_approvals([row])
+        first.close()
+        second = open_store()
+        try:
+            assert second.approval("acme", "../x") == row
         finally:
             second.close()
 

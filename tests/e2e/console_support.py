@@ -104,6 +104,11 @@ class ConsoleServer:
         """A run's stored events."""
         return [loads(r.data)["event"] for r in self.ledger.store.run_entries(WS, run_id)]
 
+    def records(self, record_type: str) -> list[dict[str, Any]]:
+        """The workspace's platform records of one type (each the entry's ``record`` member)."""
+        rows = self.ledger.store.records(WS, limit=10**6, record_type=record_type)
+        return [loads(r.data)["record"] for r in rows]
+
     def console_actions(self) -> list[dict[str, Any]]:
         """The console's reads and actions recorded as platform records (data of each, with key_id)."""
         out = []

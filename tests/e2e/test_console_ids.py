@@ -6,7 +6,7 @@ from selenium.webdriver.common.by import By
 
 from domain.canonical import dumps
 from domain.ports import Incoming, Source
-from tests.e2e.console_support import applied_run, pending_run, sign_in, text_of
+from tests.e2e.console_support import WS, applied_run, pending_run, sign_in, text_of
 
 TRAVERSAL_APPROVAL = "../victim-run/refund-999"
 TRAVERSAL_CHANGE = "../victim-apply/ch-victim"
@@ -28,9 +28,15 @@ def test_approving_a_card_whose_approval_id_climbs_to_another_run_decides_only_i
     card.find_element(By.CLASS_NAME, "reason").send_keys("looks harmless")
     card.find_element(By.CSS_SELECTOR, "button.approve").click()
     text_of(browser, "flash", "of harmless-run approved")
+    store = server.ledger.store
+    assert store.approval(WS, "refund-999").decision is None
+    assert (store.approval(WS, TRAVERSAL_APPROVAL).decision, store.approval(WS, TRAVERSAL_APPROVAL).run_id) == (
+        "approved", "harmless-run")
+    made = [r["data"] for r in server.records("approval.decision")]
+    assert [(d["approval_id"], d["run_id"]) for d in made if d["approval_id"] in (TRAVERSAL_APPROVAL, "refund-999")
+            ] == [(TRAVERSAL_APPROVAL, "harmless-run")]
     assert [e["type"] for e in server.events("victim-run")][-1] == "approval.requested"
-    own = server.events("harmless-run")[-1]
-    assert own["type"] == "approval.decided" and own["data"]["approval_id"] == TRAVERSAL_APPROVAL
+    assert [e["type"] for e in server.events("harmless-run")][-1] == "approval.requested"  # runs untouched
     assert browser.find_elements(By.ID, "approval-refund-999")  # still pending on the page
 
 
@@ -58,3 +64,4 @@ def test_an_approval_posted_for_a_run_it_does_not_belong_to_is_refused(browser, 
     card.find_element(By.CSS_SELECTOR, "button.approve").click()
     text_of(browser, "error-message", "no approval 'ap-owned' in run 'pend-approve'")
     assert [e["type"] for e in server.events("owner-run")][-1] == "approval.requested"
+    assert server.ledger.store.approval(WS, "ap-owned").decision is None

@@ -101,12 +101,16 @@ def test_an_approver_approves_and_rejects_pending_changes_and_the_ledger_names_t
     card.find_element(By.CSS_SELECTOR, "button.reject").click()
     text_of(browser, "flash", "ap-2 of pend-reject rejected")
 
-    approved = server.events("pend-approve")[-1]
-    rejected = server.events("pend-reject")[-1]
-    assert approved["type"] == "approval.decided" and approved["seq"] == 5
-    assert approved["data"] == {"approval_id": "ap-1", "decision": "approved",
-                                "by": server.identity("approver"), "reason": "customer verified by phone"}
-    assert rejected["data"]["decision"] == "rejected" and rejected["data"]["by"] == server.identity("approver")
+    # the person's decisions are platform records: the console writes nothing into the agents' runs
+    assert [e["type"] for e in server.events("pend-approve")][-1] == "approval.requested"
+    assert [e["type"] for e in server.events("pend-reject")][-1] == "approval.requested"
+    made = {r["data"]["approval_id"]: r for r in server.records("approval.decision")}
+    assert made["ap-1"]["data"] == {"approval_id": "ap-1", "run_id": "pend-approve", "decision": "approved",
+                                    "by": server.identity("approver"), "reason": "customer verified by phone"}
+    assert made["ap-1"]["actor"]["key_id"] == server.key_ids["approver"]
+    assert made["ap-2"]["data"]["decision"] == "rejected"
+    assert made["ap-2"]["data"]["by"] == server.identity("approver")
+    assert server.ledger.store.approval(WS, "ap-1").decided_by == server.identity("approver")
     decided = browser.find_element(By.ID, "decided").text
     assert "ap-1" in decided and "ap-2" in decided and server.identity("approver") in decided
     assert not browser.find_elements(By.ID, "approval-ap-1")
@@ -115,7 +119,7 @@ def test_an_approver_approves_and_rejects_pending_changes_and_the_ledger_names_t
     assert {a["target"]["approval_id"] for a in recorded} >= {"ap-1", "ap-2"}
     assert all(a["target"]["by"] == server.identity("approver") for a in recorded)
 
-    # deciding again (a stale tab) is refused by the run rules and records nothing
+    # deciding again (a stale tab) is refused and records nothing
     with _session_client(browser, server) as client:
         page = client.get("/console/approvals").text
         csrf = re.search(r'X-CSRF-Token": "([^"]+)"', page).group(1)
@@ -123,7 +127,8 @@ def test_an_approver_approves_and_rejects_pending_changes_and_the_ledger_names_t
                             data={"csrf": csrf, "run_id": "pend-approve", "approval_id": "ap-1",
                                   "decision": "rejected", "reason": "x"})
     assert again.status_code == 409 and "already decided" in again.text
-    assert len(server.events("pend-approve")) == 6
+    assert len(server.events("pend-approve")) == 5
+    assert [r["data"]["approval_id"] for r in server.records("approval.decision")].count("ap-1") == 1
 
 
 def test_a_form_posted_without_its_csrf_token_or_from_another_origin_is_refused(browser, console_server):
@@ -146,6 +151,7 @@ def test_a_form_posted_without_its_csrf_token_or_from_another_origin_is_refused(
     login = httpx.post(server.url + "/console/login", data={"api_key": server.secrets["auditor"]})
     assert login.status_code == 403  # the sign-in form has its own token too
     assert len(server.events("pend-nocsrf")) == before
+    assert server.ledger.store.approval(WS, "ap-3").decision is None
 
 
 def test_roles_see_only_their_pages_and_a_publisher_cannot_sign_in(browser, console_server):

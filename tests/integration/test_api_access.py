@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from api.auth import Capability, may_use_api
+from api.auth import Capability, api_may
 from api.keys_store import ROLES
 from domain.canonical import dumps
+from tests.factories import event
 from tests.integration.api_support import Api, api, publish, workload
 
 __all__ = ["api"]
@@ -38,6 +39,10 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("DELETE", "/v1/halts/workflow/access-check", Capability.HALT, None),
     ("GET", "/v1/webhooks", Capability.WEBHOOK_STATUS, None),
     ("POST", "/v1/webhooks", Capability.KEYS, b'{"url": "https://hooks.example.com/tacho"}'),
+    ("GET", "/v1/approvals", Capability.APPROVAL_QUEUE, None),
+    ("GET", "/v1/approvals/ap%2F1", Capability.APPROVAL_STATUS, None),
+    ("GET", "/v1/approvals/ap%2F1?wait=0.1", Capability.APPROVAL_STATUS, None),
+    ("POST", "/v1/approvals/ap%2F1/decision", Capability.APPROVE, b'{"decision": "approved"}'),
 ]
 
 
@@ -45,6 +50,9 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
 def seeded(api: Api) -> tuple[Api, str]:
     events = workload(runs=3)
     publish(api, events)
+    publish(api, [event("waits-1", 0, workspace="acme"),
+                  event("waits-1", 1, "approval.requested", {"approval_id": "ap/1", "summary": "s", "risk": "low"},
+                        workspace="acme")])
     api.ledger.checkpoint(force=True)
     return api, events[0]["run_id"]
 
@@ -76,7 +84,7 @@ def test_every_endpoint_answers_each_role_by_its_grants(seeded: tuple[Api, str])
         for role in ROLES:
             status = _call(a, method, url, content, a.auth(role))
             table[(url, role)] = status
-            if may_use_api(role, cap):
+            if api_may(role, cap):
                 # granted: never refused; analytics/export answer 503 until `tacho project` ran;
                 # a halt set by one role is already set (200) or cleared (404) for the next
                 assert status in (200, 201, 202, 404, 503) and (status != 404 or method == "DELETE"), (
@@ -88,6 +96,8 @@ def test_every_endpoint_answers_each_role_by_its_grants(seeded: tuple[Api, str])
     assert table[("/v1/replays", "admin")] == 200  # as docs/api.md and the OpenAPI say (issue 13)
     assert table[("/v1/runs", "approver")] == 403  # approver: console only (issue 13)
     assert table[("/v1/halts", "approver")] == table[("/v1/halts", "publisher")] == 200  # but halts (14)
+    assert table[("/v1/approvals", "approver")] == 200  # ...but for the approvals API (issue 14)
+    assert table[("/v1/approvals/ap%2F1", "publisher")] == 200  # agents wait on their approvals
     assert table[("/v1/replays", "auditor")] == 403
 
 

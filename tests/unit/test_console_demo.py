@@ -47,7 +47,7 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
     assert not any(s in caplog.text for s in secrets.values())  # never in the logs
 
     board = Board(ledger.store)
-    pending = board.pending("demo")
+    pending = board.pending("demo", time.time())
     assert sorted(a.run_id for a in pending) == sorted(demo.pending) and len(pending) == 2
     assert all(board.change("demo", a.run_id, a.change_id) is not None for a in pending)
     applied = {c.run_id: c for c in board.applied("demo")}
@@ -67,7 +67,7 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
     assert not again.created_keys and len(keys.list("demo")) == len(PEOPLE)
     assert not any(s in again_buf.getvalue() for s in secrets.values())  # shown only once
     assert "created by an earlier demo" in again_buf.getvalue()
-    assert len(Board(ledger.store).pending("demo")) == 4
+    assert len(Board(ledger.store).pending("demo", time.time())) == 4
 
 
 def test_the_console_stage_obeys_a_halted_workflow_and_records_the_refused_runs(tmp_path):

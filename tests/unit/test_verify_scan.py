@@ -44,16 +44,20 @@ def test_the_fast_path_and_a_full_parse_agree_on_the_ledgers_own_entries(entries
     assert fast == slow and fast[0] == len(datas) and fast[1] is None
 
 
-def test_the_fast_path_takes_every_event_entry_the_ledger_writes(entries, monkeypatch):
+def test_the_fast_path_takes_every_event_entry_the_ledger_writes_but_approval_decided(entries, monkeypatch):
     origin, datas = entries
+    decided = [n for n, d in enumerate(datas) if orjson.loads(d)["event"]["type"] == "approval.decided"]
+    assert decided  # the workload decides approvals: those go whole to the parent's approval check
     general = []
     real = scan_module._general
     monkeypatch.setattr(scan_module, "_general", lambda *a: general.append(a[1]) or real(*a))
     scan = scan_entries(0, datas, origin, [])
     assert scan.error is None and scan.count == len(datas) > 100
-    assert general == []
+    assert general == decided
+    assert [a[0] for a in scan.approvals] == decided
+    general.clear()
     scan_entries(0, datas, None, [])  # origin unknown: the first entry tells it
-    assert general == [0]
+    assert general == [0, *decided]
 
 
 def _reencode(data: bytes, change) -> bytes:

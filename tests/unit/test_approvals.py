@@ -1,0 +1,189 @@
+"""Approvals in the ledger: a person's decision as a platform record, expiry, old ledgers, verify."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.approvals import APPROVALS_INDEXED, DECISIONS_FROM, ApprovalConflict, required_from
+from domain.errors import NotFoundError
+from domain.ledger import Ledger
+from domain.records import Record
+from domain.stores.memory import MemoryStore
+from domain.stores.sqlite import SQLiteStore
+from domain.verify import verify_log
+from domain.verify_scan import scan_entries
+from tests.factories import FakeClock, event, items, make_ledger
+
+START = {"workflow": "w", "mode": "execute", "risk_tier": "low"}
+
+
+def requested(run: str, seq: int, aid: str, **extra: Any) -> dict[str, Any]:
+    return event(run, seq, "approval.requested", {"approval_id": aid, "summary": "s", "risk": "high", **extra})
+
+
+def decided(run: str, seq: int, aid: str, decision: str = "approved", by: str = "pat") -> dict[str, Any]:
+    return event(run, seq, "approval.decided", {"approval_id": aid, "decision": decision, "by": by})
+
+
+def decision(ledger: Ledger, aid: str, run: str = "r1", value: str = "approved", by: str = "pat") -> int:
+    rec = Record("approval.decision", "acme", "2026-01-01T00:10:00Z", {"key_id": "k"},
+                 {"approval_id": aid, "run_id": run, "decision": value, "by": by})
+    return ledger.append_records([rec])[0]
+
+
+def verify(ledger: Ledger, approvals_from: int | None, **kw: Any) -> Any:
+    store = ledger.store
+    return verify_log(store.stored_entries(), [c.note for c in store.checkpoints()], [ledger.signer.vkey],
+                      approvals_from=approvals_from, **kw)
+
+
+def test_an_approval_expires_after_its_timeout_and_then_cannot_be_decided() -> None:
+    clock = FakeClock()
+    ledger = make_ledger(store=MemoryStore(), clock=clock, approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a", timeout_s=30)]))
+    row = ledger.store.approval("acme", "a")
+    assert row is not None and row.expires_at == clock() + 30 and row.status(clock()) == "pending"
+    clock.advance(30)
+    assert ledger.store.approval("acme", "a").status(clock()) == "expired"
+    assert ledger.store.approval_page("acme", decided=False, now=clock()) == []
+    with pytest.raises(ApprovalConflict, match=r"expired undecided \(its timeout passed\)"):
+        decision(ledger, "a")
+
+
+def test_a_run_that_ends_undecided_expires_its_approvals_and_a_decided_one_stays_decided() -> None:
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "open"),
+                         requested("r1", 2, "done")]))
+    decision(ledger, "done")
+    report = ledger.append(items([decided("r1", 3, "done"), event("r1", 4, "run.completed", {"outcome": "failed"})]))
+    assert report.accepted == 2
+    assert ledger.store.approval("acme", "open").closed
+    assert ledger.store.approval("acme", "done").status(0) == "approved"
+    with pytest.raises(ApprovalConflict, match="its run ended"):
+        decision(ledger, "open")
+
+
+def test_a_decision_must_name_an_approval_of_its_workspace_and_the_run_it_belongs_to() -> None:
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a")]))
+    with pytest.raises(NotFoundError, match="no approval 'b'"):
+        decision(ledger, "b")
+    with pytest.raises(ApprovalConflict, match="belongs to run 'r1', not 'r2'"):
+        decision(ledger, "a", run="r2")
+    size = ledger.store.size()
+    decision(ledger, "a", value="rejected")
+    with pytest.raises(ApprovalConflict, match="already decided: rejected by pat"):
+        decision(ledger, "a")
+    assert ledger.store.size() == size + 1  # the refused decisions wrote nothing
+
+
+@pytest.mark.parametrize(("made", "claimed", "why"), [
+    (("approved", "pat"), ("rejected", "pat"), "was approved by 'pat', not rejected"),
+    (("approved", "pat"), ("approved", "eve"), "says by 'eve', but 'pat' decided it"),
+])
+def test_an_approval_decided_that_does_not_repeat_the_persons_decision_is_quarantined(made, claimed, why) -> None:
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a")]))
+    decision(ledger, "a", value=made[0], by=made[1])
+    report = ledger.append(items([decided("r1", 2, "a", *claimed)]))
+    assert report.results[0].status == "quarantined" and why in report.results[0].reason
+
+
+def test_a_ledger_of_agent_made_decisions_keeps_them_and_verify_names_the_first_unbacked_one() -> None:
+    ledger = make_ledger(store=MemoryStore())  # approval_decisions="agent": as before this change
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a"), decided("r1", 2, "a"),
+                         event("r2", 0, "run.started", START), requested("r2", 1, "a")]))
+    assert ledger.store.approval("acme", "a").decided_by == "pat"  # the agent's own decision, first run
+    ledger.checkpoint()
+    assert ledger.store.get_meta(DECISIONS_FROM) is None
+    assert verify(ledger, None).ok
+    for kw in ({}, {"workers": 2, "chunk_bits": 1}):
+        result = verify(ledger, 0, **kw)
+        assert not result.ok and result.position == 2, result
+        assert "approval.decided of approval 'a' in run 'r1' (approved by 'pat') is not backed" in result.reason
+    assert verify_log(ledger.store.raw_entries(), [c.note for c in ledger.store.checkpoints()],
+                      [ledger.signer.vkey], approvals_from=0).position == 2  # bytes alone, too
+
+
+def test_verify_finds_a_decided_event_whose_recorded_decision_names_another_person(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path / "ledger.db", approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a")]))
+    decision(ledger, "a", by="pat")
+    assert ledger.append(items([decided("r1", 2, "a", by="pat")])).accepted == 1
+    ledger.checkpoint()
+    assert verify(ledger, 0).ok
+    # an older version's ledger could hold a decided event that repeats nobody: verify says so
+    other = make_ledger(tmp_path / "other.db")
+    other.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a")]))
+    decision(other, "a", by="pat")
+    assert other.append(items([decided("r1", 2, "a", by="eve")])).accepted == 1
+    other.checkpoint()
+    result = verify(other, 0)
+    assert not result.ok and result.position == 3
+    assert "the recorded decision is approved by 'pat' for run 'r1'" in result.reason
+
+
+def test_an_old_ledger_is_indexed_on_first_open_and_verifies_with_decisions_required_from_then_on(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    old = make_ledger(path)  # as a console used to: the decision written into the run itself
+    old.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a"), decided("r1", 2, "a"),
+                      requested("r1", 3, "b"), event("r2", 0, "run.started", START), requested("r2", 1, "c"),
+                      event("r2", 2, "run.completed", {"outcome": "escalated"})]))
+    old.checkpoint()
+    old.store.close()
+    with sqlite3.connect(path) as c:  # a store written before the approvals index existed
+        c.execute("DELETE FROM approvals")
+        c.execute("DELETE FROM meta WHERE key = ?", (APPROVALS_INDEXED,))
+    store = SQLiteStore(path)
+    ledger = make_ledger(store=store, approval_decisions="person")
+    size = store.size()
+    assert store.get_meta(DECISIONS_FROM) == str(size) and store.get_meta(APPROVALS_INDEXED) == str(size)
+    assert [(r.approval_id, r.status(0), r.decided_by) for r in
+            (store.approval("acme", x) for x in "abc")] == [("a", "approved", "pat"), ("b", "pending", None),
+                                                           ("c", "expired", None)]
+    forged = ledger.append(items([decided("r1", 4, "b")]))
+    assert forged.results[0].status == "quarantined"
+    decision(ledger, "b")
+    assert ledger.append(items([decided("r1", 4, "b")])).accepted == 1
+    ledger.checkpoint()
+    assert verify(ledger, required_from(store.get_meta(DECISIONS_FROM))).ok
+    assert not verify(ledger, 0).ok  # the console-written decision before the change is not backed
+    reopened = make_ledger(store=store)  # "agent" again: a ledger that required decisions still does
+    again = reopened.append(items([event("r3", 0, "run.started", START), requested("r3", 1, "a")]))
+    assert again.results[1].reason.startswith("rule: approval_id 'a' is already used in workspace 'acme'")
+
+
+def test_the_scan_hands_the_parent_only_approval_decided_events_and_decision_records() -> None:
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a"),
+                         event("r1", 2, "tool.called", {"call_id": "t", "tool": "x", "args": {}, "status": "ok",
+                                                        "latency_ms": 1, "side_effect": "none"})]))
+    decision(ledger, "a")
+    ledger.append(items([decided("r1", 3, "a")]))
+    rows = list(ledger.store.raw_entries())
+    scan = scan_entries(0, [data for _, data in rows], ledger.config.origin, [])
+    assert scan.error is None and scan.count == len(rows) == 5
+    assert scan.approvals == [(3, "decision", "acme", "a", "r1", "approved", "pat"),
+                              (4, "decided", "acme", "a", "r1", "approved", "pat")]
+
+
+def test_only_approval_events_read_the_approvals_index_when_appended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.stores.memory import MemoryTx
+
+    reads: list[Any] = []
+    real = MemoryTx.approvals
+    monkeypatch.setattr(MemoryTx, "approvals", lambda self, keys: reads.append(keys) or real(self, keys))
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    tool = {"call_id": "t", "tool": "x", "args": {}, "status": "ok", "latency_ms": 1, "side_effect": "none"}
+    plain = [event("r1", 0, "run.started", START), *(event("r1", n, "tool.called", tool) for n in range(1, 50)),
+             event("r1", 50, "run.completed", {"outcome": "succeeded"})]
+    assert ledger.append(items(plain)).accepted == 51
+    assert reads == []  # a run without approvals never touches the index
+    ledger.append(items([event("r2", 0, "run.started", START), requested("r2", 1, "a"),
+                         event("r2", 2, "tool.called", tool)]))
+    assert reads == [[("acme", "a")]]
