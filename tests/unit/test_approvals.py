@@ -166,7 +166,7 @@ def test_the_scan_hands_the_parent_only_approval_decided_events_and_decision_rec
     decision(ledger, "a")
     ledger.append(items([decided("r1", 3, "a")]))
     rows = list(ledger.store.raw_entries())
-    scan = scan_entries(0, [data for _, data in rows], ledger.config.origin, [])
+    scan = scan_entries(0, [data for _, data in rows], ledger.config.origin, [], typed=True)
     assert scan.error is None and scan.count == len(rows) == 5
     assert scan.approvals == [(3, "decision", "acme", "a", "r1", "approved", "pat"),
                               (4, "decided", "acme", "a", "r1", "approved", "pat")]

@@ -152,7 +152,7 @@ def test_decision_and_halt_records_notify_and_then_an_agents_decided_event_does_
     ledger.append(items(_approval("r1")))
     ledger.append_records([
         Record("approval.decision", "acme", "2026-01-01T00:00:09Z", person,
-               {"approval_id": "a1", "run_id": "r1", "decision": "approved"}),
+               {"approval_id": "a1", "run_id": "r1", "decision": "approved", "by": "Ada"}),
         Record("halt.set", "acme", "2026-01-01T00:00:10Z", person, {"scope": "workspace"}),
         Record("audit.read", "acme", "2026-01-01T00:00:11Z", person, {"action": "runs.list"}),
     ])
