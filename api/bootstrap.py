@@ -7,14 +7,17 @@ import secrets
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from api.settings import Settings
-from api.witness_pusher import WitnessPusher, build_pusher
 from domain.errors import ConfigError
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.ports import LedgerStore
 from domain.stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:  # the pusher (and httpx) load only where witnesses are configured
+    from api.witness_pusher import WitnessPusher
 
 
 def open_store(settings: Settings) -> LedgerStore:
@@ -115,6 +118,10 @@ def build_ledger(settings: Settings, store: LedgerStore | None = None) -> Ledger
 
 def witness_pusher(settings: Settings, ledger: Ledger) -> WitnessPusher | None:
     """The pusher for ``TACHO_WITNESSES`` (not started), or None when none is configured."""
+    if not settings.witness_list():
+        return None
+    from api.witness_pusher import build_pusher
+
     return build_pusher(
         ledger, settings.witness_list(), settings.witness_timeout_s, settings.witness_retry_max_s
     )

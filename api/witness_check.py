@@ -9,8 +9,8 @@ rolled back, one holding another tree means a fork, whatever the threshold.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from api.witness_client import ProofFn, exchange_all
 from domain.checkpoint import Checkpoint
 from domain.errors import SignatureError
 from domain.note import split_note
@@ -23,6 +23,9 @@ from domain.witness import (
     parse_cosignatures,
     valid_cosignatures,
 )
+
+if TYPE_CHECKING:  # httpx loads only when a witness is asked online
+    from api.witness_client import ProofFn
 
 
 def stored_cosignatures(store: LedgerStore, note: str, witnesses: Sequence[WitnessConfig]) -> dict[str, int]:
@@ -50,6 +53,8 @@ def verify_witnesses(
     """Reports for each witness about checkpoint ``note`` and the verdict for ``threshold``."""
     cp = Checkpoint.parse(split_note(note)[0])
     stored = stored_cosignatures(store, note, witnesses)
+    from api.witness_client import exchange_all
+
     online = {o.witness: o for o in exchange_all(witnesses, note, proof, timeout_s)}
     reports = []
     for w in witnesses:
