@@ -95,7 +95,7 @@ async def get_approval(
     "approval and run, the decision and reason); the agent then records `approval.decided` with "
     "the same decision and `by` = `decided_by`. A second decision, or one after the approval "
     "expired, is 409. Role approver (the console's Approve and Reject use this same path).",
-    responses={409: {"description": "already decided, or expired"}, **errors(401, 403, 404, 422)},
+    responses={409: {"description": "already decided, or expired"}, **errors(400, 401, 403, 404, 422)},
 )
 async def post_decision(
     services: ServicesDep, key: Approver, approval_id: ApprovalId, body: DecisionIn
