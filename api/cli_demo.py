@@ -17,12 +17,12 @@ from api.bootstrap import build_ledger
 from api.cli_ledger import JsonOpt, verify_store
 from api.output import console, print_json
 from api.settings import Settings
-from domain.canonical import dumps
 from domain.errors import ConfigError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
+from tachograph.contract.canonical import dumps
 
 
 def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:

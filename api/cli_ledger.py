@@ -21,9 +21,7 @@ from api.settings import Settings
 from api.witness_check import verify_witnesses
 from domain import merkle
 from domain.approvals import DECISIONS_FROM, required_from
-from domain.canonical import dumps
 from domain.errors import ConfigError, NotFoundError
-from domain.events import json_schema
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import QUARANTINE_PREVIEW_BYTES, Ledger
 from domain.note import NoteSigner
@@ -32,6 +30,8 @@ from domain.verify import Trusted, VerifyResult, verify_log
 from domain.witness import parse_witness
 from domain.workload import Workload
 from ingest.jsonl import import_jsonl
+from tachograph.contract.canonical import dumps
+from tachograph.contract.events import json_schema
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
 

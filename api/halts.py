@@ -24,11 +24,11 @@ from api.audit_trail import actor_of
 from api.keys_store import ApiKey
 from api.routes.errors import BadParameter, Unavailable
 from domain.errors import NotFoundError, TachographError
-from domain.events import Ident, Name
 from domain.ledger import Ledger, iso
 from domain.records import Record
-from ingest.halt_client import SCOPES, Halt, HaltSet
+from tachograph.halts import SCOPES, Halt, HaltSet
 from ingest.halts import LedgerHalts, identity
+from tachograph.contract.events import Ident, Name
 
 MAX_REASON = 2000
 RUN_ID = "^[A-Za-z0-9._:-]{1,128}$"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from domain.canonical import loads
 from domain.ports import LedgerStore
+from tachograph.contract.canonical import loads
 
 
 class LedgerFold:

@@ -19,17 +19,17 @@ from typing import Any
 
 from api.routes.errors import BadParameter, Unavailable
 from api.schemas import ReplayStart
-from domain.canonical import loads
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
-from replay.agents import AgentSpec, load_agent
+from tachograph.agents import AgentSpec, load_agent
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
 from replay.history import RecordedRun, event_of, load_runs
-from replay.models import ModelRegistry, PriceTable
+from tachograph.models import ModelRegistry, PriceTable
 from replay.report import Gate
 from replay.store import ReplayReports
+from tachograph.contract.canonical import loads
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 1000

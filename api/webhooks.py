@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from api.routes.errors import BadParameter
-from domain.canonical import dumps
 from domain.records import RECORD_TYPES
+from tachograph.contract.canonical import dumps
 
 KINDS: dict[str, str] = {
     "approval.requested": "an agent asked a person to approve something (event approval.requested)",

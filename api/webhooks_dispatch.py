@@ -36,8 +36,8 @@ from api.webhooks import (
     wanted,
 )
 from api.webhooks_store import Delivery, Endpoint, Outgoing, WebhookStore
-from domain.canonical import loads
 from domain.ports import LedgerStore
+from tachograph.contract.canonical import loads
 
 log = logging.getLogger("tachograph.webhooks")
 

@@ -37,9 +37,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from api.bootstrap import build_ledger
 from api.keys_store import KeyStore
 from api.settings import Settings
-from domain.canonical import dumps
 from domain.ports import Incoming, Source
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps
 
 BATCH = 500
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from domain.canonical import dumps
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.stores.sqlite import SQLiteStore
 from domain.workload import Workload
 from ingest.devbroker import ensure_topic
 from ingest.worker import IngestWorker, WorkerConfig
+from tachograph.contract.canonical import dumps
 
 TARGET_WORKER = 25_000
 

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from api.cli_ledger import verify_store  # noqa: E402
 from domain import merkle  # noqa: E402
-from domain.canonical import dumps  # noqa: E402
 from domain.ledger import Ledger, LedgerConfig  # noqa: E402
 from domain.note import NoteSigner  # noqa: E402
 from domain.stores.sqlite import SQLiteStore  # noqa: E402
 from domain.workload import Workload  # noqa: E402
 from ingest.jsonl import import_jsonl  # noqa: E402
+from tachograph.contract.canonical import dumps  # noqa: E402
 
 
 def write_workload(path: Path, events: int) -> int:

@@ -37,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from domain.canonical import dumps, loads  # noqa: E402
 from domain.ledger import Ledger, LedgerConfig  # noqa: E402
 from domain.note import NoteSigner  # noqa: E402
 from domain.ports import Incoming, LedgerStore, Source  # noqa: E402
@@ -45,6 +44,7 @@ from domain.stores.postgres import PostgresStore  # noqa: E402
 from domain.stores.sqlite import SQLiteStore  # noqa: E402
 from domain.verify import verify_log  # noqa: E402
 from domain.workload import Workload  # noqa: E402
+from tachograph.contract.canonical import dumps, loads  # noqa: E402
 
 ORIGIN = "bench.example/postgres"
 SEED = b"\x07" * 32

@@ -26,13 +26,13 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from domain.canonical import dumps  # noqa: E402
 from domain.ledger import Ledger, LedgerConfig  # noqa: E402
 from domain.note import NoteSigner  # noqa: E402
 from domain.ports import Incoming, Source  # noqa: E402
 from domain.stores.sqlite import SQLiteStore  # noqa: E402
 from domain.workload import Workload  # noqa: E402
 from projections.projector import open_projector  # noqa: E402
+from tachograph.contract.canonical import dumps  # noqa: E402
 
 ORIGIN = "bench.example/log"
 

@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.stores.sqlite import SQLiteStore
-from replay.agents import AgentSpec
-from replay.context import Context
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
 from replay.live import run_live
-from replay.models import ModelRegistry
-from replay.recorder import RunSpec
-from replay.tools import ToolRegistry
+from tachograph.agents import AgentSpec
+from tachograph.builder import RunSpec
+from tachograph.context import Context
+from tachograph.models import ModelRegistry
+from tachograph.tools import ToolRegistry
 
 TOOLS = ToolRegistry()
 TOOLS.register("kb.search", lambda a: {"hits": [f"kb/{a['q']}"]}, "none")

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from domain.canonical import loads
 from domain.errors import NotFoundError, TachographError
 from domain.records import Record, RecordError
-from domain.run import RunState
+from tachograph.contract.canonical import loads
+from tachograph.contract.rules import RunState
 
 if TYPE_CHECKING:
     from domain.ports import LedgerStore, LedgerTx

@@ -1,33 +1,15 @@
-"""The one exception tree of Tachograph: every error we raise on purpose is a TachographError."""
+"""The platform's errors. The root and the contract's errors are defined in ``tachograph.errors``
+(the agent package) and re-exported here: one exception tree, every error a TachographError."""
 
 from __future__ import annotations
 
-
-class TachographError(Exception):
-    """Root of every error Tachograph raises on purpose."""
-
-
-class ContractError(TachographError):
-    """An event does not satisfy the public event contract (schema, types, ranges).
-
-    ``problems`` lists one ``(field path, rule)`` pair per violation.
-    """
-
-    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-
-
-class RunRuleError(TachographError):
-    """An event is well-formed but breaks a run rule (order, references, completion)."""
-
-
-class ConflictError(RunRuleError):
-    """An event reuses a stored ``seq`` or ``event_id`` with different content."""
-
-
-class GapError(RunRuleError):
-    """An event arrived ahead of its run's next expected ``seq`` and the gap never filled."""
+from tachograph.errors import BackpressureError as BackpressureError
+from tachograph.errors import ConfigError as ConfigError
+from tachograph.errors import ConflictError as ConflictError
+from tachograph.errors import ContractError as ContractError
+from tachograph.errors import GapError as GapError
+from tachograph.errors import RunRuleError as RunRuleError
+from tachograph.errors import TachographError as TachographError
 
 
 class ProofError(TachographError):
@@ -50,10 +32,6 @@ class StoreIntegrityError(StoreError):
     """A store write broke a uniqueness or integrity constraint."""
 
 
-class BackpressureError(TachographError):
-    """A bounded buffer is full: the caller must slow down rather than wait forever."""
-
-
 class VerificationError(TachographError):
     """The ledger or an evidence bundle failed verification at ``position`` for ``reason``."""
 
@@ -66,7 +44,3 @@ class VerificationError(TachographError):
 
 class NotFoundError(TachographError):
     """A run, entry, checkpoint or other named object does not exist (or is not visible)."""
-
-
-class ConfigError(TachographError):
-    """Settings are missing, inconsistent or unsafe."""

@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 
 from domain import merkle
-from domain.canonical import dumps
 from domain.checkpoint import open_checkpoint
 from domain.errors import NotFoundError, SignatureError, TachographError, VerificationError
 from domain.ledger import Ledger
 from domain.note import NoteVerifier, open_note
+from tachograph.contract.canonical import dumps
 
 FORMAT = "tachograph.evidence/2"
 OLD_FORMAT = "tachograph.evidence/1"

@@ -24,7 +24,6 @@ from domain.approvals import (
     ApprovalBook,
     index_approvals,
 )
-from domain.canonical import MAX_EVENT_BYTES, dumps, loads, parse_event
 from domain.checkpoint import Checkpoint, sign_checkpoint
 from domain.errors import (
     ContractError,
@@ -46,7 +45,8 @@ from domain.ports import (
     Source,
 )
 from domain.records import RECORD_KIND, Record, record_body, record_id
-from domain.run import RunState
+from tachograph.contract.canonical import MAX_EVENT_BYTES, dumps, loads, parse_event
+from tachograph.contract.rules import RunState
 
 Clock = Callable[[], float]
 ROTATION_PREFIX = "tachograph key rotation"

@@ -64,7 +64,9 @@ def record_id(index: int) -> str:
 
 def record_body(record: Record, index: int) -> dict[str, Any]:
     """The ``record`` member of the entry at ``index`` (the one place it is built)."""
-    from domain.canonical import dumps  # here: the verifier's workers import this module lean
+    from tachograph.contract.canonical import (
+        dumps,  # here: the verifier's workers import this module lean
+    )
 
     record.check()
     body = {

@@ -18,8 +18,8 @@ import orjson
 
 from domain import merkle
 from domain.approvals import APPROVAL_DECISION
-from domain.events import EVENT_TYPES
 from domain.records import RECORD_KIND, record_shape_error
+from tachograph.contract.events import EVENT_TYPES
 
 Node = tuple[int, int]  # (level, index)
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from domain.events import SPEC
+from tachograph.contract.events import SPEC
 
 # (provider, model, $ per 1M input tokens, $ per 1M output tokens)
 MODELS = [

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from replay.context import Context
-from replay.tools import ToolRegistry
+from tachograph import Context, ToolRegistry
 
 WORKFLOW = "invoice-matching"
 AGENT = {"id": "ap-agent", "version": "2.0.0"}

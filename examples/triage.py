@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from replay.context import Context
-from replay.tools import ToolRegistry
+from tachograph import Context, ToolRegistry
 
 WORKFLOW = "ticket-triage"
 AGENT = {"id": "triage-agent", "version": "3.0.0"}

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from domain.ledger import AppendReport, Ledger
 from ingest.devbroker import DevBroker, ensure_topic
-from ingest.halt_client import HaltSource
+from tachograph.halts import HaltSource
 from ingest.halts import LedgerHalts
 from ingest.simulate import PublishedSummary, run_simulated_agents
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from domain.errors import BackpressureError, TachographError
-from ingest.halt_client import Halt
+from domain.errors import TachographError
+from tachograph.errors import DeliveryError as DeliveryError
+from tachograph.errors import PublishBackpressureError as PublishBackpressureError
+from tachograph.halts import Halt
 
 
 class BudgetExceededError(TachographError):
@@ -36,23 +38,6 @@ class RunHaltedError(TachographError):
 
 WorkflowHaltedError = RunHaltedError
 """The name before halts had scopes other than a workflow."""
-
-
-class PublishBackpressureError(BackpressureError):
-    """The SDK's bounded publish buffer stayed full for ``max_block_ms``: slow down or flush."""
-
-
-class DeliveryError(TachographError):
-    """One or more events were not delivered (broker error, timeout, or rejected by the ledger).
-
-    ``failures`` lists ``(event_id or key, reason)`` pairs.
-    """
-
-    def __init__(self, failures: list[tuple[str, str]]) -> None:
-        shown = "; ".join(f"{k}: {r}" for k, r in failures[:5])
-        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        super().__init__(f"{len(failures)} event(s) not delivered: {shown}{more}")
-        self.failures = failures
 
 
 class RunClosedError(TachographError):

@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from domain.canonical import loads
 from domain.ports import EntryRow, LedgerStore
-from ingest.halt_client import SCOPES, Halt, HaltSet
+from tachograph.halts import SCOPES, Halt, HaltSet
+from tachograph.contract.canonical import loads
 
 HALT_TYPES = ("halt.set", "halt.cleared")
 
@@ -65,8 +65,8 @@ class LedgerHalts:
         self._folds: dict[str, HaltFold] = {}
         self._lock = threading.Lock()
 
-    def current(self, workspace: str) -> HaltSet:
-        """The halts of ``workspace`` in force now."""
+    def current(self, workspace: str, fresh: bool = False) -> HaltSet:
+        """The halts of ``workspace`` in force now (always read from the store: ``fresh`` is moot)."""
         with self._lock:
             fold = self._folds.setdefault(workspace, HaltFold(workspace))
             while True:

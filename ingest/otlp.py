@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from domain.errors import ContractError
-from domain.events import SPEC
+from tachograph.contract.events import SPEC
 
 MODEL_OPS = {"chat", "text_completion", "generate_content", "embeddings"}
 TOOL_OPS = {"execute_tool"}

@@ -31,13 +31,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from domain.canonical import validate_event
 from domain.errors import RunRuleError
-from domain.events import SPEC
-from domain.run import RunState
 from ingest.errors import BudgetExceededError, RunClosedError, RunHaltedError
-from ingest.halt_client import Halt, HaltSource
-from ingest.transport import Transport
+from tachograph.halts import Halt, HaltSource
+from tachograph.transports import Transport
+from tachograph.contract.canonical import validate_event
+from tachograph.contract.events import SPEC
+from tachograph.contract.rules import RunState
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]

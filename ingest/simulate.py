@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 from domain.workload import MODELS, cost_of
 from ingest.errors import BudgetExceededError, RunHaltedError
-from ingest.halt_client import HaltSource
+from tachograph.halts import HaltSource
 from ingest.sdk import Budget, ModelResult, Publisher, RunRecorder
-from ingest.transport import KafkaTransport, Transport
+from tachograph.transports import KafkaTransport, Transport
 
 
 class SimClock:

@@ -21,9 +21,9 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from domain.canonical import loads
 from projections.errors import ProjectionError
 from projections.schema import MONEY, STAGE_COLUMNS
+from tachograph.contract.canonical import loads
 
 EXACT_MONEY = "tacho_exact_money"
 INEXACT = "tacho: fractional JSON number as money in ledger entry"

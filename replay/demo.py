@@ -7,16 +7,16 @@ from typing import Any
 from rich.console import Console
 
 from domain.ledger import Ledger, iso
-from replay.agents import load_agent
-from replay.context import ApprovalDecision
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
 from replay.live import run_live
-from replay.models import ModelRegistry
-from replay.recorder import RunSpec
 from replay.render import render_report
 from replay.report import Gate
 from replay.store import ReplayReports
+from tachograph.agents import load_agent
+from tachograph.builder import RunSpec
+from tachograph.context import ApprovalDecision
+from tachograph.models import ModelRegistry
 
 EXAMPLES = ("examples.triage:triage", "examples.invoices:match_invoice")
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from domain.ledger import Ledger
 from domain.ports import Source
-from replay.agents import AgentSpec, prompt_digest
-from replay.context import run_agent
 from replay.history import RecordedRun
-from replay.models import ModelRegistry
-from replay.recorder import LedgerRecorder, RunSpec
+from replay.recorder import LedgerRecorder
 from replay.replaying import ReplayContext
 from replay.report import Gate, RunResult, feedback_of, figures, summarize
+from tachograph.agents import AgentSpec, prompt_digest
+from tachograph.builder import RunSpec
+from tachograph.context import run_agent
+from tachograph.models import ModelRegistry
 
 Progress = Callable[[int], None]
 

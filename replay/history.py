@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.canonical import loads
 from domain.errors import NotFoundError
 from domain.ports import EntryRow, LedgerStore
+from tachograph.contract.canonical import loads
 
 
 @dataclass

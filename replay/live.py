@@ -7,10 +7,14 @@ from typing import Any
 
 from domain.ledger import Ledger
 from domain.ports import Source
-from replay.agents import AgentSpec
-from replay.context import Approver, LiveContext, run_agent
-from replay.models import ModelRegistry
-from replay.recorder import LedgerRecorder, RecordTotals, RunSpec
+from replay.recorder import LedgerRecorder, RecordTotals
+from tachograph.agents import AgentSpec
+from tachograph.builder import RunSpec
+from tachograph.context import ApprovalDecision, run_agent  # noqa: F401  (rewritten with the replay move)
+from tachograph.runtime import LiveContext  # noqa: F401
+
+Approver = Callable[[str, str, "str | None"], "ApprovalDecision | None"]
+from tachograph.models import ModelRegistry
 
 
 def run_live(

@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.canonical import dumps
-from domain.events import SPEC
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
+from tachograph.contract.canonical import dumps
+from tachograph.contract.events import SPEC
 
 
 @dataclass(frozen=True)

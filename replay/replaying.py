@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from domain.canonical import dumps
-from replay.context import (
+from replay.history import RecordedRun
+from tachograph.builder import RunSpec
+from tachograph.context import (
     ApprovalDecision,
     Context,
     ModelAnswer,
@@ -16,10 +17,9 @@ from replay.context import (
     advance,
     money_text,
 )
-from replay.history import RecordedRun
-from replay.models import ChatRequest, ModelRegistry
-from replay.recorder import RunSpec
-from replay.tools import ToolRegistry
+from tachograph.contract.canonical import dumps
+from tachograph.models import ChatRequest, ModelRegistry
+from tachograph.tools import ToolRegistry
 
 REPLAY_LABELS = ("replay.id", "replay.candidate", "replay.mode")
 

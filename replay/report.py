@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from domain.canonical import dumps
 from replay.history import RecordedRun
-from replay.models import PriceTable
+from tachograph.contract.canonical import dumps
+from tachograph.models import PriceTable
 
 RATE = Decimal("1e-6")
 

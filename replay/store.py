@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from domain.canonical import dumps, loads
 from replay.errors import ReplayNotFoundError
+from tachograph.contract.canonical import dumps, loads
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 

@@ -6,13 +6,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from domain.canonical import dumps
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.ports import Incoming, LedgerStore, Source
 from domain.stores.sqlite import SQLiteStore
 from domain.verify import VerifyResult, verify_log
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps
 
 ORIGIN = "test.example/log"
 

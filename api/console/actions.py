@@ -16,12 +16,12 @@ from api.console.compensation import bounded_event_id, compensating_events, reve
 from api.console.session import Session
 from api.deps import Services
 from domain.approvals import DECISIONS, ApprovalRow
-from domain.canonical import dumps, loads, validate_event
 from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
-from domain.events import SPEC
 from domain.ledger import iso
 from domain.ports import Incoming, Source
-from domain.run import RunState
+from tachograph.contract.canonical import dumps, loads, validate_event
+from tachograph.contract.events import SPEC
+from tachograph.contract.rules import RunState
 
 CONSOLE_AGENT = {"id": "tachograph-console", "version": "1"}
 HOOK_GROUP = "tachograph.revert_hooks"

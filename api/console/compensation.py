@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from domain.events import SPEC
+from tachograph.contract.events import SPEC
 
 REVERTS_RUN = "reverts_run"
 REVERTS_CHANGE = "reverts_change"

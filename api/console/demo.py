@@ -25,7 +25,7 @@ from domain.ledger import Ledger
 from ingest.errors import RunHaltedError
 from ingest.halts import LedgerHalts
 from ingest.sdk import Publisher, RunRecorder
-from ingest.transport import LedgerTransport
+from tachograph.transports import LedgerTransport
 
 PEOPLE: tuple[tuple[str, str], ...] = (
     ("auditor", "Ada Auditor"),

@@ -24,7 +24,7 @@ from api.console.routes import (
 )
 from api.halts import HaltChange, HaltNotFoundError, HaltRequestError
 from api.run_index import RunFilter
-from ingest.halt_client import SCOPES
+from tachograph.halts import SCOPES
 from ingest.halts import identity
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)

@@ -23,11 +23,11 @@ from api.console.timeline import run_view
 from api.deps import Services
 from api.keys_store import AuthError
 from api.run_index import RunFilter, RunSummary
-from domain.canonical import dumps
 from domain.errors import NotFoundError, TachographError
 from domain.evidence import build_evidence, verify_evidence
 from domain.records import RECORD_TYPES
 from replay.errors import ReplayNotFoundError
+from tachograph.contract.canonical import dumps
 
 PAGE_SIZE = 25
 AUDIT_WORKFLOW = LEGACY_AUDIT_WORKFLOW  # per-day audit runs of ledgers older than platform records

@@ -20,9 +20,9 @@ from api.console.actions import RevertHook
 from api.console.board import Board, diff_rows
 from api.console.session import Sessions
 from api.deps import Services
-from domain.canonical import dumps
 from domain.ledger import iso
 from replay.store import ReplayReports
+from tachograph.contract.canonical import dumps
 
 
 def money(value: Any) -> str:

@@ -8,8 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from api.console.board import diff_rows
-from domain.canonical import loads
 from domain.ports import EntryRow
+from tachograph.contract.canonical import loads
 
 
 @dataclass

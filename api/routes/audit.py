@@ -34,12 +34,12 @@ from api.schemas import (
     TimelineStep,
     errors,
 )
-from domain.canonical import dumps, loads
 from domain.errors import NotFoundError
 from domain.evidence import build_evidence
 from domain.ledger import QUARANTINE_PREVIEW_BYTES
 from domain.ports import QuarantineRow
 from domain.records import RECORD_TYPES
+from tachograph.contract.canonical import dumps, loads
 
 router = APIRouter(tags=["audit"])
 

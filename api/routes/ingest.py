@@ -17,11 +17,11 @@ from api.deps import Limits, Publisher, ServicesDep
 from api.keys_store import ApiKey
 from api.routes.errors import BadBody, BodyTooLarge, UnsupportedMedia
 from api.schemas import IngestReport, errors
-from domain.canonical import MAX_EVENT_BYTES, dumps, parse_event, validate_event
 from domain.errors import ContractError
 from domain.ledger import Parsed, ParseResult, slim
 from domain.ports import Incoming, Source
 from ingest import otlp
+from tachograph.contract.canonical import MAX_EVENT_BYTES, dumps, parse_event, validate_event
 
 router = APIRouter(tags=["ingest"])
 

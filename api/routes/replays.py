@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import Engineer, ServicesDep
 from api.routes.audit import audited
 from api.schemas import ReplayJobOut, ReplayList, ReplayStart, errors
-from domain.canonical import dumps
+from tachograph.contract.canonical import dumps
 
 router = APIRouter(tags=["replays"])
 

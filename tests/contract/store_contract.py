@@ -16,7 +16,6 @@ import pytest
 
 from domain import merkle
 from domain.approvals import ApprovalRow
-from domain.canonical import loads
 from domain.checkpoint import Checkpoint
 from domain.errors import NotFoundError, StoreError, StoreIntegrityError
 from domain.evidence import build_evidence, verify_evidence
@@ -34,6 +33,7 @@ from domain.ports import (
 )
 from domain.records import Record
 from domain.verify import verify_log
+from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, event, items, make_ledger, workload_events
 
 OpenStore = Callable[[], LedgerStore]

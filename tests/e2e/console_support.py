@@ -19,10 +19,10 @@ from api.bootstrap import build_ledger
 from api.console.board import ChangeItem
 from api.keys_store import KeyStore
 from api.settings import Settings
-from domain.canonical import dumps, loads
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps, loads
 from tests.factories import event
 
 WS = "acme"
@@ -128,12 +128,12 @@ def _free_port() -> int:
 def _record_examples(ledger: Ledger, data_dir: Path) -> None:
     """Live triage runs on the simulated model and a what-if replay of them (a stored report)."""
     from examples import triage
-    from replay.agents import load_agent
+    from tachograph.agents import load_agent
     from replay.demo import demo_approver
     from replay.engine import ReplayConfig, run_replay
     from replay.history import load_runs
     from replay.live import run_live
-    from replay.models import ModelRegistry
+    from tachograph.models import ModelRegistry
     from replay.recorder import RunSpec
     from replay.report import Gate
     from replay.store import ReplayReports

@@ -12,7 +12,7 @@ import sys
 import time
 
 from ingest.errors import RunHaltedError
-from ingest.halt_client import HttpHalts
+from tachograph.halts import HttpHalts
 from ingest.http_transport import HttpTransport
 from ingest.sdk import Publisher
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from domain.canonical import dumps
+from tachograph.contract.canonical import dumps
 from tests.cli_support import tacho
 from tests.factories import event
 

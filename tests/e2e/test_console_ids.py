@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from selenium.webdriver.common.by import By
 
-from domain.canonical import dumps
 from domain.ports import Incoming, Source
+from tachograph.contract.canonical import dumps
 from tests.e2e.console_support import WS, applied_run, pending_run, sign_in, text_of
 
 TRAVERSAL_APPROVAL = "../victim-run/refund-999"

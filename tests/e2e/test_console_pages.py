@@ -9,13 +9,13 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from domain.canonical import loads
 from domain.evidence import verify_evidence
 from domain.verify import verify_log
 from ingest.errors import RunHaltedError
 from ingest.halts import LedgerHalts
 from ingest.sdk import Publisher
-from ingest.transport import LedgerTransport
+from tachograph.transports import LedgerTransport
+from tachograph.contract.canonical import loads
 from tests.e2e.console_support import HOOKED_WORKFLOW, WS, shot, sign_in, text_of, wait_for
 
 

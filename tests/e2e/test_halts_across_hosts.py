@@ -20,7 +20,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from ingest.halt_client import halt_path
+from tachograph.halts import halt_path
 from tests.cli_support import ROOT, start_tacho, tacho
 from tests.e2e.console_support import sign_in, text_of
 from tests.integration.test_api_halts import TARGETS

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 from api.bootstrap import build_ledger
 from api.cli import build_app
 from api.settings import Settings
-from replay.agents import load_agent
+from tachograph.agents import load_agent
 from replay.demo import demo_approver
 from replay.live import run_live
-from replay.models import ModelRegistry
+from tachograph.models import ModelRegistry
 from replay.recorder import RunSpec
 
 AGENT = "examples.triage:triage"

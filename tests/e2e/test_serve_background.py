@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from domain.canonical import dumps
+from tachograph.contract.canonical import dumps
 from tests.cli_support import start_tacho, tacho
 from tests.factories import event
 

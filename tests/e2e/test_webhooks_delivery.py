@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.canonical import dumps
+from tachograph.contract.canonical import dumps
 from tests.cli_support import ROOT, start_tacho, tacho
 from tests.factories import event
 from tests.harness import free_port, terminate, wait_until

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from domain.canonical import dumps
-from replay.agents import load_agent
+from tachograph.agents import load_agent
 from replay.context import ApprovalDecision
 from replay.live import run_live
-from replay.models import ModelRegistry
+from tachograph.models import ModelRegistry
 from replay.recorder import RunSpec
+from tachograph.contract.canonical import dumps
 
 HERE = Path(__file__).parent
 START = 1_793_000_000.0  # 2026-10-26T08:53:20Z

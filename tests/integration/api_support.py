@@ -17,9 +17,9 @@ from api.bootstrap import build_ledger
 from api.deps import Limits, Services
 from api.keys_store import ROLES, KeyStore
 from api.settings import Settings
-from domain.canonical import dumps
 from domain.ledger import Ledger
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps
 
 
 class Clock:
@@ -104,7 +104,7 @@ def publish(api: Api, events: list[dict[str, Any]], role: str = "publisher") -> 
 
 def audit_reads(api: Api, workspace: str = "acme", rtype: str = "audit.read") -> list[dict[str, Any]]:
     """The workspace's platform records of one type (reads recorded in the ledger), oldest first."""
-    from domain.canonical import loads
+    from tachograph.contract.canonical import loads
 
     return [loads(r.data)["record"] for r in api.ledger.store.records(workspace, limit=10**6,
                                                                        record_type=rtype)]

@@ -10,10 +10,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from domain.canonical import dumps, loads
 from domain.ports import LedgerStore
 from domain.stores.sqlite import SQLiteStore
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps, loads
 from tests.harness import REPO_ROOT
 
 GROUP_ARGS = ["--session-timeout-ms", "3000"]

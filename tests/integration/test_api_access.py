@@ -6,7 +6,7 @@ import pytest
 
 from api.auth import Capability, api_may
 from api.keys_store import ROLES
-from domain.canonical import dumps
+from tachograph.contract.canonical import dumps
 from tests.factories import event
 from tests.integration.api_support import Api, api, publish, workload
 

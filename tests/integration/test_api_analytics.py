@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from domain.canonical import dumps
 from domain.ports import Incoming, Source
 from projections.demo import analytics_path
 from projections.projector import open_projector
+from tachograph.contract.canonical import dumps
 from tests.integration.api_support import Api, close_api, make_api, publish, workload
 
 

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from api.keys_store import ROLES
-from domain.canonical import loads
-from ingest.halt_client import halt_path
+from tachograph.halts import halt_path
+from tachograph.contract.canonical import loads
 from tests.integration.api_support import Api, api
 
 __all__ = ["api"]

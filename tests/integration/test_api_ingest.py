@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from api.deps import Limits
-from domain.canonical import dumps
 from domain.verify import verify_log
+from tachograph.contract.canonical import dumps
 from tests.integration.api_support import Api, api, make_api, publish, workload
 
 __all__ = ["api"]

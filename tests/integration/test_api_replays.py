@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from domain.canonical import loads
-from replay.agents import load_agent
+from tachograph.agents import load_agent
 from replay.context import ApprovalDecision
 from replay.live import run_live
-from replay.models import ModelRegistry
+from tachograph.models import ModelRegistry
 from replay.recorder import RunSpec
 from replay.store import ReplayReports
+from tachograph.contract.canonical import loads
 from tests.integration.api_support import Api, audit_reads, close_api, make_api
 
 TRIAGE = "examples.triage:triage"

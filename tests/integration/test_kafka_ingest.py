@@ -10,14 +10,14 @@ import time
 import httpx
 import pytest
 
-from domain.canonical import dumps, loads
 from domain.errors import TachographError
 from ingest.errors import BrokerUnavailableError, DeliveryError, PublishBackpressureError
 from ingest.metrics import IngestMetrics
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock, run_simulated_agents
-from ingest.transport import CollectingTransport, KafkaTransport
+from tachograph.transports import CollectingTransport, KafkaTransport
 from ingest.worker import IngestWorker, WorkerConfig
+from tachograph.contract.canonical import dumps, loads
 from tests.factories import make_ledger, verify_ledger
 from tests.harness import free_port
 from tests.harness.kafka import GROUP_CONSUMER_TEST_CONFIG

@@ -12,7 +12,7 @@ import pytest
 
 from domain.verify import verify_log
 from ingest.errors import DeliveryError, PublishBackpressureError
-from ingest.transport import KafkaTransport
+from tachograph.transports import KafkaTransport
 from tests.harness import wait_until
 from tests.integration.ingest_support import (
     GROUP_ARGS,

@@ -19,7 +19,7 @@ from replay.errors import (
     ModelResponseError,
     ModelUnavailableError,
 )
-from replay.models import (
+from tachograph.models import (
     ChatRequest,
     HttpModelConfig,
     ModelRegistry,
@@ -28,7 +28,7 @@ from replay.models import (
     PriceTable,
 )
 from replay.recorder import RunSpec
-from replay.tools import ToolRegistry
+from tachograph.tools import ToolRegistry
 from tests.factories import FakeClock
 
 KEY = "sk-test-do-not-log-0123456789"

@@ -11,13 +11,13 @@ from collections import Counter
 from typing import Any
 
 from domain import merkle
-from domain.canonical import dumps
 from domain.checkpoint import Checkpoint
 from domain.ledger import Ledger, LedgerConfig
 from domain.ports import Incoming, Source
 from domain.stores.postgres import PostgresStore
 from domain.verify import verify_log
 from domain.workload import Workload
+from tachograph.contract.canonical import dumps
 from tests.factories import ORIGIN, signer
 
 WORKERS = 3

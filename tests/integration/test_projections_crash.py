@@ -14,10 +14,10 @@ import pytest
 
 from api.bootstrap import build_ledger
 from api.settings import Settings
-from domain.canonical import dumps
 from domain.ports import Incoming, Source
 from domain.workload import Workload
 from projections.projector import Projector, connect
+from tachograph.contract.canonical import dumps
 from tests.unit.test_projections_rebuild import snapshot
 
 TACHO = str(Path(sys.executable).with_name("tacho"))

@@ -15,7 +15,7 @@ from api.console.demo import CONSOLE_URL, PEOPLE, run_console_demo
 from api.halts import HaltService
 from api.keys_store import ApiKey, KeyStore
 from api.settings import Settings
-from domain.canonical import loads
+from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, verify_ledger
 
 

@@ -12,8 +12,8 @@ from api.console.board import Board
 from api.console.compensation import revert_run_id
 from api.keys_store import KeyStore
 from api.settings import Settings
-from domain.canonical import dumps, loads
 from domain.ports import Incoming, Source
+from tachograph.contract.canonical import dumps, loads
 from tests.factories import FakeClock, event, make_ledger, verify_ledger
 
 WS = "acme"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.canonical import dumps, loads, parse_event
 from domain.errors import ContractError
-from domain.events import EVENT_TYPES, json_schema
+from tachograph.contract.canonical import dumps, loads, parse_event
+from tachograph.contract.events import EVENT_TYPES, json_schema
 from tests.factories import event, workload_events
 
 ROOT = Path(__file__).resolve().parents[2]

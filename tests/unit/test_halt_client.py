@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from ingest.halt_client import Halt, HaltSet, HttpHalts, halt_path
+from tachograph.halts import Halt, HaltSet, HttpHalts, halt_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

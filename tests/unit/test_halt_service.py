@@ -7,10 +7,10 @@ import pytest
 
 from api.halts import RUN_ID, HaltNotFoundError, HaltRequestError, HaltService
 from api.keys_store import ApiKey
-from domain.canonical import loads
-from domain.events import Ident
 from domain.stores.sqlite import SQLiteStore
 from ingest.halts import LedgerHalts
+from tachograph.contract.canonical import loads
+from tachograph.contract.events import Ident
 from tests.factories import FakeClock, make_ledger, verify_ledger
 
 ADMIN = ApiKey("0f2ce1b41813", "acme", "admin", "2026-01-01T00:00:00Z", None, None, "Ari Admin")

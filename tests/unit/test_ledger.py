@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from domain.canonical import dumps
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
+from tachograph.contract.canonical import dumps
 from tests.factories import FakeClock, event, items, make_ledger, workload_events
 from tests.factories import verify_ledger as verify
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from domain.events import SPEC
 from domain.ports import LedgerStore
 from domain.workload import Workload
 from projections.projector import Projector, connect
+from tachograph.contract.events import SPEC
 from tests.factories import items, make_ledger
 
 NANO = Decimal("1e-9")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from domain.canonical import loads
-from replay.agents import load_agent
+from tachograph.agents import load_agent
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
-from replay.models import ModelRegistry
+from tachograph.models import ModelRegistry
+from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, items, make_ledger
 
 GOLDEN = Path(__file__).parent.parent / "golden"

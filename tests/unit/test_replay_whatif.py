@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from replay.agents import AgentSpec, load_agent
+from tachograph.agents import AgentSpec, load_agent
 from replay.context import ApprovalDecision, Context
 from replay.engine import ReplayConfig, replay_one, run_replay
 from replay.errors import PromptError, UnknownModelError
 from replay.history import RecordedRun, load_runs
 from replay.live import run_live
-from replay.models import SIMULATED, ChatRequest, ChatResponse, ModelRegistry, PriceTable
+from tachograph.models import SIMULATED, ChatRequest, ChatResponse, ModelRegistry, PriceTable
 from replay.recorder import RunSpec
 from replay.report import Gate, estimate
-from replay.tools import ToolRegistry
+from tachograph.tools import ToolRegistry
 from tests.factories import FakeClock, make_ledger
 
 

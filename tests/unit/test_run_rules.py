@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from domain.errors import RunRuleError
-from domain.run import RunState
+from tachograph.contract.rules import RunState
 from tests.factories import event
 
 PROPOSE = {"change_id": "c1", "target": "crm.discount", "before": {}, "after": {"pct": 5},

@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from domain.canonical import loads
 from ingest.errors import BudgetExceededError
 from ingest.sdk import Budget, ModelResult, Publisher
 from ingest.simulate import SeqIds, SimClock
-from ingest.transport import LedgerTransport
+from tachograph.transports import LedgerTransport
+from tachograph.contract.canonical import loads
 from tests.factories import make_ledger
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from domain.canonical import loads
 from domain.errors import ContractError, RunRuleError
 from ingest.errors import DeliveryError, RunClosedError
 from ingest.sdk import Publisher
 from ingest.simulate import SeqIds, SimClock
-from ingest.transport import CollectingTransport, LedgerTransport
+from tachograph.transports import CollectingTransport, LedgerTransport
+from tachograph.contract.canonical import loads
 from tests.factories import make_ledger, verify_ledger
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

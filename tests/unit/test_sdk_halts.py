@@ -13,13 +13,13 @@ import pytest
 
 from api.halts import HaltService
 from api.keys_store import ApiKey
-from domain.canonical import loads
 from ingest.errors import RunHaltedError
-from ingest.halt_client import HaltsUnavailableError, HttpHalts
+from tachograph.halts import HaltsUnavailableError, HttpHalts
 from ingest.halts import LedgerHalts
 from ingest.sdk import Publisher
 from ingest.simulate import SimClock, run_simulated_agents
-from ingest.transport import LedgerTransport
+from tachograph.transports import LedgerTransport
+from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, make_ledger, verify_ledger
 
 ADMIN = ApiKey("0f2ce1b41813", "acme", "admin", "2026-01-01T00:00:00Z", None, None, "Ari Admin")

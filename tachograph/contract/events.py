@@ -1,6 +1,6 @@
 """The public event contract, version 1 (shared/EVENT_CONTRACT.md) as strict pydantic models.
 
-Events are validated from Python values produced by :mod:`domain.canonical`, where every JSON
+Events are validated from Python values produced by :mod:`tachograph.contract.canonical`, where every JSON
 number with a fraction is a :class:`~decimal.Decimal` (never a binary float), so money stays
 exact from the wire to the ledger.
 """
@@ -175,6 +175,14 @@ class RunStarted(_Strict):
     input: JsonObject | None = None
     labels: dict[str, str] | None = None
     replay_of: Ident | None = None
+    entry_point: Annotated[
+        str,
+        StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$", max_length=512),
+        WithJsonSchema({"type": "string", "maxLength": 512,
+                        "pattern": r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$",
+                        "description": "the agent's code as module:function (with agent.version, "
+                        "what replay needs to find it again)"}),
+    ] | None = None
 
 
 class Message(_Strict):
@@ -207,6 +215,11 @@ class ModelCalled(_Strict):
     request: ModelRequest | None = None
     response: ModelResponse | None = None
     confidence: UnitInterval | None = None
+    priced: Annotated[
+        bool,
+        WithJsonSchema({"type": "boolean", "description": "false: no price was known for the model, "
+                        "so cost_usd (0) means unknown, not free (absent: priced)"}),
+    ] | None = None
 
 
 class ToolCalled(_Strict):
@@ -249,6 +262,13 @@ class ApprovalDecided(_Strict):
     decision: Literal["approved", "rejected"]
     by: Name
     reason: str | None = None
+    replayed_from: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=512),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512,
+                        "description": "replays only: the approval of the replayed run (run.started's "
+                        "replay_of) whose recorded decision this one repeats"}),
+    ] | None = None
 
 
 class ChangeProposed(_Strict):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from replay.errors import UnknownToolError
+from tachograph.errors import UnknownToolError
 
 SideEffect = Literal["none", "read", "write"]
 ToolFn = Callable[[Mapping[str, Any]], Any]

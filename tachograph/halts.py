@@ -20,16 +20,14 @@ from urllib.parse import quote
 
 import httpx
 
+from tachograph.errors import HaltsUnavailableError as HaltsUnavailableError
+
 SCOPES = ("workspace", "workflow", "agent", "run")
 """What a halt stops, broadest first: a whole workspace, one workflow, one agent (its id), one run."""
 
 MAX_AGE_S = 1.0
 """How stale the halts an agent acts on may be, at most."""
 
-
-class HaltsUnavailableError(Exception):
-    """The halts could not be read (platform unreachable, key refused, bad answer); the SDK
-    fails closed: no new step runs on halts it could not check."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,9 @@ class HaltSet:
 class HaltSource(Protocol):
     """Where an agent process learns the halts of a workspace (HTTP, or the ledger itself)."""
 
-    def current(self, workspace: str) -> HaltSet:
-        """The halts of ``workspace`` in force (at most the source's max age stale);
+    def current(self, workspace: str, fresh: bool = False) -> HaltSet:
+        """The halts of ``workspace`` in force (at most the source's max age stale, or read now
+        with ``fresh``);
         raises HaltsUnavailableError when they cannot be read."""
 
 
@@ -142,11 +141,12 @@ class HttpHalts:
         self.requests = 0
         self.not_modified = 0
 
-    def current(self, workspace: str) -> HaltSet:
-        """The halts of ``workspace`` (which must be the key's), fetched when the copy is stale."""
+    def current(self, workspace: str, fresh: bool = False) -> HaltSet:
+        """The halts of ``workspace`` (which must be the key's), fetched when the copy is stale
+        (``fresh``: revalidated now, e.g. before a side-effecting tool call)."""
         with self._lock:
             now = self.monotonic()
-            if self._cached is None or now - self._fetched >= self.max_age_s:
+            if self._cached is None or fresh or now - self._fetched >= self.max_age_s:
                 self._cached = self._fetch(self._cached)
                 self._fetched = now
             cached = self._cached

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replay.context import Agent
-from replay.errors import AgentLoadError, PromptError
-from replay.tools import ToolRegistry
+from tachograph.errors import AgentLoadError, PromptError
+from tachograph.tools import ToolRegistry
+
+if TYPE_CHECKING:
+    from tachograph.context import Agent
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,7 @@ def load_agent(ref: str) -> AgentSpec:
     fn: Any = getattr(module, attr, None)
     if not callable(fn):
         raise AgentLoadError(f"{module_name} has no function {attr!r}")
-    tools = getattr(module, "TOOLS", None) or ToolRegistry()
-    if not isinstance(tools, ToolRegistry):
-        raise AgentLoadError(f"{module_name}.TOOLS must be a replay.tools.ToolRegistry")
-    return AgentSpec(
-        ref=ref,
-        fn=fn,
-        tools=tools,
-        prompts=dict(getattr(module, "PROMPTS", {}) or {}),
-        workflow=getattr(module, "WORKFLOW", None),
-        identity=dict(getattr(module, "AGENT", {}) or {}),
-    )
+    return _declared(ref, fn, module)
 
 
 def read_prompt_overrides(pairs: Sequence[str]) -> dict[str, str]:
@@ -79,3 +72,35 @@ def read_prompt_overrides(pairs: Sequence[str]) -> dict[str, str]:
 def prompt_digest(text: str) -> str:
     """A short content hash naming a prompt version in labels."""
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def agent_spec(agent: str | Any) -> AgentSpec:
+    """An :class:`AgentSpec` from a ``module:function`` reference, an agent function (its module's
+    ``TOOLS``, ``PROMPTS``, ``WORKFLOW`` and ``AGENT`` come with it), or an AgentSpec."""
+    if isinstance(agent, AgentSpec):
+        return agent
+    if isinstance(agent, str):
+        return load_agent(agent)
+    if not callable(agent):
+        raise AgentLoadError(f"an agent is a function, a module:function reference or an AgentSpec, not {agent!r}")
+    module_name = getattr(agent, "__module__", None) or "__main__"
+    if module_name == "__main__":  # run as `python -m package.module`: name it as replay will import it
+        main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if main_spec is not None and main_spec.name:
+            module_name = main_spec.name
+    module = sys.modules.get(getattr(agent, "__module__", "") or "")
+    return _declared(f"{module_name}:{agent.__qualname__}", agent, module)
+
+
+def _declared(ref: str, fn: Any, module: Any) -> AgentSpec:
+    tools = getattr(module, "TOOLS", None) or ToolRegistry()
+    if not isinstance(tools, ToolRegistry):
+        raise AgentLoadError(f"{ref}: its module's TOOLS must be a tachograph.ToolRegistry")
+    return AgentSpec(
+        ref=ref,
+        fn=fn,
+        tools=tools,
+        prompts=dict(getattr(module, "PROMPTS", {}) or {}),
+        workflow=getattr(module, "WORKFLOW", None),
+        identity=dict(getattr(module, "AGENT", {}) or {}),
+    )

@@ -13,8 +13,8 @@ import jiter
 import orjson
 from pydantic import ValidationError
 
-from domain.errors import ContractError
-from domain.events import EVENT_ADAPTER, EVENT_TYPES, SPEC
+from tachograph.contract.events import EVENT_ADAPTER, EVENT_TYPES, SPEC
+from tachograph.errors import ContractError
 
 MAX_EVENT_BYTES = 1_048_576
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from domain.canonical import dumps, loads
-from replay.errors import (
+from tachograph.contract.canonical import dumps, loads
+from tachograph.errors import (
     ModelAuthError,
     ModelRequestError,
     ModelResponseError,
@@ -126,6 +126,15 @@ class PriceTable:
                 f"no price for model {model!r}; known: {', '.join(sorted(self.prices))} "
                 "(add it with a price table file)"
             ) from None
+
+    def known(self, model: str) -> bool:
+        """Whether the table prices ``model``."""
+        return model in self.prices
+
+    def cost_or_none(self, model: str, input_tokens: int, output_tokens: int,
+                     provider: str | None = None) -> Decimal | None:
+        """Exact cost of one call, or None when no price is known (recorded as unpriced)."""
+        return self.cost(model, input_tokens, output_tokens) if self.known(model) else None
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
         """Exact cost of one call in US dollars."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from domain.errors import RunRuleError
+from tachograph.errors import RunRuleError
 
 
 @dataclass
