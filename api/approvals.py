@@ -17,10 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.audit_trail import actor
 from api.keys_store import ApiKey
-from domain.approvals import APPROVAL_DECISION, ApprovalRow, check_decision, decision_data
+from domain.approvals import ApprovalRow, record_decision
 from domain.errors import NotFoundError
 from domain.ledger import iso
-from domain.records import Record
 
 if TYPE_CHECKING:
     from api.deps import Services
@@ -83,13 +82,9 @@ def decide(services: Services, key: ApiKey, approval_id: str, decision: str, rea
     ``run_id``: the run the person saw the approval in (the console), which it must belong to.
     Raises NotFoundError, or ApprovalConflict when it was decided already, expired or its run ended.
     """
-    row = get(services, key.workspace, approval_id)
-    if run_id is not None and row.run_id != run_id:
-        raise NotFoundError(f"no approval {approval_id!r} in run {run_id!r}")
     now = services.clock()
-    check_decision(row, key.workspace, approval_id, now)  # a clear answer; checked again when written
-    data = decision_data(row, decision, identity(key.label, key.id), reason)
-    services.ledger.append_records([Record(APPROVAL_DECISION, key.workspace, iso(now), actor(key), data)])
+    record_decision(services.ledger, key.workspace, approval_id, decision, identity(key.label, key.id),
+                    actor(key), reason, iso(now), now, run_id)
     services.approval_signals.notify((key.workspace, approval_id))
     return get(services, key.workspace, approval_id)
 

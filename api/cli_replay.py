@@ -17,13 +17,13 @@ from api.cli_ledger import JsonOpt, progress_bar
 from api.output import console, err_console, print_json
 from api.settings import Settings
 from domain.ledger import iso
-from tachograph.agents import load_agent, read_prompt_overrides
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
-from tachograph.models import HttpModelConfig, ModelRegistry, PriceTable
 from replay.render import render_report
 from replay.report import Gate, estimate
 from replay.store import ReplayReports
+from tachograph.agents import load_agent, read_prompt_overrides
+from tachograph.models import HttpModelConfig, ModelRegistry, PriceTable
 
 replay_app = typer.Typer(help="Replay recorded runs against new models or prompts; gate releases on the diff.")
 

@@ -26,9 +26,9 @@ from api.routes.errors import BadParameter, Unavailable
 from domain.errors import NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.records import Record
-from tachograph.halts import SCOPES, Halt, HaltSet
 from ingest.halts import LedgerHalts, identity
 from tachograph.contract.events import Ident, Name
+from tachograph.halts import SCOPES, Halt, HaltSet
 
 MAX_REASON = 2000
 RUN_ID = "^[A-Za-z0-9._:-]{1,128}$"

@@ -22,14 +22,14 @@ from api.schemas import ReplayStart
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
-from tachograph.agents import AgentSpec, load_agent
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
 from replay.history import RecordedRun, event_of, load_runs
-from tachograph.models import ModelRegistry, PriceTable
 from replay.report import Gate
 from replay.store import ReplayReports
+from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
+from tachograph.models import ModelRegistry, PriceTable
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 1000

@@ -20,6 +20,7 @@ from tachograph.contract.canonical import loads
 from tachograph.contract.rules import RunState
 
 if TYPE_CHECKING:
+    from domain.ledger import Ledger
     from domain.ports import LedgerStore, LedgerTx
 
 APPROVAL_DECISION = "approval.decision"
@@ -157,6 +158,27 @@ def decision_data(row: ApprovalRow, decision: str, by: str, reason: str | None) 
     if reason:
         data["reason"] = reason[:MAX_REASON]
     return data
+
+
+def record_decision(ledger: Ledger, workspace: str, approval_id: str, decision: str, by: str,
+                    actor: dict[str, str], reason: str | None, at: str, now: float,
+                    run_id: str | None = None) -> ApprovalRow:
+    """Record a person's decision as an ``approval.decision`` platform record (the one way a
+    decision enters the ledger: the API, the console and in-process tools all call this).
+
+    ``run_id``: the run the person saw the approval in, which it must belong to. Raises
+    NotFoundError, or ApprovalConflict when it was decided already, expired or its run ended
+    (checked again in the append transaction, so two deciders cannot both win).
+    """
+    row = ledger.store.approval(workspace, approval_id)
+    if row is not None and run_id is not None and row.run_id != run_id:
+        raise NotFoundError(f"no approval {approval_id!r} in run {run_id!r}")
+    row = check_decision(row, workspace, approval_id, now)
+    data = decision_data(row, decision, by, reason)
+    ledger.append_records([Record(APPROVAL_DECISION, workspace, at, actor, data)])
+    decided = ledger.store.approval(workspace, approval_id)
+    assert decided is not None
+    return decided
 
 
 _UNREAD = "(unread)"

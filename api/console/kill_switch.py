@@ -24,8 +24,8 @@ from api.console.routes import (
 )
 from api.halts import HaltChange, HaltNotFoundError, HaltRequestError
 from api.run_index import RunFilter
-from tachograph.halts import SCOPES
 from ingest.halts import identity
+from tachograph.halts import SCOPES
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 PATH = "/console/kill-switches"
