@@ -22,7 +22,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy domain ingest projections replay api
+	$(BIN)/mypy tachograph domain ingest projections replay api
 	$(BIN)/lint-imports
 
 test: install lint

@@ -13,10 +13,10 @@ from rich.table import Table
 
 from domain.ledger import AppendReport, Ledger
 from ingest.devbroker import DevBroker, ensure_topic
-from tachograph.halts import HaltSource
 from ingest.halts import LedgerHalts
 from ingest.simulate import PublishedSummary, run_simulated_agents
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary
+from tachograph.halts import HaltSource
 
 
 class KafkaSettings(Protocol):

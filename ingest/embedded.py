@@ -3,70 +3,67 @@ process (development, tests, the demo), with halts and approvals read from the s
 
 The runtime finds it through the ``tachograph.transports`` entry point (``embedded:/data/dir``,
 see ``api/embedded.py``); code that already holds a :class:`~domain.ledger.Ledger` uses
-:func:`embedded_runtime`. Each event is appended as it is sent (a transaction per event unless
-``batch_size`` says otherwise), through the same validate-and-append path as the Kafka worker.
+:func:`embedded_runtime`. Events are appended as they are sent, from a sender thread,
+through the same validate-and-append path as the Kafka worker.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
 from ingest.halts import LedgerHalts
-from tachograph.errors import DeliveryError
 from tachograph.halts import HaltSet
 from tachograph.platform import ApprovalStatus
 from tachograph.runtime import Runtime
+from tachograph.transports import BufferedSender
 
 
 class LedgerTransport:
-    """Appends events straight to a ledger in this process.
+    """Appends events to a ledger in this process, from a sender thread (like the other transports:
+    events leave as they come, through a bounded buffer; :meth:`flush` waits for the ledger).
 
-    Events are buffered up to ``batch_size`` and appended in one transaction; a quarantined
-    event is reported as a :class:`DeliveryError` (with the ledger's reason) on flush.
+    What queued while an append ran goes in the next transaction, up to ``max_batch``. An event
+    the ledger quarantined is a :class:`DeliveryError` (with the ledger's reason) on flush.
     """
 
-    def __init__(self, ledger: Ledger, *, batch_size: int = 1, name: str = "agent") -> None:
+    def __init__(self, ledger: Ledger, *, max_batch: int = 500, name: str = "agent",
+                 max_events: int = 10_000, max_block_s: float = 10.0) -> None:
         self.ledger = ledger
-        self.batch_size = batch_size
         self.name = name
-        self._buffer: list[tuple[str, Incoming]] = []
-        self._failures: list[tuple[str, str]] = []
         self.accepted = 0
         self.duplicates = 0
+        self._source = Source(kind="agent", name=name)
+        self._sender = BufferedSender(self._append, max_batch=max_batch, max_events=max_events,
+                                      max_block_s=max_block_s, name="tachograph-ledger-sender")
 
     def send(self, key: str, event_id: str, value: bytes) -> None:
-        """Buffer one event; append the buffer when it reaches ``batch_size``."""
-        self._buffer.append((event_id, Incoming(value, Source(kind="agent", name=self.name))))
-        if len(self._buffer) >= self.batch_size:
-            self._append()
+        """Queue one event for the sender thread."""
+        self._sender.send(event_id, value)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Append what is buffered; raise DeliveryError for events the ledger did not accept."""
-        self._append()
-        failures, self._failures = self._failures, []
-        if failures:
-            raise DeliveryError(failures)
+        """Wait until the ledger has every queued event; raise DeliveryError for refused ones."""
+        self._sender.flush(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush the buffer."""
-        self.flush(timeout)
+        """Flush and stop the sender thread (the ledger stays open: it is the caller's)."""
+        self._sender.close(timeout)
 
-    def _append(self) -> None:
-        if not self._buffer:
-            return
-        batch, self._buffer = self._buffer, []
-        report = self.ledger.append([item for _, item in batch])
+    def _append(self, batch: Sequence[tuple[str, bytes]]) -> list[tuple[str, str]]:
+        report = self.ledger.append([Incoming(value, self._source) for _, value in batch])
+        failures: list[tuple[str, str]] = []
         for (event_id, _), outcome in zip(batch, report.results, strict=True):
             if outcome.status == "accepted":
                 self.accepted += 1
             elif outcome.status == "duplicate":
                 self.duplicates += 1
             elif outcome.status == "quarantined":
-                self._failures.append((event_id, outcome.reason or "quarantined"))
+                failures.append((event_id, outcome.reason or "quarantined"))
+        return failures
+
 
 class LedgerPlatform:
     """Halts and approvals of a ledger in this process."""

@@ -33,11 +33,11 @@ from typing import Any, Literal
 
 from domain.errors import RunRuleError
 from ingest.errors import BudgetExceededError, RunClosedError, RunHaltedError
-from tachograph.halts import Halt, HaltSource
-from tachograph.transports import Transport
 from tachograph.contract.canonical import validate_event
 from tachograph.contract.events import SPEC
 from tachograph.contract.rules import RunState
+from tachograph.halts import Halt, HaltSource
+from tachograph.transports import Transport
 
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]

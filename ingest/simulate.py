@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from domain.workload import MODELS, cost_of
 from ingest.errors import BudgetExceededError, RunHaltedError
-from tachograph.halts import HaltSource
 from ingest.sdk import Budget, ModelResult, Publisher, RunRecorder
+from tachograph.halts import HaltSource
 from tachograph.transports import KafkaTransport, Transport
 
 
