@@ -55,8 +55,12 @@ def test_a_run_inside_an_active_sdk_span_carries_that_spans_trace_id_on_every_ev
 
 
 def test_a_trace_propagated_from_an_incoming_request_is_joined() -> None:
-    remote = SpanContext(trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7,
-                         is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    remote = SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
     with trace.use_span(NonRecordingSpan(remote)):
         events, _ = _run()
     assert _trace_ids(events) == {"4bf92f3577b34da6a3ce929d0e0e4736"}
@@ -80,7 +84,8 @@ def test_an_invalid_active_span_is_not_joined_so_no_run_carries_the_all_zeros_tr
 
 
 def test_without_opentelemetry_installed_runs_still_get_a_valid_trace_id(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry", None)  # `import opentelemetry` now fails
     with pytest.raises(ImportError):
         import opentelemetry  # noqa: F401
