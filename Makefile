@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint unit fmt bench clean
+.PHONY: install demo test lint unit fmt bench clean agent-wheel
 
 install: $(STAMP)
 
@@ -35,6 +35,12 @@ unit: install
 fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# the light agent distribution (tachograph-agent: the tachograph package alone) for agent
+# services; needs only a Python with pip (hatchling comes from PyPI). docs/agent-install.md
+agent-wheel:
+	$(PYTHON) -m pip wheel --no-deps --quiet ./agent -w dist
+	@ls dist/tachograph_agent-*.whl
 
 bench: install
 	$(BIN)/python bench/ledger.py
