@@ -23,6 +23,7 @@ from replay.replaying import comparable
 from tachograph.agents import AgentSpec
 from tachograph.builder import rfc3339, seq_event_id
 from tachograph.context import Context
+from tachograph.contract.canonical import loads
 from tachograph.errors import ToolFailed
 from tachograph.models import ChatRequest, ChatResponse, ModelRegistry
 from tachograph.tools import ToolRegistry
@@ -256,3 +257,30 @@ def test_an_approval_id_of_another_run_does_not_compare_equal(recorded: dict[str
     assert result.first_divergence["seq"] == 5
     assert result.first_divergence["expected"]["data"]["approval_id"] == "someone-else/approval-4"
     assert result.first_divergence["actual"]["data"]["approval_id"] == "approval-4"
+
+
+def test_the_stand_in_person_decided_through_the_platform(recorded: dict[str, RecordedRun]) -> None:
+    """Each recorded approval.decided repeats an ``approval.decision`` record the stand-in wrote."""
+    assert WORLD.ledger is not None
+    rows = WORLD.ledger.store.records(WS, limit=100, record_type="approval.decision")
+    decisions = [loads(r.data)["record"] for r in rows]
+    assert sorted((d["data"]["approval_id"], d["data"]["decision"], d["data"]["by"]) for d in decisions) == [
+        ("approved/approval-4", "approved", PERSON), ("rejected/approval-4", "rejected", PERSON)]
+    assert {d["actor"]["kind"] for d in decisions} == {"stand-in"}
+    expired = WORLD.ledger.store.approval(WS, "expired/approval-4")
+    assert expired is not None and expired.decision is None and expired.closed
+
+
+def test_a_stand_in_whose_policy_fails_raises_it_when_it_stops(tmp_path) -> None:
+    ledger = make_ledger(tmp_path / "ledger.db", approval_decisions="person")
+
+    def no_rule(row: ApprovalRow) -> Verdict:
+        raise LookupError(f"no rule for {row.risk} risks")
+
+    outcomes = []
+    with pytest.raises(LookupError, match="no rule for medium risks"):
+        with StandInApprover(ledger, WS, PERSON, no_rule), \
+                embedded_runtime(ledger, WS, event_ids=seq_event_id, models=ModelRegistry()) as rt:
+            run = rt.run(AGENT, {"id": 9, "amount": 500, "risk": "medium", "wait": 0.3}, run_id="no-rule")
+            outcomes.append((run.outcome, run.result))
+    assert outcomes == [("escalated", {"outcome": "escalated", "issued": False})]  # nobody decided
