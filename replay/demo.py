@@ -26,6 +26,9 @@ from tachograph.models import ModelRegistry
 EXAMPLES = ("examples.triage:triage", "examples.invoices:match_invoice")
 DEMO_APPROVER = "ops@demo.test"
 """Who decides the demo's approvals (a stand-in person, named as such in every decision record)."""
+STAND_IN_WAIT_S = 30.0
+"""How long a demo run waits for the stand-in (it decides within milliseconds; a run that waits
+this long means the stand-in is broken, and it expires instead of hanging the demo)."""
 
 
 def demo_policy(row: ApprovalRow) -> Verdict:
@@ -88,7 +91,8 @@ def record_examples(
     run_ids = [f"{prefix}-{i:03d}" for i in range(len(inputs))]
     with StandInApprover(ledger, workspace, DEMO_APPROVER, demo_policy), \
             embedded_runtime(ledger, workspace, clock=clock or ledger.clock, event_ids=seq_event_id,
-                             models=models or ModelRegistry(), model="sim-small-v1") as rt:
+                             models=models or ModelRegistry(), model="sim-small-v1",
+                             approval_timeout_s=STAND_IN_WAIT_S) as rt:
         for run_id, inp in zip(run_ids, inputs, strict=True):
             rt.run(agent, inp, run_id=run_id, budget=budget, labels={"route": "simulated/sim-small-v1"})
     return run_ids

@@ -33,7 +33,8 @@ def record(a: Api, workspace: str, n: int, prefix: str = "t") -> list[str]:
     module = __import__("examples.triage", fromlist=["inputs"])
     run_ids = [f"{prefix}-{workspace}-{i:03d}" for i in range(n)]
     with StandInApprover(a.ledger, workspace, "ops@test", _approve), \
-            embedded_runtime(a.ledger, workspace, event_ids=seq_event_id, model="sim-small-v1") as rt:
+            embedded_runtime(a.ledger, workspace, event_ids=seq_event_id, model="sim-small-v1",
+                             approval_timeout_s=10) as rt:
         for run_id, inp in zip(run_ids, module.inputs(n, salt=prefix), strict=True):
             rt.run(TRIAGE, inp, run_id=run_id)
     return run_ids

@@ -81,12 +81,17 @@ def issue(args: Mapping[str, Any]) -> dict[str, Any]:
     return {"issued": args["id"]}
 
 
-def page_ops(args: Mapping[str, Any]) -> dict[str, Any]:
-    """An operator is paged and halts the workflow through the platform (a ``halt.set`` record)."""
+def halt(scope: str, target: str, reason: str) -> None:
+    """An operator halts ``target`` through the platform (a ``halt.set`` record)."""
     assert WORLD.ledger is not None
     WORLD.ledger.append_records([Record(
         "halt.set", WS, rfc3339(WORLD.ledger.clock()), {"name": "Olga Ops", "key_id": "k-ops"},
-        {"scope": "workflow", "target": WORKFLOW, "reason": "refunds look wrong", "via": "api"})])
+        {"scope": scope, "target": target, "reason": reason, "via": "api"})])
+
+
+def page_ops(args: Mapping[str, Any]) -> dict[str, Any]:
+    """An operator is paged and halts the whole workflow."""
+    halt("workflow", WORKFLOW, "refunds look wrong")
     return {"paged": True}
 
 
@@ -137,12 +142,17 @@ RUNS: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
     "rejected": ({"id": 5, "amount": 500, "risk": "high"}, None),
     "expired": ({"id": 6, "amount": 500, "risk": "low", "wait": 0.2}, None),
     "deadline": ({"id": 7, "extra_calls": 3}, {"deadline_s": 10}),
+    "halted-waiting": ({"id": 9, "amount": 500, "risk": "medium", "wait": 1}, None),
     "halted": ({"id": 8, "page_ops": True}, None),  # last: it halts the whole workflow
 }
 
 
 def person(row: ApprovalRow) -> Verdict | None:
-    """Pat approves medium risks, rejects high ones and never gets to the low ones."""
+    """Pat approves medium risks, rejects high ones and never gets to the low ones; the run
+    ``halted-waiting`` is halted by an operator while it waits for Pat."""
+    if row.run_id == "halted-waiting":
+        halt("run", row.run_id, "stop that one")
+        return None
     return {"medium": ("approved", None), "high": ("rejected", "too risky")}.get(row.risk)
 
 
@@ -175,7 +185,7 @@ def test_the_live_runs_went_every_way_a_run_can_go(recorded: dict[str, RecordedR
     assert outcome == {
         "plain": "succeeded", "tool-error-handled": "succeeded", "tool-error-unhandled": "failed",
         "approved": "succeeded", "rejected": "escalated", "expired": "escalated",
-        "deadline": "cancelled", "halted": "cancelled",
+        "deadline": "cancelled", "halted-waiting": "cancelled", "halted": "cancelled",
     }
     decided = {rid: [e["data"] for e in r.events if e["type"] == "approval.decided"] for rid, r in recorded.items()}
     assert [(d["decision"], d["by"]) for d in decided["approved"]] == [("approved", PERSON)]
@@ -189,6 +199,9 @@ def test_the_live_runs_went_every_way_a_run_can_go(recorded: dict[str, RecordedR
     assert all(c["priced"] is False for c in called)
     assert "tool 'flaky' failed: ConnectionError" in (recorded["tool-error-unhandled"].completed or {})["error"]
     assert recorded["halted"].completed["result"]["kill_switch"]["target"] == WORKFLOW  # type: ignore[index]
+    waited = recorded["halted-waiting"]
+    assert _types(waited)[-2:] == ["approval.requested", "run.completed"]
+    assert waited.completed["result"]["kill_switch"]["scope"] == "run"  # type: ignore[index]
 
 
 def test_every_live_run_replays_with_fidelity(recorded: dict[str, RecordedRun]) -> None:
