@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/replay.py [--runs 10000] [--workers 2]
 
-Baseline measured in the same run: reading the same runs back from the store (``load_runs``),
-the floor under any replay. Reports runs/s and the ratio replay / baseline.
+The runs are first recorded live through the agent runtime into the ledger in this process
+(``ingest.embedded.embedded_runtime``: every step checks the kill switches, each run is appended
+in one transaction when it ends). Baseline measured in the same run: reading the same runs back
+from the store (``load_runs``), the floor under any replay. Reports runs/s and the ratio
+replay / baseline.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.stores.sqlite import SQLiteStore
+from ingest.embedded import embedded_runtime
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
-from replay.live import run_live
 from tachograph.agents import AgentSpec
-from tachograph.builder import RunSpec
+from tachograph.builder import seq_event_id
 from tachograph.context import Context
 from tachograph.models import ModelRegistry
 from tachograph.tools import ToolRegistry
@@ -63,10 +66,11 @@ def main() -> None:
         store = SQLiteStore(Path(d) / "ledger.db")
         signer = NoteSigner.from_seed("bench.example/log", b"\1" * 32)
         ledger = Ledger(store, signer, LedgerConfig(origin="bench.example/log"), clock=time.time)
-        specs = [RunSpec("bench", f"run-{i:06d}", "bench", {"id": "bench-agent", "version": "1"},
-                         input={"id": i, "q": f"topic{i % 50}"}) for i in range(args.runs)]
         t0 = time.perf_counter()
-        run_live(AGENT, specs, model="sim-small-v1", models=ModelRegistry(), clock=time.time, ledger=ledger)
+        with embedded_runtime(ledger, "bench", batch_size=64, clock=time.time, event_ids=seq_event_id,
+                              models=ModelRegistry(), model="sim-small-v1") as rt:
+            for i in range(args.runs):
+                rt.run(AGENT, {"id": i, "q": f"topic{i % 50}"}, run_id=f"run-{i:06d}")
         t_record = time.perf_counter() - t0
         size = store.size()
 
@@ -84,7 +88,7 @@ def main() -> None:
         assert report["recorded"]["accepted"] == size, report["recorded"]
     n = args.runs
     print(f"cores: {os.cpu_count()}  runs: {n}  events per run: {size / n:.1f}  workers: {args.workers}")
-    print(f"live record (sim model)          {n / t_record:8.0f} runs/s  ({t_record:.2f} s)")
+    print(f"live record (runtime, sim model) {n / t_record:8.0f} runs/s  ({t_record:.2f} s)")
     print(f"baseline: read runs from store   {n / t_read:8.0f} runs/s  ({t_read:.2f} s)")
     print(f"fidelity replay + record         {n / t_replay:8.0f} runs/s  ({t_replay:.2f} s, includes the read)")
     print(f"ratio replay / baseline time     {t_replay / t_read:8.2f}x")

@@ -1,6 +1,7 @@
 """Ticket triage: classify a support ticket; refunds above a threshold need a person's approval.
 
-Run live with ``replay.live.run_live`` and replay with ``tacho replay --agent examples.triage:triage``.
+Run live with ``tachograph.connect(...).run("examples.triage:triage", {...})`` and replay with
+``tacho replay --agent examples.triage:triage``.
 """
 
 from __future__ import annotations

@@ -58,8 +58,15 @@ def replay_run_id(replay_id: str, run_id: str) -> str:
     return f"{replay_id}.{hashlib.sha256(run_id.encode()).hexdigest()[:32]}"
 
 
+def replay_trace_id(replay_run_id: str) -> str:
+    """The W3C trace id of a replay run: derived from its run id, so the same replay twice is
+    identical (32 lowercase hex)."""
+    return hashlib.sha256(replay_run_id.encode()).hexdigest()[:32]
+
+
 def replay_spec(run: RecordedRun, config: ReplayConfig, agent: AgentSpec) -> RunSpec:
-    """The ``run.started`` of a replay: the recorded run's, with replay labels and ``replay_of``."""
+    """The ``run.started`` of a replay: the recorded run's (its entry point included), with
+    replay labels, ``replay_of`` and a trace id of its own."""
     d = run.started
     labels = dict(d.get("labels") or {})
     labels.update({
@@ -67,9 +74,10 @@ def replay_spec(run: RecordedRun, config: ReplayConfig, agent: AgentSpec) -> Run
         "replay.candidate": config.candidate(agent),
         "replay.mode": config.mode(agent),
     })
+    run_id = replay_run_id(config.replay_id, run.run_id)
     return RunSpec(
         workspace=run.workspace,
-        run_id=replay_run_id(config.replay_id, run.run_id),
+        run_id=run_id,
         workflow=d["workflow"],
         agent=run.events[0]["agent"],
         mode=d["mode"],
@@ -78,6 +86,8 @@ def replay_spec(run: RecordedRun, config: ReplayConfig, agent: AgentSpec) -> Run
         budget=d.get("budget"),
         labels=labels,
         replay_of=run.run_id,
+        entry_point=d.get("entry_point"),
+        trace_id=replay_trace_id(run_id),
     )
 
 

@@ -1,8 +1,13 @@
-"""Errors of the replay engine and release gate (the runtime's own, re-exported here, live in
-``tachograph.errors``)."""
+"""Errors of the replay engine and release gate.
+
+The agent runtime's errors (models, tools, prompts, agents, budgets) are re-exported here from
+``tachograph.errors``, where they are :class:`~tachograph.errors.AgentError` subclasses, not
+:class:`ReplayError`: catch them by name or as ``AgentError`` (``TachographError`` catches both).
+"""
 
 from __future__ import annotations
 
+from tachograph.errors import AgentError as AgentError
 from tachograph.errors import AgentLoadError as AgentLoadError
 from tachograph.errors import BudgetExceeded as BudgetExceeded
 from tachograph.errors import ModelAuthError as ModelAuthError

@@ -1,4 +1,5 @@
-"""In-process recorder: builds contract events for a run and appends them via ``Ledger.append``."""
+"""In-process recorder: appends finished replay runs' events (built by ``tachograph.builder``)
+through the one ledger write path, ``Ledger.append``."""
 
 from __future__ import annotations
 
@@ -9,51 +10,6 @@ from typing import Any
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
 from tachograph.contract.canonical import dumps
-from tachograph.contract.events import SPEC
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything ``run.started`` says about a run, plus who acts and where."""
-
-    workspace: str
-    run_id: str
-    workflow: str
-    agent: Mapping[str, str]
-    mode: str = "execute"
-    risk_tier: str = "low"
-    input: Mapping[str, Any] | None = None
-    budget: Mapping[str, Any] | None = None
-    labels: Mapping[str, str] | None = None
-    replay_of: str | None = None
-
-    def started_data(self) -> dict[str, Any]:
-        """The ``data`` of this run's ``run.started`` event."""
-        data: dict[str, Any] = {"workflow": self.workflow, "mode": self.mode, "risk_tier": self.risk_tier}
-        if self.budget is not None:
-            data["budget"] = dict(self.budget)
-        if self.input is not None:
-            data["input"] = dict(self.input)
-        if self.labels:
-            data["labels"] = dict(self.labels)
-        if self.replay_of is not None:
-            data["replay_of"] = self.replay_of
-        return data
-
-
-def make_event(spec: RunSpec, seq: int, etype: str, data: Mapping[str, Any], time: str) -> dict[str, Any]:
-    """One contract event of ``spec``'s run (event id = run id + seq)."""
-    return {
-        "spec": SPEC,
-        "event_id": f"{spec.run_id}-{seq}",
-        "workspace": spec.workspace,
-        "run_id": spec.run_id,
-        "seq": seq,
-        "type": etype,
-        "time": time,
-        "agent": dict(spec.agent),
-        "data": dict(data),
-    }
 
 
 @dataclass

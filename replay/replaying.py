@@ -1,13 +1,20 @@
-"""Replay contexts: the same agent code, answered from a recording (fidelity) or a candidate."""
+"""Replay contexts: the same agent code, answered from a recording (fidelity) or a candidate.
+
+:class:`ReplayContext` is a :class:`tachograph.context.Context` like the live one: agent code
+cannot tell them apart. It differs only in its hooks: answers come from the recording or a
+candidate model, time is the recording's, no side effect is ever performed, and no kill switch in
+force now stops a replay.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from replay.history import RecordedRun
-from tachograph.builder import RunSpec
+from tachograph.builder import RunSpec, parse_time
 from tachograph.context import (
     ApprovalDecision,
     Context,
@@ -18,10 +25,12 @@ from tachograph.context import (
     money_text,
 )
 from tachograph.contract.canonical import dumps
+from tachograph.halts import Halt
 from tachograph.models import ChatRequest, ModelRegistry
 from tachograph.tools import ToolRegistry
 
 REPLAY_LABELS = ("replay.id", "replay.candidate", "replay.mode")
+APPROVAL_EVENTS = ("approval.requested", "approval.decided")
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,22 @@ class Divergence:
         return {"seq": self.seq, "kind": self.kind, "expected": self.expected, "actual": self.actual}
 
 
+def own_approval_id(approval_id: str, run_id: str) -> str:
+    """An approval id without its run's own prefix (``<run_id>/approval-2`` → ``approval-2``).
+
+    Approval ids are unique in a workspace because they start with the run id; a replay is
+    another run, so its approvals differ from the recording's by that prefix alone.
+    """
+    prefix = f"{run_id}/"
+    return approval_id[len(prefix):] if approval_id.startswith(prefix) else approval_id
+
+
 def comparable(event: Mapping[str, Any] | None) -> Any:
-    """The parts of an event a fidelity replay must reproduce: its type and data."""
+    """The parts of an event a fidelity replay must reproduce: its type and data.
+
+    What names the replay rather than the run is left out: ``replay_of`` and the replay labels
+    of ``run.started``, the run's own prefix of approval ids, and ``replayed_from``.
+    """
     if event is None:
         return None
     data = dict(event["data"])
@@ -49,6 +72,9 @@ def comparable(event: Mapping[str, Any] | None) -> Any:
         data.pop("labels", None)
         if labels:
             data["labels"] = labels
+    elif event["type"] in APPROVAL_EVENTS:
+        data["approval_id"] = own_approval_id(str(data["approval_id"]), str(event["run_id"]))
+        data.pop("replayed_from", None)
     return {"type": event["type"], "data": data}
 
 
@@ -56,15 +82,21 @@ def _same(a: Any, b: Any) -> bool:
     return dumps(a) == dumps(b)
 
 
+def _millis(micros: int) -> Decimal:
+    """Microseconds as seconds in whole milliseconds, truncated as the live runtime measures them."""
+    return Decimal(micros // 1000) / 1000
+
+
 class ReplayContext(Context):
     """Answers agent code from a recorded run.
 
-    ``fidelity``: model responses, tool results and approvals come from the recording, and every
-    event must equal the recorded one at the same seq; the first difference stops the run.
-    ``what-if``: model calls go to the candidate model (with candidate prompts); a tool call is
-    answered from the recording while tool and canonical args match the next recorded call;
-    after a divergence only a registered side-effect-free stand-in is called, otherwise the run
-    stops. A live tool is never called.
+    ``fidelity``: model responses, tool results, approvals, recorded halts and the deadline come
+    from the recording, and every event must equal the recorded one at the same seq; the first
+    difference stops the run. ``what-if``: model calls go to the candidate model (with candidate
+    prompts); a tool call is answered from the recording while tool and canonical args match the
+    next recorded call; after a divergence only a registered side-effect-free stand-in is
+    called, otherwise the run stops. A live tool is never called and no change's side effect is
+    ever performed.
     """
 
     def __init__(
@@ -93,6 +125,13 @@ class ReplayContext(Context):
         self._model_i = 0
         self._tool_i = 0
 
+    def _aligned_slot(self) -> dict[str, Any] | None:
+        """The recorded event at the next seq while the replay has not diverged, else None."""
+        seq = len(self.events)
+        if self.divergence is not None or seq >= len(self.recorded):
+            return None
+        return self.recorded[seq]
+
     # --- time: recorded while aligned, then advanced by latencies -------------------------------
     def _stamp(self, seq: int, etype: str, advance_ms: Any) -> str:
         if self.divergence is None and seq < len(self.recorded) and self.recorded[seq]["type"] == etype:
@@ -100,6 +139,39 @@ class ReplayContext(Context):
         last = self.events[-1]["time"] if self.events else self.recorded[0]["time"]
         return advance(last, advance_ms)
 
+    def _elapsed_s(self) -> Decimal:
+        """Seconds since ``run.started`` on the replay's clock, as the recording measured them.
+
+        Where the recording crossed its deadline at this step, its ``observed`` value (so the
+        ``budget.exceeded`` event reproduces exactly). Otherwise the time of the latest event:
+        the recorded time while aligned, the advanced time after. That never exceeds what the
+        live run measured at the same step (it read its clock after that event), so a deadline
+        the recording did not cross is not crossed in replay either.
+        """
+        rec = self._aligned_slot()
+        if rec is not None and rec["type"] == "budget.exceeded" and rec["data"]["limit"] == "deadline":
+            return Decimal(str(rec["data"]["observed"]))
+        delta = parse_time(self.events[-1]["time"]) - parse_time(self.events[0]["time"])
+        return _millis((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+    # --- the world: never touched ------------------------------------------------------------------
+    def _halt(self, side_effect: str | None = None) -> Halt | None:
+        """No kill switch in force now stops a replay; a fidelity replay reproduces the halt its
+        recording shows at this step (the recorded ``halt.set`` evidence, as it was)."""
+        rec = self._aligned_slot() if self.mode == "fidelity" else None
+        if rec is None or rec["type"] != "run.completed":
+            return None
+        return recorded_halt(rec["data"])
+
+    def _apply(self, fn: Callable[[], Any] | None) -> Any:
+        """A replay never performs a change's side effect."""
+        return None
+
+    def _priced(self, model: str) -> bool:
+        # fidelity: every cost comes from the recording, priced or not, whatever today's table says
+        return self.mode == "fidelity" or super()._priced(model)
+
+    # --- comparing with the recording ----------------------------------------------------------------
     def _diverge(self, seq: int, kind: str, expected: Any, actual: Any) -> None:
         if self.divergence is None:
             self.divergence = Divergence(seq, kind, expected, actual)
@@ -135,8 +207,8 @@ class ReplayContext(Context):
                 raise RunStop("failed", f"model call at seq {seq} was recorded without its response")
             return ModelAnswer(
                 d["model"], d["provider"], response.get("content"), d["input_tokens"],
-                d["output_tokens"], d["cost_usd"], d["latency_ms"], response.get("finish_reason"),
-                response.get("tool_calls"),
+                d["output_tokens"], None if d.get("priced") is False else d["cost_usd"], d["latency_ms"],
+                response.get("finish_reason"), response.get("tool_calls"),
             )
         if self.candidate_model is not None:
             name = self.candidate_model
@@ -147,10 +219,10 @@ class ReplayContext(Context):
         self._model_i += 1
         adapter = self.models.get(name)
         r = adapter.complete(ChatRequest(name, tuple(request["messages"]), request.get("params") or {}))
-        cost = self.prices.cost(name, r.input_tokens, r.output_tokens)
+        cost = self.prices.cost_or_none(adapter.name, r.input_tokens, r.output_tokens, adapter.provider)
         return ModelAnswer(
             adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
-            money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,
+            None if cost is None else money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,
         )
 
     def _answer_tool(self, call_id: str, name: str, args: dict[str, Any]) -> ToolAnswer:
@@ -184,23 +256,48 @@ class ReplayContext(Context):
         return ToolAnswer("ok", result, None, 0, tool.side_effect)
 
     def _answer_approval(
-        self, approval_id: str, summary: str, risk: str, change_id: str | None
+        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float | None
     ) -> ApprovalDecision | None:
+        """The recorded person's decision, repeated (``replayed_from`` names the recorded approval).
+
+        Fidelity: the decision recorded right after the request (none: it expired, and the run
+        takes its not-approved path, as recorded). What-if: the recorded approval with the same
+        summary and risk; one the recording never asked for ends the run ``escalated`` with the
+        approval pending (a person would have to decide) and is listed as now required.
+        """
         if self.mode == "fidelity":
-            seq = len(self.events) - 1
-            rec = self.recorded[seq + 1] if seq + 1 < len(self.recorded) else None
+            halt = self._halt()  # the recording was halted while it waited
+            if halt is not None:
+                self._halted(halt)
+            rec = self._aligned_slot()
             if rec is None or rec["type"] != "approval.decided":
                 return None
-            d = rec["data"]
-            return ApprovalDecision(d["decision"], d["by"], d.get("reason"))
+            return _repeated(rec["data"], str(rec["data"]["approval_id"]))
         for i, (req, decided) in enumerate(self._rec_approvals):
             if req["summary"] == summary and req["risk"] == risk:
                 self._rec_approvals.pop(i)
-                if decided is None:
-                    return None
-                return ApprovalDecision(decided["decision"], decided["by"], decided.get("reason"))
+                return None if decided is None else _repeated(decided, str(req["approval_id"]))
         self.approvals_required.append(summary)
+        self._stop = RunStop("escalated", f"waiting for approval {approval_id}: {summary}",
+                             {"pending_approval": approval_id})
+        raise self._stop
+
+
+def recorded_halt(completed: Mapping[str, Any]) -> Halt | None:
+    """The halt a recorded ``run.completed`` says stopped its run (its ``kill_switch``), or None."""
+    evidence = (completed.get("result") or {}).get("kill_switch")
+    if completed.get("outcome") != "cancelled" or not isinstance(evidence, Mapping):
         return None
+    try:
+        return Halt(str(evidence["scope"]), str(evidence["target"]), str(evidence["reason"]),
+                    str(evidence["by"]), str(evidence["at"]), int(evidence["ledger_index"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # not a halt's evidence: the replay goes on and the difference is reported
+
+
+def _repeated(decided: Mapping[str, Any], recorded_approval_id: str) -> ApprovalDecision:
+    return ApprovalDecision(str(decided["decision"]), str(decided["by"]), decided.get("reason"),
+                            replayed_from=recorded_approval_id)
 
 
 def _recorded_tool(d: Mapping[str, Any]) -> ToolAnswer:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from domain.approvals import record_decision
 from domain.ledger import Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.ports import Incoming, LedgerStore, Source
@@ -69,6 +70,32 @@ def items(events: Iterable[dict[str, Any]], name: str = "test.jsonl") -> list[In
         Incoming(dumps(ev), Source(kind="file", name=name, line=n))
         for n, ev in enumerate(events, start=1)
     ]
+
+
+def append_recorded(
+    ledger: Ledger, events: Iterable[dict[str, Any]], name: str = "test.jsonl"
+) -> tuple[int, int]:
+    """Append recorded runs' events in order, each ``approval.decided`` after the person's decision
+    it repeats (``record_decision`` by its ``by``), as the platform saw them when they were
+    recorded: a ledger that requires a person's decision behind every approval accepts them.
+
+    Returns how many events were accepted and how many decisions were recorded (platform
+    records, beside the events).
+    """
+    batch: list[Incoming] = []
+    accepted = decisions = 0
+    for n, ev in enumerate(events, start=1):
+        if ev["type"] == "approval.decided":
+            accepted += ledger.append(batch).accepted
+            batch = []
+            d = ev["data"]
+            record_decision(ledger, ev["workspace"], d["approval_id"], d["decision"], d["by"],
+                            {"name": d["by"], "role": "approver"}, d.get("reason"), ev["time"],
+                            ledger.clock(), run_id=ev["run_id"])
+            decisions += 1
+        batch.append(Incoming(dumps(ev), Source(kind="file", name=name, line=n)))
+    accepted += ledger.append(batch).accepted
+    return accepted, decisions
 
 
 def workload_events(runs: int = 30, seed: int = 3, **kw: Any) -> list[dict[str, Any]]:

@@ -126,26 +126,23 @@ def _free_port() -> int:
 
 
 def _record_examples(ledger: Ledger, data_dir: Path) -> None:
-    """Live triage runs on the simulated model and a what-if replay of them (a stored report)."""
+    """Live triage runs on the simulated model (through the agent runtime; the demo's stand-in
+    person decides their approvals through the platform) and a what-if replay of them (a stored
+    report)."""
     from examples import triage
-    from tachograph.agents import load_agent
-    from replay.demo import demo_approver
+    from replay.demo import record_examples
     from replay.engine import ReplayConfig, run_replay
     from replay.history import load_runs
-    from replay.live import run_live
-    from tachograph.models import ModelRegistry
-    from replay.recorder import RunSpec
     from replay.report import Gate
     from replay.store import ReplayReports
+    from tachograph.agents import load_agent
+    from tachograph.models import ModelRegistry
 
     agent = load_agent("examples.triage:triage")
-    specs = [RunSpec(WS, f"triage-{i:02d}", "ticket-triage", agent.identity, input=inp,
-                     labels={"route": "simulated/sim-small-v1"})
-             for i, inp in enumerate(triage.inputs(12, salt="console"))]
     models = ModelRegistry()
-    run_live(agent, specs, model="sim-small-v1", models=models, clock=time.time, ledger=ledger,
-             approver=demo_approver)
-    recorded = load_runs(ledger.store, run_ids=[s.run_id for s in specs])
+    run_ids = record_examples(ledger, WS, "examples.triage:triage", triage.inputs(12, salt="console"),
+                              prefix="triage", models=models, clock=time.time)
+    recorded = load_runs(ledger.store, run_ids=run_ids)
     config = ReplayConfig("whatif-large", "2026-11-20T10:00:00Z", candidate_model="sim-large-v2",
                           gate=Gate(max_cost_increase=None))
     ReplayReports(data_dir / "replays").save(run_replay(recorded, agent, config, models, ledger=ledger))

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 
 from typer.testing import CliRunner
 
 from api.bootstrap import build_ledger
 from api.cli import build_app
 from api.settings import Settings
-from tachograph.agents import load_agent
-from replay.demo import demo_approver
-from replay.live import run_live
-from tachograph.models import ModelRegistry
-from replay.recorder import RunSpec
+from replay.demo import record_examples
 
 AGENT = "examples.triage:triage"
 
 
 def _record(n: int = 15) -> int:
+    """Record ``n`` live triage runs through the agent runtime into the data dir's ledger (the
+    demo's stand-in person decides their approvals through the platform); the ledger's size."""
     from examples import triage
 
     ledger = build_ledger(Settings())
-    agent = load_agent(AGENT)
-    specs = [RunSpec("acme", f"cli-{i}", "ticket-triage", agent.identity, input=inp)
-             for i, inp in enumerate(triage.inputs(n, salt="cli"))]
-    run_live(agent, specs, model="sim-small-v1", models=ModelRegistry(), clock=time.time, ledger=ledger,
-             approver=demo_approver)
+    record_examples(ledger, "acme", AGENT, triage.inputs(n, salt="cli"), prefix="cli")
     return ledger.store.size()
 
 

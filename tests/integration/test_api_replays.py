@@ -13,34 +13,31 @@ from typing import Any
 
 import pytest
 
-from tachograph.agents import load_agent
-from replay.context import ApprovalDecision
-from replay.live import run_live
-from tachograph.models import ModelRegistry
-from replay.recorder import RunSpec
+from domain.approvals import ApprovalRow
+from ingest.embedded import StandInApprover, Verdict, embedded_runtime
 from replay.store import ReplayReports
+from tachograph.builder import seq_event_id
 from tachograph.contract.canonical import loads
 from tests.integration.api_support import Api, audit_reads, close_api, make_api
 
 TRIAGE = "examples.triage:triage"
 
 
-def _approve(summary: str, risk: str, change_id: str | None) -> ApprovalDecision:
-    return ApprovalDecision("approved", "ops@test")
+def _approve(row: ApprovalRow) -> Verdict:
+    return "approved", None
 
 
 def record(a: Api, workspace: str, n: int, prefix: str = "t") -> list[str]:
-    """Run the triage example live ``n`` times in a workspace; the recorded run ids."""
-    agent = load_agent(TRIAGE)
+    """Run the triage example live ``n`` times in a workspace through the agent runtime (a
+    stand-in person approves through the platform); the recorded run ids."""
     module = __import__("examples.triage", fromlist=["inputs"])
-    specs = [
-        RunSpec(workspace=workspace, run_id=f"{prefix}-{workspace}-{i:03d}", workflow="ticket-triage",
-                agent=dict(agent.identity), input=inp)
-        for i, inp in enumerate(module.inputs(n, salt=prefix))
-    ]
-    run_live(agent, specs, model="sim-small-v1", models=ModelRegistry(), clock=time.time,
-             ledger=a.ledger, approver=_approve)
-    return [s.run_id for s in specs]
+    run_ids = [f"{prefix}-{workspace}-{i:03d}" for i in range(n)]
+    with StandInApprover(a.ledger, workspace, "ops@test", _approve), \
+            embedded_runtime(a.ledger, workspace, event_ids=seq_event_id, model="sim-small-v1",
+                             approval_timeout_s=10) as rt:
+        for run_id, inp in zip(run_ids, module.inputs(n, salt=prefix), strict=True):
+            rt.run(TRIAGE, inp, run_id=run_id)
+    return run_ids
 
 
 @pytest.fixture

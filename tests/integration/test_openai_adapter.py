@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from replay.context import LiveContext, run_agent
-from replay.errors import (
+from tachograph.builder import seq_event_id
+from tachograph.context import Context
+from tachograph.contract.canonical import loads
+from tachograph.errors import (
     ModelAuthError,
     ModelRequestError,
     ModelResponseError,
@@ -27,8 +29,8 @@ from tachograph.models import (
     Price,
     PriceTable,
 )
-from replay.recorder import RunSpec
-from tachograph.tools import ToolRegistry
+from tachograph.runtime import Runtime
+from tachograph.transports import CollectingTransport
 from tests.factories import FakeClock
 
 KEY = "sk-test-do-not-log-0123456789"
@@ -187,16 +189,24 @@ def test_a_missing_key_variable_is_named_before_any_request(chat_server, monkeyp
     assert chat_server.requests == []
 
 
+def say_hello(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
+    """An agent that asks the model once."""
+    return {"said": ctx.llm("hello").content}
+
+
 def test_a_live_run_over_http_records_usage_and_exact_cost(chat_server, api_key):
     chat_server.script.append((200, ChatServer.ok("done", 1000, 500), 0.0, {}))
     prices = PriceTable({"local-model": Price(Decimal("0.40"), Decimal("1.60"))})
     models = ModelRegistry({"local-model": HttpModelConfig(chat_server.url, "local-model", "TEST_LLM_KEY")},
                            sleep=lambda s: None, clock=time.monotonic, prices=prices)
-    spec = RunSpec("acme", "http-1", "wf", {"id": "a", "version": "1"}, input={})
-    ctx = LiveContext(spec, tools=ToolRegistry(), prompts={}, model="local-model", models=models,
-                      clock=FakeClock())
-    events = run_agent(lambda c, i: {"said": c.llm("hello").content}, ctx)
+    transport = CollectingTransport()
+    rt = Runtime(workspace="acme", transport=transport, models=models, model="local-model", clock=FakeClock(),
+                 run_ids=lambda: "http-1", event_ids=seq_event_id)
+    run = rt.run(say_hello, {}, workflow="wf")
+    events = run.events
     called = events[1]["data"]
     assert (called["provider"], called["input_tokens"], called["output_tokens"]) == ("openai-compatible", 1000, 500)
-    assert Decimal(called["cost_usd"]) == Decimal("0.0012")
+    assert Decimal(called["cost_usd"]) == Decimal("0.0012") and "priced" not in called
     assert events[-1]["data"] == {"outcome": "succeeded", "result": {"said": "done"}}
+    assert (run.usage.model_calls, run.usage.tokens, run.usage.cost_usd) == (1, 1500, Decimal("0.0012"))
+    assert [loads(v) for v in transport.values()] == events  # every event was sent as it was made

@@ -8,15 +8,17 @@ from typing import Any
 
 import pytest
 
-from tachograph.agents import AgentSpec, load_agent
-from replay.context import ApprovalDecision, Context
+from domain.approvals import ApprovalRow
+from ingest.embedded import StandInApprover, Verdict, embedded_runtime
+from replay.demo import record_examples
 from replay.engine import ReplayConfig, replay_one, run_replay
 from replay.errors import PromptError, UnknownModelError
 from replay.history import RecordedRun, load_runs
-from replay.live import run_live
-from tachograph.models import SIMULATED, ChatRequest, ChatResponse, ModelRegistry, PriceTable
-from replay.recorder import RunSpec
 from replay.report import Gate, estimate
+from tachograph.agents import AgentSpec, load_agent
+from tachograph.builder import seq_event_id
+from tachograph.context import Context
+from tachograph.models import SIMULATED, ChatRequest, ChatResponse, ModelRegistry, PriceTable
 from tachograph.tools import ToolRegistry
 from tests.factories import FakeClock, make_ledger
 
@@ -89,17 +91,20 @@ def _models() -> ModelRegistry:
     return models
 
 
-def _record(tmp_path, inputs: list[dict[str, Any]], approver=None):
-    ledger = make_ledger(tmp_path / "ledger.db", clock=FakeClock())
-    specs = [RunSpec("acme", f"run-{i}", "wf", {"id": "test-agent", "version": "1"}, input=inp)
-             for i, inp in enumerate(inputs)]
-    run_live(_spec(), specs, model="likes-red", models=_models(), clock=FakeClock(), ledger=ledger,
-             approver=approver)
+def _approve(row: ApprovalRow) -> Verdict:
+    return "approved", None
+
+
+def _record(tmp_path, inputs: list[dict[str, Any]], budget: dict[str, Any] | None = None):
+    """Run the test agent live on ``likes-red`` through the runtime into a ledger that requires a
+    person's decision behind every approval; pat@acme.test approves through the platform."""
+    ledger = make_ledger(tmp_path / "ledger.db", clock=FakeClock(), approval_decisions="person")
+    with StandInApprover(ledger, "acme", "pat@acme.test", _approve), \
+            embedded_runtime(ledger, "acme", clock=FakeClock(), event_ids=seq_event_id, models=_models(),
+                             model="likes-red", approval_timeout_s=5) as rt:
+        for i, inp in enumerate(inputs):
+            rt.run(_spec(), inp, run_id=f"run-{i}", budget=budget)
     return ledger, load_runs(ledger.store, workflow="wf")
-
-
-def _approve(summary: str, risk: str, change_id: str | None) -> ApprovalDecision:
-    return ApprovalDecision("approved", "pat@acme.test")
 
 
 def test_what_if_answers_matching_tool_calls_from_the_recording_without_calling_live_tools(tmp_path):
@@ -144,16 +149,19 @@ def test_an_approval_the_recording_never_asked_for_is_reported_and_escalates(tmp
                            ReplayConfig("w4", "t", candidate_model="likes-blue"), _models())
     assert result.approvals_now_required == ["write 2"]
     assert result.after.outcome == "escalated"
+    assert result.after.result == {"pending_approval": "w4.run-0/approval-4"}
     assert result.before.outcome == "succeeded"
 
 
 def test_a_recorded_approval_is_reused_by_a_what_if_replay(tmp_path):
-    _ledger, runs = _record(tmp_path, [{"id": 1, "big": True}], approver=_approve)
+    _ledger, runs = _record(tmp_path, [{"id": 1, "big": True}])
     result, events = replay_one(runs[0], _spec(), ReplayConfig("w5", "t", candidate_model="likes-red"),
                                 _models())
     assert result.approvals_now_required == []
     assert result.status == "unchanged"
-    assert [e["data"]["by"] for e in events if e["type"] == "approval.decided"] == ["pat@acme.test"]
+    decided = [e["data"] for e in events if e["type"] == "approval.decided"]
+    assert [(d["by"], d["approval_id"], d["replayed_from"]) for d in decided] == [
+        ("pat@acme.test", "w5.run-0/approval-4", "run-0/approval-4")]
 
 
 def test_a_candidate_prompt_reaches_the_model_and_is_named_in_the_labels(tmp_path):
@@ -176,7 +184,7 @@ def test_an_unknown_prompt_or_model_is_a_clear_error():
 
 def test_the_same_replay_twice_gives_identical_results_and_recorded_events(tmp_path):
     inputs = [{"id": i, "big": i % 3 == 0} for i in range(30)]
-    _ledger, runs = _record(tmp_path, inputs, approver=_approve)
+    _ledger, runs = _record(tmp_path, inputs)
     outs = []
     for n, workers in enumerate((1, 4)):
         target = make_ledger(tmp_path / f"replay-{n}.db", clock=FakeClock())
@@ -214,13 +222,11 @@ def test_estimate_prices_recorded_tokens_at_the_candidate_price_exactly(tmp_path
 
 
 def test_a_budget_breach_ends_the_run_cancelled_with_a_budget_event(tmp_path):
-    ledger = make_ledger(tmp_path / "ledger.db")
-    spec = RunSpec("acme", "b1", "wf", {"id": "a", "version": "1"}, input={"id": 1},
-                   budget={"max_model_calls": 0})
-    runs, _ = run_live(_spec(), [spec], model="likes-red", models=_models(), clock=FakeClock(), ledger=ledger)
-    types = [e["type"] for e in runs[0]]
+    ledger, runs = _record(tmp_path, [{"id": 1}], budget={"max_model_calls": 0})
+    types = [e["type"] for e in runs[0].events]
     assert types[-2:] == ["budget.exceeded", "run.completed"]
-    assert runs[0][-1]["data"]["outcome"] == "cancelled"
+    assert runs[0].completed == {"outcome": "cancelled", "result": {"budget_exceeded": "model_calls"},
+                                 "error": "budget model_calls exceeded: 1 > 0"}
     assert ledger.store.size() == len(types)
 
 
@@ -237,11 +243,9 @@ def test_the_triage_example_replays_against_a_larger_model(tmp_path):
     ledger = make_ledger(tmp_path / "ledger.db")
     from examples import triage
 
-    agent_spec = load_agent("examples.triage:triage")
-    specs = [RunSpec("acme", f"t{i}", "ticket-triage", agent_spec.identity, input=inp)
-             for i, inp in enumerate(triage.inputs(20))]
-    run_live(agent_spec, specs, model="sim-small-v1", models=ModelRegistry(), clock=FakeClock(), ledger=ledger)
+    record_examples(ledger, "acme", "examples.triage:triage", triage.inputs(20), prefix="t")
     runs = load_runs(ledger.store, workflow="ticket-triage")
+    agent_spec = load_agent("examples.triage:triage")
     report = run_replay(runs, agent_spec, ReplayConfig("big", "t", candidate_model="sim-large-v2"),
                         ModelRegistry(), ledger=ledger)
     after = report["summary"]["after"]
