@@ -67,7 +67,7 @@ def main() -> None:
         signer = NoteSigner.from_seed("bench.example/log", b"\1" * 32)
         ledger = Ledger(store, signer, LedgerConfig(origin="bench.example/log"), clock=time.time)
         t0 = time.perf_counter()
-        with embedded_runtime(ledger, "bench", batch_size=64, clock=time.time, event_ids=seq_event_id,
+        with embedded_runtime(ledger, "bench", clock=time.time, event_ids=seq_event_id,
                               models=ModelRegistry(), model="sim-small-v1") as rt:
             for i in range(args.runs):
                 rt.run(AGENT, {"id": i, "q": f"topic{i % 50}"}, run_id=f"run-{i:06d}")

@@ -71,7 +71,6 @@ class LedgerTransport:
         return failures
 
 
-
 class LedgerPlatform:
     """Halts and approvals of a ledger in this process.
 
@@ -107,10 +106,9 @@ class LedgerPlatform:
         """Nothing to release (the ledger belongs to the caller)."""
 
 
-def embedded_runtime(ledger: Ledger, workspace: str, *, batch_size: int = 1, name: str = "agent",
-                     **runtime: Any) -> Runtime:
+def embedded_runtime(ledger: Ledger, workspace: str, *, name: str = "agent", **runtime: Any) -> Runtime:
     """A runtime recording into ``ledger`` in this process, halts and approvals from it too."""
-    return Runtime(workspace=workspace, transport=LedgerTransport(ledger, batch_size=batch_size, name=name),
+    return Runtime(workspace=workspace, transport=LedgerTransport(ledger, name=name),
                    platform=LedgerPlatform(ledger), **runtime)
 
 
