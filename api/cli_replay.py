@@ -23,7 +23,8 @@ from replay.render import render_report
 from replay.report import Gate, estimate
 from replay.store import ReplayReports
 from tachograph.agents import load_agent, read_prompt_overrides
-from tachograph.models import HttpModelConfig, ModelRegistry, PriceTable
+from tachograph.models import HttpModelConfig, ModelRegistry
+from tachograph.prices import PriceTable
 
 replay_app = typer.Typer(help="Replay recorded runs against new models or prompts; gate releases on the diff.")
 

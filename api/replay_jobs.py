@@ -29,7 +29,8 @@ from replay.report import Gate
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
-from tachograph.models import ModelRegistry, PriceTable
+from tachograph.models import ModelRegistry
+from tachograph.prices import PriceTable
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 1000
