@@ -118,8 +118,10 @@ class ReplayJobs:
         *,
         max_queued: int = 8,
         workers: int = 2,
+        prices: PriceTable | None = None,
     ) -> None:
         self.ledger = ledger
+        self.prices = prices or PriceTable()
         self.reports = reports
         self.clock = clock
         self.agents = tuple(agents)
@@ -147,7 +149,7 @@ class ReplayJobs:
         return spec
 
     def _models(self, model: str | None) -> ModelRegistry:
-        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=PriceTable())
+        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=self.prices)
         if model is not None:
             try:
                 models.get(model)

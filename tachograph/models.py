@@ -27,7 +27,7 @@ from tachograph.errors import (
 )
 from tachograph.prices import DEFAULT_PRICES as DEFAULT_PRICES  # moved; old imports keep working
 from tachograph.prices import Price as Price
-from tachograph.prices import PriceTable
+from tachograph.prices import PriceTable as PriceTable
 
 
 @dataclass(frozen=True)
