@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replay.history import RecordedRun
-from tachograph.builder import RunSpec
+from tachograph.builder import RunSpec, parse_time
 from tachograph.context import (
     ApprovalDecision,
     Context,
@@ -147,10 +147,12 @@ class ReplayContext(Context):
         self._model_i += 1
         adapter = self.models.get(name)
         r = adapter.complete(ChatRequest(name, tuple(request["messages"]), request.get("params") or {}))
-        cost = self.prices.cost(name, r.input_tokens, r.output_tokens)
+        # priced as of the recorded run (reproducible); unknown: recorded unpriced, not refused
+        cost = self.prices.cost_or_none(name, r.input_tokens, r.output_tokens, adapter.provider,
+                                        at=parse_time(str(self.recorded[0]["time"])))
         return ModelAnswer(
             adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
-            money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,
+            None if cost is None else money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,
         )
 
     def _answer_tool(self, call_id: str, name: str, args: dict[str, Any]) -> ToolAnswer:
