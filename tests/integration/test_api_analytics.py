@@ -136,3 +136,40 @@ def test_costs_beyond_the_money_maximum_are_refused_and_every_cost_report_keeps_
             assert got.json()["rows"]
     finally:
         close_api(a)
+
+
+def test_a_run_with_an_unpriced_call_has_an_unknown_cost_in_the_runs_list_and_the_cost_report(
+        tmp_path: Any) -> None:
+    from tests.factories import event
+
+    def call(run: str, seq: int, cost: str, priced: bool | None = None) -> dict[str, Any]:
+        data = {"call_id": f"m{seq}", "provider": "ollama", "model": "smollm2-135m-instruct",
+                "input_tokens": 100, "output_tokens": 10, "cost_usd": cost, "latency_ms": 3}
+        return event(run, seq, "model.called", data if priced is None else {**data, "priced": priced})
+
+    started = {"workflow": "local-llm", "mode": "execute", "risk_tier": "low"}
+    events = [
+        event("mixed", 0, data=started), call("mixed", 1, "0.2"), call("mixed", 2, "0", priced=False),
+        event("mixed", 3, "run.completed", {"outcome": "succeeded"}),
+        event("priced", 0, data=started), call("priced", 1, "0.1"),
+        event("priced", 2, "run.completed", {"outcome": "succeeded"}),
+    ]
+    a = make_api(tmp_path)
+    try:
+        publish(a, events)
+        with open_projector(a.ledger.store, analytics_path(a.data_dir)) as projector:
+            projector.catch_up()
+        rows = report(a, "cost-per-outcome", by="workflow")["rows"]
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row["runs"], row["successful_outcomes"]) == (2, 2)
+        assert (row["unpriced_runs"], row["unpriced_calls"], row["priced_cost_usd"]) == (1, 1, "0.300000000")
+        assert row["total_cost_usd"] is None and row["cost_per_outcome_usd"] is None
+        r = a.client.get("/v1/runs", headers=a.auth("auditor"))
+        assert r.status_code == 200, r.text
+        listed = {s["run_id"]: s for s in r.json()["runs"]}
+        assert (listed["mixed"]["cost_usd"], listed["mixed"]["unpriced_calls"]) == (None, 1)
+        assert listed["mixed"]["priced_cost_usd"] == "0.2"
+        assert (listed["priced"]["cost_usd"], listed["priced"]["unpriced_calls"]) == ("0.1", 0)
+    finally:
+        close_api(a)
