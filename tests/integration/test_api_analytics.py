@@ -138,6 +138,17 @@ def test_costs_beyond_the_money_maximum_are_refused_and_every_cost_report_keeps_
         close_api(a)
 
 
+def _sign_in(a: Api, role: str) -> None:
+    """Sign the test client in to the console with the role's key."""
+    import re
+
+    page = a.client.get("/console/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = a.client.post("/console/login", data={"api_key": a.secrets[role], "csrf": token},
+                      follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
 def test_a_run_with_an_unpriced_call_has_an_unknown_cost_in_the_runs_list_and_the_cost_report(
         tmp_path: Any) -> None:
     from tests.factories import event
@@ -171,5 +182,19 @@ def test_a_run_with_an_unpriced_call_has_an_unknown_cost_in_the_runs_list_and_th
         assert (listed["mixed"]["cost_usd"], listed["mixed"]["unpriced_calls"]) == (None, 1)
         assert listed["mixed"]["priced_cost_usd"] == "0.2"
         assert (listed["priced"]["cost_usd"], listed["priced"]["unpriced_calls"]) == ("0.1", 0)
+        _sign_in(a, "auditor")
+        runs_page = a.client.get("/console/runs")
+        assert runs_page.status_code == 200, runs_page.text
+        assert 'id="unpriced-runs">1 run(s) with calls of no known price' in runs_page.text
+        assert ">unknown</span>" in runs_page.text and "$0.1</td>" in runs_page.text
+        run_page = a.client.get("/console/runs/mixed")
+        assert run_page.status_code == 200, run_page.text
+        assert "unknown: 1 model call(s) with no known price (priced calls $0.2)" in run_page.text
+        assert "no known price</span>" in run_page.text
+        a.client.cookies.clear()
+        _sign_in(a, "analyst")
+        cost_page = a.client.get("/console/analytics")
+        assert cost_page.status_code == 200, cost_page.text
+        assert "<th>unpriced runs</th>" in cost_page.text and "<th>priced cost usd</th>" in cost_page.text
     finally:
         close_api(a)

@@ -520,3 +520,13 @@ def test_a_run_mixing_priced_and_unpriced_calls_has_an_unknown_cost_never_a_sile
     assert budgets == [(None,)]
     assert con.execute("SELECT cost_of_breached_runs_usd FROM (" + budget_summary_sql(["workflow"])
                        + ") WHERE workflow = 'local-llm'").fetchall() == [(None,)]
+
+
+def test_the_cost_report_table_explains_unknown_costs(projected) -> None:  # type: ignore[no-untyped-def]
+    from projections.reports import rich_table, run_report
+
+    con, _, _ = projected
+    local = run_report(con, "cost-per-outcome", ["workflow"])
+    assert "2 run(s) had model calls with no known price" in str(rich_table(local).caption)
+    violations = run_report(con, "violations", ["workflow"])
+    assert rich_table(violations).caption is None
