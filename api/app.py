@@ -44,6 +44,7 @@ from domain.errors import (
 from domain.ledger import Ledger
 from projections.errors import ProjectionError, ReportError
 from replay.store import ReplayReports
+from tachograph.prices import PriceTable
 
 VERSION = "0.1.0"
 
@@ -206,6 +207,7 @@ def create_app(
     ledger = ledger or build_ledger(settings)
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
+    prices = PriceTable.from_file(settings.prices) if settings.prices else PriceTable()
     services = Services(
         settings=settings,
         ledger=ledger,
@@ -217,8 +219,9 @@ def create_app(
         clock=clock,
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
-                           workers=settings.replay_workers),
+                           workers=settings.replay_workers, prices=prices),
         halts=HaltService(ledger, clock),
+        prices=prices,
     )
 
     app = FastAPI(

@@ -23,7 +23,8 @@ from replay.render import render_report
 from replay.report import Gate, estimate
 from replay.store import ReplayReports
 from tachograph.agents import load_agent, read_prompt_overrides
-from tachograph.models import HttpModelConfig, ModelRegistry, PriceTable
+from tachograph.models import HttpModelConfig, ModelRegistry
+from tachograph.prices import PriceTable
 
 replay_app = typer.Typer(help="Replay recorded runs against new models or prompts; gate releases on the diff.")
 
@@ -36,6 +37,11 @@ def _rate(value: str | None, option: str) -> Decimal | None:
     except InvalidOperation:
         raise typer.BadParameter(f"{option} must be a rate like 0.05 or 5%, got {value!r}") from None
     return rate
+
+
+def _usd(cost: Decimal | None, unpriced: int) -> str:
+    """A total cost, or why it is unknown."""
+    return f"${cost}" if cost is not None else f"unknown ({unpriced} model call(s) with no price)"
 
 
 def _reports(settings: Settings) -> ReplayReports:
@@ -54,7 +60,7 @@ def cmd_replay(
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="candidate prompt NAME=FILE (repeatable)")] = None,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --model")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="env var holding the API key for --base-url")] = None,
-    prices: Annotated[Path | None, typer.Option(help="JSON price table over the defaults")] = None,
+    prices: Annotated[Path | None, typer.Option(help="JSON price file over genai-prices' catalogue (default: TACHO_PRICES)")] = None,
     max_outcome_change: Annotated[str | None, typer.Option(help="gate: max outcome change rate (0.05 or 5%)")] = None,
     max_cost_increase: Annotated[str | None, typer.Option(help="gate: max relative total cost increase")] = None,
     max_violation_increase: Annotated[str | None, typer.Option(help="gate: max violation rate increase (absolute)")] = None,
@@ -75,7 +81,8 @@ def cmd_replay(
     overrides = read_prompt_overrides(prompt or [])
     if overrides:
         spec = spec.with_prompts(overrides)
-    price_table = PriceTable.from_file(prices) if prices else PriceTable()
+    price_file = prices or settings.prices
+    price_table = PriceTable.from_file(price_file) if price_file else PriceTable()
     http = {model: HttpModelConfig(base_url, model, api_key_env)} if model and base_url else {}
     models = ModelRegistry(http, sleep=time.sleep, clock=time.monotonic, prices=price_table)
     if model:
@@ -91,15 +98,18 @@ def cmd_replay(
     )
     if estimate_only:
         est = estimate(recorded, model, price_table)
-        failures = gate.failures({"cost_increase": est["cost_increase"]})
+        failures = gate.failures({"cost_increase": est["cost_increase"],
+                                  "unpriced_calls": est["unpriced_calls"]})
         est["gate"] = {"passed": not failures, "failures": failures}
         if json_out:
             print_json(est)
         else:
             console().print(
                 f"{est['runs']} runs, {est['model_calls']} model calls, {est['input_tokens']} in / "
-                f"{est['output_tokens']} out tokens: recorded ${est['cost_before_usd']}, "
-                f"estimated on {model or 'the recorded models'} ${est['cost_estimated_usd']}"
+                f"{est['output_tokens']} out tokens: recorded "
+                f"{_usd(est['cost_before_usd'], est['unpriced_calls_before'])}, estimated on "
+                f"{model or 'the recorded models'} "
+                f"{_usd(est['cost_estimated_usd'], est['unpriced_calls_estimated'])}"
             )
             for f in failures:
                 console().print(f"[red]gate failed:[/] {f}")

@@ -20,6 +20,7 @@ from api.run_index import RunIndex
 from api.settings import Settings
 from api.witness_pusher import WitnessPusher
 from domain.ledger import Ledger
+from tachograph.prices import PriceTable
 
 if TYPE_CHECKING:
     from api.replay_jobs import ReplayJobs
@@ -47,6 +48,7 @@ class Services:
     clock: Callable[[], float]
     replays: ReplayJobs
     halts: HaltService
+    prices: PriceTable = field(default_factory=PriceTable)  # TACHO_PRICES over genai-prices' data
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)
     verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time

@@ -29,7 +29,8 @@ from replay.report import Gate
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
-from tachograph.models import ModelRegistry, PriceTable
+from tachograph.models import ModelRegistry
+from tachograph.prices import PriceTable
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 1000
@@ -117,8 +118,10 @@ class ReplayJobs:
         *,
         max_queued: int = 8,
         workers: int = 2,
+        prices: PriceTable | None = None,
     ) -> None:
         self.ledger = ledger
+        self.prices = prices or PriceTable()
         self.reports = reports
         self.clock = clock
         self.agents = tuple(agents)
@@ -146,7 +149,7 @@ class ReplayJobs:
         return spec
 
     def _models(self, model: str | None) -> ModelRegistry:
-        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=PriceTable())
+        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=self.prices)
         if model is not None:
             try:
                 models.get(model)

@@ -33,7 +33,8 @@ class RunSummary:
     tool_calls: int = 0
     denials: int = 0
     tokens: int = 0
-    cost_usd: Decimal = field(default_factory=Decimal)
+    cost_usd: Decimal = field(default_factory=Decimal)  # of the priced model calls
+    unpriced_calls: int = 0  # model calls recorded with no known price (priced: false)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON (money as an exact decimal string)."""
@@ -52,7 +53,9 @@ class RunSummary:
             "tool_calls": self.tool_calls,
             "denials": self.denials,
             "tokens": self.tokens,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": None if self.unpriced_calls else str(self.cost_usd),
+            "priced_cost_usd": str(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
             "first_index": self.first_index,
             "last_index": self.last_index,
         }
@@ -121,7 +124,10 @@ class RunIndex(LedgerFold):
         elif etype == "model.called":
             s.model_calls += 1
             s.tokens += int(data["input_tokens"]) + int(data["output_tokens"])
-            s.cost_usd += Decimal(str(data["cost_usd"]))
+            if data.get("priced") is False:  # unknown, not free
+                s.unpriced_calls += 1
+            else:
+                s.cost_usd += Decimal(str(data["cost_usd"]))
         elif etype == "tool.called":
             s.tool_calls += 1
         elif etype == "policy.evaluated" and data["decision"] == "deny":

@@ -87,7 +87,10 @@ class RunOut(BaseModel):
     tool_calls: int
     denials: int
     tokens: int
-    cost_usd: str
+    cost_usd: str | None = Field(
+        description="exact USD cost of the run's model calls; null when a call had no known price")
+    priced_cost_usd: str = Field(description="exact USD cost of the model calls with a known price")
+    unpriced_calls: int = Field(description="model calls recorded with no known price (priced: false)")
     first_index: int
     last_index: int
 

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     )
     replay_queue: int = Field(8, ge=1, description="HTTP API: replays queued or running at once")
     replay_workers: int = Field(2, ge=1, description="runs replayed in parallel within one replay")
+    prices: Path | None = Field(
+        None, description="a JSON price file over genai-prices' bundled catalogue and the simulated "
+        'models ({"model": {"input_per_m": "0.4", "output_per_m": "1.6"}}, USD per million '
+        "tokens); prices OTLP model spans that carry no cost, and replays (docs/analytics.md)",
+    )
     witnesses: str = Field(
         "", description="witnesses that cosign checkpoints: comma-separated URL=VKEY (c2sp.org/tlog-witness)"
     )

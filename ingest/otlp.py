@@ -11,6 +11,11 @@ Mapping (``gen_ai.operation.name`` or ``openinference.span.kind``):
 - ``execute_tool`` / ``TOOL``: ``tool.called``.
 Other spans are not mapped. The first span seen of a run that has no events yet opens it with a
 ``run.started`` built from the agent span when present, otherwise from the resource.
+
+A model span's cost is its cost attribute when it has one, otherwise its tokens priced by the
+platform's price table (:class:`tachograph.prices.PriceTable`, ``TACHO_PRICES`` over
+genai-prices' catalogue) at the span's start; a model the table does not know is recorded
+unpriced (``cost_usd`` 0 with ``priced: false``), never as free.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from domain.errors import ContractError
 from tachograph.contract.events import SPEC
+from tachograph.prices import PriceTable
 
 MODEL_OPS = {"chat", "text_completion", "generate_content", "embeddings"}
 TOOL_OPS = {"execute_tool"}
@@ -208,8 +214,8 @@ def _json_object(value: Any) -> dict[str, Any]:
     return {} if value is None else {"value": value}
 
 
-def model_data(span: SpanView) -> dict[str, Any]:
-    """``model.called`` data of an LLM span."""
+def model_data(span: SpanView, prices: PriceTable | None = None) -> dict[str, Any]:
+    """``model.called`` data of an LLM span (a span without a cost is priced by ``prices``)."""
     data: dict[str, Any] = {
         "call_id": span.span_id,
         "provider": _name(span.attr("gen_ai.provider.name", "gen_ai.system", "llm.provider",
@@ -224,21 +230,36 @@ def model_data(span: SpanView) -> dict[str, Any]:
         "cost_usd": _cost(span.attr("tachograph.cost_usd", "gen_ai.usage.cost", "llm.cost.total")),
         "latency_ms": _ms(span),
     }
+    if data["cost_usd"] is None:
+        _price(data, span, prices if prices is not None else PriceTable())
     reasons = span.attr("gen_ai.response.finish_reasons")
     if isinstance(reasons, list) and reasons:
         data["response"] = {"finish_reason": str(reasons[0])}
     return data
 
 
-def _cost(value: Any) -> Decimal:
+def _cost(value: Any) -> Decimal | None:
+    """A span's own cost attribute as exact money; None when absent or not a money amount."""
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        d = Decimal(str(value)) if value is not None else Decimal(0)
+        d = Decimal(str(value))
     except ArithmeticError:
-        return Decimal(0)
+        return None
     if not d.is_finite() or d < 0:
-        return Decimal(0)
+        return None
     exponent = d.as_tuple().exponent
     return d.quantize(Decimal("1e-9")) if isinstance(exponent, int) and exponent < -9 else d
+
+
+def _price(data: dict[str, Any], span: SpanView, prices: PriceTable) -> None:
+    """Set the cost of a model call from its tokens, at the span's start; unknown: unpriced."""
+    at = datetime.fromtimestamp(span.start_ns // 1000 / 1_000_000, tz=UTC)
+    cost = prices.cost_or_none(data["model"], data["input_tokens"], data["output_tokens"],
+                               data["provider"], at=at)
+    data["cost_usd"] = Decimal(0) if cost is None else cost
+    if cost is None:
+        data["priced"] = False
 
 
 def tool_data(span: SpanView) -> dict[str, Any]:
@@ -292,7 +313,8 @@ def _valid(_event: dict[str, Any]) -> str | None:
 
 
 def events_for_run(
-    spans: Sequence[SpanView], workspace: str, run_id: str, cursor: RunCursor, check: Check = _valid
+    spans: Sequence[SpanView], workspace: str, run_id: str, cursor: RunCursor, check: Check = _valid,
+    prices: PriceTable | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """The new contract events of one run from its spans (skipping events already stored).
 
@@ -300,7 +322,10 @@ def events_for_run(
     were already stored (duplicates). ``check`` sees each event as it is mapped and returns why
     it breaks the contract, or None: a rejected event is left out and takes no ``seq``, so one
     bad span (a value over its maximum, say) never leaves a gap that holds back the rest.
+    Model spans without a cost are priced by ``prices`` (default: genai-prices' catalogue and
+    the simulated models).
     """
+    prices = prices if prices is not None else PriceTable()
     spans = sorted(spans, key=lambda s: (s.start_ns, s.span_id))
     mapped = [s for s in spans if s.kind is not None]
     if not mapped:
@@ -341,7 +366,7 @@ def events_for_run(
         add(opener, "run.started", "start", min(s.start_ns for s in mapped), started_data(opener))
     for s in mapped:
         if s.kind == "model":
-            add(s, "model.called", "model", s.end_ns, model_data(s))
+            add(s, "model.called", "model", s.end_ns, model_data(s, prices))
         elif s.kind == "tool":
             add(s, "tool.called", "tool", s.end_ns, tool_data(s))
     if root is not None and not cursor.completed:

@@ -134,7 +134,19 @@ def rich_table(report: Report) -> Table:
         table.add_row(*(_cell(v) for v in row))
     if not report.rows:
         table.caption = "no runs match"
+    elif unpriced := _unpriced_runs(report):
+        table.caption = (f"{unpriced} run(s) had model calls with no known price: their cost is "
+                         "unknown (—); priced cost usd is what the priced calls cost "
+                         "(a price file, TACHO_PRICES, prices more models)")
     return table
+
+
+def _unpriced_runs(report: Report) -> int:
+    """Runs with an unpriced model call, over the report's rows (0 if it does not count them)."""
+    if "unpriced_runs" not in report.columns:
+        return 0
+    i = report.columns.index("unpriced_runs")
+    return sum(int(row[i] or 0) for row in report.rows)
 
 
 def to_csv(report: Report) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 MONEY = "DECIMAL(38, 9)"
 
@@ -38,7 +38,8 @@ STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("model", pa.string()),
     ("input_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
-    ("cost_usd", pa.string()),
+    ("cost_usd", pa.string()),  # NULL for a call recorded unpriced (no price was known)
+    ("priced", pa.bool_()),  # model.called: false when no price was known, else true
     ("latency_ms", pa.float64()),
     ("confidence", pa.float64()),
     ("finish_reason", pa.string()),
@@ -121,9 +122,11 @@ CREATE TABLE run_facts (
     corrected_at TIMESTAMPTZ,
     time_to_correction_ms BIGINT,
     model_calls BIGINT NOT NULL,
+    unpriced_calls BIGINT NOT NULL,
     input_tokens BIGINT NOT NULL,
     output_tokens BIGINT NOT NULL,
-    cost_usd {MONEY} NOT NULL,
+    cost_usd {MONEY},
+    priced_cost_usd {MONEY} NOT NULL,
     tool_calls BIGINT NOT NULL,
     tool_errors BIGINT NOT NULL,
     policy_evaluations BIGINT NOT NULL,
@@ -178,9 +181,10 @@ agg AS (
         bool_and(accepted) FILTER (WHERE type = 'feedback.recorded') AS accepted,
         min(time) FILTER (WHERE type = 'feedback.recorded' AND NOT accepted) AS corrected_at,
         count(*) FILTER (WHERE type = 'model.called') AS model_calls,
+        count(*) FILTER (WHERE type = 'model.called' AND NOT priced) AS unpriced_calls,
         coalesce(sum(input_tokens), 0) AS input_tokens,
         coalesce(sum(output_tokens), 0) AS output_tokens,
-        coalesce(sum(cost_usd), 0)::DECIMAL(38, 9) AS cost_usd,
+        coalesce(sum(cost_usd), 0)::DECIMAL(38, 9) AS priced_cost_usd,
         count(*) FILTER (WHERE type = 'tool.called') AS tool_calls,
         count(*) FILTER (WHERE type = 'tool.called' AND status = 'error') AS tool_errors,
         count(*) FILTER (WHERE type = 'policy.evaluated') AS policy_evaluations,
@@ -208,7 +212,9 @@ SELECT a.workspace, a.run_id, a.workflow, a.agent_id, a.agent_version, a.mode, a
     a.outcome, a.accepted,
     coalesce(a.outcome = 'succeeded' AND a.accepted IS DISTINCT FROM false, false) AS successful,
     a.corrected_at, epoch_ms(a.corrected_at) - epoch_ms(a.ended_at) AS time_to_correction_ms,
-    a.model_calls, a.input_tokens, a.output_tokens, a.cost_usd, a.tool_calls, a.tool_errors,
+    a.model_calls, a.unpriced_calls, a.input_tokens, a.output_tokens,
+    CASE WHEN a.unpriced_calls = 0 THEN a.priced_cost_usd END AS cost_usd, a.priced_cost_usd,
+    a.tool_calls, a.tool_errors,
     a.policy_evaluations, a.denials, a.approvals_required, a.approvals_requested,
     a.approvals_granted, a.approvals_rejected, ap.wait_ms AS approval_wait_ms,
     ap.max_ms AS approval_latency_max_ms, a.changes_proposed, a.changes_applied,

@@ -37,7 +37,8 @@ _DATA_FIELDS: dict[str, Any] = {
     "budget": {"max_model_calls": "BIGINT", "max_tokens": "BIGINT", "max_cost_usd": "JSON",
                "deadline_s": "DOUBLE"},
     "call_id": "VARCHAR", "provider": "VARCHAR", "model": "VARCHAR", "input_tokens": "BIGINT",
-    "output_tokens": "BIGINT", "cost_usd": "JSON", "latency_ms": "DOUBLE", "confidence": "DOUBLE",
+    "output_tokens": "BIGINT", "cost_usd": "JSON", "priced": "BOOLEAN", "latency_ms": "DOUBLE",
+    "confidence": "DOUBLE",
     "response": {"finish_reason": "VARCHAR"},
     "tool": "VARCHAR", "status": "VARCHAR", "side_effect": "VARCHAR", "error": "VARCHAR",
     "policy": "VARCHAR", "action": "VARCHAR", "decision": "VARCHAR", "reason": "VARCHAR",
@@ -76,6 +77,8 @@ _EXPRESSIONS = {
     "budget_deadline_s": "d.budget.deadline_s",
     "finish_reason": "d.response.finish_reason",
     "budget_limit": 'd."limit"',
+    # a model call is priced unless it says ``priced: false`` (then its cost_usd 0 means unknown)
+    "priced": "CASE WHEN e.type = 'model.called' THEN coalesce(d.priced, true) END",
 }
 
 
@@ -102,6 +105,8 @@ def insert_events_sql(stage: str, exact_numbers: bool = False) -> str:
     for name, _ in STAGE_COLUMNS:
         if name in _MONEY:
             expr = _money_sql(*_MONEY[name], exact_numbers)
+            if name == "cost_usd":  # unknown, not free
+                expr = f"CASE WHEN d.priced = false THEN NULL ELSE {expr} END"
         else:
             expr = _EXPRESSIONS.get(name, f'd."{name}"')
         cols.append(f'{expr} AS "{name}"')

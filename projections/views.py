@@ -3,6 +3,10 @@
 Figures follow shared/EVENT_CONTRACT.md "Outcome figures": a successful outcome is a run that
 succeeded with no rejecting feedback; cost per outcome is the total cost of every run in the
 group (failed, escalated, cancelled and unfinished runs included) over its successful outcomes.
+A model call recorded unpriced (``priced: false``) has an unknown cost (NULL), never 0: a run with
+one has an unknown ``cost_usd``, and so has every money total of a group holding such a run; the
+groups count their unpriced runs and calls and give ``priced_cost_usd``, the cost of the calls
+whose price is known.
 Money stays DECIMAL(38, 9); a division of money is rounded half-up to 9 places in integer
 nano-dollars (DuckDB would otherwise divide decimals as binary floats).
 """
@@ -61,6 +65,16 @@ def _where(since: str | None, column: str) -> str:
     return f"WHERE CAST({column} AS DATE) >= DATE '{day.isoformat()}'"
 
 
+def _known(money: str, cost: str = "cost_usd", runs: str = "") -> str:
+    """``money`` over a group's runs, or NULL when one of them has an unknown cost.
+
+    ``cost`` is the runs' cost column (NULL exactly for a run with an unpriced call); ``runs`` an
+    optional FILTER condition choosing the runs that count.
+    """
+    where = f" FILTER (WHERE {runs})" if runs else ""
+    return f"CASE WHEN count({cost}){where} = count(*){where} THEN {money} END"
+
+
 def cost_per_outcome_sql(by: Sequence[str], since: str | None = None) -> str:
     """Cost per successful outcome of the runs grouped by ``by`` (run start time for periods)."""
     dims = _dims(by, RUN_DIMENSIONS, "cost per outcome")
@@ -70,10 +84,13 @@ def cost_per_outcome_sql(by: Sequence[str], since: str | None = None) -> str:
 SELECT {select},
     count(*) AS runs,
     count(*) FILTER (WHERE successful) AS successful_outcomes,
-    sum(cost_usd) AS total_cost_usd,
-    usd_div(sum(cost_usd), count(*) FILTER (WHERE successful)) AS cost_per_outcome_usd,
-    quantile_disc(cost_usd, 0.5) AS p50_cost_per_run_usd,
-    quantile_disc(cost_usd, 0.95) AS p95_cost_per_run_usd
+    {_known("sum(cost_usd)")} AS total_cost_usd,
+    usd_div({_known("sum(cost_usd)")}, count(*) FILTER (WHERE successful)) AS cost_per_outcome_usd,
+    {_known("quantile_disc(cost_usd, 0.5)")} AS p50_cost_per_run_usd,
+    {_known("quantile_disc(cost_usd, 0.95)")} AS p95_cost_per_run_usd,
+    count(*) FILTER (WHERE unpriced_calls > 0) AS unpriced_runs,
+    CAST(sum(unpriced_calls) AS BIGINT) AS unpriced_calls,
+    sum(priced_cost_usd) AS priced_cost_usd
 FROM run_facts {_where(since, "started_at")}
 GROUP BY {names} ORDER BY {names}"""
 
@@ -189,16 +206,16 @@ def budget_summary_sql(by: Sequence[str], since: str | None = None) -> str:
         # breaches per limit: the runs are those that breached that limit
         source = """run_facts r JOIN (SELECT workspace, run_id, budget_limit, count(*) AS n
             FROM events WHERE type = 'budget.exceeded' GROUP BY ALL) b USING (workspace, run_id)"""
-        figures = """CAST(sum(b.n) AS BIGINT) AS breaches, count(*) AS runs_breached,
-    sum(r.cost_usd) AS cost_of_breached_runs_usd"""
+        figures = f"""CAST(sum(b.n) AS BIGINT) AS breaches, count(*) AS runs_breached,
+    {_known("sum(r.cost_usd)", "r.cost_usd")} AS cost_of_breached_runs_usd"""
     else:
         source = "run_facts r"
-        figures = """CAST(sum(r.budget_breaches) AS BIGINT) AS breaches,
+        breached = "coalesce(sum(r.cost_usd) FILTER (WHERE r.budget_breaches > 0), 0)::DECIMAL(38, 9)"
+        figures = f"""CAST(sum(r.budget_breaches) AS BIGINT) AS breaches,
     count(*) FILTER (WHERE r.budget_breaches > 0) AS runs_breached,
     count(*) AS runs,
     ratio(count(*) FILTER (WHERE r.budget_breaches > 0), count(*)) AS breach_rate,
-    coalesce(sum(r.cost_usd) FILTER (WHERE r.budget_breaches > 0), 0)::DECIMAL(38, 9)
-        AS cost_of_breached_runs_usd"""
+    {_known(breached, "r.cost_usd", "r.budget_breaches > 0")} AS cost_of_breached_runs_usd"""
     return f"""
 SELECT {select}, {figures}
 FROM {source} {_where(since, "r.started_at")}
@@ -234,7 +251,7 @@ _EVENT_COLUMNS = "idx, workspace, date, run_id, seq, event_id, time, agent_id, a
 
 EVENT_GRAIN = {
     "model_calls": f"""SELECT {_EVENT_COLUMNS}, call_id, provider, model,
-        provider || '/' || model AS model_route, input_tokens, output_tokens, cost_usd,
+        provider || '/' || model AS model_route, input_tokens, output_tokens, cost_usd, priced,
         latency_ms, confidence, finish_reason
         FROM events WHERE type = 'model.called'""",
     "tool_calls": f"""SELECT {_EVENT_COLUMNS}, call_id, tool, status, side_effect, error,

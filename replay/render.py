@@ -34,6 +34,7 @@ def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 2
         ("acceptance rate", _pct(b["acceptance_rate"]), _pct(a["acceptance_rate"])),
         ("cost", _usd(b["cost_usd"]), _usd(a["cost_usd"])),
         ("cost per successful outcome", _usd(b["cost_per_success"]), _usd(a["cost_per_success"])),
+        ("model calls with no price", str(b.get("unpriced_calls", 0)), str(a.get("unpriced_calls", 0))),
         ("violation rate", _pct(b["violation_rate"]), _pct(a["violation_rate"])),
         ("policy denials", str(b["denials"]), str(a["denials"])),
         ("approvals requested", str(b["approvals"]), str(a["approvals"])),

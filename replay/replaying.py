@@ -219,7 +219,9 @@ class ReplayContext(Context):
         self._model_i += 1
         adapter = self.models.get(name)
         r = adapter.complete(ChatRequest(name, tuple(request["messages"]), request.get("params") or {}))
-        cost = self.prices.cost_or_none(adapter.name, r.input_tokens, r.output_tokens, adapter.provider)
+        # priced as of the recorded run (reproducible); unknown: recorded unpriced, not refused
+        cost = self.prices.cost_or_none(adapter.name, r.input_tokens, r.output_tokens, adapter.provider,
+                                        at=parse_time(str(self.recorded[0]["time"])))
         return ModelAnswer(
             adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
             None if cost is None else money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,

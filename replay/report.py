@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from replay.history import RecordedRun
+from tachograph.builder import parse_time
 from tachograph.contract.canonical import dumps
-from tachograph.models import PriceTable
+from tachograph.prices import PriceTable
 
 RATE = Decimal("1e-6")
 
@@ -28,6 +29,7 @@ class RunFigures:
     denials: int
     approvals: int
     accepted: bool | None
+    unpriced_calls: int = 0  # model calls with no known price: cost_usd is only the priced part
 
     @property
     def successful(self) -> bool:
@@ -37,7 +39,9 @@ class RunFigures:
     def to_json(self) -> dict[str, Any]:
         """JSON form (money as exact decimal strings)."""
         return {
-            "outcome": self.outcome, "result": self.result, "cost_usd": str(self.cost_usd),
+            "outcome": self.outcome, "result": self.result,
+            "cost_usd": None if self.unpriced_calls else str(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
             "tokens": self.tokens, "latency_ms": str(self.latency_ms),
             "model_calls": self.model_calls, "tool_calls": self.tool_calls,
             "denials": self.denials, "approvals": self.approvals, "accepted": self.accepted,
@@ -48,13 +52,16 @@ def figures(events: Sequence[Mapping[str, Any]], accepted: bool | None) -> RunFi
     """Figures of one run's events."""
     cost = Decimal(0)
     latency = Decimal(0)
-    tokens = calls = tools = denials = approvals = 0
+    tokens = calls = tools = denials = approvals = unpriced = 0
     outcome: str | None = None
     result: Any = None
     for e in events:
         t, d = e["type"], e["data"]
         if t == "model.called":
-            cost += Decimal(str(d["cost_usd"]))
+            if d.get("priced") is False:  # cost unknown, not 0
+                unpriced += 1
+            else:
+                cost += Decimal(str(d["cost_usd"]))
             tokens += int(d["input_tokens"]) + int(d["output_tokens"])
             latency += Decimal(str(d["latency_ms"]))
             calls += 1
@@ -68,7 +75,8 @@ def figures(events: Sequence[Mapping[str, Any]], accepted: bool | None) -> RunFi
         elif t == "run.completed":
             outcome = d["outcome"]
             result = d.get("result")
-    return RunFigures(outcome, result, cost, tokens, latency, calls, tools, denials, approvals, accepted)
+    return RunFigures(outcome, result, cost, tokens, latency, calls, tools, denials, approvals, accepted,
+                      unpriced)
 
 
 def feedback_of(run: RecordedRun) -> bool | None:
@@ -116,14 +124,18 @@ def side_summary(figs: Sequence[RunFigures]) -> dict[str, Any]:
     n = len(figs)
     successes = sum(1 for f in figs if f.successful)
     judged = [f for f in figs if f.accepted is not None]
-    cost = sum((f.cost_usd for f in figs), Decimal(0))
+    unpriced = sum(f.unpriced_calls for f in figs)
+    cost = None if unpriced else sum((f.cost_usd for f in figs), Decimal(0))
     return {
         "runs": n,
         "successes": successes,
         "success_rate": _rate(successes, n),
         "acceptance_rate": _rate(sum(1 for f in judged if f.accepted), len(judged)),
         "cost_usd": cost,
-        "cost_per_success": (cost / successes).quantize(Decimal("1e-9")) if successes else None,
+        "cost_per_success": (cost / successes).quantize(Decimal("1e-9"))
+        if successes and cost is not None else None,
+        "unpriced_calls": unpriced,
+        "unpriced_runs": sum(1 for f in figs if f.unpriced_calls),
         "violation_rate": _rate(sum(1 for f in figs if f.denials), n),
         "denials": sum(f.denials for f in figs),
         "approvals": sum(f.approvals for f in figs),
@@ -133,15 +145,19 @@ def side_summary(figs: Sequence[RunFigures]) -> dict[str, Any]:
     }
 
 
+def _increase(before: Decimal | None, after: Decimal | None) -> Decimal | None:
+    """Relative change of a cost; None when either side is unknown or the base is 0."""
+    if before is None or after is None or not before:
+        return None
+    return ((after - before) / before).quantize(RATE)
+
+
 def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
     """Per-replay figures: change rate, before/after rates, changed runs."""
     before = side_summary([r.before for r in results])
     after = side_summary([r.after for r in results])
     changed = [r.run_id for r in results if r.changed]
-    cost_increase = (
-        ((after["cost_usd"] - before["cost_usd"]) / before["cost_usd"]).quantize(RATE)
-        if before["cost_usd"] else None
-    )
+    cost_increase = _increase(before["cost_usd"], after["cost_usd"])
     vb, va = before["violation_rate"], after["violation_rate"]
     statuses: dict[str, int] = {}
     for r in results:
@@ -154,6 +170,7 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
         "cost_increase": cost_increase,
         "violation_increase": (va - vb) if va is not None and vb is not None else None,
         "approvals_now_required_runs": sum(1 for r in results if r.approvals_now_required),
+        "unpriced_calls": before["unpriced_calls"] + after["unpriced_calls"],
         "before": before,
         "after": after,
     }
@@ -178,6 +195,10 @@ class Gate:
         for what, value, limit in checks:
             if limit is not None and value is not None and Decimal(value) > limit:
                 out.append(f"{what} {value} is over the limit {limit}")
+        unpriced = int(summary.get("unpriced_calls") or 0)
+        if self.max_cost_increase is not None and summary.get("cost_increase") is None and unpriced:
+            out.append(f"cost increase is unknown: {unpriced} model call(s) had no known price "
+                       "(price them in a price file, TACHO_PRICES)")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -190,9 +211,13 @@ class Gate:
 
 
 def estimate(runs: Sequence[RecordedRun], candidate_model: str | None, prices: PriceTable) -> dict[str, Any]:
-    """Price a what-if replay from recorded token counts before spending anything."""
+    """Price a what-if replay from recorded token counts before spending anything.
+
+    Each call is priced at its recorded time; a call with no known price (recorded unpriced, or
+    a model the table does not know) makes that side's total unknown (None) and is counted.
+    """
     before = after = Decimal(0)
-    tin = tout = calls = 0
+    tin = tout = calls = unpriced_before = unpriced_after = 0
     for run in runs:
         for e in run.events:
             if e["type"] != "model.called":
@@ -201,15 +226,29 @@ def estimate(runs: Sequence[RecordedRun], candidate_model: str | None, prices: P
             calls += 1
             tin += int(d["input_tokens"])
             tout += int(d["output_tokens"])
-            before += Decimal(str(d["cost_usd"]))
-            after += prices.cost(candidate_model or d["model"], int(d["input_tokens"]), int(d["output_tokens"]))
+            if d.get("priced") is False:
+                unpriced_before += 1
+            else:
+                before += Decimal(str(d["cost_usd"]))
+            cost = prices.cost_or_none(
+                candidate_model or d["model"], int(d["input_tokens"]), int(d["output_tokens"]),
+                None if candidate_model else d["provider"], at=parse_time(str(e["time"])))
+            if cost is None:
+                unpriced_after += 1
+            else:
+                after += cost
+    known_before = None if unpriced_before else before
+    known_after = None if unpriced_after else after
     return {
         "runs": len(runs),
         "model_calls": calls,
         "input_tokens": tin,
         "output_tokens": tout,
         "candidate_model": candidate_model,
-        "cost_before_usd": before,
-        "cost_estimated_usd": after,
-        "cost_increase": ((after - before) / before).quantize(RATE) if before else None,
+        "cost_before_usd": known_before,
+        "cost_estimated_usd": known_after,
+        "cost_increase": _increase(known_before, known_after),
+        "unpriced_calls_before": unpriced_before,
+        "unpriced_calls_estimated": unpriced_after,
+        "unpriced_calls": unpriced_before + unpriced_after,
     }

@@ -36,7 +36,7 @@ _EXPORTS = {
     "AgentSpec": "tachograph.agents",
     "load_agent": "tachograph.agents",
     "ModelRegistry": "tachograph.models",
-    "PriceTable": "tachograph.models",
+    "PriceTable": "tachograph.prices",
     "HttpModelConfig": "tachograph.models",
     "KafkaTransport": "tachograph.transports",
     "HttpTransport": "tachograph.transports",
@@ -99,8 +99,9 @@ if TYPE_CHECKING:
         TachographError,
         ToolFailed,
     )
-    from tachograph.models import HttpModelConfig, ModelRegistry, PriceTable
+    from tachograph.models import HttpModelConfig, ModelRegistry
     from tachograph.platform import HttpPlatform
+    from tachograph.prices import PriceTable
     from tachograph.runtime import Budget, RunResult, Runtime, connect
     from tachograph.tools import ToolRegistry
     from tachograph.transports import HttpTransport, KafkaTransport

@@ -31,7 +31,7 @@ from tachograph.errors import (
     UnknownModelError,
 )
 from tachograph.halts import Halt
-from tachograph.models import PriceTable
+from tachograph.prices import PriceTable
 from tachograph.tools import ToolRegistry
 
 OUTCOMES = ("succeeded", "failed", "escalated", "cancelled")

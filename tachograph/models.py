@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -24,12 +23,11 @@ from tachograph.errors import (
     ModelRequestError,
     ModelResponseError,
     ModelUnavailableError,
-    PricingError,
     UnknownModelError,
 )
-
-MILLION = Decimal(1_000_000)
-NANO = Decimal("1e-9")
+from tachograph.prices import DEFAULT_PRICES as DEFAULT_PRICES  # moved; old imports keep working
+from tachograph.prices import Price as Price
+from tachograph.prices import PriceTable as PriceTable
 
 
 @dataclass(frozen=True)
@@ -73,73 +71,6 @@ class ModelAdapter(Protocol):
     def complete(self, request: ChatRequest) -> ChatResponse:
         """Send one request and return the answer (raises ModelError subclasses)."""
         ...
-
-
-@dataclass(frozen=True)
-class Price:
-    """US dollars per one million input and output tokens."""
-
-    input_per_m: Decimal
-    output_per_m: Decimal
-
-
-DEFAULT_PRICES: dict[str, Price] = {
-    "sim-small-v1": Price(Decimal("0.15"), Decimal("0.60")),
-    "sim-large-v2": Price(Decimal("2.50"), Decimal("10.00")),
-    "gpt-4.1-mini": Price(Decimal("0.40"), Decimal("1.60")),
-    "gpt-4.1": Price(Decimal("2.00"), Decimal("8.00")),
-    "claude-haiku-4": Price(Decimal("0.80"), Decimal("4.00")),
-}
-
-
-class PriceTable:
-    """Per-model prices; cost of a call is exact, rounded to 9 decimal places."""
-
-    def __init__(self, prices: Mapping[str, Price] | None = None) -> None:
-        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
-
-    @staticmethod
-    def from_file(path: Path, base: Mapping[str, Price] | None = None) -> PriceTable:
-        """Load ``{"model": {"input_per_m": "0.4", "output_per_m": "1.6"}}`` over the defaults."""
-        try:
-            raw = loads(path.read_bytes())
-        except (OSError, ValueError) as e:
-            raise PricingError(f"cannot read price table {path}: {e}") from e
-        prices = dict(DEFAULT_PRICES if base is None else base)
-        if not isinstance(raw, dict):
-            raise PricingError(f"price table {path} must be a JSON object of model → prices")
-        for model, p in raw.items():
-            try:
-                prices[model] = Price(Decimal(str(p["input_per_m"])), Decimal(str(p["output_per_m"])))
-            except (KeyError, TypeError, ArithmeticError) as e:
-                raise PricingError(
-                    f"price table {path}: model {model!r} needs input_per_m and output_per_m numbers"
-                ) from e
-        return PriceTable(prices)
-
-    def price(self, model: str) -> Price:
-        """The price of a model (raises PricingError naming the model if it has none)."""
-        try:
-            return self.prices[model]
-        except KeyError:
-            raise PricingError(
-                f"no price for model {model!r}; known: {', '.join(sorted(self.prices))} "
-                "(add it with a price table file)"
-            ) from None
-
-    def known(self, model: str) -> bool:
-        """Whether the table prices ``model``."""
-        return model in self.prices
-
-    def cost_or_none(self, model: str, input_tokens: int, output_tokens: int,
-                     provider: str | None = None) -> Decimal | None:
-        """Exact cost of one call, or None when no price is known (recorded as unpriced)."""
-        return self.cost(model, input_tokens, output_tokens) if self.known(model) else None
-
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
-        """Exact cost of one call in US dollars."""
-        p = self.price(model)
-        return ((p.input_per_m * input_tokens + p.output_per_m * output_tokens) / MILLION).quantize(NANO)
 
 
 def count_tokens(text: str) -> int:

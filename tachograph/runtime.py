@@ -44,8 +44,9 @@ from tachograph.errors import (
     ToolFailed,
 )
 from tachograph.halts import Halt
-from tachograph.models import ChatRequest, HttpModelConfig, ModelRegistry, PriceTable
+from tachograph.models import ChatRequest, HttpModelConfig, ModelRegistry
 from tachograph.platform import HttpPlatform, Platform
+from tachograph.prices import PriceTable
 from tachograph.trace import current_trace_id
 from tachograph.transports import HttpTransport, KafkaTransport, Transport
 

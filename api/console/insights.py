@@ -66,16 +66,17 @@ def build_charts(data_dir: Path, workspace: str, since: str | None, period: str)
         Chart(f"Cost per successful outcome by {period}", line_chart(
             f"Cost per successful outcome by {period} (USD)", series, "$"),
             *_table(over_time, ["workflow", period, "runs", "successful_outcomes", "total_cost_usd",
-                                "cost_per_outcome_usd"])),
+                                "cost_per_outcome_usd", "unpriced_runs", "priced_cost_usd"])),
         Chart("Cost per outcome by agent version", bar_chart(
             "Cost per successful outcome by workflow · agent version (USD)",
             [(_label(r, ["workflow", "agent_version"]), r["cost_per_outcome_usd"]) for r in by_version], "$"),
             *_table(by_version, ["workflow", "agent_version", "runs", "successful_outcomes",
-                                 "cost_per_outcome_usd"])),
+                                 "cost_per_outcome_usd", "unpriced_runs"])),
         Chart("Cost per outcome by model route", bar_chart(
             "Cost per successful outcome by model route (USD)",
             [(_label(r, ["route"]), r["cost_per_outcome_usd"]) for r in by_route], "$"),
-            *_table(by_route, ["route", "runs", "successful_outcomes", "cost_per_outcome_usd"])),
+            *_table(by_route, ["route", "runs", "successful_outcomes", "cost_per_outcome_usd",
+                               "unpriced_runs"])),
         Chart("Violation rates", bar_chart(
             "Runs with a policy denial (share of runs)",
             [(_label(r, ["workflow", "agent_version"]), r["violation_rate"]) for r in violations], "%"),

@@ -284,6 +284,7 @@ def runs_page(
         outcomes[s.outcome or "running"] = outcomes.get(s.outcome or "running", 0) + 1
     totals = {
         "runs": len(rows), "cost": sum((s.cost_usd for s in rows), Decimal(0)),
+        "unpriced_runs": sum(1 for s in rows if s.unpriced_calls),
         "denials": sum(s.denials for s in rows),
         "breaches": sum(state.board.facts(s.workspace, s.run_id).breaches for s in rows),
         "model_calls": sum(s.model_calls for s in rows), "tokens": sum(s.tokens for s in rows),

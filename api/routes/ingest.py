@@ -249,7 +249,7 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
                 event_ids={r.event_id for r in rows if r.event_id},
                 completed=any(r.event_type == "run.completed" for r in rows),
             )
-            otlp.events_for_run(run_spans, key.workspace, run_id, cursor, check)
+            otlp.events_for_run(run_spans, key.workspace, run_id, cursor, check, services.prices)
         if batch:
             report = append_events(services, key, batch, "otlp")
             for r in report["results"]:

@@ -136,3 +136,65 @@ def test_costs_beyond_the_money_maximum_are_refused_and_every_cost_report_keeps_
             assert got.json()["rows"]
     finally:
         close_api(a)
+
+
+def _sign_in(a: Api, role: str) -> None:
+    """Sign the test client in to the console with the role's key."""
+    import re
+
+    page = a.client.get("/console/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = a.client.post("/console/login", data={"api_key": a.secrets[role], "csrf": token},
+                      follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+def test_a_run_with_an_unpriced_call_has_an_unknown_cost_in_the_runs_list_and_the_cost_report(
+        tmp_path: Any) -> None:
+    from tests.factories import event
+
+    def call(run: str, seq: int, cost: str, priced: bool | None = None) -> dict[str, Any]:
+        data = {"call_id": f"m{seq}", "provider": "ollama", "model": "smollm2-135m-instruct",
+                "input_tokens": 100, "output_tokens": 10, "cost_usd": cost, "latency_ms": 3}
+        return event(run, seq, "model.called", data if priced is None else {**data, "priced": priced})
+
+    started = {"workflow": "local-llm", "mode": "execute", "risk_tier": "low"}
+    events = [
+        event("mixed", 0, data=started), call("mixed", 1, "0.2"), call("mixed", 2, "0", priced=False),
+        event("mixed", 3, "run.completed", {"outcome": "succeeded"}),
+        event("priced", 0, data=started), call("priced", 1, "0.1"),
+        event("priced", 2, "run.completed", {"outcome": "succeeded"}),
+    ]
+    a = make_api(tmp_path)
+    try:
+        publish(a, events)
+        with open_projector(a.ledger.store, analytics_path(a.data_dir)) as projector:
+            projector.catch_up()
+        rows = report(a, "cost-per-outcome", by="workflow")["rows"]
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row["runs"], row["successful_outcomes"]) == (2, 2)
+        assert (row["unpriced_runs"], row["unpriced_calls"], row["priced_cost_usd"]) == (1, 1, "0.300000000")
+        assert row["total_cost_usd"] is None and row["cost_per_outcome_usd"] is None
+        r = a.client.get("/v1/runs", headers=a.auth("auditor"))
+        assert r.status_code == 200, r.text
+        listed = {s["run_id"]: s for s in r.json()["runs"]}
+        assert (listed["mixed"]["cost_usd"], listed["mixed"]["unpriced_calls"]) == (None, 1)
+        assert listed["mixed"]["priced_cost_usd"] == "0.2"
+        assert (listed["priced"]["cost_usd"], listed["priced"]["unpriced_calls"]) == ("0.1", 0)
+        _sign_in(a, "auditor")
+        runs_page = a.client.get("/console/runs")
+        assert runs_page.status_code == 200, runs_page.text
+        assert 'id="unpriced-runs">1 run(s) with calls of no known price' in runs_page.text
+        assert ">unknown</span>" in runs_page.text and "$0.1</td>" in runs_page.text
+        run_page = a.client.get("/console/runs/mixed")
+        assert run_page.status_code == 200, run_page.text
+        assert "unknown: 1 model call(s) with no known price (priced calls $0.2)" in run_page.text
+        assert "no known price</span>" in run_page.text
+        a.client.cookies.clear()
+        _sign_in(a, "analyst")
+        cost_page = a.client.get("/console/analytics")
+        assert cost_page.status_code == 200, cost_page.text
+        assert "<th>unpriced runs</th>" in cost_page.text and "<th>priced cost usd</th>" in cost_page.text
+    finally:
+        close_api(a)

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import Status, StatusCode
 
 from tachograph.contract.canonical import loads
-from tests.integration.api_support import Api, make_api
+from tests.integration.api_support import Api, close_api, make_api
 
 
 class _Keep(SpanExporter):
@@ -208,3 +208,56 @@ def test_an_export_over_the_batch_limit_gets_413_naming_the_limit_and_stores_not
     finally:
         a.client.close()
         a.ledger.store.close()
+
+
+def _json_span(span_id: str, start_s: int, attrs: dict[str, object], parent: str = "") -> dict[str, object]:
+    def value(v: object) -> dict[str, object]:
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        return {"stringValue": str(v)}
+
+    return {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": span_id, "parentSpanId": parent,
+            "name": span_id, "startTimeUnixNano": str(start_s * 10**9),
+            "endTimeUnixNano": str((start_s + 1) * 10**9),
+            "attributes": [{"key": k, "value": value(v)} for k, v in attrs.items()]}
+
+
+def test_model_spans_without_a_cost_are_priced_from_the_price_table_and_unknown_ones_stay_unpriced(
+        tmp_path, monkeypatch) -> None:
+    from decimal import Decimal
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"house-model": {"input_per_m": "2", "output_per_m": "4"}}')
+    monkeypatch.setenv("TACHO_PRICES", str(prices))
+    a = make_api(tmp_path)
+    t = 1_780_000_000  # 2026-05-28, UTC
+
+    def chat(span_id: str, start: int, model: str, provider: str, **more: object) -> dict[str, object]:
+        return _json_span(span_id, start, {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+                                           "gen_ai.provider.name": provider,
+                                           "gen_ai.usage.input_tokens": 1000,
+                                           "gen_ai.usage.output_tokens": 500, **more},
+                          parent="00f067aa0ba902b7")
+
+    spans = [
+        _json_span("00f067aa0ba902b7", t, {"gen_ai.operation.name": "invoke_agent"}),
+        chat("0000000000000001", t + 1, "gpt-4o-mini", "openai"),
+        chat("0000000000000002", t + 2, "gpt-4o-mini", "openai", **{"gen_ai.usage.cost": "0.5"}),
+        chat("0000000000000003", t + 3, "smollm2-135m-instruct", "ollama"),
+        chat("0000000000000004", t + 4, "house-model", "ollama"),
+    ]
+    spans[0]["endTimeUnixNano"] = str((t + 10) * 10**9)
+    body = {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"spans": spans}]}]}
+    try:
+        r = a.client.post("/v1/traces", content=orjson.dumps(body),
+                          headers={**a.auth("publisher"), "Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        events = [loads(row.data)["event"] for row in
+                  a.ledger.store.run_entries("acme", "5b8efff798038103d269b633813fc60c")]
+        calls = [e["data"] for e in events if e["type"] == "model.called"]
+        costs = [Decimal(str(c["cost_usd"])) for c in calls]
+        # gpt-4o-mini: $0.15 / $0.60 per million tokens (genai-prices); the span's own cost wins
+        assert costs == [Decimal("0.00045"), Decimal("0.5"), Decimal(0), Decimal("0.004")]
+        assert [c.get("priced") for c in calls] == [None, None, False, None]
+    finally:
+        close_api(a)

@@ -14,6 +14,7 @@ import pytest
 from domain.ports import LedgerStore
 from domain.workload import Workload
 from projections.projector import Projector, connect
+from projections.views import budget_summary_sql
 from tachograph.contract.events import SPEC
 from tests.factories import items, make_ledger
 
@@ -52,10 +53,17 @@ class RunBuilder:
         self.seq += 1
         return self
 
-    def model(self, cost: Any, tin: int = 100, tout: int = 10, model: str = "m1") -> RunBuilder:
-        return self.add("model.called", {"call_id": f"m{self.seq}", "provider": "p", "model": model,
-                                         "input_tokens": tin, "output_tokens": tout,
-                                         "cost_usd": cost, "latency_ms": 10})
+    def model(self, cost: Any, tin: int = 100, tout: int = 10, model: str = "m1",
+              priced: bool | None = None) -> RunBuilder:
+        data = {"call_id": f"m{self.seq}", "provider": "p", "model": model, "input_tokens": tin,
+                "output_tokens": tout, "cost_usd": cost, "latency_ms": 10}
+        if priced is not None:
+            data["priced"] = priced
+        return self.add("model.called", data)
+
+    def unpriced(self, tin: int = 100, tout: int = 10, model: str = "local") -> RunBuilder:
+        """A call of a model with no known price: recorded as cost 0, priced false."""
+        return self.model("0", tin, tout, model, priced=False)
 
     def tool(self, status: str = "ok") -> RunBuilder:
         return self.add("tool.called", {"call_id": f"t{self.seq}", "tool": "kb.search", "args": {},
@@ -115,6 +123,14 @@ def hand_built() -> list[dict[str, Any]]:
         # still running: counted in cost per outcome, no outcome yet
         RunBuilder("globex", "h-6", "onboarding", "2026-11-04T08:00:00+00:00").model("0.000000001")
         .tool().events,
+        # a local model with no price: its calls' cost is unknown, not 0
+        RunBuilder("acme", "u-1", "local-llm", "2026-11-05T09:00:00+00:00")
+        .model("0.2", priced=True).unpriced().unpriced().done("succeeded"),
+        RunBuilder("acme", "u-2", "local-llm", "2026-11-05T10:00:00+00:00")
+        .model("0.1").done("succeeded"),
+        RunBuilder("acme", "u-3", "local-llm", "2026-11-12T10:00:00+00:00")
+        .unpriced().add("budget.exceeded", {"limit": "tokens", "limit_value": 10, "observed": 110})
+        .done("cancelled"),
     ]
     return [ev for run in runs for ev in run]
 
@@ -173,6 +189,9 @@ def expected_runs(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
         outcome = completed["data"]["outcome"] if completed else None
         started_at, ended_at = _ts(start["time"]), _ts(completed["time"]) if completed else None
         corrected = min(rejections) if rejections else None
+        unpriced = [e for e in kinds["model.called"] if e["data"].get("priced") is False]
+        priced_cost = sum((Decimal(str(e["data"]["cost_usd"])) for e in kinds["model.called"]
+                           if e not in unpriced), Decimal(0))
         out[key] = {
             "workspace": key[0], "run_id": key[1], "workflow": d0["workflow"],
             "agent_id": start["agent"]["id"], "agent_version": start["agent"]["version"],
@@ -188,8 +207,9 @@ def expected_runs(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
             "model_calls": len(kinds["model.called"]),
             "input_tokens": sum(e["data"]["input_tokens"] for e in kinds["model.called"]),
             "output_tokens": sum(e["data"]["output_tokens"] for e in kinds["model.called"]),
-            "cost_usd": sum((Decimal(str(e["data"]["cost_usd"])) for e in kinds["model.called"]),
-                            Decimal(0)),
+            "unpriced_calls": len(unpriced),
+            "cost_usd": None if unpriced else priced_cost,
+            "priced_cost_usd": priced_cost,
             "tool_calls": len(kinds["tool.called"]),
             "tool_errors": sum(e["data"]["status"] == "error" for e in kinds["tool.called"]),
             "policy_evaluations": len(kinds["policy.evaluated"]),
@@ -224,14 +244,19 @@ def _week(d: date) -> date:
 def expected_cost(runs: dict[Any, dict[str, Any]], key) -> dict[tuple, dict[str, Any]]:  # type: ignore[no-untyped-def]
     out = {}
     for k, rs in _group(runs, key).items():
-        total = sum((r["cost_usd"] for r in rs), Decimal(0))
-        ok = sum(r["successful"] for r in rs)
         costs = [r["cost_usd"] for r in rs]
+        known = None not in costs  # one run of unknown cost makes every money total unknown
+        total = sum(costs, Decimal(0)) if known else None
+        ok = sum(r["successful"] for r in rs)
         out[k] = {
             "runs": len(rs), "successful_outcomes": ok, "total_cost_usd": total,
-            "cost_per_outcome_usd": (total / ok).quantize(NANO, ROUND_HALF_UP) if ok else None,
-            "p50_cost_per_run_usd": nearest_rank(costs, 0.5),
-            "p95_cost_per_run_usd": nearest_rank(costs, 0.95),
+            "cost_per_outcome_usd": (total / ok).quantize(NANO, ROUND_HALF_UP)
+            if ok and total is not None else None,
+            "p50_cost_per_run_usd": nearest_rank(costs, 0.5) if known else None,
+            "p95_cost_per_run_usd": nearest_rank(costs, 0.95) if known else None,
+            "unpriced_runs": sum(r["unpriced_calls"] > 0 for r in rs),
+            "unpriced_calls": sum(r["unpriced_calls"] for r in rs),
+            "priced_cost_usd": sum((r["priced_cost_usd"] for r in rs), Decimal(0)),
         }
     return out
 
@@ -462,7 +487,46 @@ def test_event_grain_views_hold_one_row_per_event_with_its_fields(projected, vie
         for field, value in e["data"].items():
             if field in row and not isinstance(value, (dict, list)):
                 exp = Decimal(str(value)) if field == "cost_usd" else value
+                if field == "cost_usd" and e["data"].get("priced") is False:
+                    exp = None  # unknown, not free
                 if isinstance(exp, Decimal) and field != "cost_usd":
                     assert row[field] == pytest.approx(float(exp)), (field, e["event_id"])
                 else:
                     assert row[field] == exp, (view, field, e["event_id"])
+
+
+def test_a_run_mixing_priced_and_unpriced_calls_has_an_unknown_cost_never_a_silent_zero(projected) -> None:  # type: ignore[no-untyped-def]
+    con, _, _ = projected
+    runs = keyed(fetch(con, "SELECT * FROM runs WHERE workflow = 'local-llm'"), "run_id")
+    assert (runs[("u-1",)]["unpriced_calls"], runs[("u-1",)]["cost_usd"]) == (2, None)
+    assert runs[("u-1",)]["priced_cost_usd"] == Decimal("0.2")
+    assert (runs[("u-2",)]["unpriced_calls"], runs[("u-2",)]["cost_usd"]) == (0, Decimal("0.1"))
+    calls = fetch(con, "SELECT cost_usd, priced FROM model_calls WHERE run_id = 'u-1' ORDER BY seq")
+    assert calls == [{"cost_usd": Decimal("0.2"), "priced": True},
+                     {"cost_usd": None, "priced": False}, {"cost_usd": None, "priced": False}]
+    assert fetch(con, "SELECT DISTINCT priced FROM model_calls WHERE run_id = 'h-1'") == [{"priced": True}]
+    day = keyed(fetch(con, "SELECT * FROM cost_per_outcome WHERE workflow = 'local-llm'"), "day")
+    nov5 = day[(date(2026, 11, 5),)]
+    assert (nov5["runs"], nov5["successful_outcomes"]) == (2, 2)
+    assert (nov5["unpriced_runs"], nov5["unpriced_calls"]) == (1, 2)
+    assert nov5["total_cost_usd"] is None and nov5["cost_per_outcome_usd"] is None
+    assert nov5["p50_cost_per_run_usd"] is None and nov5["priced_cost_usd"] == Decimal("0.3")
+    refunds = keyed(fetch(con, "SELECT * FROM cost_per_outcome WHERE workflow = 'refunds' "
+                               "AND workspace = 'acme'"), "day")
+    assert refunds[(date(2026, 11, 2),)]["unpriced_runs"] == 0  # priced groups keep their figures
+    budgets = con.execute(
+        "SELECT cost_of_breached_runs_usd FROM (" + budget_summary_sql(["workflow", "limit"])
+        + ") WHERE workflow = 'local-llm'").fetchall()
+    assert budgets == [(None,)]
+    assert con.execute("SELECT cost_of_breached_runs_usd FROM (" + budget_summary_sql(["workflow"])
+                       + ") WHERE workflow = 'local-llm'").fetchall() == [(None,)]
+
+
+def test_the_cost_report_table_explains_unknown_costs(projected) -> None:  # type: ignore[no-untyped-def]
+    from projections.reports import rich_table, run_report
+
+    con, _, _ = projected
+    local = run_report(con, "cost-per-outcome", ["workflow"])
+    assert "2 run(s) had model calls with no known price" in str(rich_table(local).caption)
+    violations = run_report(con, "violations", ["workflow"])
+    assert rich_table(violations).caption is None
