@@ -1,7 +1,8 @@
 """An agent service in its own OS process, written against the agent runtime alone: it imports
 ``tachograph`` and the standard library, nothing of the platform.
 
-    python runtime_agent.py TRANSPORT_URL --key KEY --workspace WS [--api-url URL] --prefix P SCENARIO...
+    python runtime_agent.py TRANSPORT_URL --key KEY --workspace WS [--api-url URL] --prefix P
+        [--workflow NAME] [--agent-id ID] SCENARIO...
 
 ``TRANSPORT_URL`` is ``http://host:port`` (events over ``POST /v1/events``) or
 ``kafka://host:port/topic`` (events to Kafka; halts and approvals over ``--api-url``). Each
@@ -12,7 +13,7 @@ SCENARIO is one run, run one after the other, with run id ``P-SCENARIO``:
 - ``expire``: the same, waiting 2 s only.
 - ``forge``: the same, waiting 4 s, while a second thread posts an ``approval.decided`` that no
   person made, raw (around the runtime: ``POST /v1/events`` or a Kafka produce).
-- ``halt``: a loop of 600 tool steps, 50 ms each (stopped by a kill switch).
+- ``halt``: a loop of 600 tool steps, 50 ms each (stopped by a kill switch); ``short``: 3 steps.
 - ``budget-calls``, ``budget-tokens``, ``budget-cost``, ``budget-deadline``: a loop that crosses
   one cap (the deadline with a slow tool).
 - ``crash``: three steps, a wait for a person (the runtime flushes before it), then steps until
@@ -213,6 +214,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "expire": {"agent": credit, "input": {"customer": "C-4412", "limit": 2500, "timeout_s": 2}},
     "forge": {"agent": forging, "input": {"customer": "C-4413", "limit": 2500, "timeout_s": 4}},
     "halt": {"agent": loop, "input": {"steps": 600, "sleep_s": 0.05}},
+    "short": {"agent": loop, "input": {"steps": 3, "sleep_s": 0.01}},
     "crash": {"agent": crash, "input": {}},
     "budget-calls": {"agent": spend, "input": {"batch": "calls"},
                      "budget": tachograph.Budget(max_model_calls=2)},
@@ -229,7 +231,7 @@ def run_one(rt: tachograph.Runtime, args: argparse.Namespace, scenario: str) -> 
     run_id = f"{args.prefix}-{scenario}"
     agent = plan["agent"](args) if plan["agent"] is forging else plan["agent"]
     started = time.time()
-    result = rt.run(agent, plan["input"], run_id=run_id, budget=plan.get("budget"),
+    result = rt.run(agent, plan["input"], run_id=run_id, budget=plan.get("budget"), workflow=args.workflow,
                     risk_tier="high" if plan["agent"] in (credit, forging) else "low")
     say("result", scenario=scenario, run_id=run_id, outcome=result.outcome, result=result.result,
         error=result.error, halted=result.halted, seconds=time.time() - started,
@@ -245,8 +247,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--api-url", default=None, help="the platform's API (kafka:// needs it)")
     parser.add_argument("--prefix", required=True, help="run ids are PREFIX-SCENARIO")
+    parser.add_argument("--workflow", default=WORKFLOW, help="the runs' workflow")
+    parser.add_argument("--agent-id", default=AGENT["id"], help="the agent's id in its events")
     parser.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
     args = parser.parse_args(argv)
+    AGENT["id"] = args.agent_id  # the identity the runtime reads from this module
     with tachograph.connect(args.url, api_key=args.key, api_url=args.api_url, workspace=args.workspace,
                             model="sim-small-v1", event_ids=lambda run, seq: f"{run}.{seq}") as rt:
         for scenario in args.scenarios:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,8 @@ class Agent:
     """``runtime_agent.py`` as an OS process of its own (own cwd and data dir), its output read
     line by line as it comes."""
 
-    def __init__(self, platform: Platform, home: Path, prefix: str, *scenarios: str) -> None:
+    def __init__(self, platform: Platform, home: Path, prefix: str, *scenarios: str,
+                 options: Sequence[str] = ()) -> None:
         home.mkdir(parents=True, exist_ok=True)
         (home / "data").mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TACHO_")}
@@ -223,7 +224,7 @@ class Agent:
         self.prefix = prefix
         self.stderr_path = home / "stderr.log"
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([*args, *scenarios], cwd=home, env=env, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen([*args, *options, *scenarios], cwd=home, env=env, stdout=subprocess.PIPE,
                                          stderr=err, text=True)
         platform.agents.append(self)
         self.lines: list[dict[str, Any]] = []
