@@ -271,7 +271,8 @@ def test_a_crashed_agent_loses_at_most_what_it_had_not_yet_sent(platform, tmp_pa
     if len(stored) > len(printed):  # killed between recording a step and printing it
         extra = stored[-1]
         assert extra["type"] == "tool.called" and extra["data"]["args"]["n"] == printed[-1]["data"]["args"]["n"] + 1
-    assert "run.completed" not in [e["type"] for e in stored]  # left open
+    assert "run.completed" not in [e["type"] for e in stored]  # left open, and listed so
+    assert run_id in [r["run_id"] for r in platform.get("/v1/runs", outcome="running", limit=500)["runs"]]
     assert [i for i in platform.quarantine() if i["run_id"] == run_id] == []
     print(f"{platform.transport}: the agent made {len(printed)}+ events before SIGKILL; the ledger holds "
           f"{len(stored)} (flushed at the wait: {len(at_flush)})")
