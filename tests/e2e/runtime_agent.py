@@ -11,7 +11,7 @@ SCENARIO is one run, run one after the other, with run id ``P-SCENARIO``:
 - ``approval``: a credit-limit change that needs a person (waits up to 120 s); approved, it is
   applied and the run succeeds; not approved, the run ends ``escalated``.
 - ``expire``: the same, waiting 2 s only.
-- ``forge``: the same, waiting 4 s, while a second thread posts an ``approval.decided`` that no
+- ``forge``: the same, waiting 5 s, while a second thread posts an ``approval.decided`` that no
   person made, raw (around the runtime: ``POST /v1/events`` or a Kafka produce).
 - ``halt``: a loop of 600 tool steps, 50 ms each (stopped by a kill switch); ``short``: 3 steps.
 - ``budget-calls``, ``budget-tokens``, ``budget-cost``, ``budget-deadline``: a loop that crosses
@@ -20,8 +20,8 @@ SCENARIO is one run, run one after the other, with run id ``P-SCENARIO``:
   the process is killed.
 
 Prints one JSON object per line, flushed: ``{"kind": "event", ...}`` for every event of a run as
-soon as the agent has it back (``crash`` and ``halt``), ``{"kind": "forged", ...}``, and one
-``{"kind": "result", ...}`` per run.
+soon as the agent has it back (``crash`` and ``halt``), ``{"kind": "resumed", ...}`` when a wait
+for a person ends, ``{"kind": "forged", ...}``, and one ``{"kind": "result", ...}`` per run.
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def credit(ctx: tachograph.Context, input: dict[str, Any]) -> dict[str, Any]:
     change = ctx.propose_change(f"crm.customer/{input['customer']}", {"credit_limit": current["credit_limit"]},
                                 {"credit_limit": input["limit"]})
     ctx.policy("credit-limit", "crm.update", "require_approval", "a raise over 1,000 needs a person")
-    if not ctx.request_approval(f"raise the credit limit of {input['customer']} to {input['limit']}",
-                                "high", change, timeout=input["timeout_s"]):
+    approved = ctx.request_approval(f"raise the credit limit of {input['customer']} to {input['limit']}",
+                                    "high", change, timeout=input["timeout_s"])
+    say("resumed", run_id=ctx.run_id, approved=approved)
+    if not approved:
         return {"outcome": "escalated", "approved": False, "advice": advice.content}
     ctx.apply_change(change)
     return {"approved": True, "applied": change, "advice": advice.content}
@@ -212,7 +214,7 @@ def forging(args: argparse.Namespace) -> Any:
 SCENARIOS: dict[str, dict[str, Any]] = {
     "approval": {"agent": credit, "input": {"customer": "C-4411", "limit": 2500, "timeout_s": 120}},
     "expire": {"agent": credit, "input": {"customer": "C-4412", "limit": 2500, "timeout_s": 2}},
-    "forge": {"agent": forging, "input": {"customer": "C-4413", "limit": 2500, "timeout_s": 4}},
+    "forge": {"agent": forging, "input": {"customer": "C-4413", "limit": 2500, "timeout_s": 5}},
     "halt": {"agent": loop, "input": {"steps": 600, "sleep_s": 0.05}},
     "short": {"agent": loop, "input": {"steps": 3, "sleep_s": 0.01}},
     "crash": {"agent": crash, "input": {}},

@@ -71,7 +71,7 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-            raise AssertionError(f"{proc.args} did not stop on SIGTERM: {log.read_text()[-2000:]}") from None
+            raise AssertionError(f"{proc.args!r} did not stop on SIGTERM: {log.read_text()[-2000:]}") from None
     text = log.read_text(errors="replace")
     assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in text, text[-3000:]
 
@@ -141,7 +141,7 @@ class Platform:
         deadline = time.monotonic() + timeout
         while True:
             queue = self.get("/v1/approvals", "approver", status="pending")["approvals"]
-            mine = [a for a in queue if a["run_id"] == run_id]
+            mine: list[dict[str, Any]] = [a for a in queue if a["run_id"] == run_id]
             if mine:
                 return mine[0]
             assert time.monotonic() < deadline, f"no pending approval of {run_id} within {timeout}s"

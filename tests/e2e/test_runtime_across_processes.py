@@ -28,6 +28,7 @@ from tests.e2e.runtime_support import Agent, Platform, segment, start_platform, 
 
 STALE_S = 1.0  # how stale an agent's halts may be
 SLACK_S = 1.5  # a step, the HTTP round trips and a busy 2-core machine
+DECISION_S = 1.0  # "a decision reaches a waiting agent within a second" (from the person's click)
 CREDIT_STEPS = ["run.started", "tool.called", "model.called", "change.proposed", "policy.evaluated",
                 "approval.requested"]
 
@@ -65,14 +66,24 @@ def _card(driver: Any, platform: Platform, approval_id: str) -> Any:
 
 
 def _decide_in_console(browser: Any, platform: Platform, approval: dict[str, Any], button: str,
-                       reason: str) -> None:
+                       reason: str) -> float:
+    """A person's click on Approve or Reject; the time of the click."""
     sign_in(browser, platform, "approver", "/console/approvals")
     card = _card(browser, platform, approval["approval_id"])
     card.find_element(By.CLASS_NAME, "reason").send_keys(reason)
+    clicked = time.time()
     card.find_element(By.CSS_SELECTOR, f"button.{button}").click()
     decision = {"approve": "approved", "reject": "rejected"}[button]
     text_of(browser, "flash", f"{approval['approval_id']} of {approval['run_id']} {decision} by "
                               f"{platform.identity('approver')}")
+    return clicked
+
+
+def _resumed_within_a_second(agent: Agent, run_id: str, clicked: float, approved: bool) -> None:
+    resumed = agent.wait_for(lambda x: x["kind"] == "resumed" and x["run_id"] == run_id, "the end of its wait")
+    took = resumed["at"] - clicked
+    print(f"the agent went on {took:.2f}s after the click")
+    assert resumed["approved"] is approved and took < DECISION_S, f"the agent went on {took:.2f}s after the click"
 
 
 def test_a_person_approves_in_the_console_and_the_waiting_agent_completes(platform, browser, tmp_path) -> None:
@@ -80,7 +91,8 @@ def test_a_person_approves_in_the_console_and_the_waiting_agent_completes(platfo
     run_id = agent.run_id("approval")
     approval = platform.pending_approval(run_id)
     assert approval["approval_id"].startswith(f"{run_id}/approval-")
-    _decide_in_console(browser, platform, approval, "approve", "customer verified by phone")
+    clicked = _decide_in_console(browser, platform, approval, "approve", "customer verified by phone")
+    _resumed_within_a_second(agent, run_id, clicked, True)
 
     result = agent.result("approval")
     assert result["outcome"] == "succeeded" and result["result"]["approved"] is True, result
@@ -107,7 +119,8 @@ def test_a_person_rejects_in_the_console_and_the_agent_takes_its_not_approved_pa
     agent = _agent(platform, tmp_path, "reject", "approval")
     run_id = agent.run_id("approval")
     approval = platform.pending_approval(run_id)
-    _decide_in_console(browser, platform, approval, "reject", "over the customer's limit")
+    clicked = _decide_in_console(browser, platform, approval, "reject", "over the customer's limit")
+    _resumed_within_a_second(agent, run_id, clicked, False)
 
     result = agent.result("approval")
     assert result["outcome"] == "escalated" and result["result"]["approved"] is False, result

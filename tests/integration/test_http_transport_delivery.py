@@ -83,7 +83,7 @@ def run_events(run_id: str, steps: int) -> list[tuple[str, bytes]]:
 
 
 def stored(api: Api, run_id: str) -> list[str]:
-    return [r.event_id for r in api.ledger.store.run_entries("acme", run_id)]
+    return [str(r.event_id) for r in api.ledger.store.run_entries("acme", run_id)]
 
 
 def test_a_platform_that_is_down_then_back_gets_every_event_exactly_once(api) -> None:
