@@ -21,7 +21,8 @@ SCENARIO is one run, run one after the other, with run id ``P-SCENARIO``:
 
 Prints one JSON object per line, flushed: ``{"kind": "event", ...}`` for every event of a run as
 soon as the agent has it back (``crash`` and ``halt``), ``{"kind": "resumed", ...}`` when a wait
-for a person ends, ``{"kind": "forged", ...}``, and one ``{"kind": "result", ...}`` per run.
+for a person ends, ``{"kind": "forged", ...}``, one ``{"kind": "result", ...}`` per run, and last
+``{"kind": "modules", ...}``: which of the platform's packages the process loaded (none).
 """
 
 from __future__ import annotations
@@ -258,6 +259,8 @@ def main(argv: list[str]) -> int:
                             model="sim-small-v1", event_ids=lambda run, seq: f"{run}.{seq}") as rt:
         for scenario in args.scenarios:
             run_one(rt, args, scenario)
+    platform = ("api", "domain", "ingest", "replay", "projections", "duckdb", "fastapi", "eventsourcing")
+    say("modules", platform=sorted(m for m in platform if m in sys.modules))  # none: the runtime alone
     return 0
 
 

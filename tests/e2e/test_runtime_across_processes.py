@@ -223,6 +223,8 @@ def budget_runs(platform: Platform, tmp_path_factory: pytest.TempPathFactory) ->
     agent = _agent(platform, tmp_path_factory.mktemp("budgets"), "budgets", *BUDGETS)
     results = {scenario: agent.result(scenario) for scenario in BUDGETS}
     agent.finish()
+    loaded = agent.wait_for(lambda x: x["kind"] == "modules", "the modules it loaded")
+    assert loaded["platform"] == [], f"the agent process loaded the platform's {loaded['platform']}"
     return results
 
 
