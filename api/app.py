@@ -11,9 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_trail import AuditTrail, AuditTrailError
@@ -273,6 +274,12 @@ def _install_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, "HTTPException", str(exc.detail),
                               headers=dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client went away before its body arrived (an agent killed mid-POST): nothing was
+        # read, so nothing was appended, and there is no one left to answer (499, nginx's word)
+        return Response(status_code=499)
 
 
 class RequestMetrics:
