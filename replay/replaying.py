@@ -132,6 +132,13 @@ class ReplayContext(Context):
             return None
         return self.recorded[seq]
 
+    def _default_approval_timeout(self) -> float:
+        """The recorded request's timeout (the live runtime's default then), else the default."""
+        rec = self._aligned_slot()
+        if rec is not None and rec["type"] == "approval.requested" and rec["data"].get("timeout_s"):
+            return float(rec["data"]["timeout_s"])
+        return super()._default_approval_timeout()
+
     # --- time: recorded while aligned, then advanced by latencies -------------------------------
     def _stamp(self, seq: int, etype: str, advance_ms: Any) -> str:
         if self.divergence is None and seq < len(self.recorded) and self.recorded[seq]["type"] == etype:
@@ -258,7 +265,7 @@ class ReplayContext(Context):
         return ToolAnswer("ok", result, None, 0, tool.side_effect)
 
     def _answer_approval(
-        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float | None
+        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float
     ) -> ApprovalDecision | None:
         """The recorded person's decision, repeated (``replayed_from`` names the recorded approval).
 

@@ -35,6 +35,8 @@ from tachograph.prices import PriceTable
 from tachograph.tools import ToolRegistry
 
 OUTCOMES = ("succeeded", "failed", "escalated", "cancelled")
+DEFAULT_APPROVAL_TIMEOUT_S = 900.0
+"""How long ``ctx.request_approval`` waits when no ``timeout`` is given (15 minutes)."""
 Agent = Callable[["Context", dict[str, Any]], Mapping[str, Any] | None]
 
 
@@ -294,6 +296,8 @@ class Context:
         Records ``approval.requested`` (with ``timeout_s``), sends everything recorded so far, and
         blocks until a person decides through the platform or ``timeout`` seconds pass (then the
         approval is ``expired`` and this returns False: the run takes its not-approved path).
+        Without ``timeout``, the runtime's default (15 minutes); the timeout is always recorded,
+        so the platform stops offering the approval to people when the agent stops waiting.
         ``change``: the change id the approval gates. The approval id is unique in the workspace
         (``<run_id>/approval-<n>``).
         """
@@ -303,10 +307,10 @@ class Context:
         data: dict[str, Any] = {"approval_id": approval_id, "summary": summary, "risk": risk}
         if change is not None:
             data["change_id"] = change
-        if timeout is not None:
-            data["timeout_s"] = _dec(timeout)
+        wait_s = _dec(timeout if timeout is not None else self._default_approval_timeout())
+        data["timeout_s"] = wait_s  # the platform expires it when the agent stops waiting
         self._emit("approval.requested", data)
-        decided = self._answer_approval(approval_id, summary, risk, change, timeout)
+        decided = self._answer_approval(approval_id, summary, risk, change, float(wait_s))
         if decided is None:
             return False
         out: dict[str, Any] = {"approval_id": approval_id, "decision": decided.decision, "by": decided.by}
@@ -419,6 +423,10 @@ class Context:
         """Hook: the halt in force on this run (live only), None when it may go on."""
         return None
 
+    def _default_approval_timeout(self) -> float:
+        """Hook: how long a ``request_approval`` without ``timeout`` waits."""
+        return DEFAULT_APPROVAL_TIMEOUT_S
+
     def _elapsed_s(self) -> Decimal | None:
         """Hook: seconds since ``run.started`` on the run's clock (None: no deadline check)."""
         return None
@@ -434,7 +442,7 @@ class Context:
         raise NotImplementedError
 
     def _answer_approval(
-        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float | None
+        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float
     ) -> ApprovalDecision | None:
         raise NotImplementedError
 

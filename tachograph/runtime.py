@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from tachograph.agents import AgentSpec, agent_spec
 from tachograph.builder import RunSpec, rfc3339
 from tachograph.context import (
+    DEFAULT_APPROVAL_TIMEOUT_S,
     ApprovalDecision,
     Context,
     ModelAnswer,
@@ -52,8 +53,6 @@ from tachograph.transports import HttpTransport, KafkaTransport, Transport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_APPROVAL_TIMEOUT_S = 900.0
-"""How long ``ctx.request_approval`` waits when no ``timeout`` is given (15 minutes)."""
 HALTS_GRACE_S = 5.0
 """How long the runtime retries unreadable halts before it stops the run (fail closed)."""
 APPROVAL_POLL_S = 5.0
@@ -156,6 +155,9 @@ class LiveContext(Context):
     def _publish(self, event: dict[str, Any], canonical: bytes) -> None:
         self.runtime.transport.send(self.spec.run_id, event["event_id"], canonical)
 
+    def _default_approval_timeout(self) -> float:
+        return self.runtime.approval_timeout_s
+
     def _elapsed_s(self) -> Decimal:
         return Decimal(int((self.runtime.clock() - self.started) * 1000)) / 1000
 
@@ -205,7 +207,7 @@ class LiveContext(Context):
         return ToolAnswer("ok", _normalise(result), None, _ms(self.runtime.monotonic() - t0), tool.side_effect)
 
     def _answer_approval(
-        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float | None
+        self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float
     ) -> ApprovalDecision | None:
         rt = self.runtime
         if rt.platform is None:
@@ -213,8 +215,7 @@ class LiveContext(Context):
                 "this run asked a person for approval, but the runtime has no platform to ask: "
                 "connect over http://, or give kafka:// an api_url (TACHO_API_URL)")
         rt.transport.flush(rt.flush_timeout)  # the request must reach the platform before we wait
-        wait_s = rt.approval_timeout_s if timeout is None else float(timeout)
-        deadline = rt.monotonic() + wait_s
+        deadline = rt.monotonic() + timeout
         unseen_since = rt.monotonic()
         while True:
             halt = self._halt()
