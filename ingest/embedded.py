@@ -18,7 +18,7 @@ from domain.ports import Incoming, Source
 from ingest.halts import LedgerHalts
 from tachograph.errors import DeliveryError
 from tachograph.halts import HaltSet
-from tachograph.platform import ApprovalStatus
+from tachograph.platform import ApprovalStatus, Platform
 from tachograph.runtime import Runtime
 
 
@@ -100,7 +100,8 @@ class LedgerPlatform:
 
 
 def embedded_runtime(ledger: Ledger, workspace: str, *, batch_size: int = 1, name: str = "agent",
-                     **runtime: Any) -> Runtime:
-    """A runtime recording into ``ledger`` in this process, halts and approvals from it too."""
+                     platform: Platform | None = None, **runtime: Any) -> Runtime:
+    """A runtime recording into ``ledger`` in this process, halts and approvals from it too
+    (``platform``: another source of them, e.g. one that wraps :class:`LedgerPlatform`)."""
     return Runtime(workspace=workspace, transport=LedgerTransport(ledger, batch_size=batch_size, name=name),
-                   platform=LedgerPlatform(ledger), **runtime)
+                   platform=platform if platform is not None else LedgerPlatform(ledger), **runtime)
