@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from domain.ports import EntryRow, LedgerStore
-from tachograph.halts import SCOPES, Halt, HaltSet
 from tachograph.contract.canonical import loads
+from tachograph.halts import SCOPES, Halt, HaltSet
 
 HALT_TYPES = ("halt.set", "halt.cleared")
 
