@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,6 +25,7 @@ from rich.table import Table
 import tachograph
 from api.demo_platform import (
     ApprovalTap,
+    DemoPlatformError,
     InProcessServer,
     Person,
     create_stage_keys,
@@ -33,6 +34,7 @@ from api.demo_platform import (
 from api.settings import Settings
 from domain.errors import ConfigError
 from domain.ledger import Ledger
+from ingest.demo import DemoIngestError, KafkaLeg, print_worker
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.runtime import Budget, RunResult, Runtime
 
@@ -44,6 +46,8 @@ TIGHT = Budget(max_model_calls=1, max_cost_usd="0.01", deadline_s=120)
 """Every fifth run of each agent gets a budget of one model call (a triage reply breaches it)."""
 FEEDBACK_BY = "Carol (customer success)"
 VIAS = ("kafka", "embedded")
+APPROVAL_WAIT_S = 60.0
+"""How long a demo agent waits for Pat Approver before its approval counts as expired."""
 
 
 @dataclass
@@ -107,11 +111,14 @@ def _plan(runs: int, stamp: str) -> Iterator[tuple[AgentSpec, int, dict[str, Any
                 yield agent, i, given[i]
 
 
-def run_examples(rt: Runtime, runs: int, stamp: str, person: Person, out: Console) -> AgentRuns:
+def run_examples(rt: Runtime, runs: int, stamp: str, person: Person, out: Console,
+                 healthy: Callable[[], None] = lambda: None) -> AgentRuns:
     """Run the example agents ``runs`` times through ``rt``; every fourth succeeded run gets a
-    person's feedback (one in eight not accepted). Says how the spotlight run ended when it does."""
+    person's feedback (one in eight not accepted). Says how the spotlight run ended when it does.
+    ``healthy`` raises when the platform side broke (then no further run starts)."""
     done = AgentRuns()
     for agent, i, given in _plan(runs, stamp):
+        healthy()
         workflow = agent.workflow or agent.ref
         tight = i % 5 == 4
         result = rt.run(agent, given, run_id=f"{workflow}-{stamp}-{i:03d}", budget=TIGHT if tight else BUDGET,
@@ -170,20 +177,27 @@ def _spotlight(done: AgentRuns, person: Person) -> dict[str, Any] | None:
     return {**decided.to_json(), "outcome": result.outcome}
 
 
+def _healthy(person: Person, leg: KafkaLeg | None) -> None:
+    if person.error is not None:
+        raise DemoPlatformError(f"the demo's approver failed: {person.error}") from person.error
+    if leg is not None and not leg.alive:
+        raise DemoIngestError("the demo's ingest worker stopped while the agents ran")
+
+
 @contextmanager
 def _runtime(via: str, settings: Settings, ledger: Ledger, api_url: str, key: str,
-             out: Console) -> Iterator[tuple[Runtime, Any]]:
+             out: Console) -> Iterator[tuple[Runtime, KafkaLeg | None]]:
     """The agents' runtime for ``via``, and the Kafka leg (None when embedded)."""
     if via == "embedded":
         from ingest.embedded import embedded_runtime
 
-        with embedded_runtime(ledger, WORKSPACE, name="tacho demo", model=MODEL) as rt:
+        with embedded_runtime(ledger, WORKSPACE, name="tacho demo", model=MODEL,
+                              approval_timeout_s=APPROVAL_WAIT_S) as rt:
             yield rt, None
         return
-    from ingest.demo import KafkaLeg
-
     with KafkaLeg(settings, ledger, out) as leg, tachograph.connect(
-        leg.url, workspace=WORKSPACE, api_key=key, api_url=api_url, env={}, model=MODEL
+        leg.url, workspace=WORKSPACE, api_key=key, api_url=api_url, env={}, model=MODEL,
+        approval_timeout_s=APPROVAL_WAIT_S,
     ) as rt:
         yield rt, leg
 
@@ -204,14 +218,12 @@ def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str, out: C
         rt.transport = ApprovalTap(rt.transport, person.asked)
         t0 = time.monotonic()
         try:
-            done = run_examples(rt, runs, stamp, person, out)
+            done = run_examples(rt, runs, stamp, person, out, lambda: _healthy(person, leg))
         finally:
             person.stop()
         summary["seconds"] = round(time.monotonic() - t0, 3)
         summary["api_url"] = server.url
         if leg is not None:
-            from ingest.demo import print_worker
-
             ingested = leg.drain({(WORKSPACE, run_id): n for run_id, n in done.events.items()})
             summary.update(bootstrap=leg.bootstrap, topic=leg.topic, dev_broker=leg.broker is not None,
                            ingested=ingested.to_json())
