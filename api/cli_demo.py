@@ -92,8 +92,8 @@ def _demo(settings: Settings, runs: int, via: str) -> dict[str, Any]:
     c.print(Rule(f"Tachograph demo — data in {settings.data_dir.resolve()}"))
     ledger = build_ledger(settings)
     summary: dict[str, Any] = {"data_dir": str(settings.data_dir.resolve())}
-    carried = "Kafka carries their events to the ledger" if via == "kafka" else "the ledger records them in-process"
-    c.print(Rule(f"1. the example agents run through the agent runtime; {carried}"))
+    over = "over Kafka" if via == "kafka" else "embedded"
+    c.print(Rule(f"1. the example agents run through the agent runtime, {over}"))
     summary["agents"] = demo_steps.agents_stage(settings, ledger, runs, via)
     c.print(Rule("2. verify the whole ledger"))
     summary["verify"] = _verify_stage(ledger)

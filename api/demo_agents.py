@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tachograph
+from api.console.demo import CONSOLE_URL
 from api.demo_platform import (
     ApprovalTap,
     DemoPlatformError,
@@ -143,6 +144,7 @@ def _went_on(result: RunResult, person: Person, out: Console) -> None:
         out.print(f"  the waiting agent went on: run {result.run_id} {result.outcome} "
                   f"({decided.decision} by {decided.decided_by}, "
                   f"{decided.decided_at - decided.asked_at:.1f}s after it asked)")
+        out.print(f"  later: `tacho serve`, then {CONSOLE_URL}runs/{result.run_id}", soft_wrap=True, markup=False)
 
 
 def _money(value: Decimal) -> str:
