@@ -52,10 +52,10 @@ class ConsoleDemo:
     keys_path: Path
     key_ids: dict[str, str] = field(default_factory=dict)
     created_keys: bool = False
-    pending: list[str] = field(default_factory=list)
-    open_runs: list[str] = field(default_factory=list)
-    completed: list[str] = field(default_factory=list)
-    halted: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # wait for approval of a change (credit raises)
+    open_runs: list[str] = field(default_factory=list)  # applied a reversible change, then wait
+    completed: list[str] = field(default_factory=list)  # applied one, approved, completed
+    halted: list[str] = field(default_factory=list)  # refused by a kill switch
 
 
 def keys_path(settings: Settings) -> Path:
@@ -180,8 +180,8 @@ def seed_runs(settings: Settings, ledger: Ledger, workspace: str, demo: ConsoleD
             into: list[str] = getattr(demo, seed.into)
             try:
                 result = rt.run(seed.agent, seed.input, run_id=seed.run_id, risk_tier=seed.risk_tier)
-            except AgentStopped:
-                into.append(seed.run_id)
+            except AgentStopped:  # left waiting (with no approver key, even the run meant to complete)
+                (into if seed.decision is None else demo.open_runs).append(seed.run_id)
                 continue
             # a kill switch on billing-ops refuses the run (recorded as cancelled, with the halt)
             (demo.halted if result.halted else into).append(seed.run_id)
