@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,24 +19,6 @@ from api.settings import Settings
 from domain.errors import ConfigError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
-from domain.workload import Workload
-from ingest.jsonl import import_jsonl
-from tachograph.contract.canonical import dumps
-
-
-def _ingest_via_file(ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:
-    c = console()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "demo-events.jsonl"
-        with path.open("wb") as f:
-            for ev in Workload(seed=seed, runs=runs, workspaces=("acme", "globex")).events():
-                f.write(dumps(ev) + b"\n")
-        totals = import_jsonl(ledger, path)
-    c.print(
-        f"imported: accepted [green]{totals.accepted}[/], duplicates {totals.duplicates}, "
-        f"quarantined {totals.quarantined}"
-    )
-    return {"via": "file", "imported": totals.to_json()}
 
 
 def _verify_stage(ledger: Ledger) -> dict[str, Any]:
@@ -82,37 +63,38 @@ def _evidence_stage(ledger: Ledger, vkey: str, out_dir: Path) -> dict[str, Any] 
 
 
 def cmd_demo(
-    runs: Annotated[int, typer.Option(help="simulated agent runs")] = 400,
-    seed: Annotated[int, typer.Option(help="workload seed")] = 7,
-    via: Annotated[str, typer.Option(help="kafka (dev broker) or file")] = "kafka",
+    runs: Annotated[int, typer.Option(min=1, help="example agent runs (split between the two example agents)")] = 40,
+    via: Annotated[str, typer.Option(help="kafka (the dev broker unless TACHO_KAFKA_BOOTSTRAP) or embedded")] = "kafka",
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the main job on embedded defaults: agents → ledger → verify → evidence → views → replay.
+    """Run the main job on embedded defaults: agents → ledger → verify → evidence → replay → views.
 
-    With --json the narrative goes to stderr and stdout gets one JSON document of what each
-    stage did (counts, verification, checkpoint, evidence, replays, reports; never a secret).
+    The example agents run through the agent runtime over Kafka (or embedded), a person deciding
+    their approvals through the API. With --json the narrative goes to stderr and stdout gets one
+    JSON document of what each stage did (counts, verification, checkpoint, evidence, replays,
+    reports; never a secret).
     """
-    if via not in ("kafka", "file"):
-        raise ConfigError(f"--via must be kafka or file, not {via!r}")
+    from api.demo_agents import VIAS
+
+    if via not in VIAS:
+        raise ConfigError(f"--via must be {' or '.join(VIAS)}, not {via!r}")
     settings = Settings()
     with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
-        summary = _demo(settings, runs, seed, via)
+        summary = _demo(settings, runs, via)
     if json_out:
         print_json(summary)
     if not summary["verify"]["result"]["ok"]:
         raise typer.Exit(1)
 
 
-def _demo(settings: Settings, runs: int, seed: int, via: str) -> dict[str, Any]:
+def _demo(settings: Settings, runs: int, via: str) -> dict[str, Any]:
     c = console()
     c.print(Rule(f"Tachograph demo — data in {settings.data_dir.resolve()}"))
     ledger = build_ledger(settings)
     summary: dict[str, Any] = {"data_dir": str(settings.data_dir.resolve())}
-    c.print(Rule("1. agents publish runs; the ledger appends them"))
-    if via == "kafka":
-        summary["ingest"] = demo_steps.kafka_stage(settings, ledger, runs, seed)
-    else:
-        summary["ingest"] = _ingest_via_file(ledger, runs, seed)
+    over = "over Kafka" if via == "kafka" else "embedded"
+    c.print(Rule(f"1. the example agents run through the agent runtime, {over}"))
+    summary["agents"] = demo_steps.agents_stage(settings, ledger, runs, via)
     c.print(Rule("2. verify the whole ledger"))
     summary["verify"] = _verify_stage(ledger)
     if not summary["verify"]["result"]["ok"]:

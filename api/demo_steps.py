@@ -1,4 +1,4 @@
-"""Later stages of `tacho demo`, each from the area that owns it (Kafka, views, replay, console)."""
+"""Stages of `tacho demo`, each from the area that owns it (agents, replay, console, views)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from api.settings import Settings
 from domain.ledger import Ledger
 
 
-def kafka_stage(settings: Settings, ledger: Ledger, runs: int, seed: int) -> dict[str, Any]:
-    """Simulated agent services publish through the SDK onto Kafka; a worker ingests them.
+def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str) -> dict[str, Any]:
+    """The example agents run through the agent runtime (over Kafka, or embedded); a person
+    decides their approvals through the API. Returns what ran, was decided and was ingested."""
+    from api.demo_agents import agents_stage as run_stage
 
-    Returns what was published and ingested.
-    """
-    from ingest.demo import run_kafka_demo
-
-    return run_kafka_demo(settings, ledger, runs=runs, seed=seed)
+    return run_stage(settings, ledger, runs, via, console())
 
 
 def later_stages(settings: Settings, ledger: Ledger) -> dict[str, Any]:

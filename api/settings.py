@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         "agent",
         description="person: every approval.decided must repeat a person's decision made through the "
         "platform, and approval ids are unique per workspace (permanent for the ledger once set); "
-        "agent: agents' own decisions are accepted (the SDK, replay and simulated population today)",
+        "agent: agents' own decisions are accepted (replay contexts still record their own today)",
     )
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")

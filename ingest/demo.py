@@ -1,22 +1,31 @@
-"""The Kafka stage of ``tacho demo``: simulated agent services → Kafka → one ingest worker → ledger."""
+"""The Kafka leg of ``tacho demo``: a broker, and ``tacho ingest``'s worker appending to the ledger
+what the demo's agents publish, while they run.
+
+With no Kafka configured (``TACHO_KAFKA_BOOTSTRAP``) the embedded development broker (Tansu, in
+memory) is started. The worker follows the topic on a thread of this process from the moment the
+leg starts, because an agent that waits for a person needs its ``approval.requested`` in the
+ledger before anyone can decide it; :meth:`KafkaLeg.drain` stops it once the ledger holds every
+event the agents reported as sent.
+"""
 
 from __future__ import annotations
 
-import sys
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from domain.ledger import AppendReport, Ledger
+from domain.errors import TachographError
+from domain.ledger import Ledger
 from ingest.devbroker import DevBroker, ensure_topic
-from ingest.halts import LedgerHalts
-from ingest.simulate import PublishedSummary, run_simulated_agents
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary
-from tachograph.halts import HaltSource
+
+DRAIN_TIMEOUT_S = 60.0
+"""How long :meth:`KafkaLeg.drain` waits for the worker to append what was published."""
 
 
 class KafkaSettings(Protocol):
@@ -27,96 +36,107 @@ class KafkaSettings(Protocol):
     data_dir: Path
 
 
-def _progress(what: str, console: Console) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    )
+class DemoIngestError(TachographError):
+    """The demo's ingest worker stopped, or did not append what the agents published in time."""
 
 
-def publish_and_ingest(
-    ledger: Ledger,
-    bootstrap: str,
-    topic: str,
-    runs: int,
-    seed: int,
-    group: str,
-    console: Console,
-    halts: HaltSource | None = None,
-) -> tuple[PublishedSummary, WorkerSummary]:
-    """Publish ``runs`` simulated runs (halted workflows refused), then ingest every event."""
-    ensure_topic(bootstrap, topic, partitions=3)
-    with _progress("agents publishing", console) as bar:
-        task = bar.add_task("publish", total=runs)
-        published = run_simulated_agents(
-            bootstrap, topic, runs, seed, progress=lambda n: bar.advance(task, n), halts=halts
-        )
-    cfg = WorkerConfig(bootstrap=bootstrap, topic=topic, group=group, until_idle=5.0,
-                       assign=True, parallel=False)
-    worker: IngestWorker
-    with _progress("ingesting", console) as bar:
-        task = bar.add_task("ingest", total=published.events)
+class KafkaLeg:
+    """A broker (the dev broker unless Kafka is configured) and one ingest worker following its topic."""
 
-        def on_batch(report: AppendReport, summary: WorkerSummary) -> None:
-            bar.update(task, completed=summary.accepted + summary.duplicates + summary.quarantined)
-            if summary.consumed >= published.events:
-                worker.stop("all published events ingested")
+    def __init__(self, settings: KafkaSettings, ledger: Ledger, out: Console) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.out = out
+        self.topic = settings.topic
+        self.bootstrap = settings.kafka_bootstrap or ""
+        self.broker: DevBroker | None = None
+        self.worker: IngestWorker | None = None
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
-        worker = IngestWorker(ledger, cfg, on_batch=on_batch)
-        ingested = worker.run()
-    return published, ingested
+    @property
+    def url(self) -> str:
+        """Where agents send their events, as the runtime's ``connect`` takes it."""
+        return f"kafka://{self.bootstrap}/{self.topic}"
+
+    def start(self) -> KafkaLeg:
+        """Start the dev broker unless Kafka is configured, create the topic, start the worker."""
+        if not self.bootstrap:
+            t0 = time.monotonic()
+            self.broker = DevBroker().start()
+            self.bootstrap = self.broker.bootstrap
+            self.out.print(f"no Kafka configured: started the dev broker (Tansu, in memory) on "
+                           f"{self.bootstrap} in {time.monotonic() - t0:.1f}s")
+        ensure_topic(self.bootstrap, self.topic, partitions=3)
+        # a fresh dev broker starts its offsets from 0 again, so it gets its own consumer group
+        group = f"demo-{self.broker.cluster_id}" if self.broker is not None else "tachograph-ingest"
+        config = WorkerConfig(bootstrap=self.bootstrap, topic=self.topic, group=group, assign=True,
+                              parallel=False, poll_timeout_ms=100)
+        self.worker = IngestWorker(self.ledger, config)
+        self._thread = threading.Thread(target=self._work, name="tacho-demo-ingest", daemon=True)
+        self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        assert self.worker is not None
+        try:
+            self.worker.run()
+        except BaseException as e:  # reported by drain(), which the demo always reaches
+            self._failed = e
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker is still consuming."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def drain(self, expected: Mapping[tuple[str, str], int], timeout: float = DRAIN_TIMEOUT_S) -> WorkerSummary:
+        """Wait until the ledger holds ``expected[(workspace, run_id)]`` events of each run, then
+        stop the worker (it signs a checkpoint) and return what it did."""
+        assert self.worker is not None and self._thread is not None
+        deadline = time.monotonic() + timeout
+        missing = dict(expected)
+        while missing:
+            missing = {k: n for k, n in missing.items()
+                       if len(self.ledger.store.run_entries(k[0], k[1])) < n}
+            if not missing:
+                break
+            if not self.alive or time.monotonic() > deadline:
+                self.worker.stop("the demo gave up waiting")
+                self._thread.join(30)
+                why = self._failed or f"{len(missing)} run(s) not complete after {timeout:g}s"
+                raise DemoIngestError(f"the ingest worker did not append every published event: {why}")
+            time.sleep(0.05)
+        self.worker.stop("every published event ingested")
+        self._thread.join(60)
+        if self._failed is not None:
+            raise DemoIngestError(f"the ingest worker failed: {self._failed}") from self._failed
+        return self.worker.summary
+
+    def stop(self) -> None:
+        """Stop the worker (if still running) and the dev broker (if started here)."""
+        try:
+            if self.worker is not None and self.alive:
+                self.worker.stop("demo stopped")
+                assert self._thread is not None
+                self._thread.join(30)
+        finally:
+            if self.broker is not None:
+                self.broker.stop()
+
+    def __enter__(self) -> KafkaLeg:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
 
 
-def print_summary(published: PublishedSummary, ingested: WorkerSummary, console: Console) -> None:
-    """Two small tables: what the agents published, what the worker did."""
-    t = Table(title="agents published (through the SDK, budgets enforced)", show_edge=False)
-    for col in ("runs", "events", "outcomes", "budget breaches", "halted", "spend (USD)"):
-        t.add_column(col)
-    t.add_row(
-        str(published.runs), str(published.events),
-        ", ".join(f"{k} {v}" for k, v in sorted(published.outcomes.items())),
-        ", ".join(f"{k} {v}" for k, v in sorted(published.budget_exceeded.items())) or "none",
-        ", ".join(f"{k} {v}" for k, v in sorted(published.halted.items())) or "none",
-        str(published.cost_usd),
-    )
-    console.print(t)
+def print_worker(ingested: WorkerSummary, out: Console) -> None:
+    """One line: what the ingest worker did."""
     rate = ingested.consumed / max(ingested.seconds, 1e-9)
-    console.print(
-        f"worker: consumed {ingested.consumed:,}, accepted [green]{ingested.accepted:,}[/], "
+    out.print(
+        f"tacho ingest's worker: consumed {ingested.consumed:,}, accepted [green]{ingested.accepted:,}[/], "
         f"duplicates absorbed {ingested.duplicates:,}, quarantined {ingested.quarantined:,} "
         f"in {ingested.seconds:.1f}s ({rate:,.0f}/s); ledger size {ingested.ledger_size:,}, "
         f"signed checkpoint at {ingested.checkpoint_size:,}"
     )
-
-
-def run_kafka_demo(
-    settings: KafkaSettings, ledger: Ledger, runs: int = 400, seed: int = 7
-) -> dict[str, Any]:
-    """Start the dev broker unless Kafka is configured, publish, ingest, print a summary.
-
-    Returns what was published and what the worker did (as JSON).
-    """
-    console = Console(highlight=False, file=sys.stdout)
-    broker: DevBroker | None = None
-    bootstrap = settings.kafka_bootstrap
-    if not bootstrap:
-        t0 = time.monotonic()
-        broker = DevBroker().start()
-        bootstrap = broker.bootstrap
-        console.print(
-            f"no Kafka configured: started the dev broker (Tansu, in memory) on {bootstrap} "
-            f"in {time.monotonic() - t0:.1f}s"
-        )
-    # a fresh dev broker starts its offsets from 0 again, so it gets its own consumer group
-    group = f"demo-{broker.cluster_id}" if broker is not None else "tachograph-ingest"
-    try:
-        published, ingested = publish_and_ingest(
-            ledger, bootstrap, settings.topic, runs, seed, group, console,
-            halts=LedgerHalts(ledger.store),
-        )
-    finally:
-        if broker is not None:
-            broker.stop()
-    print_summary(published, ingested, console)
-    return {"via": "kafka", "bootstrap": bootstrap, "dev_broker": broker is not None,
-            "published": published.to_json(), "ingested": ingested.to_json()}

@@ -21,7 +21,7 @@ from domain.ports import Incoming, Source
 from ingest.halts import LedgerHalts
 from tachograph.builder import rfc3339
 from tachograph.halts import HaltSet
-from tachograph.platform import ApprovalStatus
+from tachograph.platform import ApprovalStatus, Platform
 from tachograph.runtime import Runtime
 from tachograph.transports import BufferedSender
 
@@ -106,10 +106,12 @@ class LedgerPlatform:
         """Nothing to release (the ledger belongs to the caller)."""
 
 
-def embedded_runtime(ledger: Ledger, workspace: str, *, name: str = "agent", **runtime: Any) -> Runtime:
-    """A runtime recording into ``ledger`` in this process, halts and approvals from it too."""
+def embedded_runtime(ledger: Ledger, workspace: str, *, name: str = "agent",
+                     platform: Platform | None = None, **runtime: Any) -> Runtime:
+    """A runtime recording into ``ledger`` in this process, halts and approvals from it too
+    (``platform``: another source of them, e.g. one that wraps :class:`LedgerPlatform`)."""
     return Runtime(workspace=workspace, transport=LedgerTransport(ledger, name=name),
-                   platform=LedgerPlatform(ledger), **runtime)
+                   platform=platform if platform is not None else LedgerPlatform(ledger), **runtime)
 
 
 Verdict = tuple[str, str | None]

@@ -1,9 +1,9 @@
 """Halts from the ledger itself: what is halted now, folded from a workspace's ``halt.set`` and
 ``halt.cleared`` platform records (written only by the platform, see ``api/halts.py``).
 
-The API serves these (``GET /v1/halts``); in the embedded mode the publisher SDK reads them here
-straight from the ledger store (:class:`LedgerHalts`). An agent on another host uses
-``ingest/halt_client.py`` over HTTP instead.
+The API serves these (``GET /v1/halts``); in the embedded mode the agent runtime reads them here
+straight from the ledger store (:class:`LedgerHalts`, through ``ingest.embedded.LedgerPlatform``).
+An agent on another host asks the API with ``tachograph.halts.HttpHalts``.
 """
 
 from __future__ import annotations

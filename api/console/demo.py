@@ -1,31 +1,38 @@
 """The console stage of ``tacho demo``: one API key per role and runs waiting for people.
 
-The runs are recorded by the publisher SDK over a :class:`~ingest.transport.LedgerTransport`, so
-they are the same events an agent service would publish. The keys' secrets go only into a file of
-mode 0600 in the data dir; the approver's is printed once, on stdout, never logged.
+The runs are made by the console demo's billing agent (``api/console/demo_agent.py``) through
+the agent runtime, recording into the ledger in-process (:func:`ingest.embedded.embedded_runtime`):
+the same events an agent service would publish. Two runs wait for a person to approve a credit-limit
+raise and one, having voided an invoice, for a person to agree to a credit note: their agent
+service stops while it waits (as one being redeployed would), so the approvals stay in the queue
+for you. In a fourth run Pat Approver agrees to the credit note (through
+``domain.approvals.record_decision``, the console's own path), and the agent goes on and completes.
+The keys' secrets go only into a file of mode 0600 in the data dir; the approver's is printed
+once, on stdout, never logged.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
-from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from rich.console import Console
 
+from api.approvals import identity
+from api.audit_trail import actor
 from api.bootstrap import write_secret
-from api.keys_store import KeyStore
+from api.console import demo_agent
+from api.keys_store import ApiKey, KeyStore
 from api.settings import Settings
-from domain.ledger import Ledger
-from ingest.errors import RunHaltedError
-from ingest.halts import LedgerHalts
-from ingest.sdk import Publisher, RunRecorder
-from tachograph.transports import LedgerTransport
+from domain.approvals import record_decision
+from domain.ledger import Ledger, iso
+from ingest.embedded import LedgerPlatform, embedded_runtime
+from tachograph.halts import HaltSet
+from tachograph.platform import ApprovalStatus
 
 PEOPLE: tuple[tuple[str, str], ...] = (
     ("auditor", "Ada Auditor"),
@@ -34,7 +41,7 @@ PEOPLE: tuple[tuple[str, str], ...] = (
     ("approver", "Pat Approver"),
     ("admin", "Ari Admin"),
 )
-WORKFLOW = "billing-ops"
+WORKFLOW = demo_agent.WORKFLOW
 CONSOLE_URL = "http://127.0.0.1:8080/console/"
 
 
@@ -45,10 +52,10 @@ class ConsoleDemo:
     keys_path: Path
     key_ids: dict[str, str] = field(default_factory=dict)
     created_keys: bool = False
-    pending: list[str] = field(default_factory=list)
-    open_runs: list[str] = field(default_factory=list)
-    completed: list[str] = field(default_factory=list)
-    halted: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # wait for approval of a change (credit raises)
+    open_runs: list[str] = field(default_factory=list)  # applied a reversible change, then wait
+    completed: list[str] = field(default_factory=list)  # applied one, approved, completed
+    halted: list[str] = field(default_factory=list)  # refused by a kill switch
 
 
 def keys_path(settings: Settings) -> Path:
@@ -80,51 +87,104 @@ def create_keys(settings: Settings, workspace: str) -> tuple[dict[str, str], str
     return ids, approver
 
 
-def _pending(publisher: Publisher, n: int, amount: int, risk: Literal["low", "medium", "high"]) -> RunRecorder:
-    """A run whose credit-limit raise waits for a person's approval (left open)."""
-    run = publisher.start(WORKFLOW, risk_tier="high", input={"customer": 4400 + n},
-                          run_id=f"credit-raise-{n}-{secrets.token_hex(3)}")
-    run.model_call(provider="openai", model="gpt-4.1-mini", input_tokens=900 + 40 * n, output_tokens=120,
-                   cost_usd=Decimal("0.000552"), latency_ms=640)
-    target = f"crm.customer/{4400 + n}"
-    run.policy("credit-limit", target, "require_approval", f"raise over $1,000 (to ${amount})",
-               risk_score=Decimal("0.7"))
-    change = run.propose_change(target, {"credit_limit": 500, "tier": "silver"},
-                                {"credit_limit": amount, "tier": "silver"})
-    run.request_approval(f"raise the credit limit of customer {4400 + n} to {amount}", risk, change_id=change)
-    return run
+class AgentStopped(BaseException):
+    """Stands in for an agent service whose process stops while its run waits for a person (a
+    deploy, a crash): the run stays open and its approval waits in the queue. A BaseException, as
+    a process exit is: the runtime records nothing more for the run."""
 
 
-def _voided(publisher: Publisher, n: int, complete: bool) -> RunRecorder:
-    """A run that voided an invoice (a reversible change); completed or left open."""
-    run = publisher.start(WORKFLOW, input={"invoice": f"INV-{7000 + n}"},
-                          run_id=f"invoice-void-{n}-{secrets.token_hex(3)}")
-    run.tool_call("billing.invoice.get", {"id": f"INV-{7000 + n}"}, result={"status": "open"},
-                  latency_ms=35)
-    change = run.propose_change(f"billing.invoice/INV-{7000 + n}", {"status": "open", "amount": "120.00"},
-                                {"status": "void", "amount": "120.00"}, reversible=True)
-    run.apply_change(change)
-    if complete:
-        run.complete("succeeded", result={"voided": f"INV-{7000 + n}"})
-    return run
+class ConsolePeople:
+    """The platform as the demo's agents see it: halts from the ledger, and people's decisions.
+
+    An approval of a run in ``decisions`` is decided by ``person`` through
+    :func:`~domain.approvals.record_decision` (what the console's Approve does), and the waiting
+    agent reads that decision; for any other the agent's service stops while it waits
+    (:class:`AgentStopped`), leaving the approval to whoever opens the console.
+    """
+
+    def __init__(self, ledger: Ledger, person: ApiKey | None,
+                 decisions: Mapping[str, tuple[str, str | None]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.person = person
+        self.decisions = dict(decisions)
+        self.clock = clock
+        self.inner = LedgerPlatform(ledger, clock=clock)
+
+    def halts(self, workspace: str, fresh: bool = False) -> HaltSet:
+        """The halts in force, from the ledger."""
+        return self.inner.halts(workspace, fresh)
+
+    def approval(self, workspace: str, approval_id: str, wait_s: float) -> ApprovalStatus | None:
+        """The person's decision on the approval; raises AgentStopped where nobody decides now."""
+        row = self.ledger.store.approval(workspace, approval_id)
+        if row is None:
+            return None
+        verdict = self.decisions.get(row.run_id)
+        if verdict is None or self.person is None:
+            raise AgentStopped(f"run {row.run_id!r} waits for a person; its agent service stopped")
+        now = self.clock()
+        if row.status(now) == "pending":
+            record_decision(self.ledger, workspace, approval_id, verdict[0],
+                            identity(self.person.label, self.person.id), actor(self.person),
+                            verdict[1], iso(now), now, row.run_id)
+        return self.inner.approval(workspace, approval_id, 0)
+
+    def close(self) -> None:
+        """Nothing to release (the ledger belongs to the caller)."""
+
+
+@dataclass(frozen=True)
+class _Seed:
+    into: str  # the ConsoleDemo list the run goes to
+    agent: Callable[..., Any]
+    input: dict[str, Any]
+    run_id: str
+    risk_tier: str = "medium"
+    decision: tuple[str, str | None] | None = None  # Pat Approver's decision, if any
+
+
+def _seeds() -> list[_Seed]:
+    tag = secrets.token_hex(3)
+    return [
+        _Seed("pending", demo_agent.raise_credit_limit,
+              {"customer": 4401, "credit_limit": 2500, "risk": "high"}, f"credit-raise-1-{tag}", "high"),
+        _Seed("pending", demo_agent.raise_credit_limit,
+              {"customer": 4402, "credit_limit": 1200, "risk": "medium"}, f"credit-raise-2-{tag}", "high"),
+        _Seed("open_runs", demo_agent.void_invoice, {"invoice": "INV-7001"}, f"invoice-void-1-{tag}"),
+        _Seed("completed", demo_agent.void_invoice, {"invoice": "INV-7002"}, f"invoice-void-2-{tag}",
+              decision=("approved", "credit note agreed with the customer")),
+    ]
+
+
+def approver_key(settings: Settings, workspace: str) -> ApiKey | None:
+    """Pat Approver's live key in ``workspace`` (made by :func:`create_keys`), if there is one."""
+    store = KeyStore(settings.data_dir / "keys" / "apikeys.db", time.time)
+    try:
+        name = dict(PEOPLE)["approver"]
+        return next((k for k in store.list(workspace)
+                     if k.role == "approver" and k.label == name and not k.revoked), None)
+    finally:
+        store.close()
 
 
 def seed_runs(settings: Settings, ledger: Ledger, workspace: str, demo: ConsoleDemo) -> None:
-    """Two runs waiting for approval, one open and one completed run with a reversible change."""
-    publisher = Publisher(LedgerTransport(ledger), workspace=workspace, agent_id="billing-agent",
-                          agent_version="3.1.0", halts=LedgerHalts(ledger.store))
-    steps: list[tuple[list[str], Callable[[], RunRecorder]]] = [
-        (demo.pending, partial(_pending, publisher, 1, 2500, "high")),
-        (demo.pending, partial(_pending, publisher, 2, 1200, "medium")),
-        (demo.open_runs, partial(_voided, publisher, 1, complete=False)),
-        (demo.completed, partial(_voided, publisher, 2, complete=True)),
-    ]
-    for into, make in steps:
-        try:
-            into.append(make().run_id)
-        except RunHaltedError as e:  # the workflow's kill switch is on: recorded as cancelled
-            demo.halted.append(e.run_id)
-    publisher.flush()
+    """Runs of the billing agent: three that wait for a person (two credit-limit raises, one
+    voided invoice), and one whose credit note Pat Approver agrees to, which then completes."""
+    seeds = _seeds()
+    people = ConsolePeople(ledger, approver_key(settings, workspace),
+                           {s.run_id: s.decision for s in seeds if s.decision is not None})
+    with embedded_runtime(ledger, workspace, platform=people, name="tacho demo (console)",
+                          model="sim-small-v1") as rt:
+        for seed in seeds:
+            into: list[str] = getattr(demo, seed.into)
+            try:
+                result = rt.run(seed.agent, seed.input, run_id=seed.run_id, risk_tier=seed.risk_tier)
+            except AgentStopped:  # left waiting (with no approver key, even the run meant to complete)
+                (into if seed.decision is None else demo.open_runs).append(seed.run_id)
+                continue
+            # a kill switch on billing-ops refuses the run (recorded as cancelled, with the halt)
+            (demo.halted if result.halted else into).append(seed.run_id)
 
 
 def run_console_demo(settings: Settings, ledger: Ledger, out: Console, workspace: str = "demo") -> ConsoleDemo:
@@ -132,8 +192,12 @@ def run_console_demo(settings: Settings, ledger: Ledger, out: Console, workspace
     demo = ConsoleDemo(keys_path(settings))
     made = create_keys(settings, workspace)
     seed_runs(settings, ledger, workspace, demo)
-    out.print(f"workspace [bold]{workspace}[/]: {len(demo.pending)} runs wait for approval, "
-              f"{len(demo.open_runs)} open run and {len(demo.completed)} completed run with a reversible change")
+    waiting = len(demo.pending) + len(demo.open_runs)
+    out.print(f"workspace [bold]{workspace}[/], the billing agent through the agent runtime: {waiting} runs wait "
+              f"for a person ({len(demo.pending)} credit-limit raises, {len(demo.open_runs)} voided invoice; "
+              "their agent service stopped while waiting, so the approvals stay in the queue for you); "
+              f"{len(demo.completed)} run completed once Pat Approver agreed to its credit note. "
+              "Voided invoices are reversible changes: revert them in the console.")
     if demo.halted:
         out.print(f"[yellow]the {WORKFLOW} kill switch is on: {len(demo.halted)} runs were refused[/]")
     if made is None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from domain.evidence import verify_evidence
 from domain.verify import verify_log
-from ingest.errors import RunHaltedError
+from ingest.embedded import embedded_runtime
 from ingest.halts import LedgerHalts
-from ingest.sdk import Publisher
-from tachograph.transports import LedgerTransport
+from tachograph.agents import AgentSpec
 from tachograph.contract.canonical import loads
+from tachograph.tools import ToolRegistry
 from tests.e2e.console_support import HOOKED_WORKFLOW, WS, shot, sign_in, text_of, wait_for
 
 
@@ -272,7 +271,7 @@ def test_an_engineer_opens_a_replay_diff_with_changed_outcomes_first(browser, co
     shot(browser, "replay")
 
 
-def test_an_admin_halts_a_workflow_and_the_sdk_sees_it_until_cleared(browser, console_server):
+def test_an_admin_halts_a_workflow_and_an_agents_runtime_sees_it_until_cleared(browser, console_server):
     server = console_server
     halts = LedgerHalts(server.ledger.store)  # an embedded agent's view: the ledger's records
 
@@ -296,30 +295,36 @@ def test_an_admin_halts_a_workflow_and_the_sdk_sees_it_until_cleared(browser, co
     assert browser.find_element(By.ID, f"halt-workflow-{HOOKED_WORKFLOW}")  # listed in force
     shot(browser, "kill-switches")
 
-    # an agent service's SDK (embedded: reading the same ledger) refuses a new run
-    publisher = Publisher(LedgerTransport(server.ledger), workspace=WS, agent_id="billing-agent",
-                          agent_version="3.1.0", halts=halts)
-    started = []
-    with pytest.raises(RunHaltedError) as info, publisher.run(HOOKED_WORKFLOW, run_id="halted-run-1"):
+    # an agent service's runtime (embedded: reading the same ledger) refuses a new run
+    started: list[bool] = []
+
+    def billing_agent(ctx, input):
         started.append(True)
-    assert not started and info.value.halt.by == server.identity("admin")
-    refused = server.events("halted-run-1")
-    assert [e["type"] for e in refused] == ["run.started", "run.completed"]
-    assert refused[1]["data"]["outcome"] == "cancelled"
-    assert server.identity("admin") in refused[1]["data"]["error"]
-    assert "refunds misfiring, investigating" in refused[1]["data"]["error"] and state.at in refused[1]["data"]["error"]
-    assert refused[1]["data"]["result"]["kill_switch"]["ledger_index"] == state.index
-    with publisher.run("ticket-triage", run_id="not-halted-1"):
-        pass  # other workflows still run
-    assert server.events("not-halted-1")[-1]["data"] == {"outcome": "succeeded"}
+        return {"checked": True}
+
+    def billing(workflow: str) -> AgentSpec:
+        return AgentSpec(ref="tests.e2e.test_console_pages:billing_agent", fn=billing_agent, tools=ToolRegistry(),
+                         prompts={}, workflow=workflow, identity={"id": "billing-agent", "version": "3.1.0"})
+
+    with embedded_runtime(server.ledger, WS) as rt:
+        stopped = rt.run(billing(HOOKED_WORKFLOW), run_id="halted-run-1")
+        assert not started and stopped.halted and stopped.result["kill_switch"]["by"] == server.identity("admin")
+        refused = server.events("halted-run-1")
+        assert [e["type"] for e in refused] == ["run.started", "run.completed"]
+        assert refused[1]["data"]["outcome"] == "cancelled"
+        assert server.identity("admin") in refused[1]["data"]["error"]
+        assert "refunds misfiring, investigating" in refused[1]["data"]["error"] and state.at in refused[1]["data"]["error"]
+        assert refused[1]["data"]["result"]["kill_switch"]["ledger_index"] == state.index
+        rt.run(billing("ticket-triage"), run_id="not-halted-1")  # other workflows still run
+    assert server.events("not-halted-1")[-1]["data"] == {"outcome": "succeeded", "result": {"checked": True}}
     row = browser.find_element(By.ID, f"switch-{HOOKED_WORKFLOW}")
     row.find_element(By.CLASS_NAME, "reason").send_keys("fixed")
     row.find_element(By.CSS_SELECTOR, "button.approve").click()
     text_of(browser, "flash", f"workflow {HOOKED_WORKFLOW} cleared")
     assert ("workflow", HOOKED_WORKFLOW) not in halted()
-    with publisher.run(HOOKED_WORKFLOW, run_id="resumed-run-1"):
-        pass
-    assert server.events("resumed-run-1")[-1]["data"] == {"outcome": "succeeded"}
+    with embedded_runtime(server.ledger, WS) as rt:
+        rt.run(billing(HOOKED_WORKFLOW), run_id="resumed-run-1")
+    assert server.events("resumed-run-1")[-1]["data"] == {"outcome": "succeeded", "result": {"checked": True}}
     history = browser.find_element(By.ID, "switch-history").text
     assert "halt" in history and "clear" in history and "console" in history
 

@@ -68,7 +68,7 @@ def test_every_file_under_the_data_dir_is_owner_only_whoever_created_it(tmp_path
     events = tmp_path / "events.jsonl"
     tacho(data, "generate", str(events), "--runs", "30")
     assert open_ones(data) == {}  # tightened when a command starts
-    tacho(data, "demo", "--via", "file", "--runs", "4")  # agents' runs, evidence, replay reports
+    tacho(data, "demo", "--via", "embedded", "--runs", "4")  # agents' runs, evidence, replay reports
     tacho(data, "import", str(events))
     tacho(data, "project")
     tacho(data, "export", "parquet", str(data / "lake"))

@@ -1,4 +1,7 @@
-"""`tacho demo` (what `make demo` runs) end to end: the main job on embedded defaults, twice."""
+"""`tacho demo` (what `make demo` runs) end to end: the main job on embedded defaults, twice.
+
+The example agents run through the agent runtime over the embedded Kafka broker, `tacho ingest`'s
+worker appends their events, and a person decides their approvals through the HTTP API."""
 
 from __future__ import annotations
 
@@ -7,17 +10,28 @@ import os
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from api.keys_store import KeyStore
+from domain.ports import LedgerStore
+from domain.stores.sqlite import SQLiteStore
+from tachograph.contract.canonical import loads
+
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {"ticket-triage": "examples.triage:triage", "invoice-matching": "examples.invoices:match_invoice"}
+AGENTS = {"ticket-triage": "triage-agent", "invoice-matching": "ap-agent"}
 
 
 def demo(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "TACHO_KAFKA_BOOTSTRAP"}
     env["TACHO_DATA_DIR"] = str(data_dir)
+    env["TACHO_APPROVAL_DECISIONS"] = "person"  # every approval.decided must repeat a person's decision
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", "demo", "--runs", "30", *args], env=env, cwd=ROOT,
+        [sys.executable, "-m", "api.cli", "demo", *args], env=env, cwd=ROOT,
         capture_output=True, text=True, timeout=300,
     )
 
@@ -27,22 +41,92 @@ def secrets(keys_file: Path) -> list[str]:
     return [row[-1] for row in rows if len(row) >= 3]
 
 
-def test_the_demo_runs_the_main_job_and_reports_it_as_json_without_secrets(tmp_path: Path) -> None:
-    first = demo(tmp_path, "--json")
+@contextmanager
+def ledger_store(data_dir: Path) -> Iterator[LedgerStore]:
+    store = SQLiteStore(data_dir / "ledger.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def entries(store: LedgerStore, run_id: str) -> list[dict[str, Any]]:
+    """A demo run's ledger entries (each with its ``event`` and ``source``)."""
+    return [loads(r.data) for r in store.run_entries("demo", run_id)]
+
+
+def assert_agents_ran_through_kafka(data_dir: Path, agents: dict[str, Any]) -> None:
+    """Every example run is in the ledger whole, from Kafka, made by the runtime; every approval
+    was decided by a person through the API and repeated by the agent, whose run then completed."""
+    with ledger_store(data_dir) as store:
+        for run_id in agents["runs"]["run_ids"]:
+            rows = entries(store, run_id)
+            started = rows[0]["event"]
+            workflow = started["data"]["workflow"]
+            assert {r["source"]["kind"] for r in rows} == {"kafka"}, run_id
+            assert started["data"]["entry_point"] == EXAMPLES[workflow]
+            assert {r["event"]["agent"]["id"] for r in rows} == {AGENTS[workflow]}
+            assert rows[-1]["event"]["type"] in ("run.completed", "feedback.recorded")
+        decisions = {loads(r.data)["record"]["data"]["approval_id"]: loads(r.data)["record"]
+                     for r in store.records("demo", limit=10**6, record_type="approval.decision")}
+        assert agents["approvals"]
+        for decided in agents["approvals"]:
+            record = decisions[decided["approval_id"]]  # the person's decision, recorded by the platform
+            assert record["actor"]["role"] == "approver" and record["actor"]["name"] == "Pat Approver"
+            assert decided["decided_by"] == f"Pat Approver (apikey:{record['actor']['key_id']})"
+            events = [r["event"] for r in entries(store, decided["run_id"])]
+            repeated = [e["data"] for e in events if e["type"] == "approval.decided"]
+            assert repeated == [{"approval_id": decided["approval_id"], "decision": decided["decision"],
+                                 "by": decided["decided_by"], "reason": record["data"].get("reason")}]
+            assert "run.completed" in [e["type"] for e in events]
+
+
+def assert_only_the_runtime_wrote_example_runs(data_dir: Path) -> None:
+    """No run under the example workflows was written by anything but the runtime (which names
+    the agent's entry point in run.started), replays of such runs aside."""
+    with ledger_store(data_dir) as store:
+        for row in store.entries():
+            if row.event_type != "run.started":
+                continue
+            data = loads(row.data)["event"]["data"]
+            if data["workflow"] in EXAMPLES and "replay_of" not in data:
+                assert data.get("entry_point") == EXAMPLES[data["workflow"]], data
+
+
+def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_without_secrets(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    first = demo(tmp_path, "--runs", "30", "--json")
+    took = time.monotonic() - t0
     assert first.returncode == 0, first.stderr[-3000:]
     out: dict[str, Any] = json.loads(first.stdout)  # stdout is the JSON alone; the story is on stderr
-    assert "verify the whole ledger" in first.stderr
+    assert "verify the whole ledger" in first.stderr and took < 120
 
-    ingest = out["ingest"]
-    assert ingest["via"] == "kafka" and ingest["dev_broker"] is True
-    assert ingest["published"]["runs"] == 30
-    assert ingest["ingested"]["accepted"] == ingest["published"]["events"] > 0
-    assert ingest["ingested"]["quarantined"] == 0 and ingest["ingested"]["duplicates"] == 0
+    agents = out["agents"]
+    assert agents["via"] == "kafka" and agents["dev_broker"] is True and agents["workspace"] == "demo"
+    runs = agents["runs"]
+    assert runs["runs"] == 30 and len(set(runs["run_ids"])) == 30
+    assert {w: r["runs"] for w, r in runs["by_workflow"].items()} == {"ticket-triage": 15, "invoice-matching": 15}
+    assert agents["ingested"]["accepted"] == runs["events"] > 0
+    assert agents["ingested"]["quarantined"] == 0 and agents["ingested"]["duplicates"] == 0
+    asked = sum(r["approvals"].get("requested", 0) for r in runs["by_workflow"].values())
+    assert asked == len(agents["approvals"]) > 0
+
+    # one run waited for a person, shown with its console link; the decision came through the API
+    spot = agents["spotlight"]
+    assert spot == {**agents["approvals"][0], "outcome": spot["outcome"]}
+    assert spot["console_url"] == f"{agents['api_url']}/console/runs/{spot['run_id']}"
+    assert f"run {spot['run_id']} waits for a person" in first.stderr and spot["console_url"] in first.stderr
+    assert f"POST /v1/approvals/{spot['approval_id'].replace('/', '%2F')}/decision" in first.stderr
+    assert spot["outcome"] == ("succeeded" if spot["decision"] == "approved" else "escalated")
+    assert f"the waiting agent went on: run {spot['run_id']} {spot['outcome']}" in first.stderr
+    assert_agents_ran_through_kafka(tmp_path, agents)
+    assert_only_the_runtime_wrote_example_runs(tmp_path)
 
     verified = out["verify"]["result"]
-    assert verified["ok"] is True and verified["entries"] == ingest["published"]["events"]
+    assert verified["ok"] is True and verified["entries"] == runs["events"] + len(agents["approvals"])
     assert out["verify"]["checkpoint"].startswith("tachograph")
     assert out["evidence"]["result"]["ok"] is True and Path(out["evidence"]["file"]).is_file()
+    assert out["evidence"]["result"]["run_id"] in runs["run_ids"]
 
     assert out["replays"] and all(r["gate"]["passed"] for r in out["replays"])
     assert {r["candidate_model"] for r in out["replays"]} == {None, "sim-large-v2"}
@@ -54,20 +138,42 @@ def test_the_demo_runs_the_main_job_and_reports_it_as_json_without_secrets(tmp_p
     assert out["console"]["created_keys"] is True
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
     assert secrets(keys_file) and not any(s in first.stdout for s in secrets(keys_file))
+    store = KeyStore(tmp_path / "keys" / "apikeys.db", time.time)
+    stage_keys = [k for k in store.list("demo") if k.label == "tacho demo agents" or
+                  (k.label == "Pat Approver" and k.expires is not None)]
+    assert len(stage_keys) == 2 and all(k.revoked for k in stage_keys)  # the stage's keys end with it
 
-    # a second demo in the same data directory: the same seeded runs are published again (onto a
-    # fresh dev broker) and absorbed as duplicates; the ledger grows only by the new live runs
-    second = demo(tmp_path, "--json")
+    # a second demo in the same data directory records new runs of the example agents (onto a
+    # fresh dev broker): the ledger grows by them and still verifies
+    second = demo(tmp_path, "--runs", "30", "--json")
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads(second.stdout)
-    assert again["ingest"]["ingested"]["accepted"] == 0
-    assert again["ingest"]["ingested"]["duplicates"] == ingest["published"]["events"]
+    runs2 = again["agents"]["runs"]
+    assert not set(runs2["run_ids"]) & set(runs["run_ids"])
+    assert again["agents"]["ingested"]["accepted"] == runs2["events"]
+    assert again["agents"]["ingested"]["duplicates"] == 0 == again["agents"]["ingested"]["quarantined"]
     assert again["verify"]["result"]["ok"] is True
-    assert again["verify"]["result"]["entries"] == out["ledger"]["entries"]
+    assert again["verify"]["result"]["entries"] == (out["ledger"]["entries"] + runs2["events"]
+                                                    + len(again["agents"]["approvals"]))
     assert again["ledger"]["entries"] > out["ledger"]["entries"]
     assert again["console"]["created_keys"] is False
+    assert_agents_ran_through_kafka(tmp_path, again["agents"])
+    assert_only_the_runtime_wrote_example_runs(tmp_path)
+
+
+def test_the_demo_runs_embedded_without_a_broker(tmp_path: Path) -> None:
+    res = demo(tmp_path, "--runs", "6", "--via", "embedded", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    agents = out["agents"]
+    assert agents["via"] == "embedded" and "ingested" not in agents and agents["runs"]["runs"] == 6
+    with ledger_store(tmp_path) as store:
+        for run_id in agents["runs"]["run_ids"]:
+            assert {r["source"]["kind"] for r in entries(store, run_id)} == {"agent"}
+    assert out["verify"]["result"]["ok"] is True
+    assert_only_the_runtime_wrote_example_runs(tmp_path)
 
 
 def test_the_demo_names_a_bad_via(tmp_path: Path) -> None:
     res = demo(tmp_path, "--via", "carrier-pigeon")
-    assert res.returncode != 0 and "--via must be kafka or file" in res.stderr
+    assert res.returncode != 0 and "--via must be kafka or embedded" in res.stderr

@@ -13,15 +13,16 @@ import pytest
 from domain.errors import TachographError
 from ingest.errors import BrokerUnavailableError, DeliveryError, PublishBackpressureError
 from ingest.metrics import IngestMetrics
-from ingest.sdk import Publisher
-from ingest.simulate import SeqIds, SimClock, run_simulated_agents
-from tachograph.transports import CollectingTransport, KafkaTransport
 from ingest.worker import IngestWorker, WorkerConfig
+from tachograph.agents import AgentSpec
 from tachograph.contract.canonical import dumps, loads
+from tachograph.runtime import Runtime
+from tachograph.transports import CollectingTransport, KafkaTransport
 from tests.factories import make_ledger, verify_ledger
 from tests.harness import free_port
 from tests.harness.kafka import GROUP_CONSUMER_TEST_CONFIG
 from tests.integration.ingest_support import assert_exactly, produce, workload_messages
+from tests.integration.runtime_agents import TOOLS, publish_agent_runs, service_agent
 
 
 def _ledger(tmp_path, **config):
@@ -37,11 +38,11 @@ def _worker(ledger, bootstrap, topic, group=None, until_idle=3.0, assign=False, 
 
 
 @pytest.mark.parametrize("parallel", [True, False], ids=["fetch-process", "one-process"])
-def test_simulated_agents_are_ingested_exactly_once_and_a_restart_adds_nothing(
+def test_agent_runs_published_through_the_runtime_are_ingested_exactly_once_and_a_restart_adds_nothing(
     kafka_broker, topic_factory, tmp_path, parallel
 ):
     topic = topic_factory(partitions=3)
-    published = run_simulated_agents(kafka_broker.bootstrap, topic, runs=90, seed=3)
+    published = publish_agent_runs(kafka_broker.bootstrap, topic, runs=90, seed=3)
     assert published.events > 500 and published.budget_exceeded and published.outcomes["failed"]
     ledger = _ledger(tmp_path)
 
@@ -90,7 +91,7 @@ def test_idle_time_counts_from_the_partition_assignment_not_from_a_slow_group_jo
     apache_kafka, topic_factory, tmp_path, parallel
 ):
     topic = topic_factory(partitions=3, broker=apache_kafka)
-    published = run_simulated_agents(apache_kafka.bootstrap, topic, runs=15, seed=5)
+    published = publish_agent_runs(apache_kafka.bootstrap, topic, runs=15, seed=5)
     summary, took = _beside_a_stuck_member(apache_kafka, topic, _ledger(tmp_path), 6000, parallel=parallel)
     # the join took about 6 s, far longer than --until-idle 1: the worker still read everything
     assert (summary.consumed, summary.accepted) == (published.events, published.events), (
@@ -257,11 +258,10 @@ def test_a_producer_retrying_after_a_timeout_is_absorbed_as_duplicates(
 ):
     topic = topic_factory(partitions=2)
     recorded = CollectingTransport()
-    pub = Publisher(recorded, workspace="acme", agent_id="a", agent_version="1",
-                    clock=SimClock(START_TIME), ids=SeqIds("retry"))
-    with pub.run("ticket-triage") as run:
-        for i in range(5):
-            run.policy("p", f"a{i}", "allow", "ok")
+    spec = AgentSpec(ref="tests.integration.runtime_agents:service_agent", fn=service_agent, tools=TOOLS,
+                     prompts={}, workflow="ticket-triage-sim", identity={"id": "triage-sim", "version": "1"})
+    steps = [{"n": i, "kind": "write", "id": i, "decision": "allow"} for i in range(5)]
+    Runtime(workspace="acme", transport=recorded).run(spec, {"steps": steps, "escalate": False}, run_id="retry")
     # the first attempt reached Kafka but the agent saw a timeout, so it sends everything again
     for _attempt in range(2):
         transport = KafkaTransport(kafka_broker.bootstrap, topic)
@@ -271,13 +271,9 @@ def test_a_producer_retrying_after_a_timeout_is_absorbed_as_duplicates(
     ledger = _ledger(tmp_path)
     s = _worker(ledger, kafka_broker.bootstrap, topic, assign=True, until_idle=1.5).run()
     n = len(recorded.sent)
+    assert n == 2 + 5 * 5  # run.started, then per step model, policy, change, tool, applied; run.completed
     assert (s.consumed, s.accepted, s.duplicates, s.quarantined) == (2 * n, n, n, 0)
     assert_exactly(tmp_path / "ledger.db", [eid for _, eid, _ in recorded.sent])
-
-
-from datetime import UTC, datetime  # noqa: E402
-
-START_TIME = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 def test_worker_metrics_count_what_happened_and_are_served_in_prometheus_text(
@@ -307,7 +303,7 @@ def test_worker_metrics_count_what_happened_and_are_served_in_prometheus_text(
     assert "tacho_ingest_batch_seconds_bucket" in text
 
 
-def test_the_sdk_raises_a_typed_backpressure_error_instead_of_blocking_when_kafka_is_unreachable():
+def test_the_kafka_transport_raises_a_typed_backpressure_error_instead_of_blocking_when_kafka_is_unreachable():
     transport = KafkaTransport(f"127.0.0.1:{free_port()}", "agent-events", max_block_ms=500,
                                producer_config={"api_version": (2, 5, 0)})
     t0 = time.monotonic()
@@ -317,7 +313,19 @@ def test_the_sdk_raises_a_typed_backpressure_error_instead_of_blocking_when_kafk
     transport.producer.close(timeout=1)
 
 
-def test_the_sdk_bounded_buffer_refuses_more_than_max_in_flight(kafka_broker, topic_factory):
+def test_a_run_whose_kafka_is_unreachable_ends_with_the_typed_backpressure_error_not_a_hang():
+    transport = KafkaTransport(f"127.0.0.1:{free_port()}", "agent-events", max_block_ms=500,
+                               producer_config={"api_version": (2, 5, 0)})
+    spec = AgentSpec(ref="tests.integration.runtime_agents:service_agent", fn=service_agent, tools=TOOLS,
+                     prompts={}, workflow="ticket-triage-sim", identity={"id": "triage-sim", "version": "1"})
+    t0 = time.monotonic()
+    with pytest.raises(PublishBackpressureError, match="max_block_ms=500"):
+        Runtime(workspace="acme", transport=transport, flush_timeout=1).run(spec, {"steps": [], "escalate": False})
+    assert time.monotonic() - t0 < 10
+    transport.producer.close(timeout=1)
+
+
+def test_the_kafka_transports_bounded_buffer_refuses_more_than_max_in_flight(kafka_broker, topic_factory):
     topic = topic_factory(partitions=1)
     transport = KafkaTransport(kafka_broker.bootstrap, topic, max_in_flight=5, max_block_ms=200,
                                linger_ms=2000, delivery_timeout_ms=30_000)
@@ -333,7 +341,7 @@ def test_the_sdk_bounded_buffer_refuses_more_than_max_in_flight(kafka_broker, to
         transport.close()
 
 
-def test_the_sdk_surfaces_broker_delivery_errors_on_flush(apache_kafka, topic_factory):
+def test_the_kafka_transport_surfaces_broker_delivery_errors_on_flush(apache_kafka, topic_factory):
     """Apache Kafka enforces the topic's max.message.bytes (Tansu does not)."""
     topic = topic_factory(create=False, broker=apache_kafka)
     apache_kafka.create_topic(topic, 1, configs={"max.message.bytes": "2000"})
@@ -348,7 +356,7 @@ def test_the_sdk_surfaces_broker_delivery_errors_on_flush(apache_kafka, topic_fa
     transport.close()
 
 
-def test_the_sdk_refuses_an_event_larger_than_a_request_at_once(kafka_broker, topic_factory):
+def test_the_kafka_transport_refuses_an_event_larger_than_a_request_at_once(kafka_broker, topic_factory):
     topic = topic_factory(partitions=1)
     transport = KafkaTransport(kafka_broker.bootstrap, topic,
                                producer_config={"max_request_size": 10_000})

@@ -74,7 +74,7 @@ def _verify(db) -> None:
         store.close()
 
 
-class Publisher(threading.Thread):
+class ChunkProducer(threading.Thread):
     """Publishes chunks of events while the test breaks things; retries a chunk on failure."""
 
     def __init__(self, bootstrap: str, topic: str, messages, chunk: int = 500, pause: float = 0.05):
@@ -115,7 +115,7 @@ def test_workers_killed_with_sigkill_mid_batch_under_load_lose_and_duplicate_not
     messages = workload_messages(3000, seed=21)
     half = len(messages) // 2
     produce(kafka_broker.bootstrap, topic, messages[:half])
-    live = Publisher(kafka_broker.bootstrap, topic, messages[half:], chunk=400, pause=0.1)
+    live = ChunkProducer(kafka_broker.bootstrap, topic, messages[half:], chunk=400, pause=0.1)
     live.start()
     data, db = tmp_path / "data", tmp_path / "data" / "ledger.db"
     rng = random.Random(5)
@@ -168,7 +168,7 @@ def test_two_workers_in_one_group_share_a_ledger_and_one_is_killed(
     _wait_for_size(db, 1, 30, [a])
     b = start_worker(kafka_broker.bootstrap, topic, data, *GROUP_ARGS, "--batch", "200",
                      log=tmp_path / "b.log", group=group, **env)
-    live = Publisher(kafka_broker.bootstrap, topic, messages[len(messages) // 3 :], chunk=300,
+    live = ChunkProducer(kafka_broker.bootstrap, topic, messages[len(messages) // 3 :], chunk=300,
                      pause=0.2)
     live.start()
     _wait_for_size(db, len(messages) // 2, 60, [a, b])
@@ -199,7 +199,7 @@ def test_an_apache_kafka_restart_while_producing_and_consuming_loses_and_duplica
     data, db = tmp_path / "data", tmp_path / "data" / "ledger.db"
     worker = start_worker(apache_kafka.bootstrap, topic, data, *GROUP_ARGS, "--batch", "200",
                           log=tmp_path / "w.log", group=f"g-{topic}")
-    live = Publisher(apache_kafka.bootstrap, topic, messages, chunk=200, pause=0.15)
+    live = ChunkProducer(apache_kafka.bootstrap, topic, messages, chunk=200, pause=0.15)
     live.start()
     _wait_for_size(db, 500, 60, [worker])
     apache_kafka.restart()  # graceful stop + start, same port and data

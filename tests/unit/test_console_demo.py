@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import pytest
 from rich.console import Console
 
 from api.bootstrap import build_ledger
@@ -19,14 +20,19 @@ from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, verify_ledger
 
 
+def _events(ledger, run_id):
+    return [loads(r.data)["event"] for r in ledger.store.run_entries("demo", run_id)]
+
+
 def _out() -> tuple[Console, io.StringIO]:
     buf = io.StringIO()
     return Console(file=buf, width=400, highlight=False), buf
 
 
-def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_runs(tmp_path, caplog):
+@pytest.mark.parametrize("decisions", ["person", "agent"])
+def test_the_console_stage_writes_one_key_per_role_once_and_records_runs_of_the_runtime(tmp_path, caplog, decisions):
     caplog.set_level(logging.DEBUG)
-    settings = Settings(data_dir=tmp_path / "data")
+    settings = Settings(data_dir=tmp_path / "data", approval_decisions=decisions)
     ledger = build_ledger(settings)
     out, buf = _out()
     demo = run_console_demo(settings, ledger, out)
@@ -48,16 +54,34 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
 
     board = Board(ledger.store)
     pending = board.pending("demo", time.time())
-    assert sorted(a.run_id for a in pending) == sorted(demo.pending) and len(pending) == 2
-    assert all(board.change("demo", a.run_id, a.change_id) is not None for a in pending)
+    waiting = demo.pending + demo.open_runs
+    assert sorted(a.run_id for a in pending) == sorted(waiting) and len(pending) == 3
+    assert all(board.change("demo", a.run_id, a.change_id) is not None for a in pending if a.run_id in demo.pending)
     applied = {c.run_id: c for c in board.applied("demo")}
     assert set(applied) == set(demo.open_runs) | set(demo.completed)
     assert all(c.reversible and not c.reverted for c in applied.values())
-    assert not board.facts("demo", demo.open_runs[0]).completed
-    assert board.facts("demo", demo.completed[0]).completed
-    agents = {loads(r.data)["event"]["agent"]["id"] for r in ledger.store.entries()}
-    sources = {loads(r.data)["source"]["kind"] for r in ledger.store.entries()}
-    assert agents == {"billing-agent"} and sources == {"sdk"}
+    for run_id in waiting:  # the agent service stopped while it waited: nothing after the request
+        events = _events(ledger, run_id)
+        assert events[-1]["type"] == "approval.requested" and not board.facts("demo", run_id).completed
+
+    # Pat Approver agreed to the credit note as a person (a decision record), the agent repeated it
+    (done,) = demo.completed
+    (decided,) = board.decided("demo")
+    approver = demo.key_ids["approver"]
+    assert (decided.run_id, decided.decision, decided.by) == (done, "approved", f"Pat Approver (apikey:{approver})")
+    records = [loads(r.data)["record"] for r in ledger.store.records("demo", limit=100, record_type="approval.decision")]
+    assert [(r["data"]["approval_id"], r["actor"]["key_id"]) for r in records] == [(decided.approval_id, approver)]
+    events = _events(ledger, done)
+    assert [e["type"] for e in events][-4:] == ["approval.requested", "approval.decided", "tool.called", "run.completed"]
+    assert events[-3]["data"]["by"] == decided.by and events[-1]["data"]["outcome"] == "succeeded"
+
+    # every run was made by the runtime over the embedded transport, as the billing agent
+    started = [loads(r.data)["event"] for r in ledger.store.entries() if r.event_type == "run.started"]
+    assert {e["data"]["entry_point"] for e in started} == {
+        "api.console.demo_agent:raise_credit_limit", "api.console.demo_agent:void_invoice"}
+    agents = {loads(r.data)["event"]["agent"]["id"] for r in ledger.store.entries() if r.kind == "event"}
+    sources = {loads(r.data)["source"]["kind"] for r in ledger.store.entries() if r.kind == "event"}
+    assert agents == {"billing-agent"} and sources == {"agent"}
     ledger.checkpoint(force=True)
     result = verify_ledger(ledger)
     assert result.ok, result.reason
@@ -67,7 +91,7 @@ def test_the_console_stage_writes_one_key_per_role_once_and_records_real_sdk_run
     assert not again.created_keys and len(keys.list("demo")) == len(PEOPLE)
     assert not any(s in again_buf.getvalue() for s in secrets.values())  # shown only once
     assert "created by an earlier demo" in again_buf.getvalue()
-    assert len(Board(ledger.store).pending("demo", time.time())) == 4
+    assert len(Board(ledger.store).pending("demo", time.time())) == 6
 
 
 def test_the_console_stage_obeys_a_halted_workflow_and_records_the_refused_runs(tmp_path):
@@ -77,8 +101,11 @@ def test_the_console_stage_obeys_a_halted_workflow_and_records_the_refused_runs(
     HaltService(ledger, FakeClock()).set(admin, "workflow", "billing-ops", "investigating")
     out, buf = _out()
     demo = run_console_demo(settings, ledger, out)
-    assert len(demo.halted) == 4 and not demo.pending and not demo.open_runs
+    assert len(demo.halted) == 4 and not demo.pending and not demo.open_runs and not demo.completed
     assert "kill switch is on" in buf.getvalue()
-    outcomes = [loads(r.data)["event"]["data"]["outcome"] for r in ledger.store.entries()
-                if r.event_type == "run.completed"]
-    assert outcomes == ["cancelled"] * 4
+    for run_id in demo.halted:  # recorded as started and at once cancelled, with the halt
+        events = _events(ledger, run_id)
+        assert [e["type"] for e in events] == ["run.started", "run.completed"]
+        assert events[1]["data"]["outcome"] == "cancelled"
+        assert events[1]["data"]["result"]["kill_switch"]["target"] == "billing-ops"
+    assert not ledger.store.records("demo", limit=10, record_type="approval.decision")
