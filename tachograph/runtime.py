@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -320,7 +321,7 @@ class Runtime:
             input=dict(input or {}),
             budget=caps or None,
             labels=dict(labels) if labels else None,
-            entry_point=spec.ref if ":" in spec.ref and not spec.ref.startswith("__main__:") else None,
+            entry_point=spec.ref if _importable(spec.ref) else None,
             trace_id=self.trace_ids(),
         )
         ctx = LiveContext(self, run, spec, model or self.model)
@@ -351,6 +352,15 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _importable(ref: str) -> bool:
+    """Whether ``ref`` names code replay can import again (not ``__main__``, a lambda or a
+    function defined inside another)."""
+    return bool(_ENTRY_POINT.match(ref)) and not ref.startswith("__main__:") and "<locals>" not in ref
 
 
 def _models_from_env(env: Mapping[str, str], sleep: Callable[[float], None],
