@@ -8,8 +8,8 @@ import re
 import pytest
 
 from api.keys_store import ROLES
-from tachograph.halts import halt_path
 from tachograph.contract.canonical import loads
+from tachograph.halts import halt_path
 from tests.integration.api_support import Api, api
 
 __all__ = ["api"]
