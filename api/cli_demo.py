@@ -101,7 +101,7 @@ def _demo(settings: Settings, runs: int, via: str) -> dict[str, Any]:
         return summary
     c.print(Rule("3. one run's evidence bundle, verified offline"))
     summary["evidence"] = _evidence_stage(ledger, summary["verify"]["verifier_key"], settings.data_dir)
-    summary.update(demo_steps.later_stages(settings, ledger))
+    summary.update(demo_steps.later_stages(settings, ledger, summary["agents"]["runs"]["run_ids"]))
     final = ledger.checkpoint(force=True)  # the later stages appended; this covers them too
     summary["ledger"] = {"entries": ledger.store.size(), "checkpoint": final.note if final else None}
     c.print(Rule("done"))

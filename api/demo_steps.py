@@ -19,16 +19,17 @@ def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str) -> dic
     return run_stage(settings, ledger, runs, via, console())
 
 
-def later_stages(settings: Settings, ledger: Ledger) -> dict[str, Any]:
-    """Replay of example agents against a second model, the console, then the analytics.
+def later_stages(settings: Settings, ledger: Ledger, run_ids: list[str] | None = None) -> dict[str, Any]:
+    """Replay of the example agents' runs (``run_ids``: the first stage's) against a second
+    model, the console, then the analytics.
 
     Returns what each stage made, as JSON (no secrets).
     """
     c = console()
-    c.print(Rule("4. example agents run live, then replay against a candidate model"))
+    c.print(Rule("4. replay the example agents' runs: fidelity, then a candidate model"))
     from replay.demo import run_demo
 
-    replays = run_demo(ledger, settings)
+    replays = run_demo(ledger, settings, run_ids=run_ids or ())
     console_demo = console_stage(settings, ledger)
     c.print(Rule("6. analytics: project the ledger into DuckDB and report"))
     from projections.demo import run_reports

@@ -38,25 +38,35 @@ def demo_policy(row: ApprovalRow) -> Verdict:
     return "approved", None
 
 
-def run_demo(ledger: Ledger, settings: Any, runs: int = 40, workspace: str = "demo") -> list[dict[str, Any]]:
-    """Record example runs live, fidelity-check them, then what-if replay them on sim-large-v2.
+def run_demo(ledger: Ledger, settings: Any, runs: int = 40, workspace: str = "demo",
+             run_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Fidelity-check the example agents' runs, then what-if replay them on sim-large-v2.
 
-    Returns each stored replay: its id, report file, candidate model, summary and gate.
+    ``run_ids``: the runs to replay (the demo's first stage recorded them through the runtime,
+    with people's decisions); without them, ``runs`` runs per example agent are recorded here
+    first. Returns each stored replay: its id, report file, candidate model, summary and gate.
     """
     done: list[dict[str, Any]] = []
     console = Console(highlight=False)
     models = ModelRegistry()
     stamp = f"{int(ledger.clock()):x}"
     reports = ReplayReports(settings.data_dir / "replays")
+    given = load_runs(ledger.store, run_ids=list(run_ids)) if run_ids else []
     for ref in EXAMPLES:
         agent = load_agent(ref)
-        module = __import__(ref.split(":")[0], fromlist=["inputs"])
         workflow = agent.workflow or ref
-        run_ids = record_examples(ledger, workspace, ref, module.inputs(runs, salt=stamp),
+        if run_ids:
+            recorded = [r for r in given if r.started.get("workflow") == workflow]
+            console.rule(f"{workflow}: replaying the {len(recorded)} runs recorded above")
+        else:
+            module = __import__(ref.split(":")[0], fromlist=["inputs"])
+            ids = record_examples(ledger, workspace, ref, module.inputs(runs, salt=stamp),
                                   prefix=f"demo-{stamp}-{workflow}", models=models,
                                   budget={"max_model_calls": 4})
-        console.rule(f"{workflow}: {len(run_ids)} runs recorded live on sim-small-v1")
-        recorded = load_runs(ledger.store, run_ids=run_ids)
+            console.rule(f"{workflow}: {len(ids)} runs recorded live on sim-small-v1")
+            recorded = load_runs(ledger.store, run_ids=ids)
+        if not recorded:
+            continue
         for rid, model in ((f"demo-{stamp}-{workflow}-fidelity", None), (f"demo-{stamp}-{workflow}-large", "sim-large-v2")):
             config = ReplayConfig(rid, iso(ledger.clock()), candidate_model=model,
                                   gate=Gate(max_outcome_change=None))
