@@ -69,10 +69,11 @@ class LedgerConfig:
     max_held_per_workspace: int = 1_000
     quarantine_bytes_per_workspace: int = 256 * 2**20
     quarantine_bytes_unattributed: int = 64 * 2**20
-    approval_decisions: str = "agent"
-    """``person``: from now on every ``approval.decided`` must repeat a person's decision recorded
-    by the platform, and approval ids are unique within a workspace (see ``domain/approvals.py``);
-    ``agent``: as before, until the ledger is once opened with ``person``."""
+    approval_decisions: str = "person"
+    """``person`` (the default): from now on every ``approval.decided`` must repeat a person's
+    decision recorded by the platform, and approval ids are unique within a workspace (see
+    ``domain/approvals.py``); ``agent``: agents' own decisions are accepted, until the ledger is
+    once opened with ``person``."""
 
 
 QUARANTINE_PREVIEW_BYTES = 1024
@@ -115,7 +116,7 @@ class AppendReport:
         }
 
 
-RULE_KEYS = ("approval_id", "change_id", "decision", "action", "target", "reversible")
+RULE_KEYS = ("approval_id", "change_id", "decision", "action", "target", "reversible", "replay_of")
 ENVELOPE_KEYS = ("workspace", "run_id", "seq", "event_id", "type", "time")
 
 
@@ -439,7 +440,7 @@ class _Batch:
         facts: dict[str, Any] | None = None  # the approval event's whole data
         if step and ev["type"] != "run.completed":
             facts = loads(canonical)["data"]
-            refusal = self.approvals.refusal(ev, facts)
+            refusal = self.approvals.refusal(ev, facts, state.replay_of)
             if refusal is not None:
                 return self.quarantine_item(item, f"rule: {refusal}", ev)
         index = self.next_index
