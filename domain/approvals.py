@@ -10,6 +10,7 @@ API answers and what the append path checks, without reading the ledger back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -226,6 +227,13 @@ class ApprovalBook:
         if key not in self.rows:
             self.rows[key] = self.tx.approvals([key]).get(key)
         return self.rows[key]
+
+    def preload(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the rows of these keys not read yet, in one store call (a batch's approvals)."""
+        wanted = sorted({k for k in keys if k not in self.rows})
+        if wanted:
+            found = self.tx.approvals(wanted)
+            self.rows.update((k, found.get(k)) for k in wanted)
 
     def put(self, row: ApprovalRow) -> None:
         key = (row.workspace, row.approval_id)

@@ -274,11 +274,14 @@ class _Batch:
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
         ids: set[tuple[str, str]] = set()
         next_seq: dict[tuple[str, str], int] = {}  # each run's next seq as the batch goes on
+        approvals: list[tuple[str, str]] = []  # the approvals index rows the batch will read
         for p in parsed:
             ev = p.event
             if ev is None:
                 continue
             key = (ev["workspace"], ev["run_id"])
+            if ev["type"] in _APPROVAL_STEPS:
+                approvals += self.approval_keys(key, ev)
             expected = next_seq.get(key)
             if expected is None:
                 state = self.states.get(key)
@@ -288,6 +291,14 @@ class _Batch:
             else:
                 next_seq[key] = expected + 1
         self.known = self.tx.event_hashes(sorted(ids))
+        self.approvals.preload(approvals)
+
+    def approval_keys(self, key: tuple[str, str], ev: dict[str, Any]) -> list[tuple[str, str]]:
+        """The approvals index rows an approval event, or a run's end, of run ``key`` reads."""
+        if ev["type"] != "run.completed":
+            return [(key[0], ev["data"]["approval_id"])]
+        state = self.states.get(key)
+        return [] if state is None else [(key[0], a) for a, status in state.approvals.items() if status == "requested"]
 
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None

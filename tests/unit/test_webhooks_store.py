@@ -163,3 +163,16 @@ def test_decision_and_halt_records_notify_and_then_an_agents_decided_event_does_
     rows = store.deliveries(ep, None, 10)[::-1]
     assert [(x.kind, x.run_id, x.notification_id) for x in rows] == [
         ("approval.requested", "r1", "ntf_1"), ("approval.decided", "r1", "ntf_2"), ("halt.set", None, "ntf_3")]
+
+
+def test_a_replays_approval_request_notifies_nobody(tmp_path: Path) -> None:
+    """A replay asks no person (its request is not in the approvals index): no webhook says one waits."""
+    ledger = make_ledger(tmp_path / "l.db")
+    store = _store(tmp_path)
+    ep = _add(store, ledger)
+    start = {"workflow": "wf", "mode": "execute", "risk_tier": "low", "replay_of": "r1"}
+    replay = [event("rp", 0, "run.started", start),
+              event("rp", 1, "approval.requested", {"approval_id": "rp.a1", "summary": "s", "risk": "low"})]
+    assert ledger.append(items([*_approval("r1"), *replay])).accepted == 4
+    assert _dispatcher(store, ledger).follow() == (1, True)
+    assert [(x.kind, x.run_id) for x in store.deliveries(ep, None, 10)] == [("approval.requested", "r1")]
