@@ -298,7 +298,9 @@ class _Batch:
         if ev["type"] != "run.completed":
             return [(key[0], ev["data"]["approval_id"])]
         state = self.states.get(key)
-        return [] if state is None else [(key[0], a) for a, status in state.approvals.items() if status == "requested"]
+        if state is None:
+            return []
+        return [(key[0], aid) for aid, status in state.approvals.items() if status == "requested"]
 
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None
