@@ -430,7 +430,10 @@ def cmd_generate(
     workspace: Annotated[list[str] | None, typer.Option(help="workspaces to spread runs over")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate realistic, contract-valid agent runs as JSONL (deterministic per seed)."""
+    """Generate realistic, contract-valid agent runs as JSONL (deterministic per seed).
+
+    No person decides a generated run's approvals: each request expires, the run goes on without it.
+    """
     w = Workload(seed=seed, runs=runs, workspaces=tuple(workspace or ["acme"]))
     n = 0
     with out.open("wb") as f:

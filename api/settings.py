@@ -41,10 +41,11 @@ class Settings(BaseSettings):
         64 * 2**20, ge=0, description="the same for items that name no workspace (e.g. not JSON)"
     )
     approval_decisions: Literal["agent", "person"] = Field(
-        "agent",
-        description="person: every approval.decided must repeat a person's decision made through the "
-        "platform, and approval ids are unique per workspace (permanent for the ledger once set); "
-        "agent: agents' own decisions are accepted (replay contexts still record their own today)",
+        "person",
+        description="person (the default): every approval.decided must repeat a person's decision made "
+        "through the platform (a replay's, through replayed_from, one made in the run it replays), "
+        "and approval ids are unique per workspace (permanent for the ledger once set); agent: "
+        "agents' own decisions are accepted, for ledgers of older agents until they move to the runtime",
     )
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")

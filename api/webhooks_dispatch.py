@@ -26,6 +26,7 @@ from api.webhooks import (
     ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Notification,
     check_kinds,
     check_url,
     decisions_from_records,
@@ -133,11 +134,19 @@ class WebhookDispatcher:
             except (KeyError, TypeError, ValueError, AttributeError) as e:  # never stop on one entry
                 log.error("webhooks: ledger entry %d is not one they can read (%r); skipped", row.index, e)
                 continue
-            if note is None:
+            if note is None or not self._asks_a_person(note):
                 continue
             items += [(ep.id, note) for ep in by_workspace[row.workspace]
                       if note.kind in ep.kinds and row.index >= ep.from_index]
         return self.store.enqueue(items, end, self.clock(), self.policy.max_pending), end >= size
+
+    def _asks_a_person(self, note: Notification) -> bool:
+        """False for an ``approval.requested`` that no person is asked to decide: a replay's (it has
+        no row in the approvals index) or one whose id another request already holds."""
+        if note.kind != "approval.requested":
+            return True
+        row = self.ledger.approval(note.workspace, str(note.data.get("approval_id")))
+        return row is not None and row.requested_index == note.ledger_index
 
     def step(self) -> bool:
         """One round: follow the ledger, hand due endpoints to the senders; whether caught up."""

@@ -10,6 +10,7 @@ API answers and what the append path checks, without reading the ledger back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,32 @@ def decided_refusal(row: ApprovalRow | None, run_id: str, data: dict[str, Any]) 
     return None
 
 
+def replayed_refusal(row: ApprovalRow | None, run_id: str, replay_of: str, data: dict[str, Any],
+                     required_from: int) -> str | None:
+    """Why a replay's ``approval.decided`` does not repeat a person's decision in the run it replays.
+
+    A replay (``run.started.data.replay_of`` = R) never asks a person: its ``approval.decided``
+    names, in ``replayed_from``, the approval A of run R whose recorded decision it repeats (``row``
+    is A's row), with the same ``decision`` and ``by``. Only a decision recorded since this ledger
+    required persons' decisions (``required_from``) counts: before that an agent's own could have
+    decided A.
+    """
+    source = data.get("replayed_from")
+    if source is None:
+        return (f"approval.decided in run {run_id!r}, a replay of {replay_of!r}, names no replayed_from: "
+                "a replay never asks a person, it repeats a decision recorded in the run it replays")
+    if row is None or row.run_id != replay_of:
+        return (f"approval.decided replays approval {source!r}, which run {replay_of!r} (the run that "
+                f"run {run_id!r} replays) did not request")
+    if row.decision is None or row.decision_index is None or row.decision_index < required_from:
+        return (f"approval.decided replays approval {source!r} of run {replay_of!r}, which no person "
+                "decided through the platform")
+    if data["decision"] != row.decision or data["by"] != row.decided_by:
+        return (f"approval.decided replays approval {source!r} as {data['decision']} by {data['by']!r}, "
+                f"but it was {row.decision} by {row.decided_by!r}")
+    return None
+
+
 def check_decision(row: ApprovalRow | None, workspace: str, approval_id: str, now: float) -> ApprovalRow:
     """The row a person may decide now (NotFoundError, or ApprovalConflict saying why not)."""
     if row is None:
@@ -201,6 +228,13 @@ class ApprovalBook:
             self.rows[key] = self.tx.approvals([key]).get(key)
         return self.rows[key]
 
+    def preload(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read the rows of these keys not read yet, in one store call (a batch's approvals)."""
+        wanted = sorted({k for k in keys if k not in self.rows})
+        if wanted:
+            found = self.tx.approvals(wanted)
+            self.rows.update((k, found.get(k)) for k in wanted)
+
     def put(self, row: ApprovalRow) -> None:
         key = (row.workspace, row.approval_id)
         self.rows[key] = row
@@ -212,18 +246,31 @@ class ApprovalBook:
             self.required_from = self.tx.meta(DECISIONS_FROM)
         return self.required_from is not None
 
-    def refusal(self, event: dict[str, Any], data: dict[str, Any]) -> str | None:
-        """Why an approval event (its whole ``data``) breaks the approval rules, or None."""
+    def refusal(self, event: dict[str, Any], data: dict[str, Any], replay_of: str | None = None) -> str | None:
+        """Why an approval event (its whole ``data``) of a run (a replay of ``replay_of``, if
+        set) breaks the approval rules, or None."""
         if not self.decisions_required():
             return None
-        ws, aid = event["workspace"], data["approval_id"]
-        row = self.get((ws, aid))
+        ws, aid, run = event["workspace"], data["approval_id"], event["run_id"]
         if event["type"] == "approval.requested":
-            return request_refusal(row, ws, aid)
-        return decided_refusal(row, event["run_id"], data)
+            return request_refusal(self.get((ws, aid)), ws, aid)
+        if replay_of is not None:
+            source = data.get("replayed_from")
+            row = None if source is None else self.get((ws, source))
+            start = required_from(self.required_from)
+            assert start is not None  # decisions_required() read it
+            return replayed_refusal(row, run, replay_of, data, start)
+        if data.get("replayed_from") is not None:
+            return (f"approval.decided names replayed_from {data['replayed_from']!r}, but run {run!r} is "
+                    "not a replay (its run.started has no replay_of)")
+        return decided_refusal(self.get((ws, aid)), run, data)
 
     def accepted(self, event: dict[str, Any], data: dict[str, Any] | None, index: int, state: RunState) -> None:
-        """Note an accepted approval event (``data``), or a run's end (None: its undecided approvals expire)."""
+        """Note an accepted approval event (``data``), or a run's end (None: its undecided approvals expire).
+
+        A replay's requests get no row: no person is asked, so they are neither in the queue nor
+        decidable (their ids are still checked against the index, see ``refusal``).
+        """
         ws, run = event["workspace"], event["run_id"]
         if data is None:
             for aid, status in state.approvals.items():
@@ -233,7 +280,7 @@ class ApprovalBook:
             return
         row = self.get((ws, data["approval_id"]))
         if event["type"] == "approval.requested":
-            if row is None:  # an id reused where that is allowed keeps its first request
+            if row is None and state.replay_of is None:  # a reused id, where allowed, keeps its first request
                 self.put(requested_row(event, data, index, self.now))
         elif row is not None and row.run_id == run and row.decision is None:
             # a ledger that does not require a person's decision: the agent's own is the decision

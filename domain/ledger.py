@@ -69,10 +69,11 @@ class LedgerConfig:
     max_held_per_workspace: int = 1_000
     quarantine_bytes_per_workspace: int = 256 * 2**20
     quarantine_bytes_unattributed: int = 64 * 2**20
-    approval_decisions: str = "agent"
-    """``person``: from now on every ``approval.decided`` must repeat a person's decision recorded
-    by the platform, and approval ids are unique within a workspace (see ``domain/approvals.py``);
-    ``agent``: as before, until the ledger is once opened with ``person``."""
+    approval_decisions: str = "person"
+    """``person`` (the default): from now on every ``approval.decided`` must repeat a person's
+    decision recorded by the platform, and approval ids are unique within a workspace (see
+    ``domain/approvals.py``); ``agent``: agents' own decisions are accepted, until the ledger is
+    once opened with ``person``."""
 
 
 QUARANTINE_PREVIEW_BYTES = 1024
@@ -115,7 +116,7 @@ class AppendReport:
         }
 
 
-RULE_KEYS = ("approval_id", "change_id", "decision", "action", "target", "reversible")
+RULE_KEYS = ("approval_id", "change_id", "decision", "action", "target", "reversible", "replay_of")
 ENVELOPE_KEYS = ("workspace", "run_id", "seq", "event_id", "type", "time")
 
 
@@ -273,11 +274,14 @@ class _Batch:
                 self.held.setdefault((row.workspace, row.run_id), {})[row.seq] = row
         ids: set[tuple[str, str]] = set()
         next_seq: dict[tuple[str, str], int] = {}  # each run's next seq as the batch goes on
+        approvals: list[tuple[str, str]] = []  # the approvals index rows the batch will read
         for p in parsed:
             ev = p.event
             if ev is None:
                 continue
             key = (ev["workspace"], ev["run_id"])
+            if ev["type"] in _APPROVAL_STEPS:
+                approvals += self.approval_keys(key, ev)
             expected = next_seq.get(key)
             if expected is None:
                 state = self.states.get(key)
@@ -287,6 +291,16 @@ class _Batch:
             else:
                 next_seq[key] = expected + 1
         self.known = self.tx.event_hashes(sorted(ids))
+        self.approvals.preload(approvals)
+
+    def approval_keys(self, key: tuple[str, str], ev: dict[str, Any]) -> list[tuple[str, str]]:
+        """The approvals index rows an approval event, or a run's end, of run ``key`` reads."""
+        if ev["type"] != "run.completed":
+            return [(key[0], ev["data"]["approval_id"])]
+        state = self.states.get(key)
+        if state is None:
+            return []
+        return [(key[0], aid) for aid, status in state.approvals.items() if status == "requested"]
 
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None
@@ -439,7 +453,7 @@ class _Batch:
         facts: dict[str, Any] | None = None  # the approval event's whole data
         if step and ev["type"] != "run.completed":
             facts = loads(canonical)["data"]
-            refusal = self.approvals.refusal(ev, facts)
+            refusal = self.approvals.refusal(ev, facts, state.replay_of)
             if refusal is not None:
                 return self.quarantine_item(item, f"rule: {refusal}", ev)
         index = self.next_index

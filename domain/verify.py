@@ -24,6 +24,7 @@ from domain.note import NoteVerifier, open_note
 from domain.verify_scan import (
     LAST_LEAF,
     LAST_SEQ,
+    ApprovalNote,
     ChunkScan,
     NodeMap,
     RangeReader,
@@ -108,7 +109,8 @@ def verify_log(
         progress: called with the number of entries verified so far after each chunk.
         approvals_from: every ``approval.decided`` at this position or later must repeat an
             earlier ``approval.decision`` record (same workspace, approval, run, decision and
-            person); the store keeps this position in its meta (``domain/approvals.py``).
+            person), a replay's through ``replayed_from`` (an approval of the run it replays);
+            the store keeps this position in its meta (``domain/approvals.py``).
     """
     result = VerifyResult(ok=False, entries=0, checkpoints=len(checkpoint_notes),
                           approvals_checked_from=approvals_from)
@@ -209,6 +211,7 @@ def _verify(
     chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
     event_ids: set[str | None] = set()  # never holds None: it is discarded from each chunk first
     decisions: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # (workspace, approval_id) -> (run, decision, by)
+    replays: dict[tuple[Any, Any], Any] = {}  # (workspace, run) -> the run it replays
     repeated = _RepeatedIds(entries)
     ids_checked = repeated.checked
     check_sigs(0, merkle.EMPTY_ROOT)
@@ -235,7 +238,7 @@ def _verify(
         if not ids_checked:
             _check_event_ids(scan, event_ids, errors)
         if scan.approvals:
-            _check_approvals(scan.approvals, decisions, approvals_from, errors)
+            _check_approvals(scan.approvals, decisions, replays, approvals_from, errors)
         limit = min(errors)[0] if errors else scan.start + scan.count
         for pos, d in scan.rotations:
             if pos >= limit:
@@ -344,21 +347,43 @@ class _RepeatedIds:
             raise VerificationError(f"event_id {found[1]!r} appears twice", found[0])
 
 
-def _check_approvals(found: Sequence[tuple[Any, ...]], decisions: dict[tuple[Any, Any], tuple[Any, ...]],
-                     required_from: int | None, errors: list[tuple[int, int, str]]) -> None:
+def _check_approvals(found: Sequence[ApprovalNote], decisions: dict[tuple[Any, Any], tuple[Any, ...]],
+                     replays: dict[tuple[Any, Any], Any], required_from: int | None,
+                     errors: list[tuple[int, int, str]]) -> None:
     """Add an error for the first ``approval.decided`` (from ``required_from``) that repeats no
-    earlier decision record; remember the decision records."""
-    for position, what, workspace, aid, run, decision, by in found:
-        if what == "decision":
-            decisions.setdefault((workspace, aid), (run, decision, by))
-        elif required_from is not None and position >= required_from:
-            made = decisions.get((workspace, aid))
-            if made != (run, decision, by):
-                why = ("no person's decision was recorded before it" if made is None else
-                       f"the recorded decision is {made[1]} by {made[2]!r} for run {made[0]!r}")
-                errors.append((position, 2, f"approval.decided of approval {aid!r} in run {run!r} "
-                               f"({decision} by {by!r}) is not backed: {why}"))
-                return
+    earlier decision record; remember the decision records and the runs that are replays.
+
+    A replay's ``approval.decided`` repeats, through ``replayed_from``, the decision recorded for
+    an approval of the run it replays; any other run's repeats the decision on its own approval.
+    """
+    for note in found:
+        if note.what == "decision":
+            decisions.setdefault((note.workspace, note.approval_id), (note.run_id, note.decision, note.by))
+        elif note.what == "replay":
+            replays[(note.workspace, note.run_id)] = note.source
+        elif required_from is not None and note.position >= required_from:
+            why = _unbacked(note, decisions, replays.get((note.workspace, note.run_id)))
+            if why is not None:
+                errors.append((note.position, 2, f"approval.decided of approval {note.approval_id!r} in run "
+                               f"{note.run_id!r} ({note.decision} by {note.by!r}) is not backed: {why}"))
+
+
+def _unbacked(note: ApprovalNote, decisions: dict[tuple[Any, Any], tuple[Any, ...]],
+              replay_of: Any) -> str | None:
+    """Why an ``approval.decided`` repeats no recorded decision (``replay_of``: the run its run
+    replays, if it is a replay), or None."""
+    if replay_of is None and note.source is not None:
+        return f"it names replayed_from {note.source!r} but run {note.run_id!r} is not a replay"
+    if replay_of is not None and note.source is None:
+        return f"run {note.run_id!r} replays {replay_of!r} and a replay's decision must name replayed_from"
+    aid, run = (note.approval_id, note.run_id) if replay_of is None else (note.source, replay_of)
+    made = decisions.get((note.workspace, aid))
+    if made == (run, note.decision, note.by):
+        return None
+    if made is None:
+        return ("no person's decision was recorded before it" if replay_of is None else
+                f"no person's decision on approval {aid!r} of run {run!r} was recorded before it")
+    return f"the recorded decision is {made[1]} by {made[2]!r} for run {made[0]!r}"
 
 
 def _check_event_ids(scan: ChunkScan, seen_before: set[str | None], errors: list[tuple[int, int, str]]) -> None:

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import orjson
@@ -36,6 +36,24 @@ RunSpan = list[Any]
 LAST_LEAF, LAST_SEQ = 3, 4
 
 
+class ApprovalNote(NamedTuple):
+    """An entry the parent's approval check reads, in ledger order.
+
+    ``what``: ``decided`` (an ``approval.decided`` event: ``source`` is its ``replayed_from``),
+    ``decision`` (an ``approval.decision`` record) or ``replay`` (a ``run.started`` with
+    ``replay_of``: ``source`` is the run it replays).
+    """
+
+    position: int
+    what: str
+    workspace: Any
+    approval_id: Any = None
+    run_id: Any = None
+    decision: Any = None
+    by: Any = None
+    source: Any = None
+
+
 @dataclass
 class ChunkScan:
     """What a chunk scan found."""
@@ -48,8 +66,7 @@ class ChunkScan:
     runs: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)
     event_ids: list[str | None] = field(default_factory=list)  # "workspace\nevent_id" per entry
     rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    # (position, "decided" | "decision", workspace, approval_id, run_id, decision, by), in order
-    approvals: list[tuple[Any, ...]] = field(default_factory=list)
+    approvals: list[ApprovalNote] = field(default_factory=list)
 
 
 def frontier_nodes(start: int, size: int, hashes: Sequence[bytes]) -> dict[Node, bytes]:
@@ -96,8 +113,17 @@ def scan_chunk(
 
 SLOW_TYPES = ("approval.decided",)
 """Event types the fast path refuses (their type is not in ``_FastType``), so that ``_general``
-sees them whole: the parent checks each against the decision records. Other events pay nothing."""
+sees them whole: the parent checks each against the decision records. Other events pay nothing,
+but a replay's ``run.started`` (``replay_of`` set, see ``_NotReplay``), whose decisions repeat
+those of the run it replays."""
 _FastType: Any = Literal[tuple(t for t in EVENT_TYPES if t not in SLOW_TYPES)]
+
+
+class _NotReplay(msgspec.Struct):
+    """An event's ``data`` with no ``replay_of``: a replay's ``run.started`` leaves the fast path
+    (when approvals are checked) so that ``_general`` notes which run it replays."""
+
+    replay_of: None = None
 
 
 class _Event(msgspec.Struct):
@@ -129,16 +155,19 @@ class _EventWithColumns(_Event):
 
 
 class _EventTyped(_Event):
-    """``_Event`` whose type must be one the fast path takes (``SLOW_TYPES`` are not)."""
+    """``_Event`` whose type must be one the fast path takes (``SLOW_TYPES`` are not), and not a
+    replay's ``run.started``."""
 
     type: _FastType
+    data: _NotReplay = msgspec.field(default_factory=_NotReplay)
 
 
 class _EventWithColumnsTyped(_Event):
-    """``_EventWithColumns`` whose type must be one the fast path takes."""
+    """``_EventWithColumns`` whose type must be one the fast path takes, and not a replay's start."""
 
     time: str
     type: _FastType
+    data: _NotReplay = msgspec.field(default_factory=_NotReplay)
 
 
 class _EventEntryWithColumns(_EventEntry, forbid_unknown_fields=True):
@@ -315,17 +344,19 @@ def _check_parsed(scan: ChunkScan, position: int, d: Any, leaf: bytes) -> str | 
         span[LAST_LEAF] = leaf.hex()
         span[LAST_SEQ] = seq
     scan.event_ids.append(f"{key[0]}\n{ev['event_id']}")
-    if ev.get("type") in SLOW_TYPES:
-        data = ev.get("data")
-        _note_approval(scan, position, "decided", key[0], {**(data if isinstance(data, dict) else {}),
-                                                           "run_id": key[1]})
+    etype, data = ev.get("type"), ev.get("data")
+    data = data if isinstance(data, dict) else {}
+    if etype in SLOW_TYPES:
+        _note_approval(scan, position, "decided", key[0], {**data, "run_id": key[1]})
+    elif etype == "run.started" and data.get("replay_of") is not None:
+        scan.approvals.append(ApprovalNote(position, "replay", key[0], run_id=key[1], source=data["replay_of"]))
     return None
 
 
 def _note_approval(scan: ChunkScan, position: int, what: str, workspace: str, data: dict[str, Any]) -> None:
     """Keep an ``approval.decided`` event or ``approval.decision`` record for the parent to match."""
-    scan.approvals.append((position, what, workspace, *(data.get(k) for k in ("approval_id", "run_id",
-                                                                               "decision", "by"))))
+    scan.approvals.append(ApprovalNote(position, what, workspace, data.get("approval_id"), data.get("run_id"),
+                                       data.get("decision"), data.get("by"), data.get("replayed_from")))
 
 
 def _event_columns(d: dict[str, Any]) -> tuple[Any, ...]:

@@ -1,7 +1,13 @@
 """A deterministic generator of realistic, contract-valid agent runs (demo, tests, benchmarks).
 
 Randomness and time are injected (a seeded ``random.Random`` and a base time), so the same
-arguments always give the same events.
+arguments always give the same events. Envelopes come from the one builder
+(``tachograph.builder.envelope``).
+
+No person decides a synthetic run's approvals, so none is decided: a run whose policy requires
+approval records ``approval.requested`` with a timeout, waits it out and takes its not-approved
+path, as a runtime agent does when nobody answers (docs/decisions/0004-approvals.md). Generated
+runs therefore hold no ``approval.decided`` that a ledger requiring persons' decisions would refuse.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tachograph.contract.events import SPEC
+from tachograph.builder import envelope
 
 # (provider, model, $ per 1M input tokens, $ per 1M output tokens)
 MODELS = [
@@ -66,17 +72,9 @@ class Workload:
 
     def _event(self, run: _Run, etype: str, data: dict[str, Any], ms: int) -> dict[str, Any]:
         run.t += timedelta(milliseconds=ms)
-        ev = {
-            "spec": SPEC,
-            "event_id": f"{run.run_id}-{run.seq}",
-            "workspace": run.workspace,
-            "run_id": run.run_id,
-            "seq": run.seq,
-            "type": etype,
-            "time": run.t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "agent": run.agent,
-            "data": data,
-        }
+        ev = envelope(workspace=run.workspace, run_id=run.run_id, seq=run.seq, etype=etype,
+                      time=run.t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                      agent=run.agent, data=data)
         run.seq += 1
         return ev
 
@@ -169,17 +167,14 @@ class Workload:
                     )
                 )
                 if decision == "require_approval":
-                    aid = f"a{step}"
+                    # nobody decides: the request expires and the run goes on without the change
+                    timeout_s = rng.randrange(30, 900)
                     out.append(self._event(run, "approval.requested",
-                                           {"approval_id": aid, "summary": f"{tool} for {run.run_id}",
-                                            "risk": risk, "change_id": cid}, 5))
-                    granted = rng.random() < 0.75
-                    out.append(self._event(run, "approval.decided",
-                                           {"approval_id": aid, "decision": "approved" if granted else "rejected",
-                                            "by": rng.choice(["alice@acme.test", "bob@acme.test"])},
-                                           rng.randrange(30_000, 900_000)))
-                    if not granted:
-                        continue
+                                           {"approval_id": f"{run.run_id}/a{step}",
+                                            "summary": f"{tool} for {run.run_id}", "risk": risk,
+                                            "change_id": cid, "timeout_s": timeout_s}, 5))
+                    run.t += timedelta(seconds=timeout_s)
+                    continue
                 out.append(self._event(run, "change.applied", {"change_id": cid}, 20))
                 continue
             ok = rng.random() < 0.92

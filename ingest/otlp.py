@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +34,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from domain.errors import ContractError
-from tachograph.contract.events import SPEC
+from tachograph.builder import envelope, rfc3339
 from tachograph.prices import PriceTable
 
 MODEL_OPS = {"chat", "text_completion", "generate_content", "embeddings"}
@@ -167,10 +166,9 @@ def spans_of(req: ExportTraceServiceRequest) -> list[SpanView]:
     return out
 
 
-def rfc3339(ns: int) -> str:
+def time_of(ns: int) -> str:
     """RFC 3339 UTC time of a unix time in nanoseconds (microsecond precision)."""
-    ts = datetime.fromtimestamp(ns // 1000 / 1_000_000, tz=UTC)
-    return ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return rfc3339(ns // 1000 / 1_000_000)
 
 
 def run_id_of(span: SpanView) -> str:
@@ -343,19 +341,9 @@ def events_for_run(
         if eid in cursor.event_ids:
             dup += 1
             return
-        event = {
-            "spec": SPEC,
-            "event_id": eid,
-            "workspace": workspace,
-            "run_id": run_id,
-            "seq": seq,
-            "type": etype,
-            "time": rfc3339(ns),
-            "agent": _agent(root or span),
-            "trace_id": span.trace_id,
-            "span_id": span.span_id,
-            "data": data,
-        }
+        event = envelope(workspace=workspace, run_id=run_id, seq=seq, etype=etype, time=time_of(ns),
+                         agent=_agent(root or span), data=data, event_id=eid, trace_id=span.trace_id,
+                         span_id=span.span_id)
         if check(event) is not None:
             return
         out.append(event)

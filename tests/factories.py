@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from domain.approvals import record_decision
-from domain.ledger import Ledger, LedgerConfig
+from domain.ledger import AppendReport, Ledger, LedgerConfig
 from domain.note import NoteSigner
 from domain.ports import Incoming, LedgerStore, Source
 from domain.stores.sqlite import SQLiteStore
@@ -72,30 +72,32 @@ def items(events: Iterable[dict[str, Any]], name: str = "test.jsonl") -> list[In
     ]
 
 
-def append_recorded(
-    ledger: Ledger, events: Iterable[dict[str, Any]], name: str = "test.jsonl"
-) -> tuple[int, int]:
-    """Append recorded runs' events in order, each ``approval.decided`` after the person's decision
-    it repeats (``record_decision`` by its ``by``), as the platform saw them when they were
-    recorded: a ledger that requires a person's decision behind every approval accepts them.
-
-    Returns how many events were accepted and how many decisions were recorded (platform
-    records, beside the events).
-    """
+def append_deciding(ledger: Ledger, events: Sequence[dict[str, Any]], name: str = "test.jsonl") -> AppendReport:
+    """Append events in order as one would with people deciding: before each ``approval.decided``
+    (but a replay's, which repeats a recorded one), the person it names records that decision
+    through ``domain.approvals.record_decision``, as the API does. Returns the counts of all."""
+    total = AppendReport()
     batch: list[Incoming] = []
-    accepted = decisions = 0
-    for n, ev in enumerate(events, start=1):
-        if ev["type"] == "approval.decided":
-            accepted += ledger.append(batch).accepted
-            batch = []
-            d = ev["data"]
+
+    def flush() -> None:
+        if batch:
+            report = ledger.append(batch)
+            total.results += report.results
+            for name_ in ("accepted", "duplicates", "quarantined", "held"):
+                setattr(total, name_, getattr(total, name_) + getattr(report, name_))
+            batch.clear()
+
+    for item, ev in zip(items(events, name), events, strict=True):
+        d = ev["data"]
+        if ev["type"] == "approval.decided" and "replayed_from" not in d:
+            flush()
             record_decision(ledger, ev["workspace"], d["approval_id"], d["decision"], d["by"],
-                            {"name": d["by"], "role": "approver"}, d.get("reason"), ev["time"],
-                            ledger.clock(), run_id=ev["run_id"])
-            decisions += 1
-        batch.append(Incoming(dumps(ev), Source(kind="file", name=name, line=n)))
-    accepted += ledger.append(batch).accepted
-    return accepted, decisions
+                            {"key_id": "test", "role": "approver", "name": d["by"]}, d.get("reason"),
+                            ev["time"], ledger.clock(), run_id=ev["run_id"])
+        batch.append(item)
+    flush()
+    total.size = ledger.store.size()
+    return total
 
 
 def workload_events(runs: int = 30, seed: int = 3, **kw: Any) -> list[dict[str, Any]]:

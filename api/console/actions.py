@@ -1,6 +1,6 @@
 """Console actions written into the ledger: approval decisions (platform records, as over the API),
-reverts in the run they belong to (or, for a completed run, a compensating run), and a platform
-record of every action (who, what, when)."""
+reverts (each a compensating run of its own: the platform never writes into an agent's run), and a
+platform record of every action (who, what, when)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from typing import Any
 
 from api import approvals
 from api.console.board import ChangeItem
-from api.console.compensation import bounded_event_id, compensating_events, revert_run_id
+from api.console.compensation import compensating_events, revert_run_id
 from api.console.session import Session
 from api.deps import Services
 from domain.approvals import DECISIONS, ApprovalRow
 from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
 from domain.ledger import iso
 from domain.ports import Incoming, Source
-from tachograph.contract.canonical import dumps, loads, validate_event
-from tachograph.contract.events import SPEC
+from tachograph.contract.canonical import dumps, loads
 from tachograph.contract.rules import RunState
 
 CONSOLE_AGENT = {"id": "tachograph-console", "version": "1"}
@@ -40,23 +39,20 @@ def load_revert_hooks() -> dict[str, RevertHook]:
     return {ep.name: ep.load() for ep in entry_points(group=HOOK_GROUP)}
 
 
-def console_event_id(run_id: str, seq: int) -> str:
-    """An event id for a console-written event of a run (at most 128 characters)."""
-    return bounded_event_id(run_id, f".console-{seq}", "console-")
-
-
 @dataclass(frozen=True)
 class Recorded:
-    """Where a console action landed: its first ledger index, and the compensating run if any."""
+    """Where a revert landed: the compensating run and its first ledger index."""
 
     index: int
-    compensating_run: str | None = None
+    compensating_run: str
 
 
 class RunWriter:
-    """Appends console-made reverts to runs, checking the run rules first (one writer at a time).
+    """Records console-made reverts as compensating runs, checking the run rules first (one writer
+    at a time).
 
-    Approval decisions never go into a run: they are platform records (``api/approvals.py``).
+    Nothing the console does goes into an agent's run: approval decisions are platform records
+    (``api/approvals.py``), reverts are runs of their own (``api/console/compensation.py``).
     """
 
     def __init__(self, services: Services) -> None:
@@ -75,20 +71,6 @@ class RunWriter:
             events.append(event)
         return state, events
 
-    def _next(self, state: RunState, etype: str, data: dict[str, Any]) -> dict[str, Any]:
-        """The run's next event, checked against the run rules."""
-        seq = state.next_seq
-        event = {
-            "spec": SPEC, "event_id": console_event_id(state.run_id, seq), "workspace": state.workspace,
-            "run_id": state.run_id, "seq": seq, "type": etype, "time": iso(self.services.clock()),
-            "agent": dict(CONSOLE_AGENT), "data": data,
-        }
-        try:
-            state.check(event)
-        except RunRuleError as e:
-            raise ConsoleActionError(f"cannot record {etype} in run {state.run_id!r}: {e}") from e
-        return event
-
     def _commit(self, workspace: str, events: list[dict[str, Any]], what: str) -> list[int]:
         """Append the events in one ledger call; every one must be accepted."""
         source = Source(kind="console", name=f"{workspace}/console")
@@ -101,8 +83,9 @@ class RunWriter:
 
     def revert(self, change: ChangeItem, by: str, reason: str | None,
                before: Callable[[], None]) -> Recorded:
-        """Record the revert of an applied change: ``change.reverted`` in its run while the run is
-        open, else a compensating run of its own (see ``api/console/compensation.py``).
+        """Record the revert of an applied change as a compensating run of its own (see
+        ``api/console/compensation.py``), whether the change's run is open or completed: the
+        agent's run is left to the agent.
 
         ``before`` (the revert hook) runs once the revert is known to be valid and before anything
         is appended; if it raises, nothing is appended.
@@ -110,13 +93,6 @@ class RunWriter:
         ws, run_id, cid = change.workspace, change.run_id, change.change_id
         with self._lock:
             state, events = self._load(ws, run_id)
-            if not state.completed:
-                data: dict[str, Any] = {"change_id": cid, "by": by}
-                if reason:
-                    data["reason"] = reason
-                event = self._next(state, "change.reverted", data)
-                before()
-                return Recorded(self._commit(ws, [event], f"change.reverted for run {run_id!r}")[0])
             refusal = state.revert_refusal(cid)
             if refusal is not None:
                 raise ConsoleActionError(refusal)
@@ -126,14 +102,9 @@ class RunWriter:
                     f"change {cid!r} was already reverted by the compensating run {revert_run!r}")
             proposed = next(e["data"] for e in events
                             if e["type"] == "change.proposed" and e["data"]["change_id"] == cid)
-            new = compensating_events(original_start=events[0], change=proposed, by=by, reason=reason,
-                                      time=iso(self.services.clock()), agent=CONSOLE_AGENT)
-            probe = RunState(ws, revert_run)
             try:
-                for event in new:
-                    validate_event(event)
-                    probe.check(event)
-                    probe.apply(event, "probe")
+                new = compensating_events(original_start=events[0], change=proposed, by=by, reason=reason,
+                                          time=iso(self.services.clock()), agent=CONSOLE_AGENT)
             except (ContractError, RunRuleError) as e:
                 raise ConsoleActionError(f"cannot record the compensating run {revert_run!r}: {e}") from e
             before()
@@ -165,8 +136,8 @@ def decide(services: Services, session: Session, run_id: str, approval_id: str, 
 
 def revert(services: Services, session: Session, change: ChangeItem, workflow: str | None,
            hooks: Mapping[str, RevertHook], reason: str | None) -> Recorded:
-    """Undo a change (its workflow's revert hook first, if any), then record the revert: in its run
-    while the run is open, as a compensating run once it has completed."""
+    """Undo a change (its workflow's revert hook first, if any), then record the revert as a
+    compensating run (never in the change's own run, open or completed)."""
     if not change.reversible:
         raise ConsoleActionError(f"change {change.change_id!r} is irreversible: it cannot be undone here")
     if change.reverted:
@@ -189,8 +160,6 @@ def revert(services: Services, session: Session, change: ChangeItem, workflow: s
 
     done = RunWriter(services).revert(change, session.identity, reason, call_hook)
     target: dict[str, Any] = {"run_id": change.run_id, "change_id": change.change_id, "hook": hook is not None,
-                              "ledger_index": done.index}
-    if done.compensating_run is not None:
-        target["compensating_run"] = done.compensating_run
+                              "ledger_index": done.index, "compensating_run": done.compensating_run}
     record_action(services, session, "change.revert", path, target)
     return done

@@ -54,7 +54,7 @@ class ChangeItem:
     reverted: str | None = None
     reverted_by: str | None = None
     revert_reason: str | None = None
-    revert_run: str | None = None  # the compensating run that reverted it (completed runs)
+    revert_run: str | None = None  # the compensating run that reverted it (the console's reverts)
     compensates: tuple[str, str] | None = None  # (run, change) this compensating change reverts
 
 
@@ -67,6 +67,7 @@ class RunFacts:
     breaches: int = 0
     completed: bool = False
     reverts: Reverted | None = None  # set on a compensating run written by the console
+    replay_of: str | None = None  # set on a replay: its approval requests ask no person
 
 
 class Board(LedgerFold):
@@ -100,6 +101,7 @@ class Board(LedgerFold):
         facts = self.runs.setdefault((ws, run), RunFacts())
         if t == "run.started":
             facts.workflow, facts.budget = d["workflow"], dict(d.get("budget") or {})
+            facts.replay_of = d.get("replay_of")
             # only the console writes compensating runs: labels from elsewhere are not trusted
             facts.reverts = reverted_by_run(ev) if by_console else None
         elif t == "budget.exceeded":
@@ -108,7 +110,7 @@ class Board(LedgerFold):
             facts.completed = True
             if facts.reverts is not None and d["outcome"] == "succeeded":
                 self._compensated(ws, facts.reverts, run, ev["time"], (d.get("result") or {}).get("by"))
-        elif t == "approval.requested":
+        elif t == "approval.requested" and facts.replay_of is None:  # a replay asks no person
             expires = None
             if d.get("timeout_s") is not None and received:
                 expires = datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp() + float(d["timeout_s"])

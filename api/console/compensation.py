@@ -1,19 +1,21 @@
-"""Compensating runs: how the console records the revert of a change whose run has completed.
+"""Compensating runs: how the console records the revert of a change.
 
-The event contract lets nothing but ``feedback.recorded`` follow ``run.completed``, so a revert
-of a completed run's change cannot go into that run. It is recorded as a run of its own in the
-same workspace, labelled with the run and change it reverts: ``run.started`` →
-``change.proposed`` (before and after swapped) → ``change.applied`` → ``run.completed``.
+One writer per run: the platform never writes into an agent's run, open or completed (and the
+contract lets nothing but ``feedback.recorded`` follow ``run.completed``). A revert is recorded as
+a run of its own in the same workspace, labelled with the run and change it reverts:
+``run.started`` → ``change.proposed`` (before and after swapped) → ``change.applied`` →
+``run.completed``, built and checked by the one run-event builder (``tachograph.builder``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tachograph.contract.events import SPEC
+from tachograph.builder import RunLog, RunSpec
 
 REVERTS_RUN = "reverts_run"
 REVERTS_CHANGE = "reverts_change"
@@ -72,38 +74,30 @@ def compensating_events(
     by: str,
     reason: str | None,
     time: str,
-    agent: dict[str, str],
+    agent: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     """The four events of the run that reverts ``change`` (a ``change.proposed`` data object) of
-    the completed run begun by ``original_start``."""
+    the run begun by ``original_start``, each checked against the contract and the run rules
+    (ContractError or RunRuleError says which broke)."""
     ws, run_id = original_start["workspace"], original_start["run_id"]
     change_id = change["change_id"]
-    revert_run = revert_run_id(run_id, change_id)
     undo_id = f"{change_id}.revert"
     if len(undo_id) > 512:  # the contract's limit on a change id
         undo_id = f"{change_id[:400]}.revert-{hashlib.sha256(change_id.encode()).hexdigest()[:40]}"
     started = original_start["data"]
-    bodies: list[tuple[str, dict[str, Any]]] = [
-        ("run.started", {
-            # a workflow of its own, so reverts do not count as successful outcomes of the
-            # original workflow in cost per outcome (and its kill switch cannot block an undo)
-            "workflow": REVERT_WORKFLOW, "mode": "execute", "risk_tier": started["risk_tier"],
-            "input": {"run_id": run_id, "change_id": change_id, "reason": reason,
-                      "workflow": started["workflow"]},
-            "labels": {REVERTS_RUN: run_id, REVERTS_CHANGE: change_id},
-        }),
-        ("change.proposed", {
-            "change_id": undo_id, "target": change["target"],
-            "before": change["after"], "after": change["before"], "reversible": False,
-        }),
-        ("change.applied", {"change_id": undo_id}),
-        ("run.completed", {
-            "outcome": "succeeded",
-            "result": {"reverted_run": run_id, "reverted_change": change_id, "by": by},
-        }),
-    ]
-    return [
-        {"spec": SPEC, "event_id": revert_event_id(revert_run, seq), "workspace": ws, "run_id": revert_run,
-         "seq": seq, "type": etype, "time": time, "agent": dict(agent), "data": data}
-        for seq, (etype, data) in enumerate(bodies)
-    ]
+    spec = RunSpec(
+        workspace=ws, run_id=revert_run_id(run_id, change_id), agent=agent,
+        # a workflow of its own, so reverts do not count as successful outcomes of the
+        # original workflow in cost per outcome (and its kill switch cannot block an undo)
+        workflow=REVERT_WORKFLOW, mode="execute", risk_tier=started["risk_tier"],
+        input={"run_id": run_id, "change_id": change_id, "reason": reason, "workflow": started["workflow"]},
+        labels={REVERTS_RUN: run_id, REVERTS_CHANGE: change_id},
+    )
+    log = RunLog(spec, event_ids=revert_event_id)
+    log.build("run.started", spec.started_data(), time)
+    log.build("change.proposed", {"change_id": undo_id, "target": change["target"], "before": change["after"],
+                                  "after": change["before"], "reversible": False}, time)
+    log.build("change.applied", {"change_id": undo_id}, time)
+    log.build("run.completed", {"outcome": "succeeded",
+                                "result": {"reverted_run": run_id, "reverted_change": change_id, "by": by}}, time)
+    return log.events

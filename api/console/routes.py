@@ -421,8 +421,7 @@ async def revert_change(request: Request) -> Response:
     reason = form.get("reason", "").strip() or None
     done = await run_in_threadpool(revert, _services(request), session, change, workflow,
                                    state.revert_hooks, reason)
-    where = (f"recorded as the compensating run {done.compensating_run}, ledger index {done.index}"
-             if done.compensating_run else f"ledger index {done.index}")
+    where = f"recorded as the compensating run {done.compensating_run}, ledger index {done.index}"
     return _back("/console/changes", f"{change_id} of {run_id} reverted by {session.identity} ({where})")
 
 

@@ -462,15 +462,14 @@ class PostgresTx(LedgerTx):
         )
 
     def approvals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ApprovalRow]:
-        out: dict[tuple[str, str], ApprovalRow] = {}
-        for ws, aid in keys:
-            row = self.c.execute(
-                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = %s AND approval_id = %s",
-                (ws, aid),
-            ).fetchone()
-            if row is not None:
-                out[(ws, aid)] = row_of(row)
-        return out
+        if not keys:
+            return {}
+        rows = self.c.execute(  # one round trip for a batch's approvals
+            f"SELECT {_APPROVAL_COLS} FROM approvals "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, approval_id) USING (workspace, approval_id)",
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+        return {(r.workspace, r.approval_id): r for r in map(row_of, rows)}
 
     def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
         marks = ", ".join(["%s"] * len(APPROVAL_COLUMNS))

@@ -325,13 +325,19 @@ class SQLiteTx(LedgerTx):
 
 
     def approvals(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], ApprovalRow]:
-        out: dict[tuple[str, str], ApprovalRow] = {}
+        by_ws: dict[str, list[str]] = {}
         for ws, aid in keys:
-            row = self.c.execute(
-                f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = ? AND approval_id = ?", (ws, aid)
-            ).fetchone()
-            if row is not None:
-                out[(ws, aid)] = row_of(row)
+            by_ws.setdefault(ws, []).append(aid)
+        out: dict[tuple[str, str], ApprovalRow] = {}
+        for ws, ids in by_ws.items():
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for values in self.c.execute(
+                    f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workspace = ? AND approval_id IN ({marks})",
+                    (ws, *chunk),
+                ):
+                    row = row_of(values)
+                    out[(row.workspace, row.approval_id)] = row
         return out
 
     def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:

@@ -42,25 +42,28 @@ class RunState:
     approval_change: dict[str, str] = field(default_factory=dict)  # approval_id -> change_id
     changes: dict[str, Change] = field(default_factory=dict)
     gated: list[str] = field(default_factory=list)  # pending require_approval actions
+    replay_of: str | None = None  # the run this one replays (``run.started.data.replay_of``)
 
     def to_bytes(self) -> bytes:
-        """Serialise for the store."""
-        return orjson.dumps(
-            {
-                "w": self.workspace,
-                "r": self.run_id,
-                "n": self.next_seq,
-                "h": self.last_hash,
-                "c": self.completed,
-                "a": self.approvals,
-                "ac": self.approval_change,
-                "ch": {
-                    k: [v.reversible, v.target, v.applied, v.reverted, v.gated]
-                    for k, v in self.changes.items()
-                },
-                "g": self.gated,
-            }
-        )
+        """Serialise for the store (``replay_of`` only when set: states stored before it load as
+        they were)."""
+        out: dict[str, Any] = {
+            "w": self.workspace,
+            "r": self.run_id,
+            "n": self.next_seq,
+            "h": self.last_hash,
+            "c": self.completed,
+            "a": self.approvals,
+            "ac": self.approval_change,
+            "ch": {
+                k: [v.reversible, v.target, v.applied, v.reverted, v.gated]
+                for k, v in self.changes.items()
+            },
+            "g": self.gated,
+        }
+        if self.replay_of is not None:
+            out["ro"] = self.replay_of
+        return orjson.dumps(out)
 
     @staticmethod
     def from_bytes(raw: bytes) -> RunState:
@@ -76,6 +79,7 @@ class RunState:
             approval_change=d["ac"],
             changes={k: Change(*v) for k, v in d["ch"].items()},
             gated=d["g"],
+            replay_of=d.get("ro"),
         )
 
     def check(self, event: dict[str, Any]) -> None:
@@ -160,6 +164,8 @@ class RunState:
         self.last_hash = entry_hash
         if etype == "run.completed":
             self.completed = True
+        elif etype == "run.started":
+            self.replay_of = data.get("replay_of")
         elif etype == "policy.evaluated":
             if data["decision"] == "require_approval":
                 self.gated.append(data["action"])

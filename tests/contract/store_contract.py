@@ -98,7 +98,7 @@ COLUMN_TAMPERS = [
     ("run_id", "NULL", "run_id"),
     ("seq", "99", "seq"),
     ("event_id", "'forged-id'", "event_id"),
-    ("type", "'run.completed'", "event_type"),
+    ("type", "'model.called'", "event_type"),  # never a run's last event, which is edited
     ("time", "'2000-01-01T00:00:00Z'", "event_time"),
     ("leaf", "{zero_hash}", "leaf_hash"),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from selenium.webdriver.common.by import By
 
+from api.console.compensation import revert_run_id
 from domain.ports import Incoming, Source
 from tachograph.contract.canonical import dumps
 from tests.e2e.console_support import WS, applied_run, pending_run, sign_in, text_of
@@ -51,8 +52,10 @@ def test_reverting_a_card_whose_change_id_climbs_to_another_run_reverts_only_its
     card.find_element(By.CSS_SELECTOR, "button.revert").click()
     text_of(browser, "flash", "of harmless-apply reverted")
     assert [e["type"] for e in server.events("victim-apply")][-1] == "change.applied"
-    own = server.events("harmless-apply")[-1]
-    assert own["type"] == "change.reverted" and own["data"]["change_id"] == TRAVERSAL_CHANGE
+    assert [e["type"] for e in server.events("harmless-apply")][-1] == "change.applied"  # the agent's run
+    comp = server.events(revert_run_id("harmless-apply", TRAVERSAL_CHANGE))
+    assert comp[0]["data"]["labels"] == {"reverts_run": "harmless-apply", "reverts_change": TRAVERSAL_CHANGE}
+    assert server.ledger.store.run_entries(WS, revert_run_id("victim-apply", "ch-victim")) == []
 
 
 def test_an_approval_posted_for_a_run_it_does_not_belong_to_is_refused(browser, console_server):

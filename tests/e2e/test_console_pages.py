@@ -189,10 +189,15 @@ def test_an_engineer_reverts_a_reversible_change_through_its_hook_and_irreversib
     card = browser.find_element(By.ID, "change-ch-void-1")
     card.find_element(By.CLASS_NAME, "reason").send_keys("voided the wrong invoice")
     card.find_element(By.CSS_SELECTOR, "button.revert").click()
-    text_of(browser, "flash", "ch-void-1 of open-void reverted")
-    last = server.events("open-void")[-1]
-    assert last["type"] == "change.reverted" and last["data"] == {
-        "change_id": "ch-void-1", "by": server.identity("engineer"), "reason": "voided the wrong invoice"}
+    flash = text_of(browser, "flash", "ch-void-1 of open-void reverted")
+    assert "compensating run open-void.revert-ch-void-1" in flash
+    # one writer per run: the open run is the agent's, the revert is a compensating run of its own
+    assert [e["type"] for e in server.events("open-void")][-1] == "change.applied"
+    comp = server.events("open-void.revert-ch-void-1")
+    assert [e["type"] for e in comp] == ["run.started", "change.proposed", "change.applied", "run.completed"]
+    assert comp[0]["data"]["labels"] == {"reverts_run": "open-void", "reverts_change": "ch-void-1"}
+    assert comp[0]["data"]["input"]["reason"] == "voided the wrong invoice"
+    assert comp[3]["data"]["result"]["by"] == server.identity("engineer")
     assert ("ch-void-1", server.identity("engineer"), "voided the wrong invoice") in server.reverted
     assert not any(r[0] == "ch-void-2" for r in server.reverted)
     assert "reverted by " + server.identity("engineer") in browser.find_element(By.ID, "change-ch-void-1").text

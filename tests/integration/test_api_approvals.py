@@ -153,3 +153,32 @@ def test_a_decision_shows_in_the_audit_log_over_the_api_and_on_the_console_page(
     assert signed.status_code == 303
     audit = api.client.get("/console/audit")
     assert audit.status_code == 200 and "approval.decision" in audit.text and "checked" in audit.text
+
+
+def test_a_replay_asks_no_person_and_its_decision_repeats_the_one_made_in_the_run_it_replays(api: Api) -> None:
+    _request(api, "r1", "r1/refund")
+    person = _decide(api, "r1/refund", reason="checked").json()
+    said = {"decision": "approved", "by": person["decided_by"]}
+    out = publish(api, [event("r1", 2, "approval.decided", {"approval_id": "r1/refund", **said}),
+                        event("r1", 3, "run.completed", {"outcome": "succeeded"})])
+    assert out["accepted"] == 2, out
+    start = {"workflow": "wf", "mode": "execute", "risk_tier": "low", "replay_of": "r1"}
+    replay = [event("rp", 0, "run.started", start),
+              event("rp", 1, "approval.requested", {"approval_id": "rp/refund", "summary": "s", "risk": "high"})]
+    assert publish(api, replay)["accepted"] == 2
+    h = api.auth("approver")
+    assert api.client.get("/v1/approvals?status=pending", headers=h).json()["approvals"] == []
+    assert api.client.get("/v1/approvals/rp%2Frefund", headers=h).status_code == 404
+    assert _decide(api, "rp/refund").status_code == 404  # nobody can decide a replay's request
+    board = api.app.state.console.board
+    assert board.pending("acme", api.clock()) == [] and board.approval("acme", "rp", "rp/refund") is None
+
+    forged = publish(api, [event("rp", 2, "approval.decided", {"approval_id": "rp/refund", "decision": "approved",
+                                                               "by": person["decided_by"]})])
+    assert forged["accepted"] == 0 and "names no replayed_from" in forged["results"][0]["reason"], forged
+    ok = publish(api, [event("rp", 2, "approval.decided", {"approval_id": "rp/refund", "replayed_from": "r1/refund",
+                                                           **said}),
+                       event("rp", 3, "run.completed", {"outcome": "succeeded"})])
+    assert ok["accepted"] == 2, ok
+    decided = api.client.get("/v1/approvals?status=decided", headers=h).json()["approvals"]
+    assert [a["approval_id"] for a in decided] == ["r1/refund"]  # the original decision, listed once

@@ -1,4 +1,4 @@
-"""Reverting a change: in its run while open, as a compensating run once the run has completed."""
+"""Reverting a change: always as a compensating run of its own, never inside the agent's run."""
 
 from __future__ import annotations
 
@@ -133,15 +133,32 @@ def test_a_failing_revert_hook_on_a_completed_run_writes_no_compensating_run(con
     assert failed[-1] == "console.change.revert_failed"
 
 
-def test_an_open_runs_change_is_still_reverted_inside_its_run(console):
+def test_an_open_runs_change_is_reverted_by_a_compensating_run_and_the_agents_run_is_left_to_the_agent(console):
     state, services, session = console
     ledger = services.ledger
+    before = _events(ledger, "open")
     done = revert(services, session, state.board.change(WS, "open", "ch-2"), "billing-ops", {}, "wrong")
-    assert done.compensating_run is None
-    last = _events(ledger, "open")[-1]
-    assert last["type"] == "change.reverted" and last["seq"] == 3
-    assert last["data"] == {"change_id": "ch-2", "by": session.identity, "reason": "wrong"}
-    assert ledger.store.run_entries(WS, "open.revert-ch-2") == []
+
+    assert done.compensating_run == "open.revert-ch-2"
+    assert _events(ledger, "open") == before  # one writer per run: nothing written into the agent's run
+    evs = _events(ledger, "open.revert-ch-2")
+    assert [e["type"] for e in evs] == ["run.started", "change.proposed", "change.applied", "run.completed"]
+    assert {e["agent"]["id"] for e in evs} == {CONSOLE_AGENT["id"]}
+    assert evs[0]["data"]["labels"] == {"reverts_run": "open", "reverts_change": "ch-2"}
+    assert evs[0]["data"]["input"]["reason"] == "wrong"
+    assert evs[1]["data"]["before"] == {"status": "void", "amount": "120.00"}  # the opposite change
+    assert evs[3]["data"]["result"] == {"reverted_run": "open", "reverted_change": "ch-2", "by": session.identity}
+
+    # the agent goes on with its own next seq, which the console did not take
+    nxt = event("open", 3, "run.completed", {"outcome": "succeeded"})
+    report = ledger.append([Incoming(dumps(nxt), Source(kind="http", name="acme/k"))])
+    assert report.accepted == 1, report.results
+    original = state.board.change(WS, "open", "ch-2")
+    assert original.revert_run == "open.revert-ch-2" and original.reverted_by == session.identity
+    with pytest.raises(ConsoleActionError, match="already reverted"):
+        revert(services, session, original, "billing-ops", {}, None)
+    result = _verify(ledger)
+    assert result.ok, result.reason
 
 
 def test_an_irreversible_change_of_a_completed_run_cannot_be_reverted(console):

@@ -16,7 +16,7 @@ from domain.workload import Workload
 from projections.projector import Projector, connect
 from projections.views import budget_summary_sql
 from tachograph.contract.events import SPEC
-from tests.factories import items, make_ledger
+from tests.factories import append_deciding, make_ledger
 
 NANO = Decimal("1e-9")
 
@@ -141,9 +141,10 @@ def workload_events(runs: int = 80) -> list[dict[str, Any]]:
 
 
 def build_store(path: Path, events: list[dict[str, Any]]) -> LedgerStore:
-    """A SQLite ledger holding ``events`` (all must be accepted)."""
+    """A SQLite ledger holding ``events`` (all must be accepted; each approval decided by the
+    person it names first, as the ledger requires)."""
     ledger = make_ledger(path)
-    report = ledger.append(items(events))
+    report = append_deciding(ledger, events)
     assert report.accepted == len(events), [r.reason for r in report.results if r.reason][:3]
     return ledger.store
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from domain.ports import LedgerStore
 from projections.errors import LedgerMismatchError
 from projections.projector import Projector, connect
-from tests.factories import make_ledger
+from tests.factories import append_deciding, make_ledger
 from tests.unit.test_projections_figures import build_store, hand_built, workload_events
 
 TABLES = {"events": "idx", "run_facts": "workspace, run_id"}
@@ -66,12 +66,10 @@ def test_incremental_projection_in_random_batches_equals_a_rebuild(
 def test_projecting_a_ledger_as_it_grows_equals_a_rebuild(tmp_path: Path) -> None:
     events = hand_built() + workload_events(30)
     ledger = make_ledger(tmp_path / "ledger.db")
-    from tests.factories import items
-
     con = connect(tmp_path / "inc.duckdb")
     step = 37
     for i in range(0, len(events), step):
-        ledger.append(items(events[i:i + step]))
+        append_deciding(ledger, events[i:i + step])
         Projector(ledger.store, con, batch_size=25).catch_up()
     full = connect(tmp_path / "full.duckdb")
     Projector(ledger.store, full).rebuild()

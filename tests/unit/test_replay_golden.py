@@ -11,7 +11,7 @@ from replay.history import load_runs
 from tachograph.agents import load_agent
 from tachograph.contract.canonical import loads
 from tachograph.models import ModelRegistry
-from tests.factories import FakeClock, append_recorded, make_ledger
+from tests.factories import FakeClock, append_deciding, make_ledger
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 
@@ -33,8 +33,10 @@ def _ledger(path: Path, events: list[dict]):
     ``approval.decided`` is accepted there because it names, in ``replayed_from``, the recorded
     approval whose person's decision it repeats."""
     ledger = make_ledger(path, clock=FakeClock(), approval_decisions="person")
-    accepted, decisions = append_recorded(ledger, events)
-    assert accepted == len(events)
+    report = append_deciding(ledger, events)
+    assert report.accepted == len(events)
+    decisions = sum(1 for e in events if e["type"] == "approval.decided" and "replayed_from" not in e["data"])
+    assert ledger.store.size() == len(events) + decisions  # each decision is a platform record beside the events
     return ledger, decisions
 
 

@@ -122,3 +122,18 @@ def test_the_state_survives_its_stored_form():
                    ("change.proposed", PROPOSE), ("change.applied", {"change_id": "c1"}),
                    ("approval.requested", {"approval_id": "a1", "summary": "s", "risk": "low"}))
     assert RunState.from_bytes(state.to_bytes()) == state
+
+
+def test_a_replay_remembers_the_run_it_replays_and_states_stored_before_that_field_still_load():
+    replay = RunState("acme", "rp")
+    start = event("rp", 0, "run.started", {"workflow": "wf", "mode": "execute", "risk_tier": "low",
+                                           "replay_of": "r1"})
+    replay.check(start)
+    replay.apply(start, "h0")
+    assert replay.replay_of == "r1"
+    assert RunState.from_bytes(replay.to_bytes()) == replay
+    plain = run_of(("approval.requested", {"approval_id": "a1", "summary": "s", "risk": "low"}))
+    assert plain.replay_of is None and b'"ro"' not in plain.to_bytes()  # stored as before
+    # a state stored by the version before replay_of, byte for byte
+    old = (b'{"w":"acme","r":"r1","n":2,"h":"h1","c":false,"a":{"a1":"requested"},"ac":{},"ch":{},"g":[]}')
+    assert RunState.from_bytes(old) == plain

@@ -23,8 +23,9 @@ def _store(tmp_path: Path) -> WebhookStore:
 
 
 def _approval(run: str, workspace: str = "acme") -> list[dict]:
+    """A run that asks for an approval (ids are unique within a workspace, so named after the run)."""
     return [event(run, 0, workspace=workspace),
-            event(run, 1, "approval.requested", {"approval_id": "a1", "summary": "s", "risk": "low"},
+            event(run, 1, "approval.requested", {"approval_id": f"{run}.a1", "summary": "s", "risk": "low"},
                   workspace=workspace)]
 
 
@@ -152,13 +153,26 @@ def test_decision_and_halt_records_notify_and_then_an_agents_decided_event_does_
     ledger.append(items(_approval("r1")))
     ledger.append_records([
         Record("approval.decision", "acme", "2026-01-01T00:00:09Z", person,
-               {"approval_id": "a1", "run_id": "r1", "decision": "approved", "by": "Ada"}),
+               {"approval_id": "r1.a1", "run_id": "r1", "decision": "approved", "by": "Ada"}),
         Record("halt.set", "acme", "2026-01-01T00:00:10Z", person, {"scope": "workspace"}),
         Record("audit.read", "acme", "2026-01-01T00:00:11Z", person, {"action": "runs.list"}),
     ])
     ledger.append(items([event("r1", 2, "approval.decided",
-                               {"approval_id": "a1", "decision": "approved", "by": "Ada"})]))
+                               {"approval_id": "r1.a1", "decision": "approved", "by": "Ada"})]))
     assert _dispatcher(store, ledger).follow() == (3, True)
     rows = store.deliveries(ep, None, 10)[::-1]
     assert [(x.kind, x.run_id, x.notification_id) for x in rows] == [
         ("approval.requested", "r1", "ntf_1"), ("approval.decided", "r1", "ntf_2"), ("halt.set", None, "ntf_3")]
+
+
+def test_a_replays_approval_request_notifies_nobody(tmp_path: Path) -> None:
+    """A replay asks no person (its request is not in the approvals index): no webhook says one waits."""
+    ledger = make_ledger(tmp_path / "l.db")
+    store = _store(tmp_path)
+    ep = _add(store, ledger)
+    start = {"workflow": "wf", "mode": "execute", "risk_tier": "low", "replay_of": "r1"}
+    replay = [event("rp", 0, "run.started", start),
+              event("rp", 1, "approval.requested", {"approval_id": "rp.a1", "summary": "s", "risk": "low"})]
+    assert ledger.append(items([*_approval("r1"), *replay])).accepted == 4
+    assert _dispatcher(store, ledger).follow() == (1, True)
+    assert [(x.kind, x.run_id) for x in store.deliveries(ep, None, 10)] == [("approval.requested", "r1")]
