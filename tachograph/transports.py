@@ -28,7 +28,7 @@ ErrorCallback = Callable[[str, str], None]
 
 @runtime_checkable
 class Transport(Protocol):
-    """Carries event bytes (keyed by run id) from the SDK to the ledger."""
+    """Carries event bytes (keyed by run id) from the agent runtime to the platform."""
 
     def send(self, key: str, event_id: str, value: bytes) -> None:
         """Queue one event; raise a BackpressureError rather than block forever."""

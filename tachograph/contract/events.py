@@ -60,7 +60,7 @@ def _to_decimal(value: Any, *, what: str) -> Decimal:
         d = value
     elif isinstance(value, int):
         d = Decimal(value)
-    elif isinstance(value, float):  # Python callers (SDK); the wire path never yields floats
+    elif isinstance(value, float):  # Python callers (the runtime); the wire path never yields floats
         d = Decimal(repr(value))
     elif isinstance(value, str) and what == "money":
         try:
