@@ -20,6 +20,13 @@ def _post(a: Api, csrf: str, headers: dict[str, str] | None = None):
                          headers=headers or {}, follow_redirects=False)
 
 
+def _only_cookie(a: Api, value: str) -> None:
+    """Make ``value`` the one login nonce cookie the client sends (whatever domain the jar gave
+    the server's cookie: newer httpx keys it by ``testserver.local``, so a plain set adds one)."""
+    a.client.cookies.clear()
+    a.client.cookies.set(LOGIN_COOKIE, value, path="/console")
+
+
 def test_a_planted_cookie_with_the_same_value_in_the_form_does_not_sign_anyone_in(api: Api) -> None:
     api.client.cookies.set(LOGIN_COOKIE, "planted-by-an-attacker", path="/console")
     r = _post(api, "planted-by-an-attacker")
@@ -31,9 +38,9 @@ def test_the_form_token_signs_in_only_with_its_own_nonce_cookie(api: Api) -> Non
     token = _form_token(api)
     nonce = api.client.cookies.get(LOGIN_COOKIE)
     assert token != nonce  # the cookie alone does not tell the form token
-    api.client.cookies.set(LOGIN_COOKIE, "another-nonce", path="/console")
+    _only_cookie(api, "another-nonce")  # replaced, not added beside the real one
     assert _post(api, token).status_code == 403
-    api.client.cookies.set(LOGIN_COOKIE, nonce, path="/console")
+    _only_cookie(api, nonce)
     ok = _post(api, token)
     assert ok.status_code == 303 and ok.cookies.get(COOKIE)
 
