@@ -118,7 +118,8 @@ def advance(text: str, ms: Any) -> str:
     return rfc3339(parse_time(text) + timedelta(milliseconds=float(Decimal(str(ms or 0)))))
 
 
-def _normalise(value: Any) -> Any:
+def normalise(value: Any) -> Any:
+    """A JSON value as the ledger will hold it (Decimal numbers, canonical types)."""
     return loads(dumps(value))
 
 
@@ -202,7 +203,7 @@ class Context:
         request: dict[str, Any] = {"messages": msgs}
         if params:
             request["params"] = dict(params)
-        request = _normalise(request)
+        request = normalise(request)
         call_id = self.new_id("m")
         answer = self._answer_model(call_id, request)
         response: dict[str, Any] = {"content": answer.content}
@@ -246,7 +247,7 @@ class Context:
         """Call a registered tool; an error result raises :class:`ToolFailed` (catchable)."""
         tool = self.tools.get(name)
         self._guard(side_effect=tool.side_effect)
-        call_args = _normalise(dict(args or {}))
+        call_args = normalise(dict(args or {}))
         call_id = self.new_id("t")
         answer = self._answer_tool(call_id, name, call_args)
         data: dict[str, Any] = {
@@ -356,7 +357,7 @@ class Context:
         """Record ``run.completed``."""
         data: dict[str, Any] = {"outcome": outcome}
         if result is not None:
-            data["result"] = _normalise(dict(result))
+            data["result"] = normalise(dict(result))
         if error is not None:
             data["error"] = error[:2000]
         self.finished = True

@@ -36,6 +36,7 @@ from tachograph.context import (
     RunStop,
     ToolAnswer,
     money_text,
+    normalise,
     run_agent,
 )
 from tachograph.errors import (
@@ -203,9 +204,7 @@ class LiveContext(Context):
         except Exception as e:  # a live tool's own failure is recorded, not hidden
             return ToolAnswer("error", None, f"{type(e).__name__}: {e}",
                               _ms(self.runtime.monotonic() - t0), tool.side_effect)
-        from tachograph.context import _normalise
-
-        return ToolAnswer("ok", _normalise(result), None, _ms(self.runtime.monotonic() - t0), tool.side_effect)
+        return ToolAnswer("ok", normalise(result), None, _ms(self.runtime.monotonic() - t0), tool.side_effect)
 
     def _answer_approval(
         self, approval_id: str, summary: str, risk: str, change_id: str | None, timeout: float
