@@ -105,8 +105,9 @@ def select_runs(runs: Sequence[RecordedRun], agent: AgentSpec | None, limit: int
 def recorded_entry_point(runs: Sequence[RecordedRun]) -> str | None:
     """The agent code of the newest production run that names one (the code to replay with when
     none is given), or None when no run names its code."""
-    named = [r for r in runs if r.origin == PRODUCTION and r.entry_point is not None]
-    if not named:
-        return None
-    newest = max(named, key=lambda r: r.time)
-    return newest.entry_point
+    newest: RecordedRun | None = None
+    for run in runs:  # oldest first: of runs started at the same time, the later one wins
+        if run.origin == PRODUCTION and run.entry_point is not None and (
+                newest is None or run.time >= newest.time):
+            newest = run
+    return None if newest is None else newest.entry_point
