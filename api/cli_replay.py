@@ -93,6 +93,8 @@ def cmd_replay(
         models.get(model)  # fail fast on an unknown candidate
     ledger = build_ledger(settings)
     rid = replay_id or f"rp-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    if steps and estimate_only:
+        raise typer.BadParameter("--estimate prices a full replay; a step replay's cost is in its report")
     if steps:
         raise typer.Exit(_step_replay(ledger, models, settings, gate, model, rid, workflow, since,
                                       runs or [], limit, workers, agent, prompt, json_out))
