@@ -16,13 +16,15 @@ from api.bootstrap import build_ledger
 from api.cli_ledger import JsonOpt, progress_bar
 from api.output import console, err_console, print_json
 from api.settings import Settings
-from domain.ledger import iso
+from domain.ledger import Ledger, iso
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
 from replay.render import render_report
 from replay.report import Gate, estimate
+from replay.selection import Selection, recorded_entry_point, select_runs
+from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
-from tachograph.agents import load_agent, read_prompt_overrides
+from tachograph.agents import AgentSpec, load_agent, read_prompt_overrides
 from tachograph.models import HttpModelConfig, ModelRegistry
 from tachograph.prices import PriceTable
 
@@ -51,10 +53,10 @@ def _reports(settings: Settings) -> ReplayReports:
 @replay_app.callback(invoke_without_command=True)
 def cmd_replay(
     ctx: typer.Context,
-    workflow: Annotated[str | None, typer.Option(help="replay runs of this workflow")] = None,
-    agent: Annotated[str | None, typer.Option(help="agent code as module:function")] = None,
+    workflow: Annotated[str | None, typer.Option(help="replay production runs of this workflow")] = None,
+    agent: Annotated[str | None, typer.Option(help="agent code as module:function (default: the entry point the newest run recorded)")] = None,
     since: Annotated[str | None, typer.Option(help="only runs started at or after this RFC 3339 date/time")] = None,
-    runs: Annotated[list[str] | None, typer.Option("--runs", help="replay these run ids (repeatable)")] = None,
+    runs: Annotated[list[str] | None, typer.Option("--runs", "--run", help="replay these run ids (repeatable)")] = None,
     limit: Annotated[int | None, typer.Option(help="at most N runs (oldest first)")] = None,
     model: Annotated[str | None, typer.Option(help="candidate model (what-if replay)")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="candidate prompt NAME=FILE (repeatable)")] = None,
@@ -67,20 +69,22 @@ def cmd_replay(
     estimate_only: Annotated[bool, typer.Option("--estimate", help="price the replay from recorded tokens; run nothing")] = False,
     workers: Annotated[int, typer.Option(min=1, help="parallel replays")] = 2,
     replay_id: Annotated[str | None, typer.Option("--id", help="replay id (default: generated)")] = None,
+    steps: Annotated[bool, typer.Option("--steps", help="step replay: re-send each recorded model request to --model (no agent code)")] = False,
+    max_response_change: Annotated[str | None, typer.Option(help="gate (--steps): max response change rate")] = None,
+    max_tool_call_change: Annotated[str | None, typer.Option(help="gate (--steps): max tool-call change rate")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay recorded runs: fidelity with no candidate, what-if with --model/--prompt."""
+    """Replay recorded runs: fidelity with no candidate, what-if with --model/--prompt, or
+    --steps: each recorded model request sent again to --model."""
     if ctx.invoked_subcommand is not None:
         return
-    if agent is None or (workflow is None and not runs):
-        raise typer.BadParameter("give --agent module:function and --workflow W (or --runs ID...)")
+    if workflow is None and not runs:
+        raise typer.BadParameter("give --workflow W (or --runs ID...)")
+    gate = _gate(steps, max_outcome_change, max_cost_increase, max_violation_increase,
+                 max_response_change, max_tool_call_change)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # agent modules live in the user's project
     settings = Settings()
-    spec = load_agent(agent)
-    overrides = read_prompt_overrides(prompt or [])
-    if overrides:
-        spec = spec.with_prompts(overrides)
     price_file = prices or settings.prices
     price_table = PriceTable.from_file(price_file) if price_file else PriceTable()
     http = {model: HttpModelConfig(base_url, model, api_key_env)} if model and base_url else {}
@@ -88,14 +92,14 @@ def cmd_replay(
     if model:
         models.get(model)  # fail fast on an unknown candidate
     ledger = build_ledger(settings)
-    recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs or (), limit=limit)
-    if not recorded:
-        raise typer.BadParameter(f"no finished runs of workflow {workflow!r} match")
-    gate = Gate(
-        _rate(max_outcome_change, "--max-outcome-change"),
-        _rate(max_cost_increase, "--max-cost-increase"),
-        _rate(max_violation_increase, "--max-violation-increase"),
-    )
+    rid = replay_id or f"rp-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    if steps and estimate_only:
+        raise typer.BadParameter("--estimate prices a full replay; a step replay's cost is in its report")
+    if steps:
+        raise typer.Exit(_step_replay(ledger, models, settings, gate, model, rid, workflow, since,
+                                      runs or [], limit, workers, agent, prompt, json_out))
+    spec, selection = _full_selection(ledger, agent, prompt, workflow, since, runs or [], limit)
+    recorded = selection.runs
     if estimate_only:
         est = estimate(recorded, model, price_table)
         failures = gate.failures({"cost_increase": est["cost_increase"],
@@ -114,12 +118,12 @@ def cmd_replay(
             for f in failures:
                 console().print(f"[red]gate failed:[/] {f}")
         raise typer.Exit(1 if failures else 0)
-    rid = replay_id or f"rp-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     config = ReplayConfig(rid, iso(time.time()), candidate_model=model, gate=gate, workers=workers)
     with progress_bar(len(recorded), "replaying") as bar:
         task = bar.add_task("replay", total=len(recorded))
         report = run_replay(recorded, spec, config, models, ledger=ledger,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n),
+                            not_replayable=selection.not_replayable)
     ledger.checkpoint(force=True)
     _reports(settings).save(report)
     if json_out:
@@ -154,6 +158,74 @@ def cmd_list(json_out: JsonOpt = False) -> None:
         mark = "[green]passed[/]" if r["passed"] else "[red]failed[/]"
         c.print(f"{r['replay_id']}  {r['created']}  {r['mode']:<8} {r['runs']:>6} runs  "
                 f"change {r['outcome_change_rate']}  {mark}  {r['candidate']}")
+
+
+# --- run selection and step replay (issue 15: which runs, by which code; runs without code) ---
+def _gate(steps: bool, *rates: str | None) -> Gate:
+    """The gate of the options, refusing thresholds this kind of replay cannot judge."""
+    names = ("--max-outcome-change", "--max-cost-increase", "--max-violation-increase",
+             "--max-response-change", "--max-tool-call-change")
+    gate = Gate(*(_rate(v, n) for v, n in zip(rates, names, strict=True)))
+    unmeasured = gate.unmeasured(steps)
+    if unmeasured:
+        options = ", ".join("--" + u.replace("_", "-") for u in unmeasured)
+        raise typer.BadParameter(
+            f"{options}: a step replay sees single model calls, not outcomes or policy decisions "
+            "(use a full replay)" if steps else f"{options}: only a step replay (--steps) measures that")
+    return gate
+
+
+def _full_selection(ledger: Ledger, agent: str | None, prompt: list[str] | None, workflow: str | None,
+                    since: str | None, runs: list[str], limit: int | None) -> tuple[AgentSpec, Selection]:
+    """The agent code (``--agent``, else the entry point the newest run recorded) and the
+    production runs it can replay; runs recorded by other code are reported, not replayed."""
+    candidates = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs)
+    if not candidates:
+        raise typer.BadParameter(f"no finished production runs of workflow {workflow!r} match")
+    ref = agent or recorded_entry_point(candidates)
+    if ref is None:
+        raise typer.BadParameter(
+            f"no run of {workflow or 'the given runs'} names its agent code (entry_point): give "
+            "--agent module:function, or step-replay the model calls with --steps --model M")
+    spec = load_agent(ref)
+    overrides = read_prompt_overrides(prompt or [])
+    if overrides:
+        spec = spec.with_prompts(overrides)
+    selection = select_runs(candidates, spec, limit)
+    if not selection.runs:
+        reasons = sorted({n.reason for n in selection.not_replayable})
+        raise typer.BadParameter(
+            f"none of the {len(selection.not_replayable)} run(s) is replayable by {spec.ref}: "
+            + "; ".join(reasons[:3]))
+    return spec, selection
+
+
+def _step_replay(ledger: Ledger, models: ModelRegistry, settings: Settings, gate: Gate, model: str | None,
+                 rid: str, workflow: str | None, since: str | None, runs: list[str], limit: int | None,
+                 workers: int, agent: str | None, prompt: list[str] | None, json_out: bool) -> int:
+    """``tacho replay --steps``: every recorded model request of the runs sent to ``model``;
+    stores the report and returns the exit code (1: the gate failed)."""
+    if model is None:
+        raise typer.BadParameter("--steps needs the candidate: --model NAME")
+    if agent or prompt:
+        raise typer.BadParameter("--steps sends the recorded requests as they were: it takes no --agent "
+                                 "or --prompt (a full replay does)")
+    candidates = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, finished_only=False)
+    selection = select_runs(candidates, None, limit)
+    if not selection.runs:
+        raise typer.BadParameter(f"no production runs of workflow {workflow!r} match")
+    config = StepConfig(rid, iso(time.time()), model, gate, workers)
+    with progress_bar(len(selection.runs), "step replay") as bar:
+        task = bar.add_task("steps", total=len(selection.runs))
+        report = run_step_replay(selection.runs, config, models, progress=lambda n: bar.advance(task, n),
+                                 skipped=[n.to_json() for n in selection.not_replayable])
+    _reports(settings).save(report)
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report, console())
+        err_console().print(f"stored: tacho replay show {rid}")
+    return 0 if report["gate"]["passed"] else 1
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,8 @@ from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
 from replay.history import RecordedRun, event_of, load_runs
 from replay.report import Gate
+from replay.selection import Selection, select_runs
+from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
@@ -44,7 +46,7 @@ class ReplayJob:
     workspace: str
     key_id: str
     created: str
-    agent: str
+    agent: str | None  # None: a step replay (no agent code)
     mode: str
     candidate: str
     status: str = "queued"  # queued | running | finished | failed
@@ -90,8 +92,20 @@ def report_state(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str]) -> list[RecordedRun]:
-    """The given finished runs of one workspace (404 for a run missing or in another workspace)."""
+def _none_match(workflow: str | None, req: ReplayStart, selection: Selection, what: str) -> str:
+    """Why a replay found nothing to replay: no runs match, or the runs it passed over and why."""
+    since = f" since {req.since}" if req.since else ""
+    skipped = selection.not_replayable
+    if not skipped:
+        return f"no {what} of workflow {workflow!r} match{since}"
+    reasons = "; ".join(sorted({n.reason for n in skipped})[:3])
+    return f"none of the {len(skipped)} run(s) of workflow {workflow!r}{since} can be replayed: {reasons}"
+
+
+def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str],
+                  finished_only: bool = True) -> list[RecordedRun]:
+    """The given runs of one workspace, finished ones only unless ``finished_only`` is False
+    (404 for a run missing or in another workspace)."""
     out: list[RecordedRun] = []
     for run_id in run_ids:
         rows = store.run_entries(workspace, run_id)
@@ -100,7 +114,7 @@ def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str]) ->
         run = RecordedRun(workspace, run_id)
         for row in rows:
             run.add(event_of(row))
-        if run.completed is None:
+        if finished_only and run.completed is None:
             raise BadParameter(f"run {run_id!r} has not completed; only finished runs replay")
         out.append(run)
     return out
@@ -159,29 +173,60 @@ class ReplayJobs:
 
     def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
         """Check a request and queue its replay (raises 4xx errors before anything runs)."""
+        gate = Gate(req.max_outcome_change, req.max_cost_increase, req.max_violation_increase,
+                    req.max_response_change, req.max_tool_call_change)
+        unmeasured = gate.unmeasured(req.mode == "steps")
+        if unmeasured:
+            raise BadParameter(f"{', '.join(unmeasured)}: not measured by a {req.mode} replay")
+        if req.mode == "steps":
+            return self._submit_steps(workspace, key_id, req, gate)
+        if req.agent is None:
+            raise BadParameter("a full replay needs `agent` (module:function); a step replay "
+                               "(`\"mode\": \"steps\"`) needs none")
         spec = self._agent(req.agent, dict(req.prompts))
         models = self._models(req.model)
         workflow = req.workflow or (None if req.runs else spec.workflow)
         if workflow is None and not req.runs:
             raise BadParameter("give `workflow` or `runs` (the agent's module names no WORKFLOW)")
         chosen = recorded_runs(self.ledger.store, workspace, req.runs) if req.runs else None
-        gate = Gate(req.max_outcome_change, req.max_cost_increase, req.max_violation_increase)
-        now = self.clock()
-        rid = "rp-" + datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
-        config = ReplayConfig(rid, iso(now), candidate_model=req.model, gate=gate, workers=self.workers)
-        job = ReplayJob(rid, workspace, key_id, config.created, spec.ref, config.mode(spec),
+        config = ReplayConfig(self._new_id(), iso(self.clock()), candidate_model=req.model, gate=gate,
+                              workers=self.workers)
+        job = ReplayJob(config.replay_id, workspace, key_id, config.created, spec.ref, config.mode(spec),
                         config.candidate(spec))
+        return self._queue(job, lambda: self._run(job, spec, models, config, workflow, req, chosen))
+
+    def _submit_steps(self, workspace: str, key_id: str, req: ReplayStart, gate: Gate) -> ReplayJob:
+        """Queue a step replay: no agent code, the recorded requests sent to ``model``."""
+        if req.model is None:
+            raise BadParameter("a step replay needs the candidate `model`")
+        if req.agent is not None or req.prompts:
+            raise BadParameter("a step replay sends the recorded requests as they were: no `agent` "
+                               "or `prompts`")
+        if req.workflow is None and not req.runs:
+            raise BadParameter("give `workflow` or `runs`")
+        models = self._models(req.model)
+        chosen = recorded_runs(self.ledger.store, workspace, req.runs, finished_only=False) \
+            if req.runs else None
+        config = StepConfig(self._new_id(), iso(self.clock()), req.model, gate, self.workers)
+        job = ReplayJob(config.replay_id, workspace, key_id, config.created, None, "steps", config.candidate)
+        return self._queue(job, lambda: self._run_steps(job, models, config, req, chosen))
+
+    def _new_id(self) -> str:
+        now = self.clock()
+        return "rp-" + datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+    def _queue(self, job: ReplayJob, work: Callable[[], None]) -> ReplayJob:
         with self._lock:
             active = sum(1 for j in self.jobs.values() if j.status in ("queued", "running"))
             if active >= self.max_queued:
                 raise BackpressureError(
                     f"{active} replays are queued or running (limit {self.max_queued}); retry later"
                 )
-            self.jobs[rid] = job
+            self.jobs[job.replay_id] = job
             self._trim()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tacho-replay")
-            self._pool.submit(self._run, job, spec, models, config, workflow, req, chosen)
+            self._pool.submit(work)
         return job
 
     def _trim(self) -> None:
@@ -189,22 +234,44 @@ class ReplayJobs:
         for j in done[: max(0, len(done) - KEEP_FINISHED)]:
             del self.jobs[j.replay_id]
 
-    def _load(self, workspace: str, workflow: str | None, req: ReplayStart) -> list[RecordedRun]:
-        runs = [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since)
+    def _load(self, workspace: str, workflow: str | None, req: ReplayStart,
+              finished_only: bool = True) -> list[RecordedRun]:
+        """The workspace's production runs of ``workflow`` (``since``), oldest first."""
+        return [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since,
+                                     finished_only=finished_only)
                 if r.workspace == workspace]
-        return runs[: req.limit] if req.limit is not None else runs
 
     def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,
              workflow: str | None, req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
+        def work() -> dict[str, Any]:
+            given = chosen if chosen is not None else self._load(job.workspace, workflow, req)
+            selection = select_runs(given, spec, req.limit)
+            if not selection.runs:
+                raise BadParameter(_none_match(workflow, req, selection, "finished runs"))
+            job.total = len(selection.runs)
+            report = run_replay(selection.runs, spec, config, models, ledger=self.ledger,
+                                progress=job.advance, not_replayable=selection.not_replayable)
+            self.ledger.checkpoint(force=True)
+            return report
+        self._finish(job, work)
+
+    def _run_steps(self, job: ReplayJob, models: ModelRegistry, config: StepConfig, req: ReplayStart,
+                   chosen: list[RecordedRun] | None) -> None:
+        def work() -> dict[str, Any]:
+            given = chosen if chosen is not None else self._load(job.workspace, req.workflow, req, False)
+            selection = select_runs(given, None, req.limit)
+            if not selection.runs:
+                raise BadParameter(_none_match(req.workflow, req, selection, "production runs"))
+            job.total = len(selection.runs)
+            return run_step_replay(selection.runs, config, models, progress=job.advance,
+                                   skipped=[n.to_json() for n in selection.not_replayable])
+        self._finish(job, work)
+
+    def _finish(self, job: ReplayJob, work: Callable[[], dict[str, Any]]) -> None:
+        """Run a job's work, store its report, and record how it ended."""
         job.status = "running"
         try:
-            runs = chosen if chosen is not None else self._load(job.workspace, workflow, req)
-            if not runs:
-                raise BadParameter(f"no finished runs of workflow {workflow!r} match"
-                                   + (f" since {req.since}" if req.since else ""))
-            job.total = len(runs)
-            report = run_replay(runs, spec, config, models, ledger=self.ledger, progress=job.advance)
-            self.ledger.checkpoint(force=True)
+            report = work()
             report["workspace"] = job.workspace
             report["finished"] = iso(self.clock())
             self.reports.save(report)

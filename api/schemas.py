@@ -276,9 +276,14 @@ class ReplayStart(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    agent: str = Field(
-        description="agent code as module:function; must be on the server's allow-list "
-        "(setting `replay_agents`)", min_length=3, max_length=200,
+    mode: Literal["full", "steps"] = Field(
+        "full", description="`full`: re-run the agent code over the recorded runs (fidelity, or "
+        "what-if with `model`/`prompts`); `steps`: send each recorded model request again to "
+        "`model` (no agent code; OTLP runs included)",
+    )
+    agent: str | None = Field(
+        None, description="agent code as module:function (full replays); must be on the server's "
+        "allow-list (setting `replay_agents`)", min_length=3, max_length=200,
     )
     workflow: str | None = Field(
         None, max_length=512, description="replay finished runs of this workflow "
@@ -304,6 +309,10 @@ class ReplayStart(BaseModel):
     max_outcome_change: Decimal | None = RATE_LIMIT
     max_cost_increase: Decimal | None = RATE_LIMIT
     max_violation_increase: Decimal | None = RATE_LIMIT
+    max_response_change: Decimal | None = Field(
+        None, ge=0, le=1_000_000, description="step replays: max response change rate (0.05 = 5%)")
+    max_tool_call_change: Decimal | None = Field(
+        None, ge=0, le=1_000_000, description="step replays: max tool-call change rate (0.05 = 5%)")
 
 
 class ReplayProgress(BaseModel):

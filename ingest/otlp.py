@@ -12,6 +12,10 @@ Mapping (``gen_ai.operation.name`` or ``openinference.span.kind``):
 Other spans are not mapped. The first span seen of a run that has no events yet opens it with a
 ``run.started`` built from the agent span when present, otherwise from the resource.
 
+A model span's request messages, parameters and response are kept as ``request`` and ``response``
+(OpenInference ``llm.input_messages`` / ``llm.output_messages`` / ``llm.invocation_parameters``, or
+the GenAI conventions' input and output messages), bounded in size: see :mod:`ingest.otlp_messages`.
+
 A model span's cost is its cost attribute when it has one, otherwise its tokens priced by the
 platform's price table (:class:`tachograph.prices.PriceTable`, ``TACHO_PRICES`` over
 genai-prices' catalogue) at the span's start; a model the table does not know is recorded
@@ -35,6 +39,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from domain.errors import ContractError
+from ingest.otlp_messages import exchange
 from tachograph.builder import envelope, rfc3339
 from tachograph.prices import PriceTable
 
@@ -231,9 +236,16 @@ def model_data(span: SpanView, prices: PriceTable | None = None) -> dict[str, An
     }
     if data["cost_usd"] is None:
         _price(data, span, prices if prices is not None else PriceTable())
+    request, response = exchange(span.attrs)
+    if request is not None:
+        data["request"] = request
     reasons = span.attr("gen_ai.response.finish_reasons")
-    if isinstance(reasons, list) and reasons:
-        data["response"] = {"finish_reason": str(reasons[0])}
+    if response is None and isinstance(reasons, list) and reasons:
+        response = {"finish_reason": str(reasons[0])}
+    elif response is not None and "finish_reason" not in response and isinstance(reasons, list) and reasons:
+        response["finish_reason"] = str(reasons[0])
+    if response is not None:
+        data["response"] = response
     return data
 
 

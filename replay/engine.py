@@ -18,6 +18,7 @@ from replay.history import RecordedRun
 from replay.recorder import LedgerRecorder
 from replay.replaying import ReplayContext
 from replay.report import Gate, RunResult, feedback_of, figures, summarize
+from replay.selection import NotReplayable, code_version
 from tachograph.agents import AgentSpec, prompt_digest
 from tachograph.builder import RunSpec
 from tachograph.context import run_agent
@@ -104,7 +105,8 @@ def replay_one(
     accepted = feedback_of(run)
     before = figures(run.events, accepted)
     after_raw = figures(events, None)
-    result = RunResult(run.run_id, run.workspace, ctx.spec.run_id, "", before, after_raw)
+    result = RunResult(run.run_id, run.workspace, ctx.spec.run_id, "", before, after_raw,
+                       recorded_version=run.agent_version)
     # feedback carries over only to a run whose outcome and result are unchanged
     after = figures(events, None if result.changed else accepted)
     result.after = after
@@ -136,8 +138,13 @@ def run_replay(
     *,
     ledger: Ledger | None = None,
     progress: Progress | None = None,
+    not_replayable: Sequence[NotReplayable] = (),
 ) -> dict[str, Any]:
-    """Replay runs in parallel, record them in input order, and return the replay report."""
+    """Replay runs in parallel, record them in input order, and return the replay report.
+
+    ``not_replayable``: runs selected but recorded by other code (see :mod:`replay.selection`),
+    reported with their reasons and counted, never replayed and never failing the gate.
+    """
     recorder = (
         LedgerRecorder(ledger, Source(kind="replay", name=config.replay_id)) if ledger else None
     )
@@ -155,16 +162,19 @@ def run_replay(
                 if progress is not None:
                     progress(1)
     totals = recorder.flush() if recorder is not None else None
+    version = code_version(agent)
     summary = summarize(results)
+    summary.update(_selection_summary(results, not_replayable, version))
     mode = config.mode(agent)
     failures = config.gate.failures(summary)
     if mode == "fidelity" and summary["statuses"].get("nondeterministic"):
-        failures.append(f"{summary['statuses']['nondeterministic']} run(s) did not reproduce their recording")
+        failures.append(_not_reproduced(results, version))
     return {
         "replay_id": config.replay_id,
         "created": config.created,
         "mode": mode,
         "agent": agent.ref,
+        "agent_version": version,
         "candidate": config.candidate(agent),
         "candidate_model": config.candidate_model,
         "prompts": {k: prompt_digest(v) for k, v in sorted(agent.prompt_overrides.items())},
@@ -175,7 +185,37 @@ def run_replay(
             "quarantined": totals.quarantined, "problems": totals.problems[:20],
         },
         "runs": [r.to_json() for r in results],
+        "not_replayable": [n.to_json() for n in not_replayable],
     }
+
+
+def _selection_summary(results: Sequence[RunResult], not_replayable: Sequence[NotReplayable],
+                       version: str) -> dict[str, Any]:
+    """Which code recorded the runs: versions, and the runs other code recorded."""
+    reasons: dict[str, int] = {}
+    for n in not_replayable:
+        reasons[n.kind] = reasons.get(n.kind, 0) + 1
+    versions: dict[str, int] = {}
+    for r in results:
+        versions[r.recorded_version or ""] = versions.get(r.recorded_version or "", 0) + 1
+    return {
+        "not_replayable": len(not_replayable),
+        "not_replayable_reasons": dict(sorted(reasons.items())),
+        "agent_version": version,
+        "recorded_versions": dict(sorted(versions.items())),
+        "other_version_runs": sum(n for v, n in versions.items() if v != version),
+    }
+
+
+def _not_reproduced(results: Sequence[RunResult], version: str) -> str:
+    """The fidelity failure, saying how many of the runs were recorded by another version."""
+    failed = [r for r in results if r.status == "nondeterministic"]
+    text = f"{len(failed)} run(s) did not reproduce their recording"
+    other = sum(1 for r in failed if r.recorded_version != version)
+    if other:
+        text += (f" ({other} of them recorded by another agent version than {version}: "
+                 "the difference may be the upgrade rather than non-determinism)")
+    return text
 
 
 def report_passed(report: Mapping[str, Any]) -> bool:

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from domain.errors import NotFoundError
 from domain.ports import EntryRow, LedgerStore
 from tachograph.contract.canonical import loads
+
+PRODUCTION = "production"
+REPLAY = "replay"
+AUDIT = "audit"
+COMPENSATION = "compensation"
+ORIGINS = (PRODUCTION, REPLAY, AUDIT, COMPENSATION)
+
+_AUDIT_RUN = re.compile(r"^audit-\d{4}-\d{2}-\d{2}$")
+_AUDIT_WORKFLOW = "tachograph.audit"  # api/audit_trail.py: per-day audit runs of older ledgers
+_REVERT_WORKFLOW = "console.revert"  # api/console/compensation.py: the console's compensating runs
+_REVERT_LABELS = ("reverts_run", "reverts_change")
+
+
+def local_run_origin(started: Mapping[str, Any]) -> str:
+    """Where a run came from, read from its ``run.started`` event: ``production``, ``replay``
+    (``replay_of`` set), ``audit`` (an older ledger's per-day ``audit-YYYY-MM-DD`` run) or
+    ``compensation`` (a console revert).
+
+    A local stand-in until the platform's shared origin derivation lands: swap this one function
+    for it (every caller in replay/ goes through :attr:`RecordedRun.origin`).
+    """
+    data = started["data"]
+    if data.get("replay_of") is not None:
+        return REPLAY
+    if data.get("workflow") == _AUDIT_WORKFLOW or _AUDIT_RUN.match(str(started.get("run_id", ""))):
+        return AUDIT
+    labels = data.get("labels") or {}
+    if data.get("workflow") == _REVERT_WORKFLOW or any(k in labels for k in _REVERT_LABELS):
+        return COMPENSATION
+    return PRODUCTION
 
 
 @dataclass
@@ -31,6 +62,22 @@ class RecordedRun:
         """The ``data`` of ``run.completed``, if the run finished."""
         last = self.events[-1] if self.events else None
         return last["data"] if last is not None and last["type"] == "run.completed" else None
+
+    @property
+    def origin(self) -> str:
+        """``production``, ``replay``, ``audit`` or ``compensation`` (see :func:`local_run_origin`)."""
+        return local_run_origin(self.events[0])
+
+    @property
+    def entry_point(self) -> str | None:
+        """The agent code that recorded the run (``module:function``), if the runtime wrote it."""
+        value = self.started.get("entry_point")
+        return value if isinstance(value, str) else None
+
+    @property
+    def agent_version(self) -> str:
+        """The agent version the run recorded (its envelope's ``agent.version``)."""
+        return str(self.events[0]["agent"].get("version", ""))
 
     @property
     def time(self) -> str:
@@ -59,14 +106,18 @@ def load_runs(
     since: str | None = None,
     run_ids: Sequence[str] = (),
     limit: int | None = None,
-    include_replays: bool = False,
+    origins: Collection[str] | None = (PRODUCTION,),
+    finished_only: bool = True,
 ) -> list[RecordedRun]:
-    """Finished recorded runs of a workflow, oldest first (``since`` an RFC 3339 date or time).
+    """Recorded runs of a workflow, oldest first (``since`` an RFC 3339 date or time).
 
-    Runs that are themselves replays (``replay_of`` set) are left out unless asked for.
+    Only runs of the given ``origins`` (default: production runs; None: every run), so replays,
+    audit runs and compensating runs are left out unless asked for; only finished runs unless
+    ``finished_only`` is False. Runs named in ``run_ids`` are returned whatever their origin (the
+    caller says why one cannot be replayed); an unknown one raises NotFoundError.
     """
     if run_ids:
-        return _by_id(store, run_ids)
+        return _by_id(store, run_ids, finished_only)
     cutoff = since or ""
     runs: dict[tuple[str, str], RecordedRun] = {}
     skipped: set[tuple[str, str]] = set()
@@ -81,7 +132,7 @@ def load_runs(
             d = ev["data"]
             if (
                 (workflow is not None and d.get("workflow") != workflow)
-                or (not include_replays and d.get("replay_of") is not None)
+                or (origins is not None and local_run_origin(ev) not in origins)
                 or (cutoff and ev["time"] < cutoff)
             ):
                 skipped.add(key)
@@ -91,11 +142,11 @@ def load_runs(
         run = runs.get(key)
         if run is not None:
             run.add(event_of(row))
-    done = [r for r in runs.values() if r.completed is not None]
+    done = [r for r in runs.values() if r.completed is not None or not finished_only]
     return done[:limit] if limit is not None else done
 
 
-def _by_id(store: LedgerStore, run_ids: Iterable[str]) -> list[RecordedRun]:
+def _by_id(store: LedgerStore, run_ids: Iterable[str], finished_only: bool = True) -> list[RecordedRun]:
     out: list[RecordedRun] = []
     for run_id in run_ids:
         workspaces = store.workspaces_of_run(run_id)
@@ -105,7 +156,7 @@ def _by_id(store: LedgerStore, run_ids: Iterable[str]) -> list[RecordedRun]:
             run = RecordedRun(ws, run_id)
             for row in store.run_entries(ws, run_id):
                 run.add(event_of(row))
-            if run.completed is None:
+            if finished_only and run.completed is None:
                 raise NotFoundError(f"run {run_id!r} has not completed; only finished runs replay")
             out.append(run)
     return out

@@ -19,6 +19,9 @@ def _usd(value: Any) -> str:
 
 def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:
     """Print a replay's headline figures, before/after table, gate and changed runs."""
+    if report.get("mode") == "steps":
+        render_step_report(report, console, max_runs)
+        return
     s = report["summary"]
     b, a = s["before"], s["after"]
     console.print(
@@ -61,6 +64,86 @@ def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 2
         console.print(ct)
         if len(changed) > max_runs:
             console.print(f"… and {len(changed) - max_runs} more (use --json)")
+    _versions(report, console)
+    _not_replayable(report, console, max_runs)
+    _gate(report, console)
+
+
+def _versions(report: Mapping[str, Any], console: Console) -> None:
+    s = report["summary"]
+    other = s.get("other_version_runs")
+    if other:
+        versions = ", ".join(f"{v or 'none'} ×{n}" for v, n in s["recorded_versions"].items())
+        console.print(
+            f"[yellow]{other} run(s) were recorded by another version of the agent[/] "
+            f"(recorded: {versions}; the code is {report.get('agent_version')})"
+        )
+
+
+def _not_replayable(report: Mapping[str, Any], console: Console, max_runs: int) -> None:
+    skipped = report.get("not_replayable") or []
+    if not skipped:
+        return
+    who = f"by {report['agent']}" if report.get("agent") else "(not production runs)"
+    console.print(f"[yellow]{len(skipped)} run(s) not replayable {who}[/] — not counted above:")
+    for n in skipped[:max_runs]:
+        console.print(f"  {n['run_id']}: {n['reason']}")
+    if len(skipped) > max_runs:
+        console.print(f"  … and {len(skipped) - max_runs} more (use --json)")
+
+
+def render_step_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:
+    """Print a step replay: change rates, tokens and cost before/after, changed calls, gate."""
+    s = report["summary"]
+    b, a = s["before"], s["after"]
+    console.print(
+        f"[bold]step replay {report['replay_id']}[/] of {s['model_calls']} model call(s) in {s['runs']} "
+        f"run(s) — candidate: {report['candidate']}"
+    )
+    console.print(
+        f"sent again {s['replayed_calls']}, compared {s['compared_calls']}, errors {s['errors']}, "
+        f"not replayable {s['unreplayable_calls']} {s['unreplayable_reasons'] or ''}"
+    )
+    t = Table(show_edge=False)
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    t.add_row("input tokens", str(b["input_tokens"]), str(a["input_tokens"]))
+    t.add_row("output tokens", str(b["output_tokens"]), str(a["output_tokens"]))
+    t.add_row("cost", _usd(b["cost_usd"]), _usd(a["cost_usd"]))
+    t.add_row("model calls with no price", str(b["unpriced_calls"]), str(a["unpriced_calls"]))
+    console.print(t)
+    console.print(
+        f"response change rate [bold]{_pct(s['response_change_rate'])}[/], tool-call change rate "
+        f"{_pct(s['tool_call_change_rate'])} (choice {_pct(s['tool_choice_change_rate'])}), "
+        f"cost change {_pct(s['cost_increase'])}"
+    )
+    changed = [c for r in report["runs"] for c in r["calls"] if c["response_changed"] or c["status"] == "error"]
+    if changed:
+        ct = Table(title="changed answers", show_edge=False)
+        for col in ("run", "seq", "tool calls", "before", "after"):
+            ct.add_column(col)
+        for c in changed[:max_runs]:
+            tools = "choice" if c["tool_choice_changed"] else "args" if c["tool_args_changed"] else "—"
+            after = c["reason"] if c["status"] == "error" else _answer(c["after"])
+            ct.add_row(c["run_id"], str(c["seq"]), tools, _short(_answer(c["before"]), 40), _short(after, 40))
+        console.print(ct)
+        if len(changed) > max_runs:
+            console.print(f"… and {len(changed) - max_runs} more (use --json)")
+    _not_replayable(report, console, max_runs)
+    _gate(report, console)
+
+
+def _answer(side: Mapping[str, Any] | None) -> str:
+    if not side:
+        return "—"
+    calls = side.get("tool_calls") or []
+    names = [str((c.get("function") or {}).get("name", "")) for c in calls if isinstance(c, Mapping)]
+    text = str(side.get("content") or "")
+    return text + (f" [calls {', '.join(names)}]" if names else "")
+
+
+def _gate(report: Mapping[str, Any], console: Console) -> None:
     gate = report["gate"]
     if gate["passed"]:
         console.print("[green]gate passed[/]")

@@ -97,6 +97,7 @@ class RunResult:
     first_divergence: dict[str, Any] | None = None
     approvals_now_required: list[str] = field(default_factory=list)
     error: str | None = None
+    recorded_version: str | None = None  # the agent version that recorded the run
 
     @property
     def changed(self) -> bool:
@@ -112,6 +113,7 @@ class RunResult:
             "status": self.status, "changed": self.changed, "before": self.before.to_json(),
             "after": self.after.to_json(), "first_divergence": self.first_divergence,
             "approvals_now_required": self.approvals_now_required, "error": self.error,
+            "recorded_version": self.recorded_version,
         }
 
 
@@ -176,13 +178,31 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
     }
 
 
+STEP_ONLY = ("max_response_change", "max_tool_call_change")
+"""Gate thresholds only a step replay measures (per model call)."""
+FULL_ONLY = ("max_outcome_change", "max_violation_increase")
+"""Gate thresholds only a full replay measures (per run: outcomes and policy decisions)."""
+
+
 @dataclass(frozen=True)
 class Gate:
-    """Release-gate thresholds (rates as fractions: 0.05 = 5%)."""
+    """Release-gate thresholds (rates as fractions: 0.05 = 5%).
+
+    Full replays measure outcome change and violation increase, step replays response and
+    tool-call change; both measure cost increase. :meth:`unmeasured` names the thresholds a
+    kind of replay cannot judge, so they are refused rather than silently passed.
+    """
 
     max_outcome_change: Decimal | None = None
     max_cost_increase: Decimal | None = None
     max_violation_increase: Decimal | None = None
+    max_response_change: Decimal | None = None
+    max_tool_call_change: Decimal | None = None
+
+    def unmeasured(self, steps: bool) -> list[str]:
+        """The thresholds set here that a step replay (``steps``) or a full replay cannot judge."""
+        names = FULL_ONLY if steps else STEP_ONLY
+        return [n for n in names if getattr(self, n) is not None]
 
     def failures(self, summary: Mapping[str, Any]) -> list[str]:
         """The thresholds a summary crosses, each as a sentence."""
@@ -191,6 +211,8 @@ class Gate:
             ("outcome change rate", summary.get("outcome_change_rate"), self.max_outcome_change),
             ("cost increase", summary.get("cost_increase"), self.max_cost_increase),
             ("violation rate increase", summary.get("violation_increase"), self.max_violation_increase),
+            ("response change rate", summary.get("response_change_rate"), self.max_response_change),
+            ("tool-call change rate", summary.get("tool_call_change_rate"), self.max_tool_call_change),
         )
         for what, value, limit in checks:
             if limit is not None and value is not None and Decimal(value) > limit:
@@ -207,6 +229,8 @@ class Gate:
             "max_outcome_change": self.max_outcome_change,
             "max_cost_increase": self.max_cost_increase,
             "max_violation_increase": self.max_violation_increase,
+            "max_response_change": self.max_response_change,
+            "max_tool_call_change": self.max_tool_call_change,
         }
 
 

@@ -515,6 +515,10 @@ def replay_page(request: Request, replay_id: str) -> HTMLResponse:
     if not _has_workspace(report, session.workspace):
         raise NotFoundError(f"no replay {replay_id!r}")
     runs = [r for r in report["runs"] if r["workspace"] == session.workspace]
+    if report.get("mode") == "steps":
+        calls = [c for r in runs for c in r["calls"]]
+        calls.sort(key=lambda c: (not (c["response_changed"] or c["status"] == "error"), c["run_id"], c["seq"]))
+        return page(request, session, "replay_steps.html", report=report, calls=calls, s=report["summary"])
     runs.sort(key=lambda r: (not r["changed"], r["status"] == "reproduced", r["run_id"]))
 
     def delta(a: Any, b: Any) -> Decimal | None:

@@ -134,6 +134,7 @@ def _record_examples(ledger: Ledger, data_dir: Path) -> None:
     from replay.engine import ReplayConfig, run_replay
     from replay.history import load_runs
     from replay.report import Gate
+    from replay.steps import StepConfig, run_step_replay
     from replay.store import ReplayReports
     from tachograph.agents import load_agent
     from tachograph.models import ModelRegistry
@@ -146,6 +147,8 @@ def _record_examples(ledger: Ledger, data_dir: Path) -> None:
     config = ReplayConfig("whatif-large", "2026-11-20T10:00:00Z", candidate_model="sim-large-v2",
                           gate=Gate(max_cost_increase=None))
     ReplayReports(data_dir / "replays").save(run_replay(recorded, agent, config, models, ledger=ledger))
+    steps = StepConfig("steps-large", "2026-11-20T09:00:00Z", "sim-large-v2")
+    ReplayReports(data_dir / "replays").save(run_step_replay(recorded, steps, models))
 
 
 def prepare(data_dir: Path) -> tuple[Settings, Ledger, KeyStore, dict[str, str], dict[str, str]]:

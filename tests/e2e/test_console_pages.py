@@ -276,6 +276,16 @@ def test_an_engineer_opens_a_replay_diff_with_changed_outcomes_first(browser, co
     shot(browser, "replay")
 
 
+def test_an_engineer_opens_a_step_replay_with_changed_answers_first(browser, console_server):
+    sign_in(browser, console_server, "engineer", "/console/replays/steps-large")
+    wait_for(browser, lambda d: d.find_elements(By.ID, "replay-calls"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#replay-calls tbody tr")
+    flags = [("changed" in (r.get_attribute("class") or "")) for r in rows]
+    assert rows and any(flags) and flags == sorted(flags, reverse=True)
+    assert "response change rate" in browser.find_element(By.ID, "replay-deltas").text
+    shot(browser, "replay-steps")
+
+
 def test_an_admin_halts_a_workflow_and_an_agents_runtime_sees_it_until_cleared(browser, console_server):
     server = console_server
     halts = LedgerHalts(server.ledger.store)  # an embedded agent's view: the ledger's records

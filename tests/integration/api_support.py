@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -108,3 +111,20 @@ def audit_reads(api: Api, workspace: str = "acme", rtype: str = "audit.read") ->
 
     return [loads(r.data)["record"] for r in api.ledger.store.records(workspace, limit=10**6,
                                                                        record_type=rtype)]
+
+
+@contextmanager
+def serving(app: Any, port: int) -> Iterator[str]:
+    """``app`` under uvicorn on 127.0.0.1:``port`` until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

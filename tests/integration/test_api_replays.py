@@ -213,3 +213,36 @@ def test_too_many_queued_replays_get_503_and_nothing_is_lost(tmp_path: Path) -> 
         assert body["status"] == "finished" and len(body["report"]["runs"]) == len(ours)
     finally:
         close_api(a)
+
+
+def test_a_step_replay_started_over_http_needs_no_agent_and_is_stored(
+    recorded: tuple[Api, list[str], list[str]],
+) -> None:
+    a, ours, _theirs = recorded
+    r = start(a, {"mode": "steps", "model": "sim-large-v2", "workflow": "ticket-triage",
+                  "max_response_change": "1"})
+    assert r.status_code == 202, r.text
+    body = finished(a, r.json()["replay_id"])
+    assert body["status"] == "finished" and body["mode"] == "steps" and body["agent"] is None, body
+    report = body["report"]
+    assert sorted(run["run_id"] for run in report["runs"]) == ours  # this workspace's runs only
+    s = report["summary"]
+    assert s["replayed_calls"] == s["model_calls"] > 0 and s["response_change_rate"] is not None
+    assert report["gate"]["passed"]
+    assert ReplayReports(a.data_dir / "replays").load(report["replay_id"])["mode"] == "steps"
+
+
+def test_a_step_replay_refuses_what_it_cannot_use_or_judge(recorded: tuple[Api, list[str], list[str]]) -> None:
+    a, ours, _ = recorded
+    cases = [
+        ({"mode": "steps", "workflow": "ticket-triage"}, "model"),
+        ({"mode": "steps", "model": "sim-large-v2", "runs": ours[:1], "agent": TRIAGE}, "agent"),
+        ({"mode": "steps", "model": "sim-large-v2", "runs": ours[:1], "max_outcome_change": "0"},
+         "max_outcome_change"),
+        ({"agent": TRIAGE, "runs": ours[:1], "max_response_change": "0"}, "max_response_change"),
+        ({"workflow": "ticket-triage"}, "agent"),
+    ]
+    for req, named in cases:
+        r = start(a, req)
+        assert r.status_code == 422, (req, r.text)
+        assert named in r.json()["message"], (req, r.json())

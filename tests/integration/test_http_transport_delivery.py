@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from tachograph.builder import RunLog, RunSpec
 from tachograph.contract.canonical import loads
 from tachograph.errors import DeliveryError
 from tachograph.transports import HttpTransport
 from tests.harness import free_port
-from tests.integration.api_support import Api, make_api
+from tests.integration.api_support import Api, make_api, serving
 
 
 class Recorder:
@@ -46,23 +43,6 @@ class Recorder:
             return message
 
         await self.app(scope, recording, send)
-
-
-@contextmanager
-def serving(app: Any, port: int) -> Iterator[str]:
-    """``app`` under uvicorn on 127.0.0.1:``port`` until the block ends."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

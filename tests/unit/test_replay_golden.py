@@ -84,7 +84,7 @@ def test_a_reproduced_replay_repeats_every_recorded_event_except_its_identity(tm
     agent = load_agent("examples.triage:triage")
     run_replay(load_runs(ledger.store), agent, ReplayConfig("rp1", "2026-11-01T00:00:00Z"), ModelRegistry(),
                ledger=ledger)
-    by_id = {r.run_id: r for r in load_runs(ledger.store, include_replays=True)}
+    by_id = {r.run_id: r for r in load_runs(ledger.store, origins=None)}
     for original in [r for r in by_id.values() if r.started.get("replay_of") is None]:
         replayed = by_id[f"rp1.{original.run_id}"]
         assert replayed.started["replay_of"] == original.run_id
