@@ -82,8 +82,8 @@ def origin_of_entry(entry: Mapping[str, Any]) -> RunOrigin:
 
 @dataclass(frozen=True)
 class OriginSelection:
-    """Which runs a figure counts: one origin (production by default) or all, and optionally
-    the runs of one replay (OriginError, naming the problem, for anything else)."""
+    """Which runs a figure counts: runs of one origin (production by default) or of all, and
+    optionally only those of one replay (both must hold)."""
 
     origin: str = PRODUCTION
     replay_id: str | None = None
@@ -91,21 +91,24 @@ class OriginSelection:
     def __post_init__(self) -> None:
         if self.origin not in (*ORIGINS, ALL):
             raise OriginError(f"origin must be one of {', '.join((*ORIGINS, ALL))}, not {self.origin!r}")
-        if self.replay_id is None:
-            return
-        if not _REPLAY_ID.match(self.replay_id):
+        if self.replay_id is not None and not _REPLAY_ID.match(self.replay_id):
             raise OriginError(f"replay id {self.replay_id!r} is not a replay id "
                               "(1-128 characters from A-Z a-z 0-9 . _ : -)")
-        if self.origin != REPLAY:
-            raise OriginError(f"a replay id selects replay runs; origin {self.origin!r} has none "
-                              "(leave origin out or make it replay)")
 
     @classmethod
-    def parse(cls, origin: str | None = None, replay_id: str | None = None) -> OriginSelection:
+    def parse(cls, origin: str | None = None, replay_id: str | None = None,
+              strict: bool = True) -> OriginSelection:
         """A selection from options as given (``--origin``, ``--replay-id``, query parameters):
-        no origin means production, or, with a replay id, that replay's runs."""
+        no origin means production, or, with a replay id, replay.
+
+        ``strict``: a replay id with an origin other than ``replay`` or ``all``, which can select
+        no run, is an OriginError; otherwise it is kept as asked (and selects nothing).
+        """
         if origin is None:
             origin = PRODUCTION if replay_id is None else REPLAY
+        if strict and replay_id is not None and origin not in (REPLAY, ALL):
+            raise OriginError(f"a replay id selects replay runs; origin {origin!r} has none "
+                              "(leave origin out or make it replay)")
         return cls(origin, replay_id)
 
     def matches(self, run: RunOrigin) -> bool:
@@ -115,12 +118,11 @@ class OriginSelection:
         return self.replay_id is None or run.replay_id == self.replay_id
 
     def describe(self) -> str:
-        """The selection in words, for report titles: ``production runs``, ``replay R's runs``."""
+        """The selection in words, for report titles: ``production runs``, ``runs of replay R``."""
         if self.replay_id is not None:
-            return f"runs of replay {self.replay_id}"
-        if self.origin == ALL:
-            return "runs of every origin"
-        return f"{self.origin} runs"
+            kind = "" if self.origin in (ALL, REPLAY) else f"{self.origin} "
+            return f"{kind}runs of replay {self.replay_id}"
+        return "runs of every origin" if self.origin == ALL else f"{self.origin} runs"
 
     def to_json(self) -> dict[str, Any]:
         """The selection as JSON."""
