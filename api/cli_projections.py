@@ -209,6 +209,35 @@ def _report(name: str):  # type: ignore[no-untyped-def]
     return command
 
 
+def cmd_report_replay(
+    replay_id: Annotated[str, typer.Argument(help="the replay's id (tacho replay list)")],
+    json_out: JsonOpt = False,
+) -> None:
+    """A replay's before/after figures, recomputed from its runs in the ledger (origin replay)."""
+    from rich.table import Table
+
+    from replay.recomputed import recomputed_summary
+
+    OriginSelection.parse(replay_id=replay_id)  # a malformed id is an error naming it
+    settings = Settings()
+    store = open_store(settings)
+    with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
+        projector.catch_up()
+        summary = recomputed_summary(projector.con, replay_id)
+    if json_out:
+        print_json({"replay_id": replay_id, "summary": summary})
+        return
+    table = Table(title=f"Replay {replay_id}: {summary['runs']} runs, from the ledger", title_justify="left")
+    for col in ("figure", "before", "after"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for name, before in summary["before"].items():
+        after = summary["after"][name]
+        table.add_row(name.replace("_", " "), *("—" if v is None else str(v) for v in (before, after)))
+    console().print(table)
+    console().print(f"outcome change rate {summary['outcome_change_rate']}, "
+                    f"cost increase {summary['cost_increase']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the projection commands to the CLI."""
     app.command("project")(cmd_project)
@@ -218,4 +247,5 @@ def register(app: typer.Typer) -> None:
                              no_args_is_help=True)
     for name in REPORTS:
         report_app.command(name)(_report(name))
+    report_app.command("replay")(cmd_report_replay)
     app.add_typer(report_app, name="report")
