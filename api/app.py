@@ -43,6 +43,7 @@ from domain.errors import (
     TachographError,
 )
 from domain.ledger import Ledger
+from domain.origins import OriginError
 from projections.errors import ProjectionError, ReportError
 from replay.store import ReplayReports
 from tachograph.prices import PriceTable
@@ -59,6 +60,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (BadBody, 400),
     (KeyRequestError, 422),
     (BadParameter, 422),
+    (OriginError, 422),
     (RunRuleError, 409),
     (ApprovalConflict, 409),
     (ProofError, 400),

@@ -16,6 +16,7 @@ from api.bootstrap import open_store
 from api.cli_ledger import JsonOpt, progress_bar
 from api.output import console, err_console, print_json
 from api.settings import Settings
+from domain.origins import ALL, ORIGINS, OriginSelection
 from projections.demo import analytics_path
 from projections.errors import ReportError
 from projections.lake import export_parquet
@@ -28,6 +29,11 @@ BUSY_RETRIES = 25
 FOLLOW_BUSY_RETRIES = 50
 
 export_app = typer.Typer(help="Export projected tables.", no_args_is_help=True)
+
+OriginOpt = Annotated[str | None, typer.Option(
+    "--origin", help=f"runs counted: {' | '.join((*ORIGINS, ALL))} (default production)")]
+ReplayIdOpt = Annotated[str | None, typer.Option(
+    "--replay-id", help="only the runs of this replay (origin replay)")]
 
 
 def _print_status(status: ProjectionStatus, json_out: bool) -> None:
@@ -114,9 +120,13 @@ def cmd_project(
 def cmd_export_parquet(
     directory: Annotated[Path, typer.Argument(file_okay=False, help="the lake directory")],
     since: Annotated[str | None, typer.Option(help="only events on/after this date (YYYY-MM-DD)")] = None,
+    origin: OriginOpt = None,
+    replay_id: ReplayIdOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export event-grain tables as Parquet (hive workspace=/date=, zstd), incrementally."""
+    """Export event-grain tables of production runs (or --origin) as Parquet (hive
+    workspace=/date=, zstd), incrementally."""
+    runs = OriginSelection.parse(origin, replay_id)
     day = None
     if since:
         try:
@@ -127,12 +137,12 @@ def cmd_export_parquet(
     store = open_store(settings)
     with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
         projector.catch_up()
-        report = export_parquet(projector.con, directory, store.get_meta("origin"), day)
+        report = export_parquet(projector.con, directory, store.get_meta("origin"), day, runs=runs)
     if json_out:
         print_json(report.to_json())
         return
     console().print(
-        f"exported {report.rows:,} rows in {len(report.files)} files "
+        f"exported {report.rows:,} rows of {runs.describe()} in {len(report.files)} files "
         f"(positions {report.start:,}..{report.end:,}) to {directory}"
         + (f"; removed {report.removed_orphans} orphan files" if report.removed_orphans else "")
     )
@@ -144,8 +154,11 @@ def _report(name: str):  # type: ignore[no-untyped-def]
         since: Annotated[str | None, typer.Option(help="runs started on/after (YYYY-MM-DD)")] = None,
         fmt: Annotated[str, typer.Option("--format", help="table | json | csv | png")] = "table",
         output: Annotated[Path | None, typer.Option("-o", "--output", help="write to a file")] = None,
+        origin: OriginOpt = None,
+        replay_id: ReplayIdOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
+        runs = OriginSelection.parse(origin, replay_id)
         if json_out:
             fmt = "json"
         if fmt not in FORMATS:
@@ -158,7 +171,7 @@ def _report(name: str):  # type: ignore[no-untyped-def]
         store = open_store(settings)
         with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
             projector.catch_up()
-            report = run_report(projector.con, name, parse_by(by, name), since)
+            report = run_report(projector.con, name, parse_by(by, name), since, runs)
         if fmt == "png":
             from projections.chart import cost_chart
 
@@ -191,8 +204,38 @@ def _report(name: str):  # type: ignore[no-untyped-def]
         else:
             sys.stdout.write(text)
 
-    command.__doc__ = f"{REPORTS[name].title} (default --by {','.join(REPORTS[name].default_by)})."
+    command.__doc__ = (f"{REPORTS[name].title} of production runs, or --origin / --replay-id "
+                       f"(default --by {','.join(REPORTS[name].default_by)}).")
     return command
+
+
+def cmd_report_replay(
+    replay_id: Annotated[str, typer.Argument(help="the replay's id (tacho replay list)")],
+    json_out: JsonOpt = False,
+) -> None:
+    """A replay's before/after figures, recomputed from its runs in the ledger (origin replay)."""
+    from rich.table import Table
+
+    from replay.recomputed import recomputed_summary
+
+    OriginSelection.parse(replay_id=replay_id)  # a malformed id is an error naming it
+    settings = Settings()
+    store = open_store(settings)
+    with open_projector(store, analytics_path(settings.data_dir), retries=BUSY_RETRIES) as projector:
+        projector.catch_up()
+        summary = recomputed_summary(projector.con, replay_id)
+    if json_out:
+        print_json({"replay_id": replay_id, "summary": summary})
+        return
+    table = Table(title=f"Replay {replay_id}: {summary['runs']} runs, from the ledger", title_justify="left")
+    for col in ("figure", "before", "after"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for name, before in summary["before"].items():
+        after = summary["after"][name]
+        table.add_row(name.replace("_", " "), *("—" if v is None else str(v) for v in (before, after)))
+    console().print(table)
+    console().print(f"outcome change rate {summary['outcome_change_rate']}, "
+                    f"cost increase {summary['cost_increase']}")
 
 
 def register(app: typer.Typer) -> None:
@@ -204,4 +247,5 @@ def register(app: typer.Typer) -> None:
                              no_args_is_help=True)
     for name in REPORTS:
         report_app.command(name)(_report(name))
+    report_app.command("replay")(cmd_report_replay)
     app.add_typer(report_app, name="report")

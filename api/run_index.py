@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from api.ledger_fold import LedgerFold
+from domain.origins import ALL, PRODUCTION, OriginSelection, RunOrigin, origin_of_entry
 from domain.ports import LedgerStore
 
 
@@ -35,6 +36,7 @@ class RunSummary:
     tokens: int = 0
     cost_usd: Decimal = field(default_factory=Decimal)  # of the priced model calls
     unpriced_calls: int = 0  # model calls recorded with no known price (priced: false)
+    origin: RunOrigin = field(default_factory=lambda: RunOrigin(PRODUCTION))
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON (money as an exact decimal string)."""
@@ -56,6 +58,8 @@ class RunSummary:
             "cost_usd": None if self.unpriced_calls else str(self.cost_usd),
             "priced_cost_usd": str(self.cost_usd),
             "unpriced_calls": self.unpriced_calls,
+            "origin": self.origin.origin,
+            "replay_id": self.origin.replay_id,
             "first_index": self.first_index,
             "last_index": self.last_index,
         }
@@ -72,10 +76,21 @@ class RunFilter:
     since: str | None = None
     until: str | None = None
     has_denial: bool | None = None
+    origin: str | None = None  # None or ``all``: runs of every origin
+    replay_id: str | None = None
+
+    @classmethod
+    def of(cls, workspace: str, runs: OriginSelection, **filters: Any) -> RunFilter:
+        """A filter of the runs an origin selection chooses (and ``filters``)."""
+        return cls(workspace, **filters, origin=runs.origin, replay_id=runs.replay_id)
 
     def matches(self, s: RunSummary) -> bool:
         """Whether a run passes every filter that is set."""
         if s.workspace != self.workspace:
+            return False
+        if self.origin not in (None, ALL) and s.origin.origin != self.origin:
+            return False
+        if self.replay_id is not None and s.origin.replay_id != self.replay_id:
             return False
         if self.workflow is not None and s.workflow != self.workflow:
             return False
@@ -104,6 +119,8 @@ class RunIndex(LedgerFold):
 
     def fold(self, index: int, entry: dict[str, Any]) -> None:
         self._apply(index, entry["event"])
+        if entry["event"]["type"] == "run.started":
+            self.runs[(entry["event"]["workspace"], entry["event"]["run_id"])].origin = origin_of_entry(entry)
 
     def _apply(self, index: int, ev: dict[str, Any]) -> None:
         key = (ev["workspace"], ev["run_id"])

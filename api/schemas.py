@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 
@@ -33,6 +34,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "invalid parameters"},
     503: {"model": ErrorBody, "description": "a dependency is unavailable"},
 }
+
+
+OriginName = Literal["production", "replay", "compensation", "audit", "all"]
+"""The origins a request may select (``domain.origins.ORIGINS`` and ``all``)."""
+OriginQuery = Annotated[
+    OriginName | None,
+    Query(description="runs of this origin (docs/analytics.md): `production` (agents' runs), the "
+          "platform's own `replay`, `compensation` or `audit` runs, or `all`"),
+]
+ReplayIdQuery = Annotated[
+    str | None,
+    Query(pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+          description="only the runs of this replay (replay runs: with `origin` other than "
+          "`replay` or `all`, no runs)"),
+]
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -91,6 +107,9 @@ class RunOut(BaseModel):
         description="exact USD cost of the run's model calls; null when a call had no known price")
     priced_cost_usd: str = Field(description="exact USD cost of the model calls with a known price")
     unpriced_calls: int = Field(description="model calls recorded with no known price (priced: false)")
+    origin: OriginName = Field(description="where the run came from: `production`, or the "
+                               "platform's own `replay`, `compensation` or `audit` run")
+    replay_id: str | None = Field(description="the replay a replay run belongs to")
     first_index: int
     last_index: int
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from domain.origins import PRODUCTION
 from domain.ports import LedgerStore
 from domain.stores.sqlite import SQLiteStore
 from projections.errors import ProjectionError
@@ -25,7 +26,9 @@ def run_reports(
 ) -> dict[str, Any]:
     """Catch the projection up with the ledger of ``settings`` and print every report.
 
-    Returns the analytics file, the projection's status and every report (as JSON).
+    The reports count production runs: the replays the demo made, and any other run the platform
+    wrote, are left out and counted apart. Returns the analytics file, the projection's status,
+    every report (as JSON) and the number of runs of each origin.
     """
     if store is None:
         if getattr(settings, "ledger_url", None):
@@ -38,14 +41,26 @@ def run_reports(
             f"[bold]projected[/] {status.applied:,} new entries; position {status.position:,} "
             f"of {status.ledger_size:,} (lag {status.lag})"
         )
+        origins = runs_by_origin(projector.con)
         reports = {}
         for name in REPORTS:
             report = run_report(projector.con, name)
             reports[name] = report.to_json()
             out.print(rich_table(_narrow(report)))
+        others = ", ".join(f"{n:,} {o}" for o, n in origins.items() if o != PRODUCTION)
+        if others:
+            out.print(f"counted: {origins.get(PRODUCTION, 0):,} production runs; left out: {others} "
+                      "runs (tacho report NAME --origin replay|compensation|audit|all)")
         out.print("every column: tacho report NAME --format table|json|csv|png (docs/analytics.md)")
     return {"file": str(analytics_path(settings.data_dir)), "projection": status.to_json(),
-            "reports": reports}
+            "runs_by_origin": origins, "reports": reports}
+
+
+def runs_by_origin(con: Any) -> dict[str, int]:
+    """How many projected runs there are of each origin (production first)."""
+    rows = con.execute("SELECT origin, count(*) FROM run_facts GROUP BY origin").fetchall()
+    counts = {str(origin): int(n) for origin, n in rows}
+    return {o: counts[o] for o in sorted(counts, key=lambda o: (o != PRODUCTION, o))}
 
 
 # What the demo shows of each report, so it reads on an 80-column terminal.

@@ -4,6 +4,10 @@ Exports are incremental: ``_manifest.json`` records the ledger position exported
 every file written; the next export writes only rows after that position, into new files.
 Files a crashed export left behind (not in the manifest) are removed before writing again, so
 no row is ever exported twice.
+
+A lake holds the rows of the runs it was created for (production runs unless asked otherwise,
+``domain/origins.py``), each row with its run's ``origin`` and ``replay_id``; the manifest keeps
+that selection and every later export into the lake must make the same one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 import duckdb
 import orjson
 
+from domain.origins import PRODUCTION_RUNS, OriginError, OriginSelection
 from projections.errors import LakeError
+from projections.views import origin_condition, with_origin
 
 LAKE_FORMAT = "tachograph.lake/1"
 MANIFEST = "_manifest.json"
@@ -33,6 +39,7 @@ class ExportReport:
     start: int
     end: int
     since: str | None
+    runs: OriginSelection = PRODUCTION_RUNS
     files: list[dict[str, Any]] = field(default_factory=list)
     removed_orphans: int = 0
 
@@ -48,6 +55,7 @@ class ExportReport:
             "from_position": self.start,
             "to_position": self.end,
             "since": self.since,
+            **self.runs.to_json(),
             "files": self.files,
             "rows": self.rows,
             "removed_orphans": self.removed_orphans,
@@ -66,6 +74,35 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if manifest.get("format") != LAKE_FORMAT:
         raise LakeError(f"{path} is not a Tachograph lake manifest ({manifest.get('format')!r})")
     return manifest
+
+
+def selected_rows(table: str, runs: OriginSelection = PRODUCTION_RUNS) -> str:
+    """SQL of the rows of an event-grain table (``events`` or one of its views) of the selected
+    runs, each with its run's ``origin`` and ``replay_id``; callers add ``AND`` conditions."""
+    if table not in LAKE_TABLES:
+        raise LakeError(f"no lake table {table!r}; one of {', '.join(LAKE_TABLES)}")
+    source = with_origin("SELECT * FROM events") if table == "events" else f"SELECT * FROM {table}_all"
+    return f"SELECT * FROM ({source}) WHERE {origin_condition(runs) or 'true'}"
+
+
+def _lake_selection(directory: Path, manifest: dict[str, Any], runs: OriginSelection) -> None:
+    """Refuse to add rows of other runs than the lake's own (its manifest's ``runs``)."""
+    if "runs" not in manifest:
+        if manifest.get("exports"):
+            raise LakeError(
+                f"{directory} was exported before runs had origins: it holds every run's rows, "
+                "with no origin column; export into a new directory"
+            )
+        return
+    try:
+        held = OriginSelection(**manifest["runs"])
+    except (OriginError, TypeError) as e:
+        raise LakeError(f"{directory}/{MANIFEST} names no valid selection of runs: {e}") from e
+    if held != runs:
+        raise LakeError(
+            f"{directory} holds {held.describe()}, not {runs.describe()}: export those into "
+            "another directory"
+        )
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -120,19 +157,22 @@ def export_parquet(
     origin: str | None = None,
     since: date | None = None,
     clock: Any = time.time,
+    runs: OriginSelection = PRODUCTION_RUNS,
 ) -> ExportReport:
-    """Export rows projected since the last export into ``directory`` (see module doc)."""
+    """Export the selected runs' rows projected since the last export into ``directory`` (see
+    module doc; ``origin`` is the ledger's log origin)."""
     _check_directory(directory)
     manifest = read_manifest(directory)
     if manifest.get("origin") not in (None, origin):
         raise LakeError(
             f"{directory} holds a lake of ledger {manifest['origin']!r}, not {origin!r}"
         )
+    _lake_selection(directory, manifest, runs)
     removed = _remove_orphans(directory, manifest)
     start = int(manifest.get("position", 0))
     rows = con.execute("SELECT value FROM projection_state WHERE name = 'position'").fetchall()
     end = int(rows[0][0]) if rows else 0
-    report = ExportReport(str(directory), start, end, since.isoformat() if since else None)
+    report = ExportReport(str(directory), start, end, since.isoformat() if since else None, runs)
     report.removed_orphans = removed
     if end <= start:
         return report
@@ -143,7 +183,7 @@ def export_parquet(
     for table in LAKE_TABLES:
         target = directory / table
         con.execute(
-            f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY idx) TO '{target.as_posix()}' "
+            f"COPY ({selected_rows(table, runs)} AND {where} ORDER BY idx) TO '{target.as_posix()}' "
             "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (workspace, date), "
             f"FILENAME_PATTERN '{stem}-{{i}}', OVERWRITE_OR_IGNORE)"
         ).fetchall()
@@ -156,6 +196,7 @@ def export_parquet(
                 {"table": table, "path": path.relative_to(directory).as_posix(), "rows": int(count)}
             )
     manifest["origin"] = origin
+    manifest["runs"] = runs.to_json()
     manifest["position"] = end
     manifest.setdefault("exports", []).append(
         {

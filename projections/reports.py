@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 from rich.table import Table
 
+from domain.origins import PRODUCTION_RUNS, OriginSelection
 from projections.errors import ReportError
 from projections.views import (
     approval_latency_sql,
@@ -31,14 +32,14 @@ class ReportSpec:
     """One report: its title, its SQL builder and default grouping."""
 
     title: str
-    build: Callable[[Sequence[str], str | None], str]
+    build: Callable[[Sequence[str], str | None, OriginSelection], str]
     default_by: tuple[str, ...]
 
 
-def _violations(by: Sequence[str], since: str | None) -> str:
+def _violations(by: Sequence[str], since: str | None, runs: OriginSelection) -> str:
     if "policy" in by:
-        return violation_rates_by_policy_sql(by, since)
-    return violation_rates_sql(by, since)
+        return violation_rates_by_policy_sql(by, since, runs)
+    return violation_rates_sql(by, since, runs)
 
 
 REPORTS: dict[str, ReportSpec] = {
@@ -62,6 +63,7 @@ class Report:
     since: str | None
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    runs: OriginSelection = field(default=PRODUCTION_RUNS)
 
     def records(self) -> list[dict[str, Any]]:
         """Rows as dicts (column -> value)."""
@@ -73,6 +75,7 @@ class Report:
             "report": self.name,
             "by": self.by,
             "since": self.since,
+            **self.runs.to_json(),
             "rows": [{k: _jsonable(v) for k, v in r.items()} for r in self.records()],
         }
 
@@ -99,16 +102,18 @@ def run_report(
     name: str,
     by: Sequence[str] | None = None,
     since: str | None = None,
+    runs: OriginSelection = PRODUCTION_RUNS,
 ) -> Report:
-    """Compute report ``name`` grouped by ``by`` (dimensions) for runs started on/after ``since``."""
+    """Compute report ``name`` grouped by ``by`` (dimensions) for the selected runs (production
+    by default) started on/after ``since``."""
     if name not in REPORTS:
         raise ReportError(f"unknown report {name!r}; one of {', '.join(REPORTS)}")
     spec = REPORTS[name]
     dims = list(by) if by else list(spec.default_by)
-    cur = con.execute(spec.build(dims, since))
+    cur = con.execute(spec.build(dims, since, runs))
     columns = [d[0] for d in cur.description or []]
     rows = cur.fetchall()
-    return Report(name, spec.title, dims, since, columns, rows)
+    return Report(name, spec.title, dims, since, columns, rows, runs)
 
 
 def _cell(value: Any) -> str:
@@ -125,7 +130,8 @@ def _cell(value: Any) -> str:
 
 def rich_table(report: Report) -> Table:
     """The report as a rich table for people."""
-    title = report.title + (f" (runs since {report.since})" if report.since else "")
+    title = f"{report.title}: {report.runs.describe()}" + (
+        f" started since {report.since}" if report.since else "")
     table = Table(title=title, title_justify="left")
     for col in report.columns:
         numeric = col not in report.by

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "5"
+from domain.origins import PLATFORM_SOURCES, PRODUCTION, REPLAY, REPLAY_ID_LABEL
+
+SCHEMA_VERSION = "6"
 
 MONEY = "DECIMAL(38, 9)"
 
@@ -21,6 +23,7 @@ STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("agent_id", pa.string()),
     ("agent_version", pa.string()),
     ("trace_id", pa.string()),
+    ("source_kind", pa.string()),  # the entry's source kind: kafka, http, otlp, replay, console...
     # run.started
     ("workflow", pa.string()),
     ("mode", pa.string()),
@@ -65,6 +68,7 @@ STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("limit_value", pa.string()),
     ("observed", pa.string()),
     ("outcome", pa.string()),
+    ("result_digest", pa.string()),  # run.completed: MD5 of its result as DuckDB writes the JSON
     ("accepted", pa.bool_()),
     ("comment", pa.string()),
 ]
@@ -111,12 +115,15 @@ CREATE TABLE run_facts (
     mode VARCHAR,
     risk_tier VARCHAR,
     replay_of VARCHAR,
+    origin VARCHAR NOT NULL,
+    replay_id VARCHAR,
     models VARCHAR[],
     route VARCHAR,
     started_at TIMESTAMPTZ,
     ended_at TIMESTAMPTZ,
     duration_ms BIGINT,
     outcome VARCHAR,
+    result_digest VARCHAR,
     accepted BOOLEAN,
     successful BOOLEAN NOT NULL,
     corrected_at TIMESTAMPTZ,
@@ -147,13 +154,23 @@ CREATE TABLE run_facts (
 )
 """
 
+
+def origin_sql(source_kind: str) -> str:
+    """SQL of a run's origin from its ``run.started`` entry's source kind: the rule of
+    ``domain.origins.run_origin``, written out from the same table of platform sources."""
+    cases = " ".join(
+        f"WHEN '{kind}' THEN '{origin}'" for kind, origin in sorted(PLATFORM_SOURCES.items())
+    )
+    return f"CASE {source_kind} {cases} ELSE '{PRODUCTION}' END"
+
+
 # One run's facts, recomputed from all of its events whenever a batch touches the run; ``low``
 # is the first ledger index of any touched run, so the scan skips older row groups.
-RUN_FACTS_SELECT = """
+RUN_FACTS_SELECT = f"""
 WITH ev AS (
-    SELECT e.* FROM events e SEMI JOIN {touched} t
+    SELECT e.* FROM events e SEMI JOIN {{touched}} t
     ON e.workspace = t.workspace AND e.run_id = t.run_id
-    WHERE e.idx >= {low}
+    WHERE e.idx >= {{low}}
 ),
 ap AS (
     SELECT r.workspace, r.run_id,
@@ -173,11 +190,15 @@ agg AS (
         any_value(risk_tier) FILTER (WHERE type = 'run.started') AS risk_tier,
         any_value(replay_of) FILTER (WHERE type = 'run.started') AS replay_of,
         any_value(route_label) FILTER (WHERE type = 'run.started') AS route_label,
+        {origin_sql("any_value(source_kind) FILTER (WHERE type = 'run.started')")} AS origin,
+        any_value(json_extract_string(labels, '$."{REPLAY_ID_LABEL}"'))
+            FILTER (WHERE type = 'run.started') AS replay_label,
         coalesce(list_sort(list_distinct(list(provider || '/' || model)
             FILTER (WHERE type = 'model.called'))), []::VARCHAR[]) AS models,
         min(time) FILTER (WHERE type = 'run.started') AS started_at,
         min(time) FILTER (WHERE type = 'run.completed') AS ended_at,
         any_value(outcome) FILTER (WHERE type = 'run.completed') AS outcome,
+        any_value(result_digest) FILTER (WHERE type = 'run.completed') AS result_digest,
         bool_and(accepted) FILTER (WHERE type = 'feedback.recorded') AS accepted,
         min(time) FILTER (WHERE type = 'feedback.recorded' AND NOT accepted) AS corrected_at,
         count(*) FILTER (WHERE type = 'model.called') AS model_calls,
@@ -206,10 +227,11 @@ agg AS (
     FROM ev GROUP BY workspace, run_id
 )
 SELECT a.workspace, a.run_id, a.workflow, a.agent_id, a.agent_version, a.mode, a.risk_tier,
-    a.replay_of, a.models,
+    a.replay_of, a.origin, CASE WHEN a.origin = '{REPLAY}' THEN a.replay_label END AS replay_id,
+    a.models,
     coalesce(a.route_label, nullif(array_to_string(a.models, '+'), '')) AS route,
     a.started_at, a.ended_at, epoch_ms(a.ended_at) - epoch_ms(a.started_at) AS duration_ms,
-    a.outcome, a.accepted,
+    a.outcome, a.result_digest, a.accepted,
     coalesce(a.outcome = 'succeeded' AND a.accepted IS DISTINCT FROM false, false) AS successful,
     a.corrected_at, epoch_ms(a.corrected_at) - epoch_ms(a.ended_at) AS time_to_correction_ms,
     a.model_calls, a.unpriced_calls, a.input_tokens, a.output_tokens,

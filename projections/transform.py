@@ -45,10 +45,11 @@ _DATA_FIELDS: dict[str, Any] = {
     "risk_score": "DOUBLE", "approval_id": "VARCHAR", "summary": "VARCHAR", "risk": "VARCHAR",
     "change_id": "VARCHAR", "by": "VARCHAR", "target": "VARCHAR", "reversible": "BOOLEAN",
     "limit": "VARCHAR", "limit_value": "JSON", "observed": "JSON", "outcome": "VARCHAR",
-    "accepted": "BOOLEAN", "comment": "VARCHAR",
+    "accepted": "BOOLEAN", "comment": "VARCHAR", "result": "JSON",
 }
 ENTRY_STRUCTURE = orjson.dumps({
     "kind": "VARCHAR",
+    "source": {"kind": "VARCHAR"},
     "event": {
         "workspace": "VARCHAR", "run_id": "VARCHAR", "seq": "BIGINT", "event_id": "VARCHAR",
         "type": "VARCHAR", "time": "VARCHAR", "trace_id": "VARCHAR",
@@ -70,6 +71,7 @@ _EXPRESSIONS = {
     "workspace": "e.workspace", "run_id": "e.run_id", "seq": "e.seq", "event_id": "e.event_id",
     "type": "e.type", "time": "CAST(e.time AS TIMESTAMPTZ)", "agent_id": "e.agent.id",
     "agent_version": "e.agent.version", "trace_id": "e.trace_id",
+    "source_kind": "source_kind",  # who wrote the entry (a run's origin: domain/origins.py)
     "route_label": "json_extract_string(d.labels, '$.route')",
     "labels": "CAST(d.labels AS VARCHAR)",
     "budget_max_model_calls": "d.budget.max_model_calls",
@@ -79,6 +81,8 @@ _EXPRESSIONS = {
     "budget_limit": 'd."limit"',
     # a model call is priced unless it says ``priced: false`` (then its cost_usd 0 means unknown)
     "priced": "CASE WHEN e.type = 'model.called' THEN coalesce(d.priced, true) END",
+    # whether a replay changed a run's result, comparable in SQL (JSON as DuckDB writes it back)
+    "result_digest": "CASE WHEN e.type = 'run.completed' THEN md5(CAST(d.result AS VARCHAR)) END",
 }
 
 
@@ -114,7 +118,7 @@ def insert_events_sql(stage: str, exact_numbers: bool = False) -> str:
             cols.append("CAST(CAST(e.time AS TIMESTAMPTZ) AS DATE) AS date")
     return (
         f"INSERT INTO events SELECT {', '.join(cols)} FROM ("
-        f"SELECT idx, data, j.event AS e, j.event.data AS d FROM ("
+        f"SELECT idx, data, j.event AS e, j.event.data AS d, j.source.kind AS source_kind FROM ("
         f"SELECT idx, data, from_json(data, '{ENTRY_STRUCTURE}') AS j FROM {stage}) "
         "WHERE j.kind = 'event')"
     )

@@ -9,6 +9,10 @@ groups count their unpriced runs and calls and give ``priced_cost_usd``, the cos
 whose price is known.
 Money stays DECIMAL(38, 9); a division of money is rounded half-up to 9 places in integer
 nano-dollars (DuckDB would otherwise divide decimals as binary floats).
+
+Every figure counts production runs unless asked otherwise (an ``OriginSelection``): replays,
+compensating runs and old audit runs are the platform's own (``domain/origins.py``). The views
+named as before hold production runs; each ``<view>_all`` holds every run with its ``origin``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
+from domain.origins import ALL, PRODUCTION, PRODUCTION_RUNS, OriginSelection
 from projections.errors import ReportError
 
 MACROS = [
@@ -38,6 +43,8 @@ RUN_DIMENSIONS = {
     "agent_version": "agent_version",
     "mode": "mode",
     "risk_tier": "risk_tier",
+    "origin": "origin",
+    "replay_id": "replay_id",
     "day": "CAST(started_at AS DATE)",
     "week": "CAST(date_trunc('week', started_at) AS DATE)",
 }
@@ -55,14 +62,35 @@ def _dims(by: Sequence[str], allowed: dict[str, str], what: str) -> list[tuple[s
     return out
 
 
-def _where(since: str | None, column: str) -> str:
-    if not since:
-        return ""
-    try:
-        day = date.fromisoformat(since)
-    except ValueError as e:
-        raise ReportError(f"--since must be a date like 2026-11-02, got {since!r}") from e
-    return f"WHERE CAST({column} AS DATE) >= DATE '{day.isoformat()}'"
+def _literal(text: str) -> str:
+    """A SQL string literal (quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def origin_condition(runs: OriginSelection, alias: str = "") -> str | None:
+    """SQL condition choosing the selected runs of ``run_facts`` (as ``alias``); None for all."""
+    col = f"{alias}." if alias else ""
+    conds = []
+    if runs.origin != ALL:
+        conds.append(f"{col}origin = {_literal(runs.origin)}")
+    if runs.replay_id is not None:
+        conds.append(f"{col}replay_id = {_literal(runs.replay_id)}")
+    return " AND ".join(conds) or None
+
+
+def _where(since: str | None, column: str, runs: OriginSelection = PRODUCTION_RUNS,
+           alias: str = "") -> str:
+    """``WHERE`` keeping the selected runs that started (``column``) on or after ``since``."""
+    conds = []
+    if since:
+        try:
+            day = date.fromisoformat(since)
+        except ValueError as e:
+            raise ReportError(f"--since must be a date like 2026-11-02, got {since!r}") from e
+        conds.append(f"CAST({column} AS DATE) >= DATE '{day.isoformat()}'")
+    if (chosen := origin_condition(runs, alias)) is not None:
+        conds.append(chosen)
+    return f"WHERE {' AND '.join(conds)}" if conds else ""
 
 
 def _known(money: str, cost: str = "cost_usd", runs: str = "") -> str:
@@ -75,7 +103,9 @@ def _known(money: str, cost: str = "cost_usd", runs: str = "") -> str:
     return f"CASE WHEN count({cost}){where} = count(*){where} THEN {money} END"
 
 
-def cost_per_outcome_sql(by: Sequence[str], since: str | None = None) -> str:
+def cost_per_outcome_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Cost per successful outcome of the runs grouped by ``by`` (run start time for periods)."""
     dims = _dims(by, RUN_DIMENSIONS, "cost per outcome")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -91,11 +121,13 @@ SELECT {select},
     count(*) FILTER (WHERE unpriced_calls > 0) AS unpriced_runs,
     CAST(sum(unpriced_calls) AS BIGINT) AS unpriced_calls,
     sum(priced_cost_usd) AS priced_cost_usd
-FROM run_facts {_where(since, "started_at")}
+FROM run_facts {_where(since, "started_at", runs)}
 GROUP BY {names} ORDER BY {names}"""
 
 
-def violation_rates_sql(by: Sequence[str], since: str | None = None) -> str:
+def violation_rates_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Runs with a denial over runs, denials per 1,000 tool calls, approvals, by run dimensions."""
     dims = _dims(by, RUN_DIMENSIONS, "violation rates")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -112,7 +144,7 @@ SELECT {select},
     CAST(sum(approvals_requested) AS BIGINT) AS approvals_requested,
     CAST(sum(approvals_granted) AS BIGINT) AS approvals_granted,
     CAST(sum(approvals_rejected) AS BIGINT) AS approvals_rejected
-FROM run_facts {_where(since, "started_at")}
+FROM run_facts {_where(since, "started_at", runs)}
 GROUP BY {names} ORDER BY {names}"""
 
 
@@ -122,12 +154,16 @@ POLICY_DIMENSIONS = {
     "policy": "p.policy",
     "agent": "r.agent_id",
     "agent_version": "r.agent_version",
+    "origin": "r.origin",
+    "replay_id": "r.replay_id",
     "day": "CAST(r.started_at AS DATE)",
     "week": "CAST(date_trunc('week', r.started_at) AS DATE)",
 }
 
 
-def violation_rates_by_policy_sql(by: Sequence[str], since: str | None = None) -> str:
+def violation_rates_by_policy_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Per policy: evaluations, denials, runs that evaluated it and how many it denied."""
     dims = _dims(by, POLICY_DIMENSIONS, "violation rates by policy")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -149,9 +185,18 @@ SELECT {select},
     CAST(sum(r.tool_calls) AS BIGINT) AS tool_calls,
     ratio(1000 * sum(p.denials), sum(r.tool_calls)) AS denials_per_1000_tool_calls,
     CAST(sum(p.approvals_required) AS BIGINT) AS approvals_required
-FROM p JOIN run_facts r USING (workspace, run_id) {_where(since, "r.started_at")}
+FROM p JOIN run_facts r USING (workspace, run_id) {_where(since, "r.started_at", runs, "r")}
 GROUP BY {names} ORDER BY {names}"""
 
+
+# one row per approval request with its decision, of runs of every origin
+APPROVAL_REQUESTS = """SELECT q.workspace, q.run_id, q.approval_id, q.risk, q.change_id,
+        q.summary, q.time AS requested_at, d.time AS decided_at, d.decision, d."by" AS decided_by,
+        epoch_ms(d.time) - epoch_ms(q.time) AS latency_ms
+        FROM events q LEFT JOIN events d
+          ON d.type = 'approval.decided' AND d.workspace = q.workspace
+         AND d.run_id = q.run_id AND d.approval_id = q.approval_id
+        WHERE q.type = 'approval.requested'"""
 
 APPROVAL_DIMENSIONS = {
     "workspace": "a.workspace",
@@ -160,12 +205,16 @@ APPROVAL_DIMENSIONS = {
     "agent": "r.agent_id",
     "agent_version": "r.agent_version",
     "decided_by": "a.decided_by",
+    "origin": "r.origin",
+    "replay_id": "r.replay_id",
     "day": "CAST(a.requested_at AS DATE)",
     "week": "CAST(date_trunc('week', a.requested_at) AS DATE)",
 }
 
 
-def approval_latency_sql(by: Sequence[str], since: str | None = None) -> str:
+def approval_latency_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Approval requests and decisions with p50/p95 latency (ms) from request to decision."""
     dims = _dims(by, APPROVAL_DIMENSIONS, "approval latency")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -180,8 +229,8 @@ SELECT {select},
     quantile_disc(a.latency_ms, 0.5) AS p50_latency_ms,
     quantile_disc(a.latency_ms, 0.95) AS p95_latency_ms,
     max(a.latency_ms) AS max_latency_ms
-FROM approval_requests a JOIN run_facts r USING (workspace, run_id)
-{_where(since, "a.requested_at")}
+FROM ({APPROVAL_REQUESTS}) a JOIN run_facts r USING (workspace, run_id)
+{_where(since, "a.requested_at", runs, "r")}
 GROUP BY {names} ORDER BY {names}"""
 
 
@@ -192,12 +241,16 @@ BUDGET_DIMENSIONS = {
     "agent": "r.agent_id",
     "agent_version": "r.agent_version",
     "route": "r.route",
+    "origin": "r.origin",
+    "replay_id": "r.replay_id",
     "day": "CAST(r.started_at AS DATE)",
     "week": "CAST(date_trunc('week', r.started_at) AS DATE)",
 }
 
 
-def budget_summary_sql(by: Sequence[str], since: str | None = None) -> str:
+def budget_summary_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Budget breaches per group: breaches, runs breached over runs, cost of breached runs."""
     dims = _dims(by, BUDGET_DIMENSIONS, "budget breaches")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -218,11 +271,13 @@ def budget_summary_sql(by: Sequence[str], since: str | None = None) -> str:
     {_known(breached, "r.cost_usd", "r.budget_breaches > 0")} AS cost_of_breached_runs_usd"""
     return f"""
 SELECT {select}, {figures}
-FROM {source} {_where(since, "r.started_at")}
+FROM {source} {_where(since, "r.started_at", runs, "r")}
 GROUP BY {names} ORDER BY {names}"""
 
 
-def outcome_slo_sql(by: Sequence[str], since: str | None = None) -> str:
+def outcome_slo_sql(
+    by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
+) -> str:
     """Success rate, acceptance rate and time to human correction by run dimensions."""
     dims = _dims(by, RUN_DIMENSIONS, "outcome SLO")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
@@ -243,7 +298,7 @@ SELECT {select},
     count(corrected_at) AS corrected_runs,
     quantile_disc(time_to_correction_ms, 0.5) AS p50_time_to_correction_ms,
     quantile_disc(time_to_correction_ms, 0.95) AS p95_time_to_correction_ms
-FROM run_facts {_where(since, "started_at")}
+FROM run_facts {_where(since, "started_at", runs)}
 GROUP BY {names} ORDER BY {names}"""
 
 
@@ -272,15 +327,25 @@ EVENT_GRAIN = {
         WHERE e.type = 'budget.exceeded'""",
 }
 
+
+def with_origin(sql: str) -> str:
+    """Rows of ``sql`` (each of one run) with their run's ``origin`` and ``replay_id``."""
+    return f"""SELECT b.*, o.origin, o.replay_id FROM ({sql}) b
+        JOIN run_facts o USING (workspace, run_id)"""
+
+
+def _production(name: str) -> str:
+    return f"SELECT * FROM {name}_all WHERE origin = '{PRODUCTION}'"
+
+
+# the views of every run (``<name>_all``) and the production views over them (``<name>``)
+ALL_VIEWS = {
+    "runs_all": "SELECT * EXCLUDE (first_idx, last_idx) FROM run_facts",
+    "approval_requests_all": with_origin(APPROVAL_REQUESTS),
+    **{f"{name}_all": with_origin(sql) for name, sql in EVENT_GRAIN.items()},
+}
+
 AGGREGATE_VIEWS = {
-    "runs": "SELECT * EXCLUDE (first_idx, last_idx) FROM run_facts",
-    "approval_requests": """SELECT q.workspace, q.run_id, q.approval_id, q.risk, q.change_id,
-        q.summary, q.time AS requested_at, d.time AS decided_at, d.decision, d."by" AS decided_by,
-        epoch_ms(d.time) - epoch_ms(q.time) AS latency_ms
-        FROM events q LEFT JOIN events d
-          ON d.type = 'approval.decided' AND d.workspace = q.workspace
-         AND d.run_id = q.run_id AND d.approval_id = q.approval_id
-        WHERE q.type = 'approval.requested'""",
     "cost_per_outcome": cost_per_outcome_sql(["workspace", "workflow", "day"]),
     "cost_per_outcome_weekly": cost_per_outcome_sql(["workspace", "workflow", "week"]),
     "cost_per_outcome_by_route": cost_per_outcome_sql(["workspace", "workflow", "route"]),
@@ -295,17 +360,15 @@ AGGREGATE_VIEWS = {
     "outcome_slo": outcome_slo_sql(["workspace", "workflow"]),
 }
 
-VIEW_NAMES = tuple(EVENT_GRAIN) + tuple(AGGREGATE_VIEWS)
+PRODUCTION_VIEWS = {name.removesuffix("_all"): _production(name.removesuffix("_all"))
+                    for name in ALL_VIEWS}
+
+VIEW_NAMES = tuple(PRODUCTION_VIEWS) + tuple(ALL_VIEWS) + tuple(AGGREGATE_VIEWS)
 
 
 def view_ddl() -> list[str]:
     """Statements creating the macros and every view (idempotent)."""
     out = list(MACROS)
-    # approval_requests first: approval_latency reads it; runs before budget_breaches is fine
-    order = ["runs", "approval_requests"] + [v for v in AGGREGATE_VIEWS if v not in (
-        "runs", "approval_requests")]
-    for name in order:
-        out.append(f"CREATE OR REPLACE VIEW {name} AS {AGGREGATE_VIEWS[name]}")
-    for name, sql in EVENT_GRAIN.items():
-        out.append(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    for views in (ALL_VIEWS, PRODUCTION_VIEWS, AGGREGATE_VIEWS):
+        out.extend(f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, sql in views.items())
     return out

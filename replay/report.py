@@ -80,8 +80,11 @@ def figures(events: Sequence[Mapping[str, Any]], accepted: bool | None) -> RunFi
 
 
 def feedback_of(run: RecordedRun) -> bool | None:
-    """The latest feedback verdict on a recorded run, if any."""
-    return bool(run.feedback[-1]["data"]["accepted"]) if run.feedback else None
+    """People's verdict on a recorded run: None without feedback, False if any feedback rejected
+    it (the contract's successful outcome, as the analytics count it), else True."""
+    if not run.feedback:
+        return None
+    return all(bool(f["data"]["accepted"]) for f in run.feedback)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from api.deps import Services
 from domain.approvals import DECISIONS, ApprovalRow
 from domain.errors import ContractError, NotFoundError, RunRuleError, TachographError
 from domain.ledger import iso
+from domain.origins import COMPENSATION_SOURCE
 from domain.ports import Incoming, Source
 from tachograph.contract.canonical import dumps, loads
 from tachograph.contract.rules import RunState
@@ -73,7 +74,7 @@ class RunWriter:
 
     def _commit(self, workspace: str, events: list[dict[str, Any]], what: str) -> list[int]:
         """Append the events in one ledger call; every one must be accepted."""
-        source = Source(kind="console", name=f"{workspace}/console")
+        source = Source(kind=COMPENSATION_SOURCE, name=f"{workspace}/console")
         report = self.services.ledger.append([Incoming(dumps(e), source) for e in events])
         refused = [r for r in report.results if r.status != "accepted" or r.index is None]
         if refused:

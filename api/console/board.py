@@ -9,6 +9,7 @@ from typing import Any
 from api.console.compensation import Reverted, reverted_by_run
 from api.ledger_fold import LedgerFold
 from domain.approvals import APPROVAL_DECISION
+from domain.origins import COMPENSATION, origin_of_entry
 from domain.ports import LedgerStore
 
 
@@ -86,8 +87,9 @@ class Board(LedgerFold):
         self.runs: dict[tuple[str, str], RunFacts] = {}
 
     def fold(self, index: int, entry: dict[str, Any]) -> None:
-        self._apply(index, entry["event"], entry.get("source", {}).get("kind") == "console",
-                    entry.get("received"))
+        ev = entry["event"]
+        compensation = ev["type"] == "run.started" and origin_of_entry(entry).origin == COMPENSATION
+        self._apply(index, ev, compensation, entry.get("received"))
 
     def fold_record(self, index: int, record: dict[str, Any]) -> None:
         d = record["data"]
@@ -96,14 +98,15 @@ class Board(LedgerFold):
             a.decision, a.by, a.reason = d.get("decision"), d.get("by"), d.get("reason")
             a.decided, a.decided_index = record["time"], index
 
-    def _apply(self, index: int, ev: dict[str, Any], by_console: bool, received: str | None = None) -> None:
+    def _apply(self, index: int, ev: dict[str, Any], compensation: bool, received: str | None = None) -> None:
         ws, run, t, d = ev["workspace"], ev["run_id"], ev["type"], ev["data"]
         facts = self.runs.setdefault((ws, run), RunFacts())
         if t == "run.started":
             facts.workflow, facts.budget = d["workflow"], dict(d.get("budget") or {})
             facts.replay_of = d.get("replay_of")
-            # only the console writes compensating runs: labels from elsewhere are not trusted
-            facts.reverts = reverted_by_run(ev) if by_console else None
+            # only the platform writes compensating runs (domain/origins.py): labels from
+            # elsewhere are not trusted
+            facts.reverts = reverted_by_run(ev) if compensation else None
         elif t == "budget.exceeded":
             facts.breaches += 1
         elif t == "run.completed":

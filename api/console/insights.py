@@ -10,6 +10,7 @@ from typing import Any
 from markupsafe import Markup
 
 from api.console.charts import bar_chart, line_chart
+from domain.origins import PRODUCTION_RUNS, OriginSelection
 
 
 @dataclass
@@ -26,10 +27,11 @@ class AnalyticsMissing(Exception):
     """There is no projections file yet (``tacho project`` has not run)."""
 
 
-def _records(con: Any, name: str, by: Sequence[str], since: str | None, workspace: str) -> list[dict[str, Any]]:
+def _records(con: Any, name: str, by: Sequence[str], since: str | None, workspace: str,
+             runs: OriginSelection) -> list[dict[str, Any]]:
     from projections.reports import run_report
 
-    report = run_report(con, name, ["workspace", *by], since)
+    report = run_report(con, name, ["workspace", *by], since, runs)
     return [r for r in report.records() if r.get("workspace") == workspace]
 
 
@@ -41,8 +43,10 @@ def _table(rows: list[dict[str, Any]], cols: Sequence[str]) -> tuple[list[str], 
     return list(cols), [[r.get(c) for c in cols] for r in rows]
 
 
-def build_charts(data_dir: Path, workspace: str, since: str | None, period: str) -> list[Chart]:
-    """The page's charts (raises AnalyticsMissing when there is no projections file)."""
+def build_charts(data_dir: Path, workspace: str, since: str | None, period: str,
+                 runs: OriginSelection = PRODUCTION_RUNS) -> list[Chart]:
+    """The page's charts of the selected runs, production by default (raises AnalyticsMissing
+    when there is no projections file)."""
     from projections.demo import analytics_path
     from projections.projector import connect
 
@@ -51,12 +55,12 @@ def build_charts(data_dir: Path, workspace: str, since: str | None, period: str)
         raise AnalyticsMissing(f"no analytics file at {path}: run `tacho project` first")
     con = connect(path, read_only=True, retries=20)
     try:
-        over_time = _records(con, "cost-per-outcome", ["workflow", period], since, workspace)
-        by_version = _records(con, "cost-per-outcome", ["workflow", "agent_version"], since, workspace)
-        by_route = _records(con, "cost-per-outcome", ["route"], since, workspace)
-        violations = _records(con, "violations", ["workflow", "agent_version"], since, workspace)
-        budgets = _records(con, "budgets", ["workflow", "limit"], since, workspace)
-        approvals = _records(con, "approvals", ["workflow", "risk"], since, workspace)
+        over_time = _records(con, "cost-per-outcome", ["workflow", period], since, workspace, runs)
+        by_version = _records(con, "cost-per-outcome", ["workflow", "agent_version"], since, workspace, runs)
+        by_route = _records(con, "cost-per-outcome", ["route"], since, workspace, runs)
+        violations = _records(con, "violations", ["workflow", "agent_version"], since, workspace, runs)
+        budgets = _records(con, "budgets", ["workflow", "limit"], since, workspace, runs)
+        approvals = _records(con, "approvals", ["workflow", "risk"], since, workspace, runs)
     finally:
         con.close()
     series: dict[str, list[tuple[str, Any]]] = {}

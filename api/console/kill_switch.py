@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse, Response
 
 from api.auth import Capability
 from api.console.routes import (
-    AUDIT_WORKFLOW,
     ConsoleRoute,
     _back,
     _services,
@@ -24,6 +23,7 @@ from api.console.routes import (
 )
 from api.halts import HaltChange, HaltNotFoundError, HaltRequestError
 from api.run_index import RunFilter
+from domain.origins import PRODUCTION_RUNS
 from ingest.halts import identity
 from tachograph.halts import SCOPES
 
@@ -36,9 +36,11 @@ def kill_switches_page(request: Request, msg: str | None = None, ok: int = 1) ->
     session = person(request)
     services = _services(request)
     halts = services.halts.current(session.workspace)
-    seen, _ = services.runs.page(RunFilter(session.workspace), 10**9, None, True)
+    # the workflows of agents' own runs (the platform's replays, compensations and audit runs
+    # are no workflow a kill switch stops)
+    seen, _ = services.runs.page(RunFilter.of(session.workspace, PRODUCTION_RUNS), 10**9, None, True)
     halted = {h.target for h in halts.halts if h.scope == "workflow"}
-    workflows = sorted({s.workflow for s in seen if s.workflow and s.workflow != AUDIT_WORKFLOW} | halted)
+    workflows = sorted({s.workflow for s in seen if s.workflow} | halted)
     history = [
         {"index": index, "at": rec["time"], "action": "halt" if rec["type"] == "halt.set" else "clear",
          "scope": rec["data"]["scope"], "target": rec["data"]["target"],

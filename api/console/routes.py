@@ -25,6 +25,7 @@ from api.keys_store import AuthError
 from api.run_index import RunFilter, RunSummary
 from domain.errors import NotFoundError, TachographError
 from domain.evidence import build_evidence, verify_evidence
+from domain.origins import ALL, ORIGINS, OriginSelection
 from domain.records import RECORD_TYPES
 from replay.errors import ReplayNotFoundError
 from tachograph.contract.canonical import dumps
@@ -250,6 +251,8 @@ def runs_page(
     denials: Annotated[str | None, Query(max_length=5)] = None,
     breaches: Annotated[str | None, Query(max_length=5)] = None,
     min_cost: Annotated[str | None, Query(max_length=40)] = None,
+    origin: Annotated[str | None, Query(max_length=20)] = None,
+    replay_id: Annotated[str | None, Query(max_length=128)] = None,
     page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
 ) -> HTMLResponse:
     session = person(request)
@@ -258,15 +261,14 @@ def runs_page(
     state = _state(request)
     least = _money(min_cost)
     outcome = outcome or None
-    flt = RunFilter(session.workspace, workflow or None, None, outcome)
-    everything, _ = services.runs.page(RunFilter(session.workspace), 10**9, None, True)
+    chosen = OriginSelection.parse(origin or None, replay_id or None)  # production by default
+    flt = RunFilter.of(session.workspace, chosen, workflow=workflow or None, outcome=outcome)
+    everything, _ = services.runs.page(RunFilter.of(session.workspace, chosen), 10**9, None, True)
     matching, _ = services.runs.page(flt, 10**9, None, True)
     workflows = sorted({s.workflow for s in everything if s.workflow})
     versions = sorted({s.agent_version for s in everything if s.agent_version})
 
     def keep(s: RunSummary) -> bool:
-        if s.workflow == AUDIT_WORKFLOW and workflow != AUDIT_WORKFLOW:
-            return False
         if agent_version and s.agent_version != agent_version:
             return False
         if denials == "yes" and s.denials == 0:
@@ -293,10 +295,12 @@ def runs_page(
     breach_of = {s.run_id: state.board.facts(s.workspace, s.run_id).breaches for s in shown}
     _read(request, session, "runs.list", returned=len(shown))
     params = {k: v for k, v in {"workflow": workflow, "agent_version": agent_version, "outcome": outcome,
-                                "denials": denials, "breaches": breaches, "min_cost": min_cost}.items() if v}
+                                "denials": denials, "breaches": breaches, "min_cost": min_cost,
+                                "origin": origin, "replay_id": replay_id}.items() if v}
     return page(request, session, "runs.html", runs=shown, totals=totals, workflows=workflows,
                 versions=versions, f=params, page_no=page_no, pages=pages, breach_of=breach_of,
-                query=lambda n: urlencode({**params, "page": n}))
+                query=lambda n: urlencode({**params, "page": n}), origins=[*ORIGINS, ALL],
+                chosen=chosen)
 
 
 @router.get("/runs/{run_id}")
@@ -479,18 +483,21 @@ async def analytics_page(
     request: Request,
     since: Annotated[str | None, Query(pattern=r"^(\d{4}-\d{2}-\d{2})?$")] = None,
     period: Annotated[str, Query(pattern=r"^(day|week)$")] = "week",
+    origin: Annotated[str | None, Query(max_length=20)] = None,
+    replay_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> HTMLResponse:
     session = person(request)
     need(session, Capability.ANALYTICS)
     services = _services(request)
+    chosen = OriginSelection.parse(origin or None, replay_id or None)  # production by default
     try:
         charts = await run_in_threadpool(build_charts, services.settings.data_dir, session.workspace,
-                                         since or None, period)
+                                         since or None, period, chosen)
         missing = None
     except AnalyticsMissing as e:
         charts, missing = [], str(e)
     return page(request, session, "analytics.html", charts=charts, missing=missing, since=since or "",
-                period=period)
+                period=period, origins=[*ORIGINS, ALL], chosen=chosen)
 
 
 # -- replays ------------------------------------------------------------------------------------

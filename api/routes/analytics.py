@@ -17,7 +17,8 @@ from starlette.background import BackgroundTask
 from api.deps import Analyst, Exporter, Services, ServicesDep
 from api.routes.audit import audited
 from api.routes.errors import BadParameter, Unavailable
-from api.schemas import errors
+from api.schemas import OriginQuery, ReplayIdQuery, errors
+from domain.origins import OriginSelection
 
 router = APIRouter(tags=["analytics"])
 
@@ -114,7 +115,7 @@ def _analytics_file(services: Services) -> Path:
 
 
 def _report(services: Services, name: str, by: list[str], since: str | None,
-            scope: RunScope) -> dict[str, Any]:
+            scope: RunScope, runs: OriginSelection) -> dict[str, Any]:
     from projections.projector import connect
     from projections.reports import REPORTS, run_report
 
@@ -124,7 +125,7 @@ def _report(services: Services, name: str, by: list[str], since: str | None,
     con = connect(path, read_only=True, retries=20)
     try:
         scope_runs(con, scope)
-        report = run_report(con, name, dims, since)
+        report = run_report(con, name, dims, since, runs)
     finally:
         con.close()
     out = report.to_json()
@@ -135,7 +136,7 @@ def _report(services: Services, name: str, by: list[str], since: str | None,
                                  ("outcome", scope.outcome), ("until", scope.until),
                                  ("has_denial", scope.has_denial)) if v is not None}
     return {"report": name, "workspace": scope.workspace, "by": dims[1:], "since": since,
-            "filters": filters,
+            **runs.to_json(), "filters": filters,
             "rows": [{k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                       for k, v in r.items()} for r in rows]}
 
@@ -148,7 +149,12 @@ def _report(services: Services, name: str, by: list[str], since: str | None,
     "agent, agent_version, route, day, week, policy, limit, risk... as the report allows). "
     "The runs counted take the runs list's filters: `workflow`, `agent`, `outcome`, `has_denial` "
     "and the start-date range `since` (inclusive) to `until` (exclusive); the approvals report "
-    "applies `since` to the request time. Money is an exact decimal string. Role analyst.",
+    "applies `since` to the request time. Only production runs count unless `origin` says "
+    "otherwise (`replay`, `compensation`, `audit` or `all`; `replay_id` picks one replay's runs); "
+    "the body names the `origin` and `replay_id` it counted. Money is an exact decimal string. "
+    "A `replay_id` with an origin other than `replay` or `all` counts no runs. Role analyst. 422 "
+    "for a parameter outside its pattern or values, a date that does not exist or a dimension the "
+    "report lacks.",
     responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}},
                **errors(401, 403, 422, 503)},
 )
@@ -163,14 +169,18 @@ async def analytics_report(
     agent: Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$", description="agent id")] = None,
     outcome: Outcome = None,
     has_denial: HasDenial = None,
+    origin: OriginQuery = None,
+    replay_id: ReplayIdQuery = None,
 ) -> dict[str, Any]:
+    runs = OriginSelection.parse(origin, replay_id, strict=False)
     dims = [p.strip().replace("-", "_") for p in (by or "").split(",") if p.strip()]
     scope = RunScope(key.workspace, workflow, agent, outcome, _date(until, "until"), has_denial)
-    return await run_in_threadpool(_report, services, report, dims, _date(since), scope)
+    return await run_in_threadpool(_report, services, report, dims, _date(since), scope, runs)
 
 
 def _export(services: Services, table: str, workspace: str, since: str | None,
-            until: str | None) -> Path:
+            until: str | None, runs: OriginSelection) -> Path:
+    from projections.lake import selected_rows
     from projections.projector import connect
 
     path = _analytics_file(services)
@@ -185,7 +195,7 @@ def _export(services: Services, table: str, workspace: str, since: str | None,
         if until:
             where += f" AND date < DATE '{until}'"  # so is until
         con.execute(
-            f"COPY (SELECT * FROM {table} WHERE {where} ORDER BY idx) TO '{name}' "
+            f"COPY ({selected_rows(table, runs)} AND {where} ORDER BY idx) TO '{name}' "
             "(FORMAT parquet, COMPRESSION zstd)"
         ).fetchall()
     finally:
@@ -198,7 +208,9 @@ def _export(services: Services, table: str, workspace: str, since: str | None,
     summary="Download a projection table of the key's workspace as Parquet",
     description="One Parquet file of the workspace's rows of a projection table (events, "
     "model_calls, tool_calls, policy_evaluations, approvals, changes), optionally of the days "
-    "from `since` (inclusive) to `until` (exclusive). Roles auditor, analyst. Audited.",
+    "from `since` (inclusive) to `until` (exclusive), of production runs unless `origin` (or "
+    "`replay_id`) says otherwise; every row names its run's `origin` and `replay_id`. Roles "
+    "auditor, analyst. Audited. 422 as for the analytics reports.",
     responses={200: {"content": {"application/vnd.apache.parquet": {}}},
                **errors(401, 403, 422, 503)},
     response_class=FileResponse,
@@ -212,9 +224,12 @@ async def export_table(
                                        json_schema_extra={"format": "date"})] = None,
     until: Annotated[str | None, Query(pattern=DATE, description="rows dated before (YYYY-MM-DD)",
                                        json_schema_extra={"format": "date"})] = None,
+    origin: OriginQuery = None,
+    replay_id: ReplayIdQuery = None,
 ) -> FileResponse:
+    runs = OriginSelection.parse(origin, replay_id, strict=False)
     path = await run_in_threadpool(_export, services, table, key.workspace,
-                                   _date(since), _date(until, "until"))
+                                   _date(since), _date(until, "until"), runs)
     await run_in_threadpool(audited, services, key, request, "export.parquet",
                             workspace=key.workspace, table=table)
     return FileResponse(

@@ -25,8 +25,10 @@ from api.run_index import RunFilter, RunSummary
 from api.schemas import (
     AuditLogPage,
     AuditRecordOut,
+    OriginQuery,
     QuarantinedOut,
     QuarantinePage,
+    ReplayIdQuery,
     RunEvents,
     RunOut,
     RunPage,
@@ -67,7 +69,9 @@ def _summary(services: Services, key: ApiKey, run_id: str) -> RunSummary:
     response_model=RunPage,
     summary="List runs of the key's workspace",
     description="Newest first by default; filter by workflow, agent, outcome (or `running`), "
-    "start time range and denials; page with `cursor`. Roles auditor, engineer. Audited.",
+    "start time range, denials, `origin` (every origin unless given; each run names its own) and "
+    "`replay_id` (the runs of one replay: with an origin other than `replay` or `all`, none); page "
+    "with `cursor`. Roles auditor, engineer. Audited.",
     responses=errors(401, 403, 422, 503),
 )
 def list_runs(
@@ -85,8 +89,10 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="next_cursor of the previous page")] = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    origin: OriginQuery = None,
+    replay_id: ReplayIdQuery = None,
 ) -> RunPage:
-    flt = RunFilter(key.workspace, workflow, agent, outcome, since, until, has_denial)
+    flt = RunFilter(key.workspace, workflow, agent, outcome, since, until, has_denial, origin, replay_id)
     runs, nxt = services.runs.page(flt, limit, int(cursor) if cursor else None, order == "desc")
     audited(services, key, request, "runs.list", workspace=key.workspace, returned=len(runs))
     return RunPage(

@@ -9,9 +9,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from domain.evidence import verify_evidence
+from domain.origins import PRODUCTION, REPLAY, origin_of_entry
 from domain.verify import verify_log
 from ingest.embedded import embedded_runtime
 from ingest.halts import LedgerHalts
+from projections.demo import analytics_path
+from projections.projector import connect
 from tachograph.agents import AgentSpec
 from tachograph.contract.canonical import loads
 from tachograph.tools import ToolRegistry
@@ -22,6 +25,70 @@ def _session_client(driver, server) -> httpx.Client:
     """An HTTP client carrying the browser's session cookie."""
     cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
     return httpx.Client(base_url=server.url, cookies=cookies)
+
+
+def _runs_of_origin(server, origin: str, replay_id: str | None = None) -> set[str]:
+    """Run ids of the workspace whose origin (``domain.origins``) is ``origin``."""
+    out = set()
+    for row in server.ledger.store.entries():
+        if row.event_type == "run.started" and row.workspace == WS:
+            found = origin_of_entry(loads(row.data))
+            if found.origin == origin and (replay_id is None or found.replay_id == replay_id):
+                out.add(row.run_id)
+    return out
+
+
+def _cells(element) -> list[str]:
+    return [c.get_attribute("textContent").strip() for c in element.find_elements(By.TAG_NAME, "td")]
+
+
+def test_the_runs_list_and_the_charts_show_production_runs_until_another_origin_is_chosen(
+        browser, console_server):
+    server = console_server
+    production, replays = _runs_of_origin(server, PRODUCTION), _runs_of_origin(server, REPLAY)
+    assert production and replays
+    sign_in(browser, server, "engineer", "/console/runs")
+    assert browser.find_element(By.ID, "runs-origin").text == "production runs"
+    assert int(browser.find_element(By.ID, "total-runs").text) == len(production)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#runs-table .pill.origin")
+
+    Select(browser.find_element(By.ID, "f-origin")).select_by_visible_text("replay")
+    browser.find_element(By.ID, "apply-filters").click()
+    wait_for(browser, lambda d: "origin=replay" in d.current_url)
+    assert int(browser.find_element(By.ID, "total-runs").text) == len(replays)
+    shown = browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+    assert shown and all(r.find_element(By.CSS_SELECTOR, ".pill.origin").text == "replay" for r in shown)
+    assert {r.find_element(By.CSS_SELECTOR, "a.run-link").text for r in shown} <= replays
+
+    browser.get(server.url + "/console/replays/whatif-large")
+    browser.find_element(By.ID, "replay-runs-link").click()
+    wait_for(browser, lambda d: "replay_id=whatif-large" in d.current_url)
+    assert browser.find_element(By.ID, "runs-origin").text == "runs of replay whatif-large"
+    assert int(browser.find_element(By.ID, "total-runs").text) == len(_runs_of_origin(server, REPLAY, "whatif-large"))
+
+    sign_in(browser, server, "analyst", "/console/analytics")
+    assert browser.find_element(By.ID, "charts-origin").text == "production runs"
+
+    def charted_runs() -> int:  # runs in the table under the cost-over-time chart
+        table = browser.find_element(By.CSS_SELECTOR, "figure.chart-card table")
+        return sum(int(_cells(row)[2].replace(",", "")) for row in table.find_elements(By.CSS_SELECTOR, "tbody tr"))
+
+    def projected(origin: str) -> int:  # the runs the projection holds (other tests add runs later)
+        con = connect(analytics_path(server.data_dir), read_only=True, retries=20)
+        try:
+            return int(con.execute("SELECT count(*) FROM runs_all WHERE workspace = ? AND origin = ?",
+                                   [WS, origin]).fetchall()[0][0])
+        finally:
+            con.close()
+
+    assert charted_runs() == projected(PRODUCTION) > 0
+    Select(browser.find_element(By.ID, "f-origin")).select_by_visible_text("replay")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    wait_for(browser, lambda d: "origin=replay" in d.current_url)
+    assert browser.find_element(By.ID, "charts-origin").text == "replay runs"
+    assert charted_runs() == projected(REPLAY) > 0
+    browser.get(server.url + "/console/analytics?origin=replays")
+    assert "origin must be one of production, replay" in browser.page_source
 
 
 def test_an_auditor_signs_in_filters_runs_opens_a_timeline_verifies_it_and_downloads_its_bundle(
@@ -42,9 +109,10 @@ def test_an_auditor_signs_in_filters_runs_opens_a_timeline_verifies_it_and_downl
     outcomes = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody .pill")]
     total = int(browser.find_element(By.ID, "total-runs").text)
     assert outcomes and set(outcomes) == {"failed"}
+    production = _runs_of_origin(server, PRODUCTION)
     expected = sum(1 for r in server.ledger.store.entries()
                    if r.event_type == "run.completed" and b'"outcome":"failed"' in r.data
-                   and r.workspace == WS)
+                   and r.workspace == WS and r.run_id in production)
     assert total == expected
 
     browser.get(server.url + "/console/runs?workflow=ticket-triage")

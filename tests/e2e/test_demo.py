@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from api.keys_store import KeyStore
+from domain.origins import PRODUCTION, REPLAY, origin_of_entry
 from domain.ports import LedgerStore
 from domain.stores.sqlite import SQLiteStore
+from replay.recomputed import comparable
 from tachograph.contract.canonical import loads
+from tests.cli_support import tacho
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {"ticket-triage": "examples.triage:triage", "invoice-matching": "examples.invoices:match_invoice"}
@@ -93,6 +96,54 @@ def assert_only_the_runtime_wrote_example_runs(data_dir: Path) -> None:
                 assert data.get("entry_point") == EXAMPLES[data["workflow"]], data
 
 
+def runs_by_origin_and_workflow(data_dir: Path) -> dict[tuple[str, str], int]:
+    """Runs in the ledger by (origin, workflow), each origin from ``domain.origins``."""
+    counts: dict[tuple[str, str], int] = {}
+    with ledger_store(data_dir) as store:
+        for row in store.entries():
+            if row.event_type == "run.started":
+                entry = loads(row.data)
+                key = (origin_of_entry(entry).origin, entry["event"]["data"]["workflow"])
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def assert_analytics_count_production_runs_only(data_dir: Path, out: dict[str, Any]) -> None:
+    """The analytics stage's figures leave out the replays the demo made (and any other run the
+    platform wrote); asked for, the replays are there."""
+    analytics, replays = out["analytics"], out["replays"]
+    in_ledger = runs_by_origin_and_workflow(data_dir)
+    production = {wf: n for (origin, wf), n in in_ledger.items() if origin == PRODUCTION}
+    replayed = sum(r["summary"]["runs"] for r in replays)
+    assert replayed > 0 and analytics["runs_by_origin"][REPLAY] == replayed
+    assert analytics["runs_by_origin"][PRODUCTION] == sum(production.values())
+    for name, report in analytics["reports"].items():
+        assert (report["origin"], report["replay_id"]) == (PRODUCTION, None), name
+    outcomes = {row["workflow"]: row["runs"] for row in analytics["reports"]["outcomes"]["rows"]}
+    assert outcomes == production
+    for workflow in EXAMPLES:  # every example run was replayed twice: all of them left out
+        assert in_ledger[(REPLAY, workflow)] == 2 * out["agents"]["runs"]["by_workflow"][workflow]["runs"]
+        assert outcomes[workflow] < production[workflow] + in_ledger[(REPLAY, workflow)]
+    cost = analytics["reports"]["cost-per-outcome"]["rows"]
+    assert sum(r["runs"] for r in cost) == sum(production.values())
+
+    # the same from the CLI, and the replays' own figures when asked for
+    def report(*args: str) -> dict[str, Any]:
+        return json.loads(tacho(data_dir, "report", *args, "--json").stdout)  # type: ignore[no-any-return]
+
+    assert report("outcomes")["rows"] == analytics["reports"]["outcomes"]["rows"]
+    large = next(r for r in replays if r["candidate_model"] == "sim-large-v2")
+    mine = report("outcomes", "--replay-id", large["replay_id"])
+    assert (mine["origin"], mine["replay_id"]) == (REPLAY, large["replay_id"])
+    assert [(r["workflow"], r["runs"]) for r in mine["rows"]] == [(large["workflow"], large["summary"]["runs"])]
+    every = report("outcomes", "--origin", "replay", "--by", "workflow")
+    assert sum(r["runs"] for r in every["rows"]) == replayed
+    for stored in replays:  # each stored replay's figures, recomputed from its runs in the ledger
+        assert report("replay", stored["replay_id"])["summary"] == comparable(stored["summary"])
+    bad = tacho(data_dir, "report", "outcomes", "--origin", "replays", check=False)
+    assert bad.returncode == 2 and "origin must be one of production, replay" in bad.stderr
+
+
 def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_without_secrets(tmp_path: Path) -> None:
     t0 = time.monotonic()
     first = demo(tmp_path, "--runs", "30", "--json")
@@ -133,6 +184,7 @@ def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_with
     assert set(out["analytics"]["reports"]) >= {"cost-per-outcome", "violations", "budgets", "approvals"}
     assert out["analytics"]["projection"]["lag"] == 0
     assert out["ledger"]["entries"] == out["analytics"]["projection"]["position"] > verified["entries"]
+    assert_analytics_count_production_runs_only(tmp_path, out)
 
     keys_file = Path(out["console"]["keys_file"])
     assert out["console"]["created_keys"] is True

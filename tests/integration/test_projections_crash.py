@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from domain.ports import Incoming, Source
 from domain.workload import Workload
 from projections.projector import Projector, connect
 from tachograph.contract.canonical import dumps
+from tests.cli_support import ROOT, TACHO
 from tests.unit.test_projections_rebuild import snapshot
-
-TACHO = str(Path(sys.executable).with_name("tacho"))
 
 
 def _fill(data_dir: Path, runs: int) -> int:
@@ -50,7 +48,7 @@ def test_killing_the_projector_mid_way_then_rerunning_equals_a_rebuild(tmp_path:
     analytics = data / "analytics.duckdb"
     kills = 0
     for attempt in range(6):
-        proc = subprocess.Popen([TACHO, "project", "--batch-size", "500"], env=env,
+        proc = subprocess.Popen([*TACHO, "project", "--batch-size", "500"], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.6 + 0.25 * attempt)
         if proc.poll() is None:
@@ -60,7 +58,8 @@ def test_killing_the_projector_mid_way_then_rerunning_equals_a_rebuild(tmp_path:
         if analytics.exists() and _position(analytics) == size:
             break
     assert kills >= 1, "the projector finished before it could be killed; make the ledger bigger"
-    done = subprocess.run([TACHO, "project", "--json"], env=env, capture_output=True, text=True)
+    done = subprocess.run([*TACHO, "project", "--json"], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     con = connect(analytics)
     incremental = snapshot(con)

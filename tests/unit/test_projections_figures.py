@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -167,6 +169,11 @@ def nearest_rank(values: list[Any], q: float) -> Any:
     return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
 
 
+def _digest(value: Any) -> str:
+    """MD5 of a JSON value written as DuckDB writes JSON back (compact, keys in order)."""
+    return hashlib.md5(json.dumps(value, separators=(",", ":")).encode()).hexdigest()
+
+
 def expected_runs(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """Per-run facts computed from the events in plain Python."""
     by_run: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -197,11 +204,16 @@ def expected_runs(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
             "workspace": key[0], "run_id": key[1], "workflow": d0["workflow"],
             "agent_id": start["agent"]["id"], "agent_version": start["agent"]["version"],
             "mode": d0["mode"], "risk_tier": d0["risk_tier"], "replay_of": d0.get("replay_of"),
+            # every run here came in as a publisher's file import: production, even h-4, which
+            # only claims to replay h-1 (a replay is a run the platform's replay engine wrote)
+            "origin": "production", "replay_id": None,
             "models": models,
             "route": (d0.get("labels") or {}).get("route") or ("+".join(models) or None),
             "started_at": started_at, "ended_at": ended_at,
             "duration_ms": _ms(started_at, ended_at) if ended_at else None,
             "outcome": outcome, "accepted": accepted,
+            "result_digest": _digest(completed["data"]["result"])
+            if completed and "result" in completed["data"] else None,
             "successful": outcome == "succeeded" and accepted is not False,
             "corrected_at": corrected,
             "time_to_correction_ms": _ms(ended_at, corrected) if corrected and ended_at else None,
