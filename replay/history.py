@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from domain.errors import NotFoundError
+from domain.origins import AUDIT, COMPENSATION, PRODUCTION, REPLAY, run_origin
 from domain.ports import EntryRow, LedgerStore
 from tachograph.contract.canonical import loads
 
-PRODUCTION = "production"
-REPLAY = "replay"
-AUDIT = "audit"
-COMPENSATION = "compensation"
-ORIGINS = (PRODUCTION, REPLAY, AUDIT, COMPENSATION)
-
-_AUDIT_RUN = re.compile(r"^audit-\d{4}-\d{2}-\d{2}$")
-_AUDIT_WORKFLOW = "tachograph.audit"  # api/audit_trail.py: per-day audit runs of older ledgers
-_REVERT_WORKFLOW = "console.revert"  # api/console/compensation.py: the console's compensating runs
-_REVERT_LABELS = ("reverts_run", "reverts_change")
-
-
-def local_run_origin(started: Mapping[str, Any]) -> str:
-    """Where a run came from, read from its ``run.started`` event: ``production``, ``replay``
-    (``replay_of`` set), ``audit`` (an older ledger's per-day ``audit-YYYY-MM-DD`` run) or
-    ``compensation`` (a console revert).
-
-    A local stand-in until the platform's shared origin derivation lands: swap this one function
-    for it (every caller in replay/ goes through :attr:`RecordedRun.origin`).
-    """
-    data = started["data"]
-    if data.get("replay_of") is not None:
-        return REPLAY
-    if data.get("workflow") == _AUDIT_WORKFLOW or _AUDIT_RUN.match(str(started.get("run_id", ""))):
-        return AUDIT
-    labels = data.get("labels") or {}
-    if data.get("workflow") == _REVERT_WORKFLOW or any(k in labels for k in _REVERT_LABELS):
-        return COMPENSATION
-    return PRODUCTION
+__all__ = ["AUDIT", "COMPENSATION", "PRODUCTION", "REPLAY", "RecordedRun", "event_of", "load_runs"]
 
 
 @dataclass
@@ -50,6 +22,8 @@ class RecordedRun:
     run_id: str
     events: list[dict[str, Any]] = field(default_factory=list)
     feedback: list[dict[str, Any]] = field(default_factory=list)
+    source_kind: str | None = None
+    """The source kind the ledger stored with the run's ``run.started`` (who wrote it)."""
 
     @property
     def started(self) -> dict[str, Any]:
@@ -65,8 +39,9 @@ class RecordedRun:
 
     @property
     def origin(self) -> str:
-        """``production``, ``replay``, ``audit`` or ``compensation`` (see :func:`local_run_origin`)."""
-        return local_run_origin(self.events[0])
+        """``production``, ``replay``, ``audit`` or ``compensation``: from who wrote its
+        ``run.started`` (:func:`domain.origins.run_origin`; docs/decisions/0005-origins.md)."""
+        return run_origin(self.source_kind, self.started).origin
 
     @property
     def entry_point(self) -> str | None:
@@ -91,6 +66,11 @@ class RecordedRun:
             self.feedback.append(event)
         else:
             self.events.append(event)
+
+
+def _source_kind(entry: Mapping[str, Any]) -> str | None:
+    kind = (entry.get("source") or {}).get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def event_of(row: EntryRow) -> dict[str, Any]:
@@ -128,16 +108,17 @@ def load_runs(
         if key in skipped:
             continue
         if row.seq == 0:
-            ev = event_of(row)
+            entry = loads(row.data)
+            ev, kind = entry["event"], _source_kind(entry)
             d = ev["data"]
             if (
                 (workflow is not None and d.get("workflow") != workflow)
-                or (origins is not None and local_run_origin(ev) not in origins)
+                or (origins is not None and run_origin(kind, d).origin not in origins)
                 or (cutoff and ev["time"] < cutoff)
             ):
                 skipped.add(key)
                 continue
-            runs[key] = RecordedRun(row.workspace, row.run_id, [ev])
+            runs[key] = RecordedRun(row.workspace, row.run_id, [ev], source_kind=kind)
             continue
         run = runs.get(key)
         if run is not None:
@@ -155,6 +136,8 @@ def _by_id(store: LedgerStore, run_ids: Iterable[str], finished_only: bool = Tru
         for ws in workspaces:
             run = RecordedRun(ws, run_id)
             for row in store.run_entries(ws, run_id):
+                if row.seq == 0:
+                    run.source_kind = _source_kind(loads(row.data))
                 run.add(event_of(row))
             if finished_only and run.completed is None:
                 raise NotFoundError(f"run {run_id!r} has not completed; only finished runs replay")

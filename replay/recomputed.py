@@ -19,8 +19,11 @@ from projections.views import origin_condition
 from replay.errors import ReplayError
 from replay.report import RunFigures, RunResult, summarize
 
-NOT_IN_THE_LEDGER = ("statuses", "approvals_now_required_runs")
-"""Summary figures the report has and the ledger does not (also each side's ``latency_ms``)."""
+NOT_IN_THE_LEDGER = ("statuses", "approvals_now_required_runs", "not_replayable", "not_replayable_reasons",
+                     "agent_version", "recorded_versions", "other_version_runs")
+"""Summary figures the report has and the ledger does not (also each side's ``latency_ms``): the
+replay's statuses, and how its runs were selected (which code, which recorded versions, which runs
+it could not replay), which belong to the replay, not to its runs."""
 
 # one run's facts, in the order ``_figures`` reads them
 _FACTS = ("{a}.outcome, {a}.result_digest, {a}.priced_cost_usd, {a}.input_tokens + {a}.output_tokens, "

@@ -17,7 +17,7 @@ from examples import triage
 from ingest.embedded import StandInApprover, embedded_runtime
 from replay.demo import DEMO_APPROVER, demo_policy
 from replay.engine import ReplayConfig, run_replay
-from replay.history import load_runs, local_run_origin
+from replay.history import RecordedRun, load_runs
 from replay.selection import recorded_entry_point, select_runs
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.builder import RunLog, RunSpec, seq_event_id
@@ -139,12 +139,14 @@ def test_a_replay_named_by_id_is_reported_as_not_production(ledger):
     assert skipped.kind == "not-production" and skipped.reason == "a replay of now-0, not a production run"
 
 
-@pytest.mark.parametrize(("run_id", "data", "origin"), [
-    ("r1", {"workflow": "w"}, "production"),
-    ("r2", {"workflow": "w", "replay_of": "r1"}, "replay"),
-    ("audit-2026-01-31", {"workflow": "tachograph.audit"}, "audit"),
-    ("r1.revert-c1", {"workflow": "console.revert", "labels": {"reverts_run": "r1", "reverts_change": "c1"}},
+@pytest.mark.parametrize(("kind", "data", "origin"), [
+    ("kafka", {"workflow": "w"}, "production"),
+    ("http", {"workflow": "w", "replay_of": "r1"}, "production"),  # a publisher's claim is not a replay
+    ("replay", {"workflow": "w", "replay_of": "r1", "labels": {"replay.id": "rp"}}, "replay"),
+    ("audit", {"workflow": "tachograph.audit"}, "audit"),
+    ("console", {"workflow": "console.revert", "labels": {"reverts_run": "r1", "reverts_change": "c1"}},
      "compensation"),
 ])
-def test_the_local_origin_predicate(run_id, data, origin):
-    assert local_run_origin({"run_id": run_id, "data": data}) == origin
+def test_a_recorded_runs_origin_is_who_wrote_its_run_started(kind, data, origin):
+    run = RecordedRun("acme", "r9", [{"type": "run.started", "seq": 0, "data": data}], source_kind=kind)
+    assert run.origin == origin
