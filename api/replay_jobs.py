@@ -11,17 +11,19 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from api.model_config import model_registry
 from api.routes.errors import BadParameter, Unavailable
 from api.schemas import ReplayStart
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
+from replay.cache import ReplayAnswers, ResponseCache
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
 from replay.history import RecordedRun, event_of, load_runs
@@ -29,7 +31,7 @@ from replay.report import Gate
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
-from tachograph.models import ModelRegistry
+from tachograph.models import HttpModelConfig, ModelRegistry
 from tachograph.prices import PriceTable
 
 log = logging.getLogger(__name__)
@@ -119,9 +121,11 @@ class ReplayJobs:
         max_queued: int = 8,
         workers: int = 2,
         prices: PriceTable | None = None,
+        models: Mapping[str, HttpModelConfig] | None = None,
     ) -> None:
         self.ledger = ledger
         self.prices = prices or PriceTable()
+        self.http_models = dict(models or {})
         self.reports = reports
         self.clock = clock
         self.agents = tuple(agents)
@@ -148,19 +152,25 @@ class ReplayJobs:
                 raise BadParameter(str(e)) from e
         return spec
 
-    def _models(self, model: str | None) -> ModelRegistry:
-        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=self.prices)
+    def models(self) -> ModelRegistry:
+        """The models a replay may name: simulated ones and the server's configured ones."""
+        return model_registry(self.http_models, self.prices)
+
+    def _models(self, model: str | None, allow_unpriced: bool) -> ModelRegistry:
+        models = self.models()
         if model is not None:
             try:
-                models.get(model)
+                problem = models.price_problem(model)
             except UnknownModelError as e:
                 raise BadParameter(str(e)) from e
+            if problem is not None and not allow_unpriced:
+                raise BadParameter(problem.replace("--allow-unpriced", "`allow_unpriced: true`"))
         return models
 
     def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
         """Check a request and queue its replay (raises 4xx errors before anything runs)."""
         spec = self._agent(req.agent, dict(req.prompts))
-        models = self._models(req.model)
+        models = self._models(req.model, req.allow_unpriced)
         workflow = req.workflow or (None if req.runs else spec.workflow)
         if workflow is None and not req.runs:
             raise BadParameter("give `workflow` or `runs` (the agent's module names no WORKFLOW)")
@@ -168,7 +178,8 @@ class ReplayJobs:
         gate = Gate(req.max_outcome_change, req.max_cost_increase, req.max_violation_increase)
         now = self.clock()
         rid = "rp-" + datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
-        config = ReplayConfig(rid, iso(now), candidate_model=req.model, gate=gate, workers=self.workers)
+        config = ReplayConfig(rid, iso(now), candidate_model=req.model, gate=gate, workers=self.workers,
+                              allow_unpriced=req.allow_unpriced, refresh_cache=req.no_cache)
         job = ReplayJob(rid, workspace, key_id, config.created, spec.ref, config.mode(spec),
                         config.candidate(spec))
         with self._lock:
@@ -203,11 +214,17 @@ class ReplayJobs:
                 raise BadParameter(f"no finished runs of workflow {workflow!r} match"
                                    + (f" since {req.since}" if req.since else ""))
             job.total = len(runs)
-            report = run_replay(runs, spec, config, models, ledger=self.ledger, progress=job.advance)
+            answers = ReplayAnswers()
+            cache = ResponseCache(self.reports.directory / "cache.db")
+            try:
+                report = run_replay(runs, spec, config, models, ledger=self.ledger, progress=job.advance,
+                                    cache=cache, answers=answers)
+            finally:
+                cache.close()
             self.ledger.checkpoint(force=True)
             report["workspace"] = job.workspace
             report["finished"] = iso(self.clock())
-            self.reports.save(report)
+            self.reports.save(report, answers)
             job.passed = bool(report["gate"]["passed"])
             job.finished = report["finished"]
             job.status = "finished"
