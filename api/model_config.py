@@ -116,21 +116,17 @@ def response_cache(data_dir: Path) -> ResponseCache:
 
 def describe_models(registry: ModelRegistry) -> list[dict[str, Any]]:
     """Every model a replay can name, for forms and listings: name, kind, model as served,
-    price (USD per million input/output tokens, ``free``, or None when unknown). Never a key or
-    a URL."""
+    price (USD per million input/output tokens; ``free``; ``priced`` false when unknown).
+    Never a key or a URL."""
     out: list[dict[str, Any]] = []
     for name in registry.names():
         cfg = registry.http.get(name)
-        adapter = registry.get(name) if cfg is None else None
-        served = cfg.model if cfg is not None else adapter.name if adapter is not None else name
-        provider = "openai-compatible" if cfg is not None else adapter.provider if adapter else None
-        fixed = registry.prices.prices.get(served) or registry.prices.prices.get(name)
-        priced = fixed is not None or registry.prices.known(served, provider)
+        price = cfg.price if cfg is not None else registry.prices.prices.get(name)
         out.append({
-            "name": name, "kind": "http" if cfg is not None else "simulated", "model": served,
-            "free": fixed == FREE,
-            "price": None if fixed is None else {"input_per_m": fixed.input_per_m,
-                                                 "output_per_m": fixed.output_per_m},
-            "priced": priced,
+            "name": name, "kind": "simulated" if cfg is None else "http",
+            "model": name if cfg is None else cfg.model, "free": price == FREE,
+            "price": None if price is None else {"input_per_m": price.input_per_m,
+                                                 "output_per_m": price.output_per_m},
+            "priced": registry.price_problem(name) is None,
         })
     return out

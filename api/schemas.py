@@ -301,7 +301,7 @@ class ReplayStart(BaseModel):
     )
     allow_unpriced: bool = Field(
         False, description="call a model with no known price (its calls are recorded unpriced); "
-        "otherwise such a replay is refused (400) before anything is called",
+        "otherwise such a replay is refused (422) before anything is called",
     )
     no_cache: bool = Field(
         False, description="call real models again instead of answering from the server's response "

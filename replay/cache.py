@@ -176,6 +176,11 @@ class CachingModel:
         """The wrapped model's provider."""
         return self.inner.provider
 
+    @property
+    def price(self) -> Any:
+        """The wrapped model's own configured price, if any (see ``call_cost``)."""
+        return getattr(self.inner, "price", None)
+
     def complete(self, request: ChatRequest) -> ChatResponse:
         """The stored answer to this exact request, or the model's (then stored)."""
         canonical: bytes = self.inner.canonical_request(request)  # type: ignore[attr-defined]

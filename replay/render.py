@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -14,7 +15,7 @@ def _pct(value: Any) -> str:
 
 
 def _usd(value: Any) -> str:
-    return "—" if value is None else f"${value}"
+    return "—" if value is None else f"${format(Decimal(str(value)), 'f')}"
 
 
 def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:

@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Protocol
@@ -162,10 +163,12 @@ class OpenAIChatModel:
         max_backoff_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         params: Mapping[str, Any] | None = None,
+        price: Price | None = None,
     ) -> None:
         self.name = model
         self.base_url = base_url.rstrip("/")
         self.params = dict(params or {})
+        self.price = price  # its own configured price (None: the price table's)
         self.api_key_env = api_key_env
         self.sleep = sleep
         self.clock = clock
@@ -387,8 +390,8 @@ def _model_config(path: Path, name: str, entry: Any) -> HttpModelConfig:
 class ModelRegistry:
     """Resolves model names to adapters: simulated models plus configured HTTP models.
 
-    A configured model's own price (or ``free``) is put into this registry's price table under
-    both its configured name and the name its server uses, over the table's own prices.
+    A configured model's own price (or ``free``) prices its calls (:func:`call_cost`) and is put
+    into this registry's price table under its configured name, over the table's own prices.
     """
 
     def __init__(
@@ -419,7 +422,7 @@ class ModelRegistry:
         Resolves the adapter (UnknownModelError for an unknown name) but calls nothing.
         """
         adapter = self.get(name)
-        if self.prices.known(adapter.name, adapter.provider):
+        if call_cost(self.prices, adapter, 0, 0) is not None:
             return None
         served = f" (served as {adapter.name!r})" if adapter.name != name else ""
         return (
@@ -445,25 +448,30 @@ class ModelRegistry:
         adapter = OpenAIChatModel(
             base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env,
             sleep=self.sleep, clock=self.clock, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-            params=cfg.params,
+            params=cfg.params, price=cfg.price,
         )
         self._built[name] = adapter
         return adapter
 
 
 def _with_configured_prices(table: PriceTable, http: Mapping[str, HttpModelConfig]) -> PriceTable:
-    """``table`` with each configured model's own price under its name and its served name."""
-    priced = {name: cfg for name, cfg in http.items() if cfg.price is not None}
+    """``table`` with each configured model's own price under its configured name (estimates
+    and budget checks name the candidate so; calls are priced by :func:`call_cost`)."""
+    priced = {name: cfg.price for name, cfg in http.items() if cfg.price is not None}
     if not priced:
         return table
-    prices = dict(table.prices)
-    owner: dict[str, str] = {}
-    for name, cfg in sorted(priced.items()):
-        assert cfg.price is not None
-        for key in dict.fromkeys((name, cfg.model)):
-            if key in owner and prices[key] != cfg.price:
-                raise PricingError(
-                    f"models {owner[key]!r} and {name!r} both name model {key!r} with different prices"
-                )
-            prices[key], owner[key] = cfg.price, name
-    return PriceTable(prices, catalogue=table.catalogue)
+    return PriceTable({**table.prices, **priced}, catalogue=table.catalogue)
+
+
+def call_cost(prices: PriceTable, adapter: ModelAdapter, input_tokens: int, output_tokens: int,
+              *, at: datetime | None = None) -> Decimal | None:
+    """Exact cost of one call of ``adapter``: its own configured price (``price``) if it has
+    one, else the price table's for the model it names (None: unknown).
+
+    Two configured entries may serve the same model name at different prices (a free local
+    server and a paid one), so a configured price belongs to the adapter, not to the name.
+    """
+    own = getattr(adapter, "price", None)
+    if isinstance(own, Price):
+        return own.cost(input_tokens, output_tokens)
+    return prices.cost_or_none(adapter.name, input_tokens, output_tokens, adapter.provider, at=at)

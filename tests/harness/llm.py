@@ -218,7 +218,7 @@ class LlamaServer:
         """Start the server and wait until ``/v1/models`` answers (fails with its log if not)."""
         python, model = prepare()
         started = time.monotonic()
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child holds it for its lifetime
+        log = open(self.log_path, "wb")  # the child keeps it open for its lifetime
         self.proc = subprocess.Popen(
             [str(python), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ALIAS,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
