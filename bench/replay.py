@@ -69,7 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--real-runs", type=int, default=20, help="runs replayed against the real model (0: skip)")
+    p.add_argument("--real-runs", type=int, default=40, help="runs replayed against the real model (0: skip)")
     p.add_argument("--model-url", help="a running OpenAI-compatible server (default: start SmolLM2)")
     p.add_argument("--model-name", default="smollm2-135m-instruct", help="the model as --model-url serves it")
     args = p.parse_args()
@@ -147,7 +147,7 @@ def print_real(real: dict[str, Any]) -> None:
         a = r["answers"]
         print(f"what-if vs {real['model']} ({label:6s}) {n / r['seconds']:8.1f} runs/s  "
               f"{r['model_calls'] / r['seconds']:8.1f} model calls/s  ({r['seconds']:.2f} s; "
-              f"{a['fresh']} fresh answers, {a['cached']} from the cache)")
+              f"{a['fresh']} fresh answers, {a['fresh'] / r['seconds']:.1f}/s; {a['cached']} from the cache)")
     print(f"speed-up from the cache           {real['fresh']['seconds'] / real['cached']['seconds']:8.1f}x")
 
 
