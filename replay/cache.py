@@ -62,24 +62,31 @@ class ResponseCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # answers hold run contents: owner-only, as the ledger and the reports
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None  # opened on first use
         self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        """The open database (created on first use; call with the lock held)."""
+        if self._conn is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # answers hold run contents: owner-only, as the ledger and the reports
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(_SCHEMA)
+            self._conn = conn
+        return self._conn
 
     def get(self, key: str) -> ChatResponse | None:
         """The stored answer for a request key, or None."""
         with self._lock:
-            row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+            row = self._db().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
         return None if row is None else response_of(loads(row[0]))
 
     def put(self, key: str, request: bytes, response: ChatResponse) -> None:
         """Store (or replace) the answer for a request."""
         with self._lock:
-            self._db.execute(
+            self._db().execute(
                 "INSERT OR REPLACE INTO responses (key, request, response) VALUES (?, ?, ?)",
                 (key, request, dumps(response_json(response))),
             )
@@ -87,21 +94,24 @@ class ResponseCache:
     def stats(self) -> dict[str, int]:
         """Entries and the file's size in bytes."""
         with self._lock:
-            (n,) = self._db.execute("SELECT count(*) FROM responses").fetchone()
+            (n,) = self._db().execute("SELECT count(*) FROM responses").fetchone()
         return {"entries": int(n), "bytes": self.path.stat().st_size}
 
     def clear(self) -> int:
         """Forget every answer; how many there were."""
         with self._lock:
-            (n,) = self._db.execute("SELECT count(*) FROM responses").fetchone()
-            self._db.execute("DELETE FROM responses")
-            self._db.execute("VACUUM")
+            db = self._db()
+            (n,) = db.execute("SELECT count(*) FROM responses").fetchone()
+            db.execute("DELETE FROM responses")
+            db.execute("VACUUM")
         return int(n)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (if it was opened)."""
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def request_key(canonical_request: bytes) -> str:
@@ -148,6 +158,11 @@ class ReplayAnswers:
         """The kept answers, in the order they were first used."""
         with self._lock:
             return list(self._kept.values())
+
+    def used(self) -> bool:
+        """Whether any answer came through a cached model."""
+        with self._lock:
+            return bool(self.cached or self.fresh)
 
     def summary(self) -> dict[str, int]:
         """Counts for the replay report."""

@@ -51,7 +51,7 @@ def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 2
         f"runs now needing approval {s['approvals_now_required_runs']}"
     )
     answers = report.get("answers")
-    if answers:
+    if answers and (answers["cached"] or answers["fresh"]):
         console.print(
             f"model answers over HTTP: {answers['cached']} from the cache, {answers['fresh']} fresh "
             f"({answers['kept']} kept with the replay: tacho replay show {report['replay_id']} --answers)"

@@ -31,7 +31,7 @@ class ReplayReports:
         """Write a report atomically (temp file, then rename), and the model answers it used
         (the cached models' answers, bounded: :class:`replay.cache.ReplayAnswers`) beside it."""
         replay_id = str(report["replay_id"])
-        if answers is not None:
+        if answers is not None and answers.used():
             _write(self._answers_path(replay_id),
                    {"replay_id": replay_id, **answers.summary(), "answers": answers.kept()})
         path = self._path(replay_id)

@@ -160,7 +160,7 @@ class Counting:
 
 def test_the_cache_answers_a_repeated_request_exactly_and_refresh_calls_again(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path / "replays" / "cache.db")
-    assert stat.S_IMODE((tmp_path / "replays" / "cache.db").stat().st_mode) == 0o600
+    assert not (tmp_path / "replays").exists()  # made on first use
     inner = Counting()
     registry = ModelRegistry()
     registry.register(inner)
@@ -170,6 +170,7 @@ def test_the_cache_answers_a_repeated_request_exactly_and_refresh_calls_again(tm
     first = CachedModels(registry, cache, answers).get("counted").complete(request)
     again = CachedModels(registry, cache, answers).get("counted").complete(request)
     assert inner.calls == 1 and again == first and again.latency_ms == Decimal("12.345")
+    assert stat.S_IMODE((tmp_path / "replays" / "cache.db").stat().st_mode) == 0o600
     other = CachedModels(registry, cache, answers).get("counted").complete(
         ChatRequest("counted", request.messages, {"max_tokens": 5}))  # other params: another request
     assert inner.calls == 2 and other.content == "answer 2"
