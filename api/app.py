@@ -25,6 +25,7 @@ from api.halts import HaltService
 from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
+from api.model_config import configured_models
 from api.replay_jobs import ReplayJobs
 from api.routes import analytics, approvals, audit, halts, ingest, log, ops, replays
 from api.routes import keys as key_routes
@@ -222,7 +223,8 @@ def create_app(
         clock=clock,
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
-                           workers=settings.replay_workers, prices=prices),
+                           workers=settings.replay_workers, prices=prices,
+                           models=configured_models(settings.models)),
         halts=HaltService(ledger, clock),
         prices=prices,
     )

@@ -14,19 +14,28 @@ import typer
 
 from api.bootstrap import build_ledger
 from api.cli_ledger import JsonOpt, progress_bar
+from api.model_config import (
+    CandidateOptions,
+    configured_models,
+    model_registry,
+    price_table,
+    response_cache,
+    with_candidate,
+)
 from api.output import console, err_console, print_json
 from api.settings import Settings
 from domain.ledger import Ledger, iso
-from replay.engine import ReplayConfig, run_replay
+from replay.cache import ReplayAnswers
+from replay.engine import ReplayConfig, check_prices, run_replay
+from replay.errors import UnpricedModelError
 from replay.history import load_runs
-from replay.render import render_report
+from replay.render import render_answers, render_report
 from replay.report import Gate, estimate
 from replay.selection import Selection, recorded_entry_point, select_runs
 from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent, read_prompt_overrides
-from tachograph.models import HttpModelConfig, ModelRegistry
-from tachograph.prices import PriceTable
+from tachograph.models import ModelRegistry
 
 replay_app = typer.Typer(help="Replay recorded runs against new models or prompts; gate releases on the diff.")
 
@@ -58,10 +67,17 @@ def cmd_replay(
     since: Annotated[str | None, typer.Option(help="only runs started at or after this RFC 3339 date/time")] = None,
     runs: Annotated[list[str] | None, typer.Option("--runs", "--run", help="replay these run ids (repeatable)")] = None,
     limit: Annotated[int | None, typer.Option(help="at most N runs (oldest first)")] = None,
-    model: Annotated[str | None, typer.Option(help="candidate model (what-if replay)")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="candidate prompt NAME=FILE (repeatable)")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --model")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="env var holding the API key for --base-url")] = None,
+    # -- the candidate model, its price and the response cache (docs/replay.md#real-models) --
+    model: Annotated[str | None, typer.Option(help="candidate model (what-if replay): simulated, in the models file, or with --base-url")] = None,
+    models_file: Annotated[Path | None, typer.Option("--models", help="models file of OpenAI-compatible endpoints (default: TACHO_MODELS)")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", "--model-url", help="OpenAI-compatible base URL for --model")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", "--model-key-env", help="env var holding the API key for --model")] = None,
+    model_price: Annotated[str | None, typer.Option("--model-price", help="price of --model: IN,OUT USD per million input,output tokens")] = None,
+    model_free: Annotated[bool, typer.Option("--model-free", help="--model costs nothing (self-hosted)")] = False,
+    model_param: Annotated[list[str] | None, typer.Option("--model-param", help="request parameter KEY=VALUE for --model, e.g. max_tokens=64 (repeatable)")] = None,
+    allow_unpriced: Annotated[bool, typer.Option("--allow-unpriced", help="call models with no known price (calls recorded unpriced) instead of refusing")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="call real models again, ignoring (and refreshing) the response cache")] = False,
     prices: Annotated[Path | None, typer.Option(help="JSON price file over genai-prices' catalogue (default: TACHO_PRICES)")] = None,
     max_outcome_change: Annotated[str | None, typer.Option(help="gate: max outcome change rate (0.05 or 5%)")] = None,
     max_cost_increase: Annotated[str | None, typer.Option(help="gate: max relative total cost increase")] = None,
@@ -85,10 +101,9 @@ def cmd_replay(
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # agent modules live in the user's project
     settings = Settings()
-    price_file = prices or settings.prices
-    price_table = PriceTable.from_file(price_file) if price_file else PriceTable()
-    http = {model: HttpModelConfig(base_url, model, api_key_env)} if model and base_url else {}
-    models = ModelRegistry(http, sleep=time.sleep, clock=time.monotonic, prices=price_table)
+    candidate = CandidateOptions(model, base_url, api_key_env, model_price, model_free, tuple(model_param or ()))
+    models = model_registry(with_candidate(configured_models(models_file or settings.models), candidate),
+                            price_table(prices or settings.prices))
     if model:
         models.get(model)  # fail fast on an unknown candidate
     ledger = build_ledger(settings)
@@ -96,12 +111,15 @@ def cmd_replay(
     if steps and estimate_only:
         raise typer.BadParameter("--estimate prices a full replay; a step replay's cost is in its report")
     if steps:
+        problem = models.price_problem(model) if model else None
+        if problem is not None and not allow_unpriced:  # before anything is called, as full replays
+            raise UnpricedModelError(problem + " (nothing was called)")
         raise typer.Exit(_step_replay(ledger, models, settings, gate, model, rid, workflow, since,
                                       runs or [], limit, workers, agent, prompt, json_out))
     spec, selection = _full_selection(ledger, agent, prompt, workflow, since, runs or [], limit)
     recorded = selection.runs
     if estimate_only:
-        est = estimate(recorded, model, price_table)
+        est = estimate(recorded, model, models.prices)
         failures = gate.failures({"cost_increase": est["cost_increase"],
                                   "unpriced_calls": est["unpriced_calls"]})
         est["gate"] = {"passed": not failures, "failures": failures}
@@ -118,14 +136,21 @@ def cmd_replay(
             for f in failures:
                 console().print(f"[red]gate failed:[/] {f}")
         raise typer.Exit(1 if failures else 0)
-    config = ReplayConfig(rid, iso(time.time()), candidate_model=model, gate=gate, workers=workers)
-    with progress_bar(len(recorded), "replaying") as bar:
-        task = bar.add_task("replay", total=len(recorded))
-        report = run_replay(recorded, spec, config, models, ledger=ledger,
-                            progress=lambda n: bar.advance(task, n),
-                            not_replayable=selection.not_replayable)
+    config = ReplayConfig(rid, iso(time.time()), candidate_model=model, gate=gate, workers=workers,
+                          allow_unpriced=allow_unpriced, refresh_cache=no_cache)
+    check_prices(recorded, spec, config, models)  # before the progress bar: nothing is called
+    answers = ReplayAnswers()
+    cache = response_cache(settings.data_dir)
+    try:
+        with progress_bar(len(recorded), "replaying") as bar:
+            task = bar.add_task("replay", total=len(recorded))
+            report = run_replay(recorded, spec, config, models, ledger=ledger,
+                                progress=lambda n: bar.advance(task, n),
+                                not_replayable=selection.not_replayable, cache=cache, answers=answers)
+    finally:
+        cache.close()
     ledger.checkpoint(force=True)
-    _reports(settings).save(report)
+    _reports(settings).save(report, answers)
     if json_out:
         print_json(report)
     else:
@@ -135,13 +160,46 @@ def cmd_replay(
 
 
 @replay_app.command("show")
-def cmd_show(replay_id: Annotated[str, typer.Argument(help="replay id")], json_out: JsonOpt = False) -> None:
-    """Print a stored replay's report."""
-    report = _reports(Settings()).load(replay_id)
+def cmd_show(
+    replay_id: Annotated[str, typer.Argument(help="replay id")],
+    answers: Annotated[bool, typer.Option("--answers", help="the model answers the replay used (kept with it)")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print a stored replay's report, or the real models' answers it used."""
+    reports = _reports(Settings())
+    if answers:
+        kept = reports.answers(replay_id)
+        if json_out:
+            print_json(kept)
+        else:
+            render_answers(kept, console())
+        return
+    report = reports.load(replay_id)
     if json_out:
         print_json(report)
     else:
         render_report(report, console())
+
+
+@replay_app.command("cache")
+def cmd_cache(
+    clear: Annotated[bool, typer.Option("--clear", help="forget every cached answer")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The response cache of real models' answers (replays/cache.db): its size, or clear it."""
+    cache = response_cache(Settings().data_dir)
+    try:
+        out = {"path": str(cache.path), **cache.stats()}
+        if clear:
+            out["cleared"] = cache.clear()
+            out.update(cache.stats())
+    finally:
+        cache.close()
+    if json_out:
+        print_json(out)
+    else:
+        console().print(f"{out['path']}: {out['entries']} answers, {out['bytes']} bytes"
+                        + (f" ({out['cleared']} cleared)" if clear else ""))
 
 
 @replay_app.command("list")

@@ -11,17 +11,19 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from api.model_config import model_registry
 from api.routes.errors import BadParameter, Unavailable
 from api.schemas import ReplayStart
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
+from replay.cache import ReplayAnswers, ResponseCache
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
 from replay.history import RecordedRun, event_of, load_runs
@@ -31,7 +33,7 @@ from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
 from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
-from tachograph.models import ModelRegistry
+from tachograph.models import HttpModelConfig, ModelRegistry
 from tachograph.prices import PriceTable
 
 log = logging.getLogger(__name__)
@@ -133,9 +135,11 @@ class ReplayJobs:
         max_queued: int = 8,
         workers: int = 2,
         prices: PriceTable | None = None,
+        models: Mapping[str, HttpModelConfig] | None = None,
     ) -> None:
         self.ledger = ledger
         self.prices = prices or PriceTable()
+        self.http_models = dict(models or {})
         self.reports = reports
         self.clock = clock
         self.agents = tuple(agents)
@@ -162,13 +166,19 @@ class ReplayJobs:
                 raise BadParameter(str(e)) from e
         return spec
 
-    def _models(self, model: str | None) -> ModelRegistry:
-        models = ModelRegistry(sleep=time.sleep, clock=time.monotonic, prices=self.prices)
+    def models(self) -> ModelRegistry:
+        """The models a replay may name: simulated ones and the server's configured ones."""
+        return model_registry(self.http_models, self.prices)
+
+    def _models(self, model: str | None, allow_unpriced: bool) -> ModelRegistry:
+        models = self.models()
         if model is not None:
             try:
-                models.get(model)
+                problem = models.price_problem(model)
             except UnknownModelError as e:
                 raise BadParameter(str(e)) from e
+            if problem is not None and not allow_unpriced:
+                raise BadParameter(problem.replace("--allow-unpriced", "`allow_unpriced: true`"))
         return models
 
     def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
@@ -184,13 +194,14 @@ class ReplayJobs:
             raise BadParameter("a full replay needs `agent` (module:function); a step replay "
                                "(`\"mode\": \"steps\"`) needs none")
         spec = self._agent(req.agent, dict(req.prompts))
-        models = self._models(req.model)
+        models = self._models(req.model, req.allow_unpriced)
         workflow = req.workflow or (None if req.runs else spec.workflow)
         if workflow is None and not req.runs:
             raise BadParameter("give `workflow` or `runs` (the agent's module names no WORKFLOW)")
         chosen = recorded_runs(self.ledger.store, workspace, req.runs) if req.runs else None
         config = ReplayConfig(self._new_id(), iso(self.clock()), candidate_model=req.model, gate=gate,
-                              workers=self.workers)
+                              workers=self.workers, allow_unpriced=req.allow_unpriced,
+                              refresh_cache=req.no_cache)
         job = ReplayJob(config.replay_id, workspace, key_id, config.created, spec.ref, config.mode(spec),
                         config.candidate(spec))
         return self._queue(job, lambda: self._run(job, spec, models, config, workflow, req, chosen))
@@ -204,7 +215,7 @@ class ReplayJobs:
                                "or `prompts`")
         if req.workflow is None and not req.runs:
             raise BadParameter("give `workflow` or `runs`")
-        models = self._models(req.model)
+        models = self._models(req.model, req.allow_unpriced)
         chosen = recorded_runs(self.ledger.store, workspace, req.runs, finished_only=False) \
             if req.runs else None
         config = StepConfig(self._new_id(), iso(self.clock()), req.model, gate, self.workers)
@@ -243,38 +254,45 @@ class ReplayJobs:
 
     def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,
              workflow: str | None, req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
-        def work() -> dict[str, Any]:
+        def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
             given = chosen if chosen is not None else self._load(job.workspace, workflow, req)
             selection = select_runs(given, spec, req.limit)
             if not selection.runs:
                 raise BadParameter(_none_match(workflow, req, selection, "finished runs"))
             job.total = len(selection.runs)
-            report = run_replay(selection.runs, spec, config, models, ledger=self.ledger,
-                                progress=job.advance, not_replayable=selection.not_replayable)
+            answers = ReplayAnswers()
+            cache = ResponseCache(self.reports.directory / "cache.db")
+            try:
+                report = run_replay(selection.runs, spec, config, models, ledger=self.ledger,
+                                    progress=job.advance, not_replayable=selection.not_replayable,
+                                    cache=cache, answers=answers)
+            finally:
+                cache.close()
             self.ledger.checkpoint(force=True)
-            return report
+            return report, answers
         self._finish(job, work)
 
     def _run_steps(self, job: ReplayJob, models: ModelRegistry, config: StepConfig, req: ReplayStart,
                    chosen: list[RecordedRun] | None) -> None:
-        def work() -> dict[str, Any]:
+        def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
             given = chosen if chosen is not None else self._load(job.workspace, req.workflow, req, False)
             selection = select_runs(given, None, req.limit)
             if not selection.runs:
                 raise BadParameter(_none_match(req.workflow, req, selection, "production runs"))
             job.total = len(selection.runs)
             return run_step_replay(selection.runs, config, models, progress=job.advance,
-                                   skipped=[n.to_json() for n in selection.not_replayable])
+                                   skipped=[n.to_json() for n in selection.not_replayable]), None
         self._finish(job, work)
 
-    def _finish(self, job: ReplayJob, work: Callable[[], dict[str, Any]]) -> None:
+    def _finish(self, job: ReplayJob,
+                work: Callable[[], tuple[dict[str, Any], ReplayAnswers | None]]) -> None:
         """Run a job's work, store its report, and record how it ended."""
         job.status = "running"
         try:
-            report = work()
+            report, answers = work()
             report["workspace"] = job.workspace
             report["finished"] = iso(self.clock())
-            self.reports.save(report)
+            self.reports.save(report, answers)
             job.passed = bool(report["gate"]["passed"])
             job.finished = report["finished"]
             job.status = "finished"

@@ -318,7 +318,18 @@ class ReplayStart(BaseModel):
     limit: int | None = Field(None, ge=1, le=1_000_000, description="at most N runs, oldest first")
     model: str | None = Field(
         None, min_length=1, max_length=200,
-        description="candidate model (what-if replay); none: fidelity replay",
+        description="candidate model (what-if replay): a simulated model or one the server's models "
+        "file names (setting `models`); none: fidelity replay. A request names a model, never a "
+        "URL or a key: the server would otherwise call any address a client gives it, inside its "
+        "own network (server-side request forgery), and could be made to send its keys there",
+    )
+    allow_unpriced: bool = Field(
+        False, description="call a model with no known price (its calls are recorded unpriced); "
+        "otherwise such a replay is refused (422) before anything is called",
+    )
+    no_cache: bool = Field(
+        False, description="call real models again instead of answering from the server's response "
+        "cache, and store their new answers",
     )
     prompts: dict[Annotated[str, Field(min_length=1, max_length=200)],
                   Annotated[str, Field(max_length=200_000)]] = Field(

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         'models ({"model": {"input_per_m": "0.4", "output_per_m": "1.6"}}, USD per million '
         "tokens); prices OTLP model spans that carry no cost, and replays (docs/analytics.md)",
     )
+    models: Path | None = Field(
+        None, description="a models file (TOML or JSON) of OpenAI-compatible endpoints replays may "
+        "call by name: base_url, model as served, api_key_env (the key stays in the environment), "
+        "price or free = true, params (docs/replay.md#real-models)",
+    )
     witnesses: str = Field(
         "", description="witnesses that cosign checkpoints: comma-separated URL=VKEY (c2sp.org/tlog-witness)"
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 from domain.ledger import Ledger
 from domain.ports import Source
+from replay.cache import CachedModels, ReplayAnswers, ResponseCache
+from replay.errors import UnpricedModelError
 from replay.history import RecordedRun
 from replay.recorder import LedgerRecorder
 from replay.replaying import ReplayContext
@@ -29,7 +31,12 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """One replay: its id, when it was made (injected), the candidate, and the gate."""
+    """One replay: its id, when it was made (injected), the candidate, and the gate.
+
+    ``allow_unpriced``: call models with no known price anyway (their calls are recorded
+    unpriced); otherwise such a replay is refused before it starts. ``refresh_cache``: with a
+    response cache, call the models again and store their new answers (``--no-cache``).
+    """
 
     replay_id: str
     created: str
@@ -37,6 +44,8 @@ class ReplayConfig:
     gate: Gate = field(default_factory=Gate)
     workers: int = 2
     chunk: int = 256
+    allow_unpriced: bool = False
+    refresh_cache: bool = False
 
     def mode(self, agent: AgentSpec) -> str:
         """``fidelity`` with no candidate, else ``what-if``."""
@@ -125,6 +134,27 @@ def replay_one(
     return result, events
 
 
+def models_called(runs: Sequence[RecordedRun], agent: AgentSpec, config: ReplayConfig) -> list[str]:
+    """The model names a replay will call: none in fidelity (answers are recorded), the
+    candidate, or (prompt-only what-if) the recorded runs' models."""
+    if config.mode(agent) == "fidelity":
+        return []
+    if config.candidate_model is not None:
+        return [config.candidate_model]
+    names = {e["data"]["model"] for run in runs for e in run.events if e["type"] == "model.called"}
+    return sorted(names)
+
+
+def check_prices(runs: Sequence[RecordedRun], agent: AgentSpec, config: ReplayConfig,
+                 models: ModelRegistry) -> None:
+    """Refuse (UnpricedModelError) a replay that would call a model with no known price, unless
+    ``config.allow_unpriced``; resolves the adapters (UnknownModelError) but calls nothing."""
+    problems = [p for name in models_called(runs, agent, config)
+                if (p := models.price_problem(name)) is not None]
+    if problems and not config.allow_unpriced:
+        raise UnpricedModelError("; ".join(problems) + " (nothing was called)")
+
+
 def _chunks(runs: Sequence[RecordedRun], n: int) -> Iterator[Sequence[RecordedRun]]:
     for i in range(0, len(runs), n):
         yield runs[i : i + n]
@@ -139,12 +169,22 @@ def run_replay(
     ledger: Ledger | None = None,
     progress: Progress | None = None,
     not_replayable: Sequence[NotReplayable] = (),
+    cache: ResponseCache | None = None,
+    answers: ReplayAnswers | None = None,
 ) -> dict[str, Any]:
     """Replay runs in parallel, record them in input order, and return the replay report.
 
     ``not_replayable``: runs selected but recorded by other code (see :mod:`replay.selection`),
     reported with their reasons and counted, never replayed and never failing the gate.
+    Refuses a replay that would call an unpriced model before anything runs (see
+    :func:`check_prices`). With a ``cache``, real models' answers come from it when it has the
+    request (``config.refresh_cache``: never) and ``answers`` (the caller's, to keep them with
+    the report) counts them; the report's ``answers`` says how many were cached and fresh.
     """
+    check_prices(runs, agent, config, models)
+    if cache is not None:
+        answers = answers if answers is not None else ReplayAnswers()
+        models = CachedModels(models, cache, answers, refresh=config.refresh_cache)
     recorder = (
         LedgerRecorder(ledger, Source(kind="replay", name=config.replay_id)) if ledger else None
     )
@@ -180,6 +220,7 @@ def run_replay(
         "prompts": {k: prompt_digest(v) for k, v in sorted(agent.prompt_overrides.items())},
         "summary": summary,
         "gate": {**config.gate.to_json(), "passed": not failures, "failures": failures},
+        "answers": None if cache is None or answers is None else answers.summary(),
         "recorded": None if totals is None else {
             "accepted": totals.accepted, "duplicates": totals.duplicates,
             "quarantined": totals.quarantined, "problems": totals.problems[:20],

@@ -33,3 +33,9 @@ class ReplayNotFoundError(ReplayError):
 
 class GateFailed(ReplayError):
     """A replay crossed a release-gate threshold (the CLI exits non-zero)."""
+
+
+class UnpricedModelError(PricingError):
+    """A replay would call a model with no known price, and unpriced calls were not accepted.
+
+    Raised before any model is called, so nothing has been spent."""

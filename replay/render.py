@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -14,7 +15,7 @@ def _pct(value: Any) -> str:
 
 
 def _usd(value: Any) -> str:
-    return "—" if value is None else f"${value}"
+    return "—" if value is None else f"${format(Decimal(str(value)), 'f')}"
 
 
 def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:
@@ -52,6 +53,12 @@ def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 2
         f"cost change {_pct(s['cost_increase'])}, statuses {s['statuses']}, "
         f"runs now needing approval {s['approvals_now_required_runs']}"
     )
+    answers = report.get("answers")
+    if answers and (answers["cached"] or answers["fresh"]):
+        console.print(
+            f"model answers over HTTP: {answers['cached']} from the cache, {answers['fresh']} fresh "
+            f"({answers['kept']} kept with the replay: tacho replay show {report['replay_id']} --answers)"
+        )
     changed = [r for r in report["runs"] if r["changed"] or r["first_divergence"]]
     if changed:
         ct = Table(title="changed or diverged runs", show_edge=False)
@@ -150,6 +157,25 @@ def _gate(report: Mapping[str, Any], console: Console) -> None:
     else:
         for f in gate["failures"]:
             console.print(f"[red]gate failed:[/] {f}")
+
+
+def render_answers(kept: Mapping[str, Any], console: Console, max_chars: int = 200) -> None:
+    """Print the model answers a replay kept: source, model, the last message and the answer."""
+    console.print(
+        f"[bold]replay {kept['replay_id']}[/]: {kept['cached']} answer(s) from the cache, "
+        f"{kept['fresh']} fresh; {kept['kept']} kept" + (f", {kept['dropped']} not kept (over the bound)"
+                                                         if kept["dropped"] else "")
+    )
+    t = Table(show_edge=False)
+    for col in ("source", "model", "last message", "answer", "tokens in/out", "ms"):
+        t.add_column(col)
+    for a in kept["answers"]:
+        body, r = a["request"]["body"], a["response"]
+        last = body["messages"][-1].get("content", "") if body.get("messages") else ""
+        t.add_row(a["source"], str(body.get("model")), _short(last, max_chars // 2),
+                  _short(r["content"], max_chars), f"{r['input_tokens']}/{r['output_tokens']}",
+                  str(r["latency_ms"]))
+    console.print(t)
 
 
 def _short(value: Any, n: int = 70) -> str:

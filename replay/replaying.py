@@ -26,7 +26,7 @@ from tachograph.context import (
 )
 from tachograph.contract.canonical import dumps
 from tachograph.halts import Halt
-from tachograph.models import ChatRequest, ModelRegistry
+from tachograph.models import ChatRequest, ModelRegistry, call_cost
 from tachograph.tools import ToolRegistry
 
 REPLAY_LABELS = ("replay.id", "replay.candidate", "replay.mode")
@@ -227,8 +227,8 @@ class ReplayContext(Context):
         adapter = self.models.get(name)
         r = adapter.complete(ChatRequest(name, tuple(request["messages"]), request.get("params") or {}))
         # priced as of the recorded run (reproducible); unknown: recorded unpriced, not refused
-        cost = self.prices.cost_or_none(adapter.name, r.input_tokens, r.output_tokens, adapter.provider,
-                                        at=parse_time(str(self.recorded[0]["time"])))
+        cost = call_cost(self.prices, adapter, r.input_tokens, r.output_tokens,
+                         at=parse_time(str(self.recorded[0]["time"])))
         return ModelAnswer(
             adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
             None if cost is None else money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,

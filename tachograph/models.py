@@ -10,19 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
 from tachograph.contract.canonical import dumps, loads
 from tachograph.errors import (
+    ConfigError,
     ModelAuthError,
     ModelRequestError,
     ModelResponseError,
     ModelUnavailableError,
+    PricingError,
     UnknownModelError,
 )
 from tachograph.prices import DEFAULT_PRICES as DEFAULT_PRICES  # moved; old imports keep working
@@ -138,6 +143,8 @@ class OpenAIChatModel:
     Retries 429, 5xx, timeouts and connection errors with exponential backoff (honouring a
     numeric ``Retry-After``); other errors are raised at once with a clear message. The API key
     is read from the environment variable named in the config and never logged or shown.
+    ``params`` are defaults sent with every request (e.g. ``max_tokens``); a request's own
+    params win over them.
     """
 
     provider = "openai-compatible"
@@ -155,9 +162,13 @@ class OpenAIChatModel:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        params: Mapping[str, Any] | None = None,
+        price: Price | None = None,
     ) -> None:
         self.name = model
         self.base_url = base_url.rstrip("/")
+        self.params = dict(params or {})
+        self.price = price  # its own configured price (None: the price table's)
         self.api_key_env = api_key_env
         self.sleep = sleep
         self.clock = clock
@@ -191,9 +202,20 @@ class OpenAIChatModel:
                 return min(float(after), self.max_backoff_s)
         return float(min(self.backoff_s * (2**attempt), self.max_backoff_s))
 
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body this client sends for ``request``: default params, the request's params,
+        the model as served and the messages."""
+        return {**self.params, **dict(request.params), "model": self.name,
+                "messages": list(request.messages)}
+
+    def canonical_request(self, request: ChatRequest) -> bytes:
+        """Canonical bytes of what is sent and where (base URL and body; never the key): equal
+        bytes mean the same request to the same model, e.g. as a response cache's key."""
+        return dumps({"base_url": self.base_url, "body": self.request_body(request)})
+
     def complete(self, request: ChatRequest) -> ChatResponse:
         """Call the endpoint (with retries) and parse the first choice and the usage."""
-        body = dumps({**dict(request.params), "model": self.name, "messages": list(request.messages)})
+        body = dumps(self.request_body(request))
         headers = self._headers()
         url = f"{self.base_url}/chat/completions"
         last_problem = ""
@@ -261,19 +283,116 @@ def _parse_completion(response: httpx.Response, model: str, latency_ms: Decimal)
     )
 
 
+FREE = Price(Decimal(0), Decimal(0))
+
+
 @dataclass(frozen=True)
 class HttpModelConfig:
-    """Configuration of one OpenAI-compatible model: where, which, and the key's env var."""
+    """Configuration of one OpenAI-compatible model: where, which, the key's env var, its price.
+
+    ``price`` (USD per million input/output tokens; :data:`FREE` for a self-hosted model
+    declared free) wins over the price table for this model; None leaves it to the table.
+    ``params`` are default request parameters (e.g. ``{"max_tokens": 64}``).
+    """
 
     base_url: str
     model: str
     api_key_env: str | None = None
     timeout_s: float = 60.0
     max_retries: int = 4
+    price: Price | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def free(self) -> bool:
+        """Whether the model is declared free (priced at 0)."""
+        return self.price == FREE
+
+
+def parse_price_pair(text: str) -> Price:
+    """``"IN,OUT"`` (USD per million input and output tokens) as a Price; PricingError if not."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise PricingError(f"a price is IN,OUT in USD per million input and output tokens, got {text!r}")
+    return _config_price(parts[0], parts[1], f"price {text!r}")
+
+
+def _config_price(inp: Any, out: Any, where: str) -> Price:
+    problem = f"{where}: input and output prices must be numbers ≥ 0 (USD per million tokens)"
+    try:
+        if isinstance(inp, bool) or isinstance(out, bool):
+            raise InvalidOperation
+        price = Price(Decimal(str(inp)), Decimal(str(out)))
+    except (InvalidOperation, ValueError):
+        raise PricingError(problem) from None
+    if not (price.input_per_m.is_finite() and price.output_per_m.is_finite()) \
+            or price.input_per_m < 0 or price.output_per_m < 0:
+        raise PricingError(problem)
+    return price
+
+
+_CONFIG_KEYS = {"base_url", "model", "api_key_env", "timeout_s", "max_retries", "price", "free", "params"}
+
+
+def load_model_configs(path: Path) -> dict[str, HttpModelConfig]:
+    """Read a models file (TOML or JSON: a table per model name) into configs.
+
+    Each entry: ``base_url`` (http/https, required), ``model`` (as the server names it; default
+    the entry's name), ``api_key_env``, ``timeout_s``, ``max_retries``, ``params``, and either
+    ``price = {input_per_m, output_per_m}`` or ``free = true`` (neither: the price table's).
+    Raises ConfigError (or PricingError for a bad price) naming the file and the entry.
+    """
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+        raw = tomllib.loads(raw_bytes.decode()) if path.suffix == ".toml" else loads(raw_bytes)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read models file {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"models file {path} must be a table of model name → settings")
+    return {str(name): _model_config(path, str(name), entry) for name, entry in raw.items()}
+
+
+def _model_config(path: Path, name: str, entry: Any) -> HttpModelConfig:
+    where = f"models file {path}: model {name!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table of settings")
+    unknown = sorted(set(entry) - _CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_CONFIG_KEYS))}")
+    base_url = entry.get("base_url")
+    if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
+        raise ConfigError(f"{where} needs base_url, an http:// or https:// URL (e.g. http://127.0.0.1:8080/v1)")
+    price_entry, free = entry.get("price"), entry.get("free", False)
+    if not isinstance(free, bool):
+        raise ConfigError(f"{where}: free must be true or false")
+    if free and price_entry is not None:
+        raise ConfigError(f"{where}: give either price or free = true, not both")
+    price: Price | None = FREE if free else None
+    if price_entry is not None:
+        if not isinstance(price_entry, dict) or set(price_entry) != {"input_per_m", "output_per_m"}:
+            raise PricingError(f"{where}: price needs exactly input_per_m and output_per_m (USD per million tokens)")
+        price = _config_price(price_entry["input_per_m"], price_entry["output_per_m"], where)
+    params = entry.get("params", {})
+    key_env = entry.get("api_key_env")
+    if not isinstance(params, dict) or (key_env is not None and not isinstance(key_env, str)):
+        raise ConfigError(f"{where}: params must be a table and api_key_env a variable name")
+    try:
+        timeout_s, retries = float(entry.get("timeout_s", 60.0)), int(entry.get("max_retries", 4))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: timeout_s and max_retries must be numbers") from None
+    if timeout_s <= 0 or retries < 0:
+        raise ConfigError(f"{where}: timeout_s must be > 0 and max_retries ≥ 0")
+    return HttpModelConfig(base_url, str(entry.get("model", name)), key_env, timeout_s, retries,
+                           price, params)
 
 
 class ModelRegistry:
-    """Resolves model names to adapters: simulated models plus configured HTTP models."""
+    """Resolves model names to adapters: simulated models plus configured HTTP models.
+
+    A configured model's own price (or ``free``) prices its calls (:func:`call_cost`) and is put
+    into this registry's price table under its configured name, over the table's own prices.
+    """
 
     def __init__(
         self,
@@ -286,12 +405,33 @@ class ModelRegistry:
         self.http = dict(http or {})
         self.sleep = sleep
         self.clock = clock
-        self.prices = prices or PriceTable()
+        self.prices = _with_configured_prices(prices or PriceTable(), self.http)
         self._built: dict[str, ModelAdapter] = {k: v for k, v in SIMULATED.items()}
 
     def register(self, adapter: ModelAdapter) -> None:
         """Make an adapter available under its name (e.g. a local model of your own)."""
         self._built[adapter.name] = adapter
+
+    def names(self) -> list[str]:
+        """Every model name this registry answers for: simulated, registered and configured."""
+        return sorted(set(self._built) | set(self.http))
+
+    def price_problem(self, name: str) -> str | None:
+        """None if calls of model ``name`` can be priced, else a sentence saying how to price it.
+
+        Resolves the adapter (UnknownModelError for an unknown name) but calls nothing.
+        """
+        adapter = self.get(name)
+        if call_cost(self.prices, adapter, 0, 0) is not None:
+            return None
+        served = f" (served as {adapter.name!r})" if adapter.name != name else ""
+        return (
+            f"no price for model {name!r}{served}: neither a configured price, the price file nor "
+            f"the genai-prices catalogue has it. Price it with --model-price IN,OUT (USD per million "
+            f"input,output tokens) or declare it free with --model-free, or give it `price` or "
+            f"`free = true` in the models file (TACHO_MODELS), or add it to the price file "
+            f"(TACHO_PRICES); or accept unpriced calls with --allow-unpriced"
+        )
 
     def get(self, name: str) -> ModelAdapter:
         """The adapter for a model name (raises UnknownModelError with the known names)."""
@@ -308,6 +448,30 @@ class ModelRegistry:
         adapter = OpenAIChatModel(
             base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env,
             sleep=self.sleep, clock=self.clock, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+            params=cfg.params, price=cfg.price,
         )
         self._built[name] = adapter
         return adapter
+
+
+def _with_configured_prices(table: PriceTable, http: Mapping[str, HttpModelConfig]) -> PriceTable:
+    """``table`` with each configured model's own price under its configured name (estimates
+    and budget checks name the candidate so; calls are priced by :func:`call_cost`)."""
+    priced = {name: cfg.price for name, cfg in http.items() if cfg.price is not None}
+    if not priced:
+        return table
+    return PriceTable({**table.prices, **priced}, catalogue=table.catalogue)
+
+
+def call_cost(prices: PriceTable, adapter: ModelAdapter, input_tokens: int, output_tokens: int,
+              *, at: datetime | None = None) -> Decimal | None:
+    """Exact cost of one call of ``adapter``: its own configured price (``price``) if it has
+    one, else the price table's for the model it names (None: unknown).
+
+    Two configured entries may serve the same model name at different prices (a free local
+    server and a paid one), so a configured price belongs to the adapter, not to the name.
+    """
+    own = getattr(adapter, "price", None)
+    if isinstance(own, Price):
+        return own.cost(input_tokens, output_tokens)
+    return prices.cost_or_none(adapter.name, input_tokens, output_tokens, adapter.provider, at=at)

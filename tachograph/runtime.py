@@ -47,7 +47,7 @@ from tachograph.errors import (
     ToolFailed,
 )
 from tachograph.halts import Halt
-from tachograph.models import ChatRequest, HttpModelConfig, ModelRegistry
+from tachograph.models import ChatRequest, HttpModelConfig, ModelRegistry, call_cost
 from tachograph.platform import HttpPlatform, Platform
 from tachograph.prices import PriceTable
 from tachograph.trace import current_trace_id
@@ -185,7 +185,7 @@ class LiveContext(Context):
         adapter = self.runtime.models.get(self.model)
         chat = ChatRequest(self.model, tuple(request["messages"]), request.get("params") or {})
         r = adapter.complete(chat)
-        cost = self.prices.cost_or_none(adapter.name, r.input_tokens, r.output_tokens, adapter.provider)
+        cost = call_cost(self.prices, adapter, r.input_tokens, r.output_tokens)
         return ModelAnswer(
             adapter.name, adapter.provider, r.content, r.input_tokens, r.output_tokens,
             None if cost is None else money_text(cost), r.latency_ms, r.finish_reason, r.tool_calls,

@@ -14,12 +14,15 @@ Fixtures
 - ``browser`` (function) -> a selenium 4 Chrome WebDriver (headless Debian chromium).
 - ``litewitness_factory`` (function) -> ``make(name) -> tests.harness.witness.LiteWitness``:
   a running litewitness (C2SP tlog-witness) with its own ssh-agent, key and database.
+- ``llm_server`` (module) -> ``tests.harness.llm.LlamaServer``: SmolLM2-135M-Instruct served by
+  llama-cpp-python's OpenAI-compatible server (built once into .cache; ``.base_url``,
+  ``.model``, ``.chat_requests()``).
 
 Unavailable services are reported in the header and the terminal summary, and the tests that
 need them fail (never skip); ``make test`` runs scripts/ci-prereqs.sh first so they exist. With
 ``TACHO_REQUIRE_ALL_SERVICES=1`` (CI) a missing service stops the session before any test runs.
-Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` / ``witness`` markers
-automatically.
+Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` / ``witness`` / ``llm``
+markers automatically.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pytest
 
 from tests.harness import browser as _browser
 from tests.harness import kafka as _kafka
+from tests.harness import llm as _llm
 from tests.harness import postgres as _postgres
 from tests.harness import witness as _witness
 
@@ -45,6 +49,7 @@ _KAFKA_FIXTURES = {"kafka_broker", "topic_factory", *_BROKER_FIXTURE.values()}
 _PG_FIXTURES = {"postgres_server", "postgres_dsn_factory"}
 _BROWSER_FIXTURES = {"browser"}
 _WITNESS_FIXTURES = {"litewitness_factory"}
+_LLM_FIXTURES = {"llm_server"}
 
 
 def _service_status() -> dict[str, str | None]:
@@ -55,6 +60,7 @@ def _service_status() -> dict[str, str | None]:
     status["postgres"] = _postgres.postgres_unavailable_reason()
     status["chromium"] = _browser.chromium_unavailable_reason()
     status["litewitness"] = _witness.unavailable_reason()
+    status["llm"] = _llm.unavailable_reason()
     return status
 
 
@@ -107,6 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
         if names & _WITNESS_FIXTURES:
             item.add_marker(pytest.mark.witness)
+        if names & _LLM_FIXTURES:
+            item.add_marker(pytest.mark.llm)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -137,7 +145,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             )
         else:
             tr.write_line(f"kafka {name:7s} available, not started (no test needed it)")
-    for service in ("postgres", "chromium", "litewitness"):
+    for service in ("postgres", "chromium", "litewitness", "llm"):
         reason = status[service]
         if reason is not None:
             tr.write_line(f"{service:13s} NOT RUN -- unavailable: {reason}", yellow=True)
@@ -306,3 +314,26 @@ def litewitness_factory(litewitness_bin, tmp_path_factory):
     yield make
     for w in made:
         w.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# A real model: SmolLM2-135M-Instruct on llama-cpp-python's OpenAI-compatible server
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory):
+    """A running ``llama_cpp.server`` with SmolLM2 (built and downloaded once into .cache; a
+    failed build fails the tests that need it, with the build's output)."""
+    reason = _llm.unavailable_reason()
+    if reason is not None:
+        _unavailable("llm", reason)
+    server = _llm.LlamaServer(tmp_path_factory.mktemp("llm"))
+    t0 = time.monotonic()
+    try:
+        server.start()
+    except (RuntimeError, OSError, TimeoutError, subprocess.TimeoutExpired) as e:
+        _unavailable("llm", f"cannot build or start llama-cpp-python's server: {e}")
+    _started.setdefault("llm", time.monotonic() - t0)
+    yield server
+    server.close()

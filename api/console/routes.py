@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
 from api.audit_trail import LEGACY_AUDIT_WORKFLOW
 from api.auth import GRANTS, Capability, ForbiddenError, check
@@ -22,7 +23,10 @@ from api.console.state import ConsoleState
 from api.console.timeline import run_view
 from api.deps import Services
 from api.keys_store import AuthError
+from api.model_config import describe_models
+from api.routes.errors import BadParameter
 from api.run_index import RunFilter, RunSummary
+from api.schemas import ReplayStart
 from domain.errors import NotFoundError, TachographError
 from domain.evidence import build_evidence, verify_evidence
 from domain.origins import ALL, ORIGINS, OriginSelection
@@ -502,12 +506,43 @@ async def analytics_page(
 
 # -- replays ------------------------------------------------------------------------------------
 @router.get("/replays")
-def replays_page(request: Request) -> HTMLResponse:
+def replays_page(request: Request, msg: str | None = None, ok: int = 1) -> HTMLResponse:
     session = person(request)
     need(session, Capability.REPLAY)
-    reports = _state(request).replays(_services(request))
+    services = _services(request)
+    reports = _state(request).replays(services)
     mine = [r for r in reports.list() if _has_workspace(reports.load(r["replay_id"]), session.workspace)]
-    return page(request, session, "replays.html", replays=list(reversed(mine)))
+    return page(request, session, "replays.html", replays=list(reversed(mine)), msg=msg, ok=ok,
+                agents=services.settings.replay_agents,
+                models=describe_models(services.replays.models()))
+
+
+@router.post("/replays")
+async def start_replay(request: Request) -> Response:
+    """Start a replay from the form: an allow-listed agent, a model the server knows, a gate."""
+    session = person(request)
+    form = await checked_form(request, session)
+    need(session, Capability.REPLAY)
+    body: dict[str, Any] = {"agent": form.get("agent", ""),
+                            "allow_unpriced": form.get("allow_unpriced") == "on",
+                            "no_cache": form.get("no_cache") == "on"}
+    for name in ("workflow", "model", "limit", "max_outcome_change"):
+        if form.get(name, "").strip():
+            body[name] = form[name].strip()
+    try:
+        req = ReplayStart.model_validate(body)
+    except ValidationError as e:
+        return _back("/console/replays", "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                                   for err in e.errors()), ok=False)
+    services = _services(request)
+    try:
+        job = await run_in_threadpool(services.replays.submit, session.workspace, session.key_id, req)
+    except BadParameter as e:
+        return _back("/console/replays", str(e), ok=False)
+    await run_in_threadpool(record_action, services, session, "replay.start", "/console/replays",
+                            {"replay_id": job.replay_id, "agent": job.agent, "model": req.model})
+    return _back("/console/replays", f"replay {job.replay_id} started ({job.mode}, {job.candidate}); "
+                                     "it is listed here when it has finished")
 
 
 def _has_workspace(report: dict[str, Any], workspace: str) -> bool:
