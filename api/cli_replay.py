@@ -115,7 +115,7 @@ def cmd_replay(
         if problem is not None and not allow_unpriced:  # before anything is called, as full replays
             raise UnpricedModelError(problem + " (nothing was called)")
         raise typer.Exit(_step_replay(ledger, models, settings, gate, model, rid, workflow, since,
-                                      runs or [], limit, workers, agent, prompt, json_out))
+                                      runs or [], limit, workers, agent, prompt, json_out, no_cache))
     spec, selection = _full_selection(ledger, agent, prompt, workflow, since, runs or [], limit)
     recorded = selection.runs
     if estimate_only:
@@ -260,7 +260,8 @@ def _full_selection(ledger: Ledger, agent: str | None, prompt: list[str] | None,
 
 def _step_replay(ledger: Ledger, models: ModelRegistry, settings: Settings, gate: Gate, model: str | None,
                  rid: str, workflow: str | None, since: str | None, runs: list[str], limit: int | None,
-                 workers: int, agent: str | None, prompt: list[str] | None, json_out: bool) -> int:
+                 workers: int, agent: str | None, prompt: list[str] | None, json_out: bool,
+                 no_cache: bool = False) -> int:
     """``tacho replay --steps``: every recorded model request of the runs sent to ``model``;
     stores the report and returns the exit code (1: the gate failed)."""
     if model is None:
@@ -272,12 +273,18 @@ def _step_replay(ledger: Ledger, models: ModelRegistry, settings: Settings, gate
     selection = select_runs(candidates, None, limit)
     if not selection.runs:
         raise typer.BadParameter(f"no production runs of workflow {workflow!r} match")
-    config = StepConfig(rid, iso(time.time()), model, gate, workers)
-    with progress_bar(len(selection.runs), "step replay") as bar:
-        task = bar.add_task("steps", total=len(selection.runs))
-        report = run_step_replay(selection.runs, config, models, progress=lambda n: bar.advance(task, n),
-                                 skipped=[n.to_json() for n in selection.not_replayable])
-    _reports(settings).save(report)
+    config = StepConfig(rid, iso(time.time()), model, gate, workers, refresh_cache=no_cache)
+    answers = ReplayAnswers()
+    cache = response_cache(settings.data_dir)
+    try:
+        with progress_bar(len(selection.runs), "step replay") as bar:
+            task = bar.add_task("steps", total=len(selection.runs))
+            report = run_step_replay(selection.runs, config, models, progress=lambda n: bar.advance(task, n),
+                                     skipped=[n.to_json() for n in selection.not_replayable],
+                                     cache=cache, answers=answers)
+    finally:
+        cache.close()
+    _reports(settings).save(report, answers)
     if json_out:
         print_json(report)
     else:

@@ -218,7 +218,8 @@ class ReplayJobs:
         models = self._models(req.model, req.allow_unpriced)
         chosen = recorded_runs(self.ledger.store, workspace, req.runs, finished_only=False) \
             if req.runs else None
-        config = StepConfig(self._new_id(), iso(self.clock()), req.model, gate, self.workers)
+        config = StepConfig(self._new_id(), iso(self.clock()), req.model, gate, self.workers,
+                            refresh_cache=req.no_cache)
         job = ReplayJob(config.replay_id, workspace, key_id, config.created, None, "steps", config.candidate)
         return self._queue(job, lambda: self._run_steps(job, models, config, req, chosen))
 
@@ -280,8 +281,15 @@ class ReplayJobs:
             if not selection.runs:
                 raise BadParameter(_none_match(req.workflow, req, selection, "production runs"))
             job.total = len(selection.runs)
-            return run_step_replay(selection.runs, config, models, progress=job.advance,
-                                   skipped=[n.to_json() for n in selection.not_replayable]), None
+            answers = ReplayAnswers()
+            cache = ResponseCache(self.reports.directory / "cache.db")
+            try:
+                report = run_step_replay(selection.runs, config, models, progress=job.advance,
+                                         skipped=[n.to_json() for n in selection.not_replayable],
+                                         cache=cache, answers=answers)
+            finally:
+                cache.close()
+            return report, answers
         self._finish(job, work)
 
     def _finish(self, job: ReplayJob,

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from ingest.otlp_messages import REQUEST_BOUND_BYTES, RESPONSE_TRUNCATED, TRUNCATED_ROLE
+from replay.cache import CachedModels, ReplayAnswers, ResponseCache
 from replay.history import RecordedRun
 from replay.report import Gate
 from replay.step_report import CallResult, Changes, summarize_steps
@@ -44,6 +45,8 @@ class StepConfig:
     candidate_model: str
     gate: Gate = field(default_factory=Gate)
     workers: int = 2
+    refresh_cache: bool = False
+    """Call the candidate again instead of answering from the response cache (``--no-cache``)."""
 
     @property
     def candidate(self) -> str:
@@ -185,9 +188,16 @@ def _calls(runs: Sequence[RecordedRun]) -> Iterator[tuple[RecordedRun, dict[str,
 
 def run_step_replay(runs: Sequence[RecordedRun], config: StepConfig, models: ModelRegistry, *,
                     progress: Progress | None = None,
-                    skipped: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                    skipped: Sequence[Mapping[str, Any]] = (),
+                    cache: ResponseCache | None = None,
+                    answers: ReplayAnswers | None = None) -> dict[str, Any]:
     """Step-replay every model call of ``runs`` on the candidate (in parallel, reported in
-    recorded order) and return the report. ``skipped``: runs given but left out, with reasons."""
+    recorded order) and return the report. ``skipped``: runs given but left out, with reasons.
+    With a ``cache``, a real candidate's answers come from it as in full replays (the same
+    canonical request, the same answer); ``answers`` counts them for the report."""
+    if cache is not None:
+        answers = answers if answers is not None else ReplayAnswers()
+        models = CachedModels(models, cache, answers, refresh=config.refresh_cache)
     adapter = models.get(config.candidate_model)
     calls = list(_calls(runs))
     left = {(r.workspace, r.run_id): 0 for r in runs}
@@ -223,6 +233,7 @@ def run_step_replay(runs: Sequence[RecordedRun], config: StepConfig, models: Mod
         "recorded": None,
         "runs": _per_run(runs, results),
         "not_replayable": list(skipped),
+        "answers": None if cache is None or answers is None else answers.summary(),
     }
 
 

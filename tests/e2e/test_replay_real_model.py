@@ -220,3 +220,34 @@ def test_the_api_replays_against_a_configured_model_and_never_a_requested_url(
     assert second["report"]["answers"]["cached"] == calls and second["report"]["answers"]["fresh"] == 0
     assert _settled(llm_server) - before == calls
     assert second["report"]["summary"] == first["report"]["summary"]
+
+
+def _steps(data: Path, models: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = tacho(data, "replay", "--steps", "--workflow", "ticket-triage", "--models", str(models),
+                 "--model", "smollm2", *args, "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return proc.returncode, loads(proc.stdout)
+
+
+def test_a_step_replay_sends_the_recorded_requests_to_the_real_model_then_answers_from_the_cache(
+    setup: tuple[Path, Path], llm_server: LlamaServer,
+) -> None:
+    data, models = setup
+    before = _settled(llm_server)
+    code, first = _steps(data, models, "--id", "steps-1", "--max-response-change", "0")
+    served = _settled(llm_server) - before
+    summary = first["summary"]
+    calls = summary["replayed_calls"]
+    assert first["mode"] == "steps" and calls >= RUNS and summary["unreplayable_calls"] == 0
+    # every request went to the server once (a request asked twice, by two runs, is answered once)
+    assert served == first["answers"]["fresh"] > 0
+    assert first["answers"]["fresh"] + first["answers"]["cached"] == calls
+    # the recordings answered with the simulated model; SmolLM2 answers differently: the gate fails
+    assert Decimal(str(summary["response_change_rate"])) > 0
+    assert code == 1 and any("response change" in f for f in first["gate"]["failures"])
+    code_pass, passed = _steps(data, models, "--id", "steps-2", "--max-response-change", "1")
+    assert code_pass == 0 and passed["gate"]["passed"]
+    # steps-2 asked the same requests: all from the cache, none reached the server
+    assert passed["answers"] == {**passed["answers"], "cached": calls, "fresh": 0}
+    assert _settled(llm_server) - before == served
+    assert [r["calls"] for r in passed["runs"]] == [r["calls"] for r in first["runs"]]
