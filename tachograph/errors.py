@@ -131,3 +131,17 @@ class DeliveryError(AgentError):
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} event(s) not delivered: {shown}{more}")
         self.failures = failures
+
+
+# --- policies (Open Policy Agent) --------------------------------------------------------------
+class PolicyError(AgentError):
+    """Root of the errors met while asking the policy engine (Open Policy Agent) for a decision."""
+
+
+class PolicyUnavailableError(PolicyError):
+    """OPA could not be asked: unreachable, timed out, or answered with a 5xx."""
+
+
+class PolicyResponseError(PolicyError):
+    """OPA answered, but not with a decision we can enforce (4xx, not JSON, no or a malformed
+    result); the message names what was wrong."""
