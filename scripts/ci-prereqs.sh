@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the real-service test harness (tests/harness/) needs on a fresh Debian 12 box,
-# prefetch the Apache Kafka jars into .cache/kafka, build litewitness and the real model server
+# prefetch the Apache Kafka jars into .cache/kafka, build litewitness, opa and the real model server
 # (tests/harness/llm.py) into .cache. Idempotent; starts no services
 # (the pytest fixtures in tests/conftest.py start and stop them).
 #
@@ -52,6 +52,9 @@ if ! command -v go >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go
 fi
 "$PYTHON" -m tests.harness.witness --build
+# Open Policy Agent (github.com/open-policy-agent/opa) for the policy tests: built once with the same
+# go into .cache/opa/bin/opa (idempotent: nothing happens when it is there)
+"$PYTHON" -m tests.harness.opa --build
 
 # the real model for the replay tests: llama-cpp-python[server] built once from its PyPI sdist into
 # .cache/wheels (about 5 minutes on 2 cores) and installed into .cache/llm-venv, and the SmolLM2 GGUF

@@ -17,12 +17,15 @@ Fixtures
 - ``llm_server`` (module) -> ``tests.harness.llm.LlamaServer``: SmolLM2-135M-Instruct served by
   llama-cpp-python's OpenAI-compatible server (built once into .cache; ``.base_url``,
   ``.model``, ``.chat_requests()``).
+- ``opa_server`` (function) -> ``make(bundle=None, paths=()) -> tests.harness.opa.OpaServer``:
+  a running Open Policy Agent (built once with go into .cache) over a bundle directory or
+  policy files; ``.url``, ``.stop()``, ``.restart()``.
 
 Unavailable services are reported in the header and the terminal summary, and the tests that
 need them fail (never skip); ``make test`` runs scripts/ci-prereqs.sh first so they exist. With
 ``TACHO_REQUIRE_ALL_SERVICES=1`` (CI) a missing service stops the session before any test runs.
-Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` / ``witness`` / ``llm``
-markers automatically.
+Tests using these fixtures get the ``kafka`` / ``postgres`` / ``browser`` / ``witness`` / ``llm`` /
+``opa`` markers automatically.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import pytest
 from tests.harness import browser as _browser
 from tests.harness import kafka as _kafka
 from tests.harness import llm as _llm
+from tests.harness import opa as _opa
 from tests.harness import postgres as _postgres
 from tests.harness import witness as _witness
 
@@ -50,6 +54,7 @@ _PG_FIXTURES = {"postgres_server", "postgres_dsn_factory"}
 _BROWSER_FIXTURES = {"browser"}
 _WITNESS_FIXTURES = {"litewitness_factory"}
 _LLM_FIXTURES = {"llm_server"}
+_OPA_FIXTURES = {"opa_bin", "opa_server"}
 
 
 def _service_status() -> dict[str, str | None]:
@@ -61,6 +66,7 @@ def _service_status() -> dict[str, str | None]:
     status["chromium"] = _browser.chromium_unavailable_reason()
     status["litewitness"] = _witness.unavailable_reason()
     status["llm"] = _llm.unavailable_reason()
+    status["opa"] = _opa.unavailable_reason()
     return status
 
 
@@ -115,6 +121,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.witness)
         if names & _LLM_FIXTURES:
             item.add_marker(pytest.mark.llm)
+        if names & _OPA_FIXTURES:
+            item.add_marker(pytest.mark.opa)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -145,7 +153,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             )
         else:
             tr.write_line(f"kafka {name:7s} available, not started (no test needed it)")
-    for service in ("postgres", "chromium", "litewitness", "llm"):
+    for service in ("postgres", "chromium", "litewitness", "llm", "opa"):
         reason = status[service]
         if reason is not None:
             tr.write_line(f"{service:13s} NOT RUN -- unavailable: {reason}", yellow=True)
@@ -314,6 +322,40 @@ def litewitness_factory(litewitness_bin, tmp_path_factory):
     yield make
     for w in made:
         w.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Open Policy Agent (opa, built from github.com/open-policy-agent/opa with go)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def opa_bin():
+    """The opa binary, built once into .cache (a failed build fails the test, never skips)."""
+    reason = _opa.unavailable_reason()
+    if reason is not None:
+        _unavailable("opa", reason)
+    try:
+        return _opa.build()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        _unavailable("opa", f"cannot build it: {e}")
+
+
+@pytest.fixture
+def opa_server(opa_bin, tmp_path_factory):
+    """``make(bundle=None, paths=()) -> OpaServer`` started; every one is stopped afterwards."""
+    made: list[_opa.OpaServer] = []
+
+    def make(bundle=None, paths=()) -> _opa.OpaServer:
+        server = _opa.OpaServer(tmp_path_factory.mktemp("opa"), bundle=bundle, paths=paths)
+        made.append(server)
+        server.start()
+        _started.setdefault("opa", server.startup_seconds or 0.0)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
 
 
 # ----------------------------------------------------------------------------------------------

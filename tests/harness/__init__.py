@@ -9,6 +9,8 @@ Submodules (import them explicitly; nothing heavy is imported here):
   chromium/chromedriver).
 - ``tests.harness.witness``  -- ``LiteWitness``: litewitness (``filippo.io/torchwood``, built with
   go into ``.cache/witness``) with its own ssh-agent key; ``python -m tests.harness.witness --build``.
+- ``tests.harness.opa``      -- ``OpaServer``: Open Policy Agent (``github.com/open-policy-agent/opa``,
+  built with go into ``.cache/opa``) as a REST sidecar; ``python -m tests.harness.opa --build``.
 
 Fixtures wrapping these live in ``tests/conftest.py``.
 """

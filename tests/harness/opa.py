@@ -1,0 +1,212 @@
+"""A real Open Policy Agent: ``opa`` built from ``github.com/open-policy-agent/opa`` (Go), run as a
+sidecar over its REST API, the way users deploy it.
+
+- Build (idempotent, cached in ``<repo>/.cache/opa/bin/opa``, gitignored):
+  ``python -m tests.harness.opa --build`` (needs ``go``; ``/usr/local/go/bin`` is tried too).
+  A file lock (``.cache/opa.lock``) keeps parallel test runs from building twice. A cold build
+  (module download + compile, empty GOPATH and GOCACHE) took 1 min 46 s wall clock on this
+  2-core box; cached, nothing is built.
+- :class:`OpaServer` runs ``opa run --server --addr 127.0.0.1:<free port>`` on a bundle
+  directory or policy files, with console decision logging on (so OPA returns a ``decision_id``
+  with every decision), waits for ``GET /health``, and can be stopped and started again on the
+  same port (tests stop OPA in the middle of a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tests.harness import CACHE_DIR, free_port, port_open, tail, terminate, wait_until
+
+VERSION = "v1.22.4"
+MODULE = "github.com/open-policy-agent/opa"
+ROOT = CACHE_DIR / "opa"
+LOCK = CACHE_DIR / "opa.lock"
+
+
+def bin_dir() -> Path:
+    return ROOT / "bin"
+
+
+def opa_path() -> Path:
+    return bin_dir() / "opa"
+
+
+def _stamp() -> Path:
+    """Which version the cached binary is (``go install`` names it just ``opa``)."""
+    return bin_dir() / f".version-{VERSION}"
+
+
+def built() -> bool:
+    return opa_path().is_file() and _stamp().is_file()
+
+
+def build_seconds() -> float | None:
+    """How long the cached binary took to build here (recorded by :func:`build`)."""
+    with contextlib.suppress(OSError, ValueError):
+        return float(_stamp().read_text())
+    return None
+
+
+def go_binary() -> str | None:
+    found = shutil.which("go")
+    if found:
+        return found
+    fallback = Path("/usr/local/go/bin/go")
+    return str(fallback) if fallback.is_file() else None
+
+
+def unavailable_reason() -> str | None:
+    """None if OPA can run here (built, or buildable), else why not."""
+    if not built() and go_binary() is None:
+        return "go not found (needed once to build opa; scripts/ci-prereqs.sh)"
+    return None
+
+
+@contextlib.contextmanager
+def build_lock() -> Iterator[None]:
+    """An exclusive lock across processes (parallel test runs build once)."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build() -> Path:
+    """``go install`` opa into the cache (nothing if already there); the path of the binary."""
+    if built():
+        return opa_path()
+    with build_lock():
+        if built():  # another process built it while we waited
+            return opa_path()
+        go = go_binary()
+        if go is None:
+            raise RuntimeError("go not found: cannot build opa")
+        env = {
+            **os.environ,
+            "GOBIN": str(bin_dir()),
+            "GOPATH": str(ROOT / "gopath"),
+            "GOCACHE": str(ROOT / "gocache"),
+            "GOFLAGS": "-mod=mod",
+            "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        bin_dir().mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [go, "install", f"{MODULE}@{VERSION}"],
+            env=env, capture_output=True, text=True, timeout=1800,
+        )
+        if proc.returncode != 0 or not opa_path().is_file():
+            raise RuntimeError(f"go install of opa {VERSION} failed ({proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        _stamp().write_text(f"{time.monotonic() - t0:.1f}")
+    return opa_path()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class OpaServer:
+    """One ``opa run --server`` on a free localhost port, over a bundle directory or policy files.
+
+    Args:
+        workdir: where its log goes.
+        bundle: a bundle directory (with a ``.manifest`` carrying a ``revision``), loaded with
+            ``--bundle``; or None.
+        paths: policy/data files or directories loaded as they are (no bundle revision).
+    """
+
+    def __init__(self, workdir: Path, *, bundle: Path | None = None,
+                 paths: Sequence[Path] = ()) -> None:
+        if bundle is None and not paths:
+            raise ValueError("OpaServer needs a bundle directory or policy paths")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bundle = bundle
+        self.paths = [Path(p) for p in paths]
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "opa.log"
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [str(build()), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
+               "--set", "decision_logs.console=true", "--log-level", "error"]
+        if self.bundle is not None:
+            cmd += ["--bundle", str(self.bundle)]
+        return cmd + [str(p) for p in self.paths]
+
+    def start(self) -> OpaServer:
+        """Start OPA and wait until ``GET /health`` answers 200."""
+        t0 = time.monotonic()
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        try:
+            wait_until(lambda: self.proc.poll() is not None or _healthy(self.url), 30,
+                       what="opa /health")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"opa did not become healthy:\n{tail(self.log_path)}") from None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"opa exited {self.proc.returncode}:\n{tail(self.log_path)}")
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self) -> None:
+        """Stop OPA (``start()`` brings it back on the same port)."""
+        terminate(self.proc, signal.SIGTERM, timeout=10)
+        self.proc = None
+
+    def restart(self) -> OpaServer:
+        """Stop (if running), wait for the port to be free, and start again on the same port."""
+        self.stop()
+        wait_until(lambda: not port_open(self.port), 10, what="opa port free")
+        return self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--build", action="store_true", help=f"go install opa {VERSION} into .cache")
+    args = p.parse_args(argv)
+    if args.build:
+        path = build()
+        took = build_seconds()
+        print(f"opa {VERSION}: {path}" + (f" (built in {took:.0f}s)" if took else ""))
+    reason = unavailable_reason()
+    print(f"opa: {'available' if reason is None else 'UNAVAILABLE: ' + reason}")
+    return 0 if reason is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
