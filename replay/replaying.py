@@ -18,6 +18,7 @@ from tachograph.builder import RunSpec, parse_time
 from tachograph.context import (
     ApprovalDecision,
     Context,
+    Evaluation,
     ModelAnswer,
     RunStop,
     ToolAnswer,
@@ -132,11 +133,24 @@ class ReplayContext(Context):
             return None
         return self.recorded[seq]
 
-    def _default_approval_timeout(self) -> float:
-        """The recorded request's timeout (the live runtime's default then), else the default."""
+    def _evaluate(self, policy_input: dict[str, Any], kind: str, name: str,
+                  side_effect: str) -> Evaluation | None:
+        """The policy engine's recorded decision on this action (a runtime-enforced
+        ``policy.evaluated`` just before the call), while the replay follows its recording; a
+        replay never asks a policy engine itself."""
+        rec = self._aligned_slot()
+        if rec is None or rec["type"] != "policy.evaluated" or rec["data"].get("action") != name:
+            return None
+        d = rec["data"]
+        return Evaluation(str(d["policy"]), str(d["decision"]), str(d["reason"]), d.get("revision"),
+                          d.get("decision_id"))
+
+    def _default_approval_timeout(self) -> Decimal | float:
+        """The recorded request's timeout, exactly as recorded (the live runtime's default then),
+        else the default."""
         rec = self._aligned_slot()
         if rec is not None and rec["type"] == "approval.requested" and rec["data"].get("timeout_s"):
-            return float(rec["data"]["timeout_s"])
+            return Decimal(str(rec["data"]["timeout_s"]))
         return super()._default_approval_timeout()
 
     # --- time: recorded while aligned, then advanced by latencies -------------------------------

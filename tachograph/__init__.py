@@ -52,6 +52,7 @@ _EXPORTS = {
     "PublishBackpressureError": "tachograph.errors",
     "HaltsUnavailableError": "tachograph.errors",
     "ModelError": "tachograph.errors",
+    "PolicyDenied": "tachograph.errors",
 }
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "ModelError",
     "ModelRegistry",
     "PriceTable",
+    "PolicyDenied",
     "PublishBackpressureError",
     "Reply",
     "RunResult",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:
         DeliveryError,
         HaltsUnavailableError,
         ModelError,
+        PolicyDenied,
         PublishBackpressureError,
         RunRuleError,
         TachographError,

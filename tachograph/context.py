@@ -25,6 +25,7 @@ from tachograph.errors import (
     AgentError,
     BudgetExceeded,
     ModelError,
+    PolicyDenied,
     PricingError,
     PromptError,
     ToolFailed,
@@ -61,6 +62,17 @@ class ApprovalDecision:
     by: str
     reason: str | None = None
     replayed_from: str | None = None  # replays: the recorded approval this decision repeats
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A policy engine's decision on one action, as ``policy.evaluated`` records it."""
+
+    policy: str
+    decision: str  # allow | deny | require_approval
+    reason: str
+    revision: str | None = None
+    decision_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,10 @@ class RunStop(BaseException):
 def format_time(when: Any) -> str:
     """An aware datetime or unix time as RFC 3339 UTC text (microseconds)."""
     return rfc3339(when)
+
+
+def _risk(tier: str) -> str:
+    return tier if tier in ("low", "medium", "high") else "medium"
 
 
 def money_text(value: Decimal) -> str:
@@ -248,6 +264,7 @@ class Context:
         tool = self.tools.get(name)
         self._guard(side_effect=tool.side_effect)
         call_args = normalise(dict(args or {}))
+        self._enforce("tool", name, call_args, tool.side_effect)
         call_id = self.new_id("t")
         answer = self._answer_tool(call_id, name, call_args)
         data: dict[str, Any] = {
@@ -340,6 +357,9 @@ class Context:
         approval it does not have raises RunRuleError and ``fn`` never runs), then ``fn`` (the
         side effect, skipped in dry-run mode and in replay), then ``change.applied`` is recorded."""
         self._guard(side_effect="write")
+        change = self.log.state.changes.get(change_id)
+        if change is not None:
+            self._enforce("change", change.target, {"change_id": change_id}, "write", change_id)
         self.log.check("change.applied", {"change_id": change_id})
         out = self._apply(fn)
         self._emit("change.applied", {"change_id": change_id})
@@ -390,6 +410,35 @@ class Context:
                 f"no price for model {self.model!r}, so this run's cost cap of {b['max_cost_usd']} USD "
                 "cannot be enforced; add the model to a price file (TACHO_PRICES)")
 
+    def _enforce(self, kind: str, name: str, args: Mapping[str, Any], side_effect: str,
+                 change_id: str | None = None) -> None:
+        """Ask the policy engine about a tool call or a change before it happens, record its
+        answer (``policy.evaluated`` with the revision and decision id), and enforce it: deny
+        raises :class:`PolicyDenied` (the action does not happen); require_approval waits for a
+        person (``request_approval``) and raises PolicyDenied when not approved."""
+        used = {"model_calls": self.model_calls, "tokens": self.tokens, "cost_usd": self.cost}
+        policy_input: dict[str, Any] = {
+            "workspace": self.spec.workspace, "workflow": self.spec.workflow, "run_id": self.spec.run_id,
+            "agent": dict(self.spec.agent), "mode": self.spec.mode, "risk_tier": self.spec.risk_tier,
+            "kind": kind, kind if kind == "tool" else "target": name, "arguments": dict(args),
+            "side_effect": side_effect, "budget": {"limits": dict(self.budget), "used": used},
+        }
+        found = self._evaluate(policy_input, kind, name, side_effect)
+        if found is None:
+            return
+        data: dict[str, Any] = {"policy": found.policy, "action": name, "decision": found.decision,
+                                "reason": found.reason}
+        if found.revision is not None:
+            data["revision"] = found.revision
+        if found.decision_id is not None:
+            data["decision_id"] = found.decision_id
+        self._emit("policy.evaluated", data)
+        if found.decision == "deny":
+            raise PolicyDenied(name, found.reason)
+        if found.decision == "require_approval" and not self.request_approval(
+                f"{name}: {found.reason}", _risk(self.spec.risk_tier), change_id):
+            raise PolicyDenied(name, f"not approved by a person ({found.reason})", "require_approval")
+
     def _check_usage(self) -> None:
         b = self.budget
         if b.get("max_tokens") is not None and self.tokens > int(b["max_tokens"]):
@@ -424,7 +473,12 @@ class Context:
         """Hook: the halt in force on this run (live only), None when it may go on."""
         return None
 
-    def _default_approval_timeout(self) -> float:
+    def _evaluate(self, policy_input: dict[str, Any], kind: str, name: str,
+                  side_effect: str) -> Evaluation | None:
+        """Hook: the policy engine's decision on an action (None: no policy engine configured)."""
+        return None
+
+    def _default_approval_timeout(self) -> Decimal | float:
         """Hook: how long a ``request_approval`` without ``timeout`` waits."""
         return DEFAULT_APPROVAL_TIMEOUT_S
 

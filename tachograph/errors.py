@@ -145,3 +145,15 @@ class PolicyUnavailableError(PolicyError):
 class PolicyResponseError(PolicyError):
     """OPA answered, but not with a decision we can enforce (4xx, not JSON, no or a malformed
     result); the message names what was wrong."""
+
+
+class PolicyDenied(AgentError):
+    """The policy engine denied an action (or a person did not approve what it gated): the tool
+    call or change did not happen. Agent code may catch it and take another path; unhandled, the
+    run ends ``failed`` with the reason."""
+
+    def __init__(self, action: str, reason: str, decision: str = "deny") -> None:
+        super().__init__(f"policy denied {action!r}: {reason}")
+        self.action = action
+        self.reason = reason
+        self.decision = decision

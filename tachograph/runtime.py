@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib.metadata import entry_points
@@ -32,6 +32,7 @@ from tachograph.context import (
     DEFAULT_APPROVAL_TIMEOUT_S,
     ApprovalDecision,
     Context,
+    Evaluation,
     ModelAnswer,
     RunStop,
     ToolAnswer,
@@ -43,12 +44,14 @@ from tachograph.errors import (
     ApprovalsUnavailableError,
     ConfigError,
     HaltsUnavailableError,
+    PolicyError,
     RunRuleError,
     ToolFailed,
 )
 from tachograph.halts import Halt
 from tachograph.models import ChatRequest, HttpModelConfig, ModelRegistry, call_cost
 from tachograph.platform import HttpPlatform, Platform
+from tachograph.policy import OpaClient
 from tachograph.prices import PriceTable
 from tachograph.trace import current_trace_id
 from tachograph.transports import HttpTransport, KafkaTransport, Transport
@@ -157,7 +160,7 @@ class LiveContext(Context):
     def _publish(self, event: dict[str, Any], canonical: bytes) -> None:
         self.runtime.transport.send(self.spec.run_id, event["event_id"], canonical)
 
-    def _default_approval_timeout(self) -> float:
+    def _default_approval_timeout(self) -> Decimal | float:
         return self.runtime.approval_timeout_s
 
     def _elapsed_s(self) -> Decimal:
@@ -180,6 +183,20 @@ class LiveContext(Context):
 
     def _apply(self, fn: Callable[[], Any] | None) -> Any:
         return None if fn is None or self.dry_run else fn()
+
+    def _evaluate(self, policy_input: dict[str, Any], kind: str, name: str,
+                  side_effect: str) -> Evaluation | None:
+        client = self.runtime.policy
+        if client is None:
+            return None
+        try:
+            d = client.decide(policy_input)
+        except PolicyError as e:
+            closed = side_effect in self.runtime.policy_fail_closed
+            why = (f"policy engine unavailable ({e}); {side_effect} actions fail "
+                   f"{'closed: denied' if closed else 'open: allowed'}")
+            return Evaluation(client.path, "deny" if closed else "allow", why[:2000])
+        return Evaluation(client.path, d.result, d.reason, d.revision, d.decision_id)
 
     def _answer_model(self, call_id: str, request: dict[str, Any]) -> ModelAnswer:
         adapter = self.runtime.models.get(self.model)
@@ -266,6 +283,8 @@ class Runtime:
         flush_timeout: float = 30.0,
         approval_timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S,
         halts_grace_s: float = HALTS_GRACE_S,
+        policy: OpaClient | None = None,
+        policy_fail_closed: Collection[str] = ("write",),
     ) -> None:
         self.workspace = workspace
         self.transport = transport
@@ -281,6 +300,10 @@ class Runtime:
         self.flush_timeout = flush_timeout
         self.approval_timeout_s = approval_timeout_s
         self.halts_grace_s = halts_grace_s
+        self.policy = policy
+        self.policy_fail_closed = frozenset(policy_fail_closed)
+        """Side effects (``none``, ``read``, ``write``) whose actions are denied when the policy
+        engine cannot be asked; the others are allowed. Either way it is recorded."""
 
     def run(
         self,
@@ -406,6 +429,8 @@ def connect(
     monotonic = runtime.get("monotonic", time.monotonic)
     runtime.setdefault("models", _models_from_env(env, sleep, monotonic))
     runtime.setdefault("model", env.get("TACHO_MODEL"))
+    if env.get("TACHO_OPA_URL") and "policy" not in runtime:
+        runtime["policy"] = OpaClient(env["TACHO_OPA_URL"], env.get("TACHO_OPA_PATH") or "tachograph/decision")
     parts = urlsplit(url)
     transport: Transport
     platform: Platform | None = None

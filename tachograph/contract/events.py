@@ -240,6 +240,19 @@ class PolicyEvaluated(_Strict):
     decision: Literal["allow", "deny", "require_approval"]
     reason: str
     risk_score: UnitInterval | None = None
+    revision: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=512),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512,
+                        "description": "the revision of the policy that decided (a policy engine's "
+                        "bundle revision), when the runtime asked one"}),
+    ] | None = None
+    decision_id: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=256),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256,
+                        "description": "the policy engine's id of this decision (OPA's decision_id)"}),
+    ] | None = None
 
 
 class ApprovalRequested(_Strict):
