@@ -37,7 +37,7 @@ class ReportSpec:
 
 
 def _violations(by: Sequence[str], since: str | None, runs: OriginSelection) -> str:
-    if "policy" in by:
+    if "policy" in by or "revision" in by:
         return violation_rates_by_policy_sql(by, since, runs)
     return violation_rates_sql(by, since, runs)
 

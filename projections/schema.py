@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from domain.origins import PLATFORM_SOURCES, PRODUCTION, REPLAY, REPLAY_ID_LABEL
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 
 MONEY = "DECIMAL(38, 9)"
 
@@ -56,6 +56,8 @@ STAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("decision", pa.string()),
     ("reason", pa.string()),
     ("risk_score", pa.float64()),
+    ("revision", pa.string()),  # the policy revision that decided (policy.evaluated)
+    ("decision_id", pa.string()),  # the policy engine's id of that decision
     ("approval_id", pa.string()),
     ("summary", pa.string()),
     ("risk", pa.string()),

@@ -42,7 +42,7 @@ _DATA_FIELDS: dict[str, Any] = {
     "response": {"finish_reason": "VARCHAR"},
     "tool": "VARCHAR", "status": "VARCHAR", "side_effect": "VARCHAR", "error": "VARCHAR",
     "policy": "VARCHAR", "action": "VARCHAR", "decision": "VARCHAR", "reason": "VARCHAR",
-    "risk_score": "DOUBLE", "approval_id": "VARCHAR", "summary": "VARCHAR", "risk": "VARCHAR",
+    "risk_score": "DOUBLE", "revision": "VARCHAR", "decision_id": "VARCHAR", "approval_id": "VARCHAR", "summary": "VARCHAR", "risk": "VARCHAR",
     "change_id": "VARCHAR", "by": "VARCHAR", "target": "VARCHAR", "reversible": "BOOLEAN",
     "limit": "VARCHAR", "limit_value": "JSON", "observed": "JSON", "outcome": "VARCHAR",
     "accepted": "BOOLEAN", "comment": "VARCHAR", "result": "JSON",

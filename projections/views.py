@@ -152,6 +152,7 @@ POLICY_DIMENSIONS = {
     "workspace": "p.workspace",
     "workflow": "r.workflow",
     "policy": "p.policy",
+    "revision": "p.revision",
     "agent": "r.agent_id",
     "agent_version": "r.agent_version",
     "origin": "r.origin",
@@ -170,7 +171,7 @@ def violation_rates_by_policy_sql(
     names = ", ".join(f'"{name}"' for name, _ in dims)
     return f"""
 WITH p AS (
-    SELECT workspace, run_id, policy,
+    SELECT workspace, run_id, policy{", revision" if "revision" in by else ""},
         count(*) AS evaluations,
         count(*) FILTER (WHERE decision = 'deny') AS denials,
         count(*) FILTER (WHERE decision = 'require_approval') AS approvals_required

@@ -15,6 +15,8 @@ import pytest
 
 from domain.approvals import ApprovalRow
 from ingest.embedded import StandInApprover, embedded_runtime
+from projections.projector import Projector, connect
+from projections.reports import run_report
 from replay.engine import ReplayConfig, run_replay
 from replay.history import load_runs
 from tachograph.agents import AgentSpec
@@ -97,7 +99,15 @@ def test_opa_decides_the_runtime_enforces_and_the_ledger_records_revision_and_de
     opa.stop()
     report = run_replay(load_runs(ledger.store, workflow="refunds"), AGENT,
                         ReplayConfig("rp-policy", "2026-12-06T00:00:00Z"), _models(), ledger=ledger)
-    assert report["summary"]["statuses"] == {"reproduced": 4}, [json.dumps(r.get("first_divergence"), default=str) for r in report["runs"]]
+    assert report["summary"]["statuses"] == {"reproduced": 4}, [
+        json.dumps(r.get("first_divergence"), default=str) for r in report["runs"]]
+
+    # violation rates by policy and revision count production runs only (not the 4 replays)
+    con = connect(tmp_path / "analytics.duckdb")
+    Projector(ledger.store, con).catch_up()
+    rows = run_report(con, "violations", ["policy", "revision"]).records()
+    assert [(r["policy"], r["revision"], r["runs"], r["runs_with_denial"], r["evaluations"], r["denials"],
+             r["approvals_required"]) for r in rows] == [("tachograph/decision", REVISION, 4, 1, 8, 1, 2)]
 
 
 def test_opa_stopped_mid_run_fails_write_actions_closed_and_reads_open(tmp_path, opa):
