@@ -169,6 +169,7 @@ class Context:
         self.unpriced_calls = 0
         self.finished = False
         self._stop: RunStop | None = None
+        self._proposed: dict[str, dict[str, Any]] = {}
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -345,11 +346,12 @@ class Context:
         """Record a proposed change; returns its change id."""
         self._guard()
         change_id = self.new_id("change")
-        self._emit(
+        event = self._emit(
             "change.proposed",
             {"change_id": change_id, "target": target, "before": dict(before),
              "after": dict(after), "reversible": reversible},
         )
+        self._proposed[change_id] = event["data"]
         return change_id
 
     def apply_change(self, change_id: str, fn: Callable[[], Any] | None = None) -> Any:
@@ -357,9 +359,9 @@ class Context:
         approval it does not have raises RunRuleError and ``fn`` never runs), then ``fn`` (the
         side effect, skipped in dry-run mode and in replay), then ``change.applied`` is recorded."""
         self._guard(side_effect="write")
-        change = self.log.state.changes.get(change_id)
-        if change is not None:
-            self._enforce("change", change.target, {"change_id": change_id}, "write", change_id)
+        proposed = self._proposed.get(change_id)
+        if proposed is not None:
+            self._enforce("change", proposed["target"], proposed, "write", change_id)
         self.log.check("change.applied", {"change_id": change_id})
         out = self._apply(fn)
         self._emit("change.applied", {"change_id": change_id})
