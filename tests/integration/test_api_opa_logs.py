@@ -27,6 +27,7 @@ GZ = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
 
 
 def decision(did: str, result: Any = None, path: str = "http/authz/allow", **kw: Any) -> dict[str, Any]:
+    """One decision log event as OPA writes it (no ``result`` key: undefined)."""
     event = {"decision_id": did, "path": path, "timestamp": "2026-03-02T10:00:00.123456789Z",
              "labels": {"id": "opa-1", "version": "1.22.4"}, "input": {"action": "read"},
              "bundles": {"authz": {"revision": "r7"}}, **kw}
@@ -37,11 +38,13 @@ def decision(did: str, result: Any = None, path: str = "http/authz/allow", **kw:
 
 def upload(a: Api, events: Any, role: str = "publisher", raw: bytes | None = None,
            headers: dict[str, str] | None = None) -> Any:
+    """POST decision events (gzip JSON, as OPA sends them) or ``raw`` bytes; the response."""
     body = raw if raw is not None else gzip.compress(json.dumps(events).encode())
     return a.client.post("/v1/opa/logs", content=body, headers={**a.auth(role), **(headers or GZ)})
 
 
 def stored(a: Api, run_id: str) -> list[dict[str, Any]]:
+    """The decoded entries of one run of workspace ``acme``."""
     return [loads(r.data) for r in a.ledger.store.run_entries("acme", run_id)]
 
 

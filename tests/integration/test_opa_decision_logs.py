@@ -32,6 +32,7 @@ REVISION = "refunds-2024-06-01"
 
 @pytest.fixture
 def logged_api(tmp_path: Path) -> Iterator[Api]:
+    """An API over a fresh data dir (served under uvicorn by each test)."""
     a = make_api(tmp_path)
     yield a
     close_api(a)
@@ -80,6 +81,7 @@ def opa_events(a: Api) -> list[dict[str, Any]]:
 
 
 def wait_for(a: Api, ids: set[str], timeout: float = 30) -> list[dict[str, Any]]:
+    """The OPA events once every decision id in ``ids`` is in the ledger (fails after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
         events = opa_events(a)
