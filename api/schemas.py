@@ -407,3 +407,15 @@ class DecisionIn(BaseModel):
 
     decision: Literal["approved", "rejected"]
     reason: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class OpaLogReport(BaseModel):
+    """What became of one OPA decision-log upload."""
+
+    decisions: int = Field(description="decision events in the upload")
+    recorded: int = Field(description="decisions appended to the ledger now")
+    duplicates: int = Field(description="decisions already in the ledger (OPA retried)")
+    rejected: list[dict[str, Any]] = Field(
+        description="decisions not recorded: {item, decision_id, reason}")
+    runs: list[str] = Field(description="the runs (one per decision path and UTC day) written")
+    size: int = Field(description="ledger size after the request")

@@ -17,7 +17,7 @@ Fixtures
 - ``llm_server`` (module) -> ``tests.harness.llm.LlamaServer``: SmolLM2-135M-Instruct served by
   llama-cpp-python's OpenAI-compatible server (built once into .cache; ``.base_url``,
   ``.model``, ``.chat_requests()``).
-- ``opa_server`` (function) -> ``make(bundle=None, paths=()) -> tests.harness.opa.OpaServer``:
+- ``opa_server`` (function) -> ``make(bundle=None, paths=(), config=None) -> tests.harness.opa.OpaServer``:
   a running Open Policy Agent (built once with go into .cache) over a bundle directory or
   policy files; ``.url``, ``.stop()``, ``.restart()``.
 
@@ -343,11 +343,13 @@ def opa_bin():
 
 @pytest.fixture
 def opa_server(opa_bin, tmp_path_factory):
-    """``make(bundle=None, paths=()) -> OpaServer`` started; every one is stopped afterwards."""
+    """``make(bundle=None, paths=(), config=None) -> OpaServer`` started; every one is stopped
+    afterwards."""
     made: list[_opa.OpaServer] = []
 
-    def make(bundle=None, paths=()) -> _opa.OpaServer:
-        server = _opa.OpaServer(tmp_path_factory.mktemp("opa"), bundle=bundle, paths=paths)
+    def make(bundle=None, paths=(), config=None) -> _opa.OpaServer:
+        server = _opa.OpaServer(tmp_path_factory.mktemp("opa"), bundle=bundle, paths=paths,
+                                config=config)
         made.append(server)
         server.start()
         _started.setdefault("opa", server.startup_seconds or 0.0)

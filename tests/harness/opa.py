@@ -134,16 +134,19 @@ class OpaServer:
         bundle: a bundle directory (with a ``.manifest`` carrying a ``revision``), loaded with
             ``--bundle``; or None.
         paths: policy/data files or directories loaded as they are (no bundle revision).
+        config: an OPA configuration file (``--config-file``), e.g. ``services`` and
+            ``decision_logs`` uploading decisions to Tachograph.
     """
 
     def __init__(self, workdir: Path, *, bundle: Path | None = None,
-                 paths: Sequence[Path] = ()) -> None:
+                 paths: Sequence[Path] = (), config: Path | None = None) -> None:
         if bundle is None and not paths:
             raise ValueError("OpaServer needs a bundle directory or policy paths")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bundle = bundle
         self.paths = [Path(p) for p in paths]
+        self.config = config
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "opa.log"
@@ -156,6 +159,8 @@ class OpaServer:
     def command(self) -> list[str]:
         cmd = [str(build()), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
                "--set", "decision_logs.console=true", "--log-level", "error"]
+        if self.config is not None:
+            cmd += ["--config-file", str(self.config)]
         if self.bundle is not None:
             cmd += ["--bundle", str(self.bundle)]
         return cmd + [str(p) for p in self.paths]

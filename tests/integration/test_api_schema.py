@@ -17,7 +17,7 @@ from tests.integration.api_support import Api, make_api, publish, workload
 
 
 def _role_for(path: str) -> str:
-    if path in ("/v1/events", "/v1/traces"):
+    if path in ("/v1/events", "/v1/traces", "/v1/opa/logs"):
         return "publisher"
     if path.startswith("/v1/analytics"):
         return "analyst"
