@@ -73,8 +73,8 @@ class OpaSidecar:
         cmd = [opa_binary(), "run", "--server", "--addr", f"127.0.0.1:{self.port}",
                "--set", "decision_logs.console=true", "--log-level", "error"]
         if self.policy.is_dir():
-            return cmd + ["--bundle", str(self.policy)]
-        return cmd + [str(self.policy)]
+            return [*cmd, "--bundle", str(self.policy)]
+        return [*cmd, str(self.policy)]
 
     def start(self) -> OpaSidecar:
         """Start OPA and wait until it is healthy; a policy that does not load is named."""

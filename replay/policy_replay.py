@@ -60,7 +60,7 @@ def run_actions(run: RecordedRun) -> RunActions:
     """The tool calls and changes of a recorded run, each with the policy input of that moment."""
     started = run.started
     first = run.events[0]
-    base = {
+    base: dict[str, Any] = {
         "workspace": run.workspace, "workflow": str(started.get("workflow", "")),
         "run_id": run.run_id, "agent": dict(first.get("agent") or {}),
         "mode": str(started.get("mode", "execute")), "risk_tier": str(started.get("risk_tier", "low")),
@@ -101,10 +101,11 @@ def run_actions(run: RecordedRun) -> RunActions:
 
 
 def _matching(pending: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    for data in reversed(pending):
+    found: dict[str, Any] | None = None
+    for data in pending:
         if data.get("action") == name:
-            return data
-    return None
+            found = data  # the last one naming the action
+    return found
 
 
 def _blocked(pending: list[dict[str, Any]], matched: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -151,7 +152,10 @@ class Threshold:
         return evaluated > 0 and Decimal(count) / evaluated > self.rate
 
     def __str__(self) -> str:
-        return str(self.count) if self.count is not None else f"{self.rate * 100:g}%"  # type: ignore[operator]
+        if self.count is not None:
+            return str(self.count)
+        assert self.rate is not None
+        return f"{(self.rate * 100).normalize():f}%"
 
 
 @dataclass(frozen=True)
