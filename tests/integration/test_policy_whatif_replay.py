@@ -103,6 +103,9 @@ def test_stricter_candidate_reports_new_denials_and_approvals_and_gates(tmp_path
 
     shown = tacho(recorded, "replay", "show", "rp-strict", "--json")
     assert json.loads(shown.stdout)["summary"] == s
+    listed = {r["replay_id"]: r for r in json.loads(tacho(recorded, "replay", "list", "--json").stdout)}
+    assert (listed["rp-strict"]["mode"], listed["rp-strict"]["passed"]) == ("policy", False)
+    assert "rp-strict" in tacho(recorded, "replay", "list").stdout
     text = tacho(recorded, "replay", "show", "rp-strict").stdout
     assert "refund" in text and "require_approval → deny" in text and "gate failed" in text
 
