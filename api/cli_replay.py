@@ -14,6 +14,7 @@ import typer
 
 from api.bootstrap import build_ledger
 from api.cli_ledger import JsonOpt, progress_bar
+from api.cli_policy_replay import policy_gate, policy_replay
 from api.model_config import (
     CandidateOptions,
     configured_models,
@@ -88,14 +89,31 @@ def cmd_replay(
     steps: Annotated[bool, typer.Option("--steps", help="step replay: re-send each recorded model request to --model (no agent code)")] = False,
     max_response_change: Annotated[str | None, typer.Option(help="gate (--steps): max response change rate")] = None,
     max_tool_call_change: Annotated[str | None, typer.Option(help="gate (--steps): max tool-call change rate")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="what-if policy replay: a candidate policy (.rego file or bundle directory) asked about every recorded tool call and change")] = None,
+    opa_url: Annotated[str | None, typer.Option("--opa-url", help="(--policy) an OPA already loaded with the candidate, instead of starting one")] = None,
+    policy_rule: Annotated[str, typer.Option("--policy-rule", help="(--policy) the rule OPA is asked (package path, then rule)")] = "tachograph/decision",
+    max_new_denials: Annotated[str | None, typer.Option(help="gate (--policy): max newly denied actions, a count N or a rate R% / 0.05")] = None,
+    max_new_approvals: Annotated[str | None, typer.Option(help="gate (--policy): max actions newly needing approval, a count N or a rate R% / 0.05")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay recorded runs: fidelity with no candidate, what-if with --model/--prompt, or
-    --steps: each recorded model request sent again to --model."""
+    """Replay recorded runs: fidelity with no candidate, what-if with --model/--prompt,
+    --steps: each recorded model request sent again to --model, or --policy: each recorded
+    tool call and change asked of a candidate policy."""
     if ctx.invoked_subcommand is not None:
         return
     if workflow is None and not runs:
         raise typer.BadParameter("give --workflow W (or --runs ID...)")
+    if policy is not None or opa_url or max_new_denials is not None or max_new_approvals is not None:
+        _refuse_mixed(policy, model=model, prompt=prompt, steps=steps, agent=agent, estimate=estimate_only,
+                      gates=(max_outcome_change, max_cost_increase, max_violation_increase,
+                             max_response_change, max_tool_call_change))
+        assert policy is not None
+        settings = Settings()
+        rid = replay_id or f"rp-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+        raise typer.Exit(policy_replay(
+            build_ledger(settings), settings, policy=policy, opa_url=opa_url, rule=policy_rule,
+            gate=policy_gate(max_new_denials, max_new_approvals), rid=rid, workflow=workflow,
+            since=since, runs=runs or [], limit=limit, json_out=json_out))
     gate = _gate(steps, max_outcome_change, max_cost_increase, max_violation_increase,
                  max_response_change, max_tool_call_change)
     if os.getcwd() not in sys.path:
@@ -215,7 +233,7 @@ def cmd_list(json_out: JsonOpt = False) -> None:
     for r in rows:
         mark = "[green]passed[/]" if r["passed"] else "[red]failed[/]"
         c.print(f"{r['replay_id']}  {r['created']}  {r['mode']:<8} {r['runs']:>6} runs  "
-                f"change {r['outcome_change_rate']}  {mark}  {r['candidate']}")
+                f"change {r['outcome_change_rate'] if r['outcome_change_rate'] is not None else '—'}  {mark}  {r['candidate']}")
 
 
 # --- run selection and step replay (issue 15: which runs, by which code; runs without code) ---
@@ -231,6 +249,17 @@ def _gate(steps: bool, *rates: str | None) -> Gate:
             f"{options}: a step replay sees single model calls, not outcomes or policy decisions "
             "(use a full replay)" if steps else f"{options}: only a step replay (--steps) measures that")
     return gate
+
+
+def _refuse_mixed(policy: Path | None, *, model: str | None, prompt: list[str] | None, steps: bool,
+                  agent: str | None, estimate: bool, gates: tuple[str | None, ...]) -> None:
+    """A policy replay runs no agent code and calls no model: refuse options that would."""
+    if policy is None:
+        raise typer.BadParameter("--opa-url, --max-new-denials and --max-new-approvals need --policy PATH")
+    if model or prompt or steps or agent or estimate or any(g is not None for g in gates):
+        raise typer.BadParameter(
+            "--policy re-asks recorded actions of a candidate policy; it takes no --model, --prompt, "
+            "--agent, --steps, --estimate or model-replay gates (run a model replay separately)")
 
 
 def _full_selection(ledger: Ledger, agent: str | None, prompt: list[str] | None, workflow: str | None,

@@ -39,3 +39,8 @@ class UnpricedModelError(PricingError):
     """A replay would call a model with no known price, and unpriced calls were not accepted.
 
     Raised before any model is called, so nothing has been spent."""
+
+
+class PolicyReplayError(ReplayError):
+    """A what-if policy replay cannot run: no opa binary, a candidate OPA will not load, or a
+    gate threshold that is neither a count nor a rate (the message names which)."""

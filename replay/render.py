@@ -23,6 +23,9 @@ def render_report(report: Mapping[str, Any], console: Console, max_runs: int = 2
     if report.get("mode") == "steps":
         render_step_report(report, console, max_runs)
         return
+    if report.get("mode") == "policy":
+        render_policy_report(report, console, max_runs)
+        return
     s = report["summary"]
     b, a = s["before"], s["after"]
     console.print(
@@ -148,6 +151,35 @@ def _answer(side: Mapping[str, Any] | None) -> str:
     names = [str((c.get("function") or {}).get("name", "")) for c in calls if isinstance(c, Mapping)]
     text = str(side.get("content") or "")
     return text + (f" [calls {', '.join(names)}]" if names else "")
+
+
+def render_policy_report(report: Mapping[str, Any], console: Console, max_runs: int = 20) -> None:
+    """Print a what-if policy replay: per-decision changes in total and per run, changed actions, gate."""
+    s = report["summary"]
+    revisions = ", ".join(s["candidate_revisions"]) or "no bundle revision"
+    console.print(
+        f"[bold]policy replay {report['replay_id']}[/] of {s['evaluated']} action(s) in {s['runs']} "
+        f"run(s) — candidate: {report['candidate']} ({revisions})"
+    )
+    t = Table(show_edge=False)
+    for col in ("run", "actions", "newly denied", "newly need approval", "newly allowed", "unchanged",
+                "not re-evaluated"):
+        t.add_column(col, justify="left" if col == "run" else "right")
+    rows = [r for r in report["runs"] if r["changed"]][:max_runs]
+    for r in [*rows, {"run_id": "[bold]total[/]", **s}]:
+        t.add_row(r["run_id"], str(r["evaluated"]),
+                  *(f"{r[k]} ({_pct(r[k + '_rate'])})" for k in ("new_denials", "new_approvals",
+                                                               "new_allows", "unchanged")),
+                  str(r["not_reevaluated"]))
+    console.print(t)
+    for r in rows:
+        for c in r["changed"]:
+            console.print(f"  {r['run_id']} seq {c['seq']} {c['kind']} {c['name']} {_short(c['arguments'])}: "
+                          f"{c['before']} → {c['after']} ({c['reason']})")
+    if s["not_reevaluated"]:
+        console.print(f"{s['not_reevaluated']} recorded action(s) were blocked by the recorded policy and "
+                      "never ran: the ledger has no arguments to re-ask the candidate about")
+    _gate(report, console)
 
 
 def _gate(report: Mapping[str, Any], console: Console) -> None:

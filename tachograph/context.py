@@ -32,6 +32,7 @@ from tachograph.errors import (
     UnknownModelError,
 )
 from tachograph.halts import Halt
+from tachograph.policy import policy_input
 from tachograph.prices import PriceTable
 from tachograph.tools import ToolRegistry
 
@@ -419,13 +420,11 @@ class Context:
         raises :class:`PolicyDenied` (the action does not happen); require_approval waits for a
         person (``request_approval``) and raises PolicyDenied when not approved."""
         used = {"model_calls": self.model_calls, "tokens": self.tokens, "cost_usd": self.cost}
-        policy_input: dict[str, Any] = {
-            "workspace": self.spec.workspace, "workflow": self.spec.workflow, "run_id": self.spec.run_id,
-            "agent": dict(self.spec.agent), "mode": self.spec.mode, "risk_tier": self.spec.risk_tier,
-            "kind": kind, kind if kind == "tool" else "target": name, "arguments": dict(args),
-            "side_effect": side_effect, "budget": {"limits": dict(self.budget), "used": used},
-        }
-        found = self._evaluate(policy_input, kind, name, side_effect)
+        asked = policy_input(
+            workspace=self.spec.workspace, workflow=self.spec.workflow, run_id=self.spec.run_id,
+            agent=self.spec.agent, mode=self.spec.mode, risk_tier=self.spec.risk_tier, kind=kind,
+            name=name, arguments=args, side_effect=side_effect, limits=self.budget, used=used)
+        found = self._evaluate(asked, kind, name, side_effect)
         if found is None:
             return
         data: dict[str, Any] = {"policy": found.policy, "action": name, "decision": found.decision,

@@ -181,3 +181,36 @@ def _revision(provenance: object) -> str | None:
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def policy_input(
+    *,
+    workspace: str,
+    workflow: str,
+    run_id: str,
+    agent: Mapping[str, Any],
+    mode: str,
+    risk_tier: str,
+    kind: str,
+    name: str,
+    arguments: Mapping[str, Any],
+    side_effect: str,
+    limits: Mapping[str, Any],
+    used: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The input document OPA is asked about for one tool call (``kind`` ``tool``: ``name`` under
+    ``tool``) or change (``kind`` ``change``: ``name`` under ``target``).
+
+    The one definition, used by the runtime before every action and by what-if policy replay
+    when it asks a candidate policy about recorded actions, so the two cannot drift.
+    ``limits`` is the run's budget, ``used`` its use so far (``model_calls``, ``tokens``,
+    ``cost_usd``).
+    """
+    if kind not in ("tool", "change"):
+        raise ValueError(f"policy input kind must be 'tool' or 'change', not {kind!r}")
+    return {
+        "workspace": workspace, "workflow": workflow, "run_id": run_id, "agent": dict(agent),
+        "mode": mode, "risk_tier": risk_tier, "kind": kind,
+        ("tool" if kind == "tool" else "target"): name, "arguments": dict(arguments),
+        "side_effect": side_effect, "budget": {"limits": dict(limits), "used": dict(used)},
+    }

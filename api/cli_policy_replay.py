@@ -1,0 +1,58 @@
+"""``tacho replay --policy PATH``: what-if policy replay of recorded runs against a candidate
+policy, served by its own OPA sidecar (or ``--opa-url``); stored like other replays."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from api.output import console, err_console, print_json
+from api.settings import Settings
+from domain.ledger import Ledger, iso
+from replay.history import load_runs
+from replay.opa_sidecar import OpaSidecar
+from replay.policy_replay import PolicyGate, Threshold, what_if_policy
+from replay.render import render_report
+from replay.store import ReplayReports
+from tachograph.policy import OpaClient
+
+
+def policy_gate(max_new_denials: str | None, max_new_approvals: str | None) -> PolicyGate:
+    """The gate of ``--max-new-denials`` / ``--max-new-approvals`` (a count ``N``, or a rate
+    ``R%`` / ``0.05``)."""
+    return PolicyGate(
+        Threshold.parse(max_new_denials, "--max-new-denials") if max_new_denials is not None else None,
+        Threshold.parse(max_new_approvals, "--max-new-approvals") if max_new_approvals is not None else None,
+    )
+
+
+@contextlib.contextmanager
+def _opa_url(policy: Path, opa_url: str | None) -> Iterator[str]:
+    if opa_url is not None:
+        yield opa_url
+        return
+    with OpaSidecar(policy) as sidecar:
+        yield sidecar.url
+
+
+def policy_replay(ledger: Ledger, settings: Settings, *, policy: Path, opa_url: str | None, rule: str,
+                  gate: PolicyGate, rid: str, workflow: str | None, since: str | None,
+                  runs: list[str], limit: int | None, json_out: bool) -> int:
+    """Run the what-if policy replay, store and print its report; the exit code (1: gate failed)."""
+    recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, limit=limit)
+    if not recorded:
+        raise typer.BadParameter(f"no finished production runs of workflow {workflow!r} match")
+    with _opa_url(policy, opa_url) as url, OpaClient(url, rule, timeout_s=10.0) as client:
+        report = what_if_policy(recorded, client.decide, replay_id=rid, created=iso(time.time()),
+                                candidate=f"policy {policy}", gate=gate)
+    ReplayReports(settings.data_dir / "replays").save(report)
+    if json_out:
+        print_json(report)
+    else:
+        render_report(report, console())
+        err_console().print(f"stored: tacho replay show {rid}")
+    return 0 if report["gate"]["passed"] else 1

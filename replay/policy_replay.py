@@ -1,0 +1,245 @@
+"""What-if policy replay: ask a candidate policy about every recorded tool call and change.
+
+For each finished production run, each recorded ``tool.called`` and ``change.applied`` is turned
+back into the input document the runtime sent OPA at that point
+(:func:`tachograph.policy.policy_input`: the run's workspace, workflow, agent, mode, risk tier
+and budget from ``run.started``; the tool's arguments and side effect, or the change's target;
+the budget used so far recomputed from the ``model.called`` events before it). The candidate's
+answer is compared with what was recorded: the runtime's ``policy.evaluated`` for that action
+(the last one naming it since the previous action), or ``allow`` when the run recorded none.
+
+Actions the recorded policy blocked (denied, or an approval not granted) never happened, so the
+ledger has no arguments for them: they are counted as ``not_reevaluated``, not judged.
+
+Gate thresholds are a count (``3``: at most 3 actions) or a rate of the re-evaluated actions
+(``5%`` or ``0.05``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from replay.errors import PolicyReplayError
+from replay.history import PRODUCTION, RecordedRun
+from tachograph.policy import PolicyDecision, policy_input
+
+Decide = Callable[[Mapping[str, Any]], PolicyDecision]
+CHANGES = ("new_denials", "new_approvals", "new_allows", "unchanged")
+_COUNT = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True)
+class RecordedAction:
+    """One recorded tool call or applied change, with the input OPA was (or would be) asked."""
+
+    seq: int
+    kind: str
+    name: str
+    input: dict[str, Any]
+    recorded: str
+    recorded_revision: str | None = None
+
+
+@dataclass
+class RunActions:
+    """A run's re-evaluable actions, and the recorded decisions whose action never happened."""
+
+    actions: list[RecordedAction] = field(default_factory=list)
+    blocked: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _dec(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def run_actions(run: RecordedRun) -> RunActions:
+    """The tool calls and changes of a recorded run, each with the policy input of that moment."""
+    started = run.started
+    first = run.events[0]
+    base: dict[str, Any] = {
+        "workspace": run.workspace, "workflow": str(started.get("workflow", "")),
+        "run_id": run.run_id, "agent": dict(first.get("agent") or {}),
+        "mode": str(started.get("mode", "execute")), "risk_tier": str(started.get("risk_tier", "low")),
+        "limits": dict(started.get("budget") or {}),
+    }
+    out = RunActions()
+    used: dict[str, Any] = {"model_calls": 0, "tokens": 0, "cost_usd": Decimal(0)}
+    pending: list[dict[str, Any]] = []  # policy.evaluated since the previous action
+    targets: dict[str, str] = {}
+    for e in run.events:
+        etype, data = e["type"], e["data"]
+        if etype == "model.called":
+            used["model_calls"] += 1
+            used["tokens"] += int(data["input_tokens"]) + int(data["output_tokens"])
+            if data.get("priced", True) is not False:
+                used["cost_usd"] += _dec(data["cost_usd"])
+        elif etype == "policy.evaluated":
+            pending.append(data)
+        elif etype == "change.proposed":
+            targets[data["change_id"]] = data["target"]
+        elif etype in ("tool.called", "change.applied"):
+            if etype == "tool.called":
+                kind, name, args = "tool", data["tool"], data.get("args") or {}
+                side_effect = str(data.get("side_effect", "none"))
+            else:
+                kind, name, args = "change", targets.get(data["change_id"], ""), {"change_id": data["change_id"]}
+                side_effect = "write"
+            recorded = _matching(pending, name)
+            out.blocked.extend(_blocked(pending, recorded))
+            pending = []
+            asked = policy_input(kind=kind, name=name, arguments=args, side_effect=side_effect,
+                                 used=dict(used), **base)
+            out.actions.append(RecordedAction(
+                e["seq"], kind, name, asked, recorded["decision"] if recorded else "allow",
+                recorded.get("revision") if recorded else None))
+    out.blocked.extend(_blocked(pending, None))
+    return out
+
+
+def _matching(pending: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = None
+    for data in pending:
+        if data.get("action") == name:
+            found = data  # the last one naming the action
+    return found
+
+
+def _blocked(pending: list[dict[str, Any]], matched: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Recorded decisions that stopped their action (deny, or an approval not granted)."""
+    return [{"action": d.get("action"), "decision": d.get("decision")} for d in pending
+            if d is not matched and d.get("decision") in ("deny", "require_approval")]
+
+
+def classify(before: str, after: str) -> str:
+    """How the candidate's decision differs from the recorded one (one of :data:`CHANGES`)."""
+    if before == after:
+        return "unchanged"
+    return {"deny": "new_denials", "require_approval": "new_approvals", "allow": "new_allows"}[after]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A gate limit: a count of actions, or a rate of the re-evaluated actions."""
+
+    count: int | None = None
+    rate: Decimal | None = None
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Threshold:
+        """``N`` (digits: a count), ``R%`` or a fraction ``0.05`` (a rate); else a named error."""
+        text = text.strip()
+        if _COUNT.match(text):
+            return cls(count=int(text))
+        try:
+            rate = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
+        except InvalidOperation:
+            rate = None
+        if rate is None or not rate.is_finite() or not (0 <= rate <= 1) or (
+                not text.endswith("%") and "." not in text):
+            raise PolicyReplayError(
+                f"{option} must be a count (e.g. 0 or 3) or a rate (e.g. 5% or 0.05), not {text!r}")
+        return cls(rate=rate)
+
+    def crossed(self, count: int, evaluated: int) -> bool:
+        """Whether ``count`` of ``evaluated`` actions is over this limit."""
+        if self.count is not None:
+            return count > self.count
+        assert self.rate is not None
+        return evaluated > 0 and Decimal(count) / evaluated > self.rate
+
+    def __str__(self) -> str:
+        if self.count is not None:
+            return str(self.count)
+        assert self.rate is not None
+        return f"{(self.rate * 100).normalize():f}%"
+
+
+@dataclass(frozen=True)
+class PolicyGate:
+    """``--max-new-denials`` and ``--max-new-approvals``."""
+
+    max_new_denials: Threshold | None = None
+    max_new_approvals: Threshold | None = None
+
+    def failures(self, totals: Mapping[str, Any]) -> list[str]:
+        """The limits the totals cross, each as a sentence."""
+        out: list[str] = []
+        evaluated = int(totals["evaluated"])
+        for what, key, limit in (("new denials", "new_denials", self.max_new_denials),
+                                 ("actions newly needing approval", "new_approvals", self.max_new_approvals)):
+            n = int(totals[key])
+            if limit is not None and limit.crossed(n, evaluated):
+                out.append(f"{what}: {n} of {evaluated} actions ({_rate(n, evaluated)}) is over the limit {limit}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (limits as written: a count or a rate)."""
+        return {"max_new_denials": _threshold_json(self.max_new_denials),
+                "max_new_approvals": _threshold_json(self.max_new_approvals)}
+
+
+def _threshold_json(t: Threshold | None) -> dict[str, Any] | None:
+    return None if t is None else {"count": t.count, "rate": t.rate}
+
+
+def _rate(n: int, total: int) -> Decimal | None:
+    return None if total == 0 else (Decimal(n) / total).quantize(Decimal("0.0001"))
+
+
+def _figures(counts: Mapping[str, int], evaluated: int, blocked: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"evaluated": evaluated, "not_reevaluated": blocked, **counts}
+    for key in CHANGES:
+        out[f"{key}_rate"] = _rate(counts[key], evaluated)
+    return out
+
+
+def what_if_policy(
+    runs: Sequence[RecordedRun],
+    decide: Decide,
+    *,
+    replay_id: str,
+    created: str,
+    candidate: str,
+    gate: PolicyGate,
+) -> dict[str, Any]:
+    """The what-if report of ``runs`` (production ones; others are listed as skipped) against
+    the candidate policy ``decide`` asks."""
+    per_run: list[dict[str, Any]] = []
+    totals = dict.fromkeys(CHANGES, 0)
+    evaluated = blocked = 0
+    revisions: set[str] = set()
+    skipped = [r.run_id for r in runs if r.origin != PRODUCTION]
+    for run in runs:
+        if run.origin != PRODUCTION:
+            continue
+        found = run_actions(run)
+        counts = dict.fromkeys(CHANGES, 0)
+        changed: list[dict[str, Any]] = []
+        for action in found.actions:
+            answer = decide(action.input)
+            if answer.revision:
+                revisions.add(answer.revision)
+            change = classify(action.recorded, answer.result)
+            counts[change] += 1
+            if change != "unchanged":
+                changed.append({"seq": action.seq, "kind": action.kind, "name": action.name,
+                                "arguments": action.input["arguments"], "before": action.recorded,
+                                "after": answer.result, "reason": answer.reason})
+        for key in CHANGES:
+            totals[key] += counts[key]
+        evaluated += len(found.actions)
+        blocked += len(found.blocked)
+        per_run.append({"run_id": run.run_id, "workspace": run.workspace,
+                        "workflow": run.started.get("workflow"),
+                        **_figures(counts, len(found.actions), len(found.blocked)),
+                        "changed": changed, "not_reevaluated_actions": found.blocked})
+    summary = {"runs": len(per_run), **_figures(totals, evaluated, blocked),
+               "outcome_change_rate": None, "candidate_revisions": sorted(revisions)}
+    failures = gate.failures(summary)
+    return {"replay_id": replay_id, "created": created, "mode": "policy", "agent": "—",
+            "candidate": candidate, "summary": summary, "runs": per_run, "skipped_runs": skipped,
+            "gate": {"passed": not failures, "failures": failures, **gate.to_json()}}
