@@ -557,6 +557,10 @@ def replay_page(request: Request, replay_id: str) -> HTMLResponse:
     if not _has_workspace(report, session.workspace):
         raise NotFoundError(f"no replay {replay_id!r}")
     runs = [r for r in report["runs"] if r["workspace"] == session.workspace]
+    if report.get("mode") == "policy":
+        changed = [dict(c, run_id=r["run_id"]) for r in runs for c in r["changed"]]
+        return page(request, session, "replay_policy.html", report=report, runs=runs, changed=changed,
+                    s=report["summary"])
     if report.get("mode") == "steps":
         calls = [c for r in runs for c in r["calls"]]
         calls.sort(key=lambda c: (not (c["response_changed"] or c["status"] == "error"), c["run_id"], c["seq"]))

@@ -5,6 +5,7 @@ denials and passes when lenient; the same policy as a candidate changes nothing.
 
 from __future__ import annotations
 
+import html
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,8 @@ from tachograph.errors import PolicyDenied
 from tachograph.policy import OpaClient
 from tachograph.tools import ToolRegistry
 from tests.cli_support import tacho
+from tests.integration.api_support import close_api, make_api
+from tests.integration.test_console_replay_form import _sign_in
 
 pytestmark = pytest.mark.opa
 
@@ -115,6 +118,18 @@ def test_stricter_candidate_reports_new_denials_and_approvals_and_gates(tmp_path
     tight_rate = tacho(recorded, "replay", "--policy", str(strict), "--workflow", "refunds",
                        "--max-new-approvals", "0.05", "--json", check=False)
     assert tight_rate.returncode == 1  # 1 of 10 = 10% is over 5%
+
+    # the console lists the what-if and shows its changed decisions
+    assert recorded == tmp_path / "data"
+    a = make_api(tmp_path)
+    try:
+        _sign_in(a, "engineer")
+        assert "rp-strict" in a.client.get("/console/replays").text
+        page = html.unescape(a.client.get("/console/replays/rp-strict").text)
+        assert "policy what-if" in page and "refunds-r2" in page and 'id="policy-changes"' in page
+        assert "require_approval</td><td><b>deny</b>" in page and "allow</td><td><b>require_approval</b>" in page
+    finally:
+        close_api(a)
 
 
 def test_identical_candidate_changes_nothing_through_a_running_opa(tmp_path, recorded, opa_server):
