@@ -28,6 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from domain.ledger import Ledger, LedgerConfig  # noqa: E402
+from domain.note import NoteSigner  # noqa: E402
+from domain.stores.sqlite import SQLiteStore  # noqa: E402
 from replay.history import load_runs  # noqa: E402
 from replay.opa_sidecar import OpaSidecar  # noqa: E402
 from replay.policy_replay import PolicyGate, what_if_policy  # noqa: E402
@@ -36,7 +39,6 @@ from tachograph.policy import OpaClient  # noqa: E402
 from tachograph.runtime import Runtime  # noqa: E402
 from tachograph.tools import ToolRegistry  # noqa: E402
 from tachograph.transports import CollectingTransport  # noqa: E402
-from tests.factories import make_ledger  # noqa: E402
 
 POLICY = ROOT / "tests" / "policies" / "refunds.rego"
 TOOLS = ToolRegistry()
@@ -110,7 +112,8 @@ def main() -> None:
                                for q in ("p50", "p99")}
             out["mean_added_us"] = round((statistics.mean(with_policy) - statistics.mean(without)) * 1e6, 1)
 
-            ledger = make_ledger(tmp / "ledger.db")
+            ledger = Ledger(SQLiteStore(tmp / "ledger.db"), NoteSigner.from_seed("bench.example/log", b"\1" * 32),
+                            LedgerConfig(origin="bench.example/log"), clock=time.time)
             from ingest.embedded import embedded_runtime
 
             with embedded_runtime(ledger, "bench", policy=OpaClient(opa.url)) as rt:
