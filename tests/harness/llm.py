@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -28,10 +27,9 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from tests.harness import CACHE_DIR, free_port, tail, terminate, wait_until
+from tests.harness import CACHE_DIR, file_lock, free_port, tail, terminate, wait_until
 
 LLAMA_VERSION = "0.3.36"
 SMOLLM2_VERSION = "0.1.2"
@@ -83,16 +81,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def build_lock() -> Iterator[None]:
+def build_lock() -> contextlib.AbstractContextManager[None]:
     """An exclusive lock across processes (parallel test runs build and download once)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(LOCK)
 
 
 def _run(cmd: list[str], what: str, timeout: float, log: Path | None = None,

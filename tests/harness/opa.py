@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -25,10 +24,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from tests.harness import CACHE_DIR, free_port, port_open, tail, terminate, wait_until
+from tests.harness import CACHE_DIR, file_lock, free_port, port_open, tail, terminate, wait_until
 
 VERSION = "v1.22.4"
 MODULE = "github.com/open-policy-agent/opa"
@@ -75,16 +74,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def build_lock() -> Iterator[None]:
+def build_lock() -> contextlib.AbstractContextManager[None]:
     """An exclusive lock across processes (parallel test runs build once)."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(LOCK)
 
 
 def build() -> Path:
