@@ -26,8 +26,9 @@ from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.model_config import configured_models
+from api.policies import PolicyService
 from api.replay_jobs import ReplayJobs
-from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops, replays
+from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops, policies, replays
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
@@ -226,6 +227,7 @@ def create_app(
                            workers=settings.replay_workers, prices=prices,
                            models=configured_models(settings.models)),
         halts=HaltService(ledger, clock),
+        policies=PolicyService.with_local_opa(ledger, clock),
         prices=prices,
     )
 
@@ -242,7 +244,8 @@ def create_app(
     app.state.webhooks = Webhooks(settings, ledger.store, clock, dispatch=housekeeping)
     _install_errors(app)
     _install_metrics(app, services.metrics)
-    for module in (ingest, opa, audit, approvals, log, analytics, replays, halts, key_routes, ops):
+    for module in (ingest, opa, audit, approvals, log, analytics, replays, halts, policies, key_routes,
+                   ops):
         app.include_router(module.router)
     app.include_router(webhook_routes.router)
     _install_docs(app)

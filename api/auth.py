@@ -27,10 +27,14 @@ class Capability(StrEnum):
     HALT = "halt"
     READ_HALTS = "read_halts"
     WEBHOOK_STATUS = "webhook_status"
+    READ_POLICY = "read_policy"
+    MANAGE_POLICY = "manage_policy"
+    POLICY_BUNDLE = "policy_bundle"
 
 
 GRANTS: dict[str, frozenset[Capability]] = {
-    "publisher": frozenset({Capability.INGEST, Capability.READ_HALTS, Capability.APPROVAL_STATUS}),
+    "publisher": frozenset({Capability.INGEST, Capability.READ_HALTS, Capability.APPROVAL_STATUS,
+                            Capability.POLICY_BUNDLE}),
     "auditor": frozenset(
         {
             Capability.READ_HISTORY,
@@ -42,13 +46,15 @@ GRANTS: dict[str, frozenset[Capability]] = {
             Capability.WEBHOOK_STATUS,
             Capability.APPROVAL_QUEUE,
             Capability.APPROVAL_STATUS,
+            Capability.READ_POLICY,
         }
     ),
     "analyst": frozenset({Capability.ANALYTICS, Capability.EXPORT}),
     "engineer": frozenset({Capability.REPLAY, Capability.READ_HISTORY, Capability.REVERT,
-                           Capability.READ_HALTS}),
+                           Capability.READ_HALTS, Capability.READ_POLICY}),
     "admin": frozenset({Capability.KEYS, Capability.HALT, Capability.READ_HALTS, Capability.REPLAY,
-                        Capability.WEBHOOK_STATUS, Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS}),
+                        Capability.WEBHOOK_STATUS, Capability.APPROVAL_QUEUE, Capability.APPROVAL_STATUS,
+                        Capability.READ_POLICY, Capability.MANAGE_POLICY, Capability.POLICY_BUNDLE}),
     "approver": frozenset({Capability.APPROVE, Capability.REVERT, Capability.READ_HISTORY,
                            Capability.HALT, Capability.READ_HALTS, Capability.APPROVAL_QUEUE,
                            Capability.APPROVAL_STATUS}),

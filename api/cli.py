@@ -23,6 +23,7 @@ PLUGINS = (
     "api.cli_replay",
     "api.cli_serve",
     "api.cli_demo",
+    "api.cli_policy",
 )
 
 

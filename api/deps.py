@@ -16,6 +16,7 @@ from api.auth import Capability, check_api
 from api.halts import HaltService
 from api.keys_store import ApiKey, AuthError, KeyStore
 from api.metrics import Metrics
+from api.policies import PolicyService
 from api.run_index import RunIndex
 from api.settings import Settings
 from api.witness_pusher import WitnessPusher
@@ -48,6 +49,7 @@ class Services:
     clock: Callable[[], float]
     replays: ReplayJobs
     halts: HaltService
+    policies: PolicyService
     prices: PriceTable = field(default_factory=PriceTable)  # TACHO_PRICES over genai-prices' data
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     verify_cache: dict[str, Any] = field(default_factory=dict)

@@ -28,10 +28,16 @@ RECORD_TYPES: dict[str, str] = {
     "halt.cleared": "a person cleared a halt (the kill switch is off again)",
     "approval.decision": "a person approved or rejected an approval request (API or console); "
     "the run's own approval.decided must repeat it",
+    "policy.published": "an admin stored a policy revision (its Rego and data files, digest and "
+    "settings); it judges nothing until it is activated",
+    "policy.activated": "an admin made a stored policy revision the one in force in the workspace "
+    "(OPA loads it from the bundle API)",
 }
 RECORD_KEYS = frozenset({"type", "workspace", "time", "actor", "data", "record_id"})
 ENTRY_KEYS = frozenset({"index", "kind", "log", "received", "record"})
 MAX_RECORD_BYTES = 65_536
+MAX_BYTES_OF_TYPE: dict[str, int] = {"policy.published": 1_048_576 + 65_536}
+"""Types whose records may be larger: a policy revision carries its files (at most 1 MiB)."""
 _WORKSPACE = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
@@ -80,8 +86,9 @@ def record_body(record: Record, index: int) -> dict[str, Any]:
         }
     }
     size = len(dumps(body))
-    if size > MAX_RECORD_BYTES:
-        raise RecordError(f"a {record.type} record of {size} bytes is over {MAX_RECORD_BYTES}")
+    limit = MAX_BYTES_OF_TYPE.get(record.type, MAX_RECORD_BYTES)
+    if size > limit:
+        raise RecordError(f"a {record.type} record of {size} bytes is over {limit}")
     return body
 
 

@@ -19,6 +19,7 @@ from domain.approvals import ApprovalConflict, ApprovalRow, record_decision
 from domain.ledger import Ledger
 from domain.ports import Incoming, Source
 from ingest.halts import LedgerHalts
+from ingest.policies import LedgerPolicies
 from tachograph.builder import rfc3339
 from tachograph.halts import HaltSet
 from tachograph.platform import ApprovalStatus, Platform
@@ -85,6 +86,7 @@ class LedgerPlatform:
         self.sleep = sleep
         self.poll_s = poll_s
         self._halts = LedgerHalts(ledger.store)
+        self._policies = LedgerPolicies(ledger.store)
 
     def halts(self, workspace: str, fresh: bool = False) -> HaltSet:
         """The halts of ``workspace`` in force now."""
@@ -101,6 +103,11 @@ class LedgerPlatform:
             if status != "pending" or time.monotonic() >= deadline:
                 return ApprovalStatus(approval_id, status, row.decided_by, row.decided_at, row.reason)
             self.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+
+    def policy_fail_closed(self, workspace: str) -> tuple[str, ...] | None:
+        """The fail-closed setting of the workspace's policy in force (None: no policy is)."""
+        active = self._policies.fold(workspace).active
+        return None if active is None else active.fail_closed
 
     def close(self) -> None:
         """Nothing to release (the ledger belongs to the caller)."""

@@ -1,4 +1,5 @@
-"""The platform as a running agent sees it: the kill switches in force and people's decisions.
+"""The platform as a running agent sees it: the kill switches in force, people's decisions, and
+the workspace's policy settings.
 
 :class:`HttpPlatform` talks to ``tacho serve`` with the agent's publisher key (``GET /v1/halts``,
 ``GET /v1/approvals/{id}?wait=``); the embedded mode (``ingest/embedded.py``) answers the same
@@ -18,6 +19,8 @@ from tachograph.halts import HaltSet, HttpHalts
 
 LONG_POLL_S = 25.0
 """The longest single ``?wait=`` the runtime asks for (the API allows 30)."""
+POLICY_CACHE_S = 60.0
+"""How long the workspace's fail-closed setting is reused before it is read again."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class Platform(Protocol):
         """The approval's status, waiting up to ``wait_s`` for it to leave ``pending``; None when
         the platform has not seen the request yet (it may still be on its way through Kafka)."""
 
+    def policy_fail_closed(self, workspace: str) -> tuple[str, ...] | None:
+        """The side effects the workspace's policy in force fails closed for when OPA cannot be
+        reached (None: the platform cannot say; the runtime then uses its default)."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -64,6 +71,8 @@ class HttpPlatform:
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._halts = HttpHalts(base_url, api_key, monotonic=monotonic, client=self._client)
         self.timeout_s = timeout_s
+        self._monotonic = monotonic
+        self._fail_closed: tuple[float, tuple[str, ...]] | None = None
 
     def halts(self, workspace: str, fresh: bool = False) -> HaltSet:
         """The halts of the key's workspace (cached a second, revalidated with the ETag)."""
@@ -89,6 +98,21 @@ class HttpPlatform:
             return ApprovalStatus.from_json(resp.json())
         except (ValueError, KeyError, TypeError) as e:
             raise ApprovalsUnavailableError(f"GET {path} answered something that is not an approval: {e}") from e
+
+    def policy_fail_closed(self, workspace: str) -> tuple[str, ...] | None:
+        """``GET /v1/policy``'s ``fail_closed`` (cached a minute; None when it cannot be read)."""
+        now = self._monotonic()
+        if self._fail_closed is not None and now - self._fail_closed[0] < POLICY_CACHE_S:
+            return self._fail_closed[1]
+        try:
+            resp = self._client.get("/v1/policy", headers=self._headers, timeout=self.timeout_s)
+            value = resp.json()["fail_closed"] if resp.status_code == 200 else None
+        except (self._httpx.HTTPError, ValueError, KeyError, TypeError):
+            value = None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None
+        self._fail_closed = (now, tuple(value))
+        return self._fail_closed[1]
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -58,6 +58,9 @@ from tachograph.transports import HttpTransport, KafkaTransport, Transport
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FAIL_CLOSED = frozenset({"write"})
+"""What fails closed when neither the runtime nor the workspace says otherwise."""
+
 HALTS_GRACE_S = 5.0
 """How long the runtime retries unreadable halts before it stops the run (fail closed)."""
 APPROVAL_POLL_S = 5.0
@@ -192,9 +195,10 @@ class LiveContext(Context):
         try:
             d = client.decide(policy_input)
         except PolicyError as e:
-            closed = side_effect in self.runtime.policy_fail_closed
+            fail_closed, whose = self.runtime.fail_closed_for(self.spec.workspace)
+            closed = side_effect in fail_closed
             why = (f"policy engine unavailable ({e}); {side_effect} actions fail "
-                   f"{'closed: denied' if closed else 'open: allowed'}")
+                   f"{'closed: denied' if closed else 'open: allowed'} ({whose})")
             return Evaluation(client.path, "deny" if closed else "allow", why[:2000])
         return Evaluation(client.path, d.result, d.reason, d.revision, d.decision_id)
 
@@ -284,7 +288,7 @@ class Runtime:
         approval_timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S,
         halts_grace_s: float = HALTS_GRACE_S,
         policy: OpaClient | None = None,
-        policy_fail_closed: Collection[str] = ("write",),
+        policy_fail_closed: Collection[str] | None = None,
     ) -> None:
         self.workspace = workspace
         self.transport = transport
@@ -301,9 +305,21 @@ class Runtime:
         self.approval_timeout_s = approval_timeout_s
         self.halts_grace_s = halts_grace_s
         self.policy = policy
-        self.policy_fail_closed = frozenset(policy_fail_closed)
+        self.policy_fail_closed = None if policy_fail_closed is None else frozenset(policy_fail_closed)
         """Side effects (``none``, ``read``, ``write``) whose actions are denied when the policy
-        engine cannot be asked; the others are allowed. Either way it is recorded."""
+        engine cannot be asked; the others are allowed. Either way it is recorded. None (the
+        default): the workspace's setting, from its policy in force (``fail_closed`` of the
+        revision, read from the platform when OPA fails), else ``write`` only."""
+
+    def fail_closed_for(self, workspace: str) -> tuple[frozenset[str], str]:
+        """The side effects that fail closed now, and whose setting that is (for the record)."""
+        if self.policy_fail_closed is not None:
+            return self.policy_fail_closed, "this runtime's setting"
+        ask = getattr(self.platform, "policy_fail_closed", None)
+        found = ask(workspace) if ask is not None else None
+        if found is not None:
+            return frozenset(found), f"workspace {workspace}'s setting"
+        return DEFAULT_FAIL_CLOSED, "the default: the workspace's setting could not be read"
 
     def run(
         self,

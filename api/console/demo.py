@@ -130,6 +130,10 @@ class ConsolePeople:
                             verdict[1], iso(now), now, row.run_id)
         return self.inner.approval(workspace, approval_id, 0)
 
+    def policy_fail_closed(self, workspace: str) -> tuple[str, ...] | None:
+        """The workspace's fail-closed setting, from the ledger."""
+        return self.inner.policy_fail_closed(workspace)
+
     def close(self) -> None:
         """Nothing to release (the ledger belongs to the caller)."""
 

@@ -127,13 +127,15 @@ class OpaServer:
             ``--bundle``; or None.
         paths: policy/data files or directories loaded as they are (no bundle revision).
         config: an OPA configuration file (``--config-file``), e.g. ``services`` and
-            ``decision_logs`` uploading decisions to Tachograph.
+            ``decision_logs`` uploading decisions to Tachograph, or ``bundles`` downloaded
+            from it.
     """
 
     def __init__(self, workdir: Path, *, bundle: Path | None = None,
                  paths: Sequence[Path] = (), config: Path | None = None) -> None:
-        if bundle is None and not paths:
-            raise ValueError("OpaServer needs a bundle directory or policy paths")
+        if bundle is None and not paths and config is None:
+            raise ValueError("OpaServer needs a bundle directory, policy paths or a configuration "
+                             "that names bundles to download")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bundle = bundle

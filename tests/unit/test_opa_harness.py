@@ -36,5 +36,5 @@ def test_a_failed_go_install_is_an_error_with_go_output(empty_cache, monkeypatch
 
 
 def test_an_opa_server_needs_something_to_serve(tmp_path):
-    with pytest.raises(ValueError, match="needs a bundle directory or policy paths"):
+    with pytest.raises(ValueError, match="needs a bundle directory, policy paths or a configuration"):
         harness.OpaServer(tmp_path)
