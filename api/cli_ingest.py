@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from typing import Annotated
@@ -110,6 +111,10 @@ def cmd_ingest(
 
     worker = IngestWorker(ledger, config, metrics, on_batch=on_batch)
     worker.install_signal_handlers()
+    err_console().print(
+        f"tacho ingest: started (pid {os.getpid()}), consuming {config.topic} from {bootstrap} "
+        f"({'assigned partitions' if assign else 'group ' + config.group}); SIGTERM or Ctrl-C "
+        "stops it after the current batch", highlight=False, soft_wrap=True)
     pusher = witness_pusher(settings, ledger)  # in its own threads: never holds up ingest
     if pusher is not None:
         pusher.start()

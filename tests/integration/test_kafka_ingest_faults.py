@@ -53,7 +53,11 @@ def _wait_for_size(db, n: int, timeout: float, procs=()) -> None:
 
 
 def _stop(proc, timeout: float = 30) -> None:
-    """SIGTERM: the worker finishes its batch, checkpoints and prints its summary."""
+    """SIGTERM: the worker finishes its batch, checkpoints and prints its summary. Sent once the
+    worker says it started (its handler is installed): a SIGTERM while Python is still importing
+    would end it by the signal's default action instead."""
+    wait_until(lambda: "tacho ingest: started" in proc.log_path.read_text(errors="replace"), 30,
+               what="the worker's start line")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=timeout) == 0, log_tail(proc)
 
