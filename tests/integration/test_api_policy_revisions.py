@@ -16,7 +16,9 @@ import pytest
 from api.policies import OpaChecker
 from domain.verify import verify_log
 from tachograph.contract.canonical import loads
-from tests.integration.api_support import Api, api  # noqa: F401  (the fixture)
+from tests.integration.api_support import Api, api
+
+__all__ = ["api"]
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 REFUNDS = (POLICIES / "refunds.rego").read_text()
