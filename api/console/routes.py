@@ -45,6 +45,7 @@ NAV: list[tuple[str, str, Capability | None]] = [
     ("audit", "Audit log", Capability.READ_AUDIT_LOG),
     ("analytics", "Cost & quality", Capability.ANALYTICS),
     ("replays", "Replays", Capability.REPLAY),
+    ("policies", "Policies", Capability.READ_POLICY),
     ("kill-switches", "Kill switches", None),
 ]
 
