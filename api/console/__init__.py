@@ -19,6 +19,7 @@ def mount_console(app: FastAPI, services: Services,
                   revert_hooks: Mapping[str, RevertHook] | None = None) -> ConsoleState:
     """Add the console's pages and static files to the app (hooks default to entry points)."""
     from api.console.kill_switch import router as kill_switch_router
+    from api.console.policies import router as policies_router
     from api.console.routes import router
 
     state = ConsoleState(
@@ -30,6 +31,7 @@ def mount_console(app: FastAPI, services: Services,
     app.state.console = state
     app.include_router(router)
     app.include_router(kill_switch_router)
+    app.include_router(policies_router)
     app.mount("/console/static", StaticFiles(directory=str(files("api.console") / "static")),
               name="console-static")
     return state

@@ -20,7 +20,7 @@ from api.console.actions import ConsoleActionError, decide, record_action, rever
 from api.console.insights import AnalyticsMissing, build_charts
 from api.console.session import COOKIE, LOGIN_COOKIE, CsrfError, Session, SignInRequired, same_token
 from api.console.state import ConsoleState
-from api.console.timeline import run_view
+from api.console.timeline import revision_parts, run_view
 from api.deps import Services
 from api.keys_store import AuthError
 from api.model_config import describe_models
@@ -45,6 +45,7 @@ NAV: list[tuple[str, str, Capability | None]] = [
     ("audit", "Audit log", Capability.READ_AUDIT_LOG),
     ("analytics", "Cost & quality", Capability.ANALYTICS),
     ("replays", "Replays", Capability.REPLAY),
+    ("policies", "Policies", Capability.READ_POLICY),
     ("kill-switches", "Kill switches", None),
 ]
 
@@ -317,9 +318,13 @@ def run_page(request: Request, run_id: str) -> HTMLResponse:
     if summary is None or not rows:
         raise NotFoundError(f"no run {run_id!r}")
     view = run_view(rows)
+    # a decision's revision links to its page when the person may read policies and it is one
+    # of the workspace's own (OPA may report bundles served elsewhere)
+    known = services.policies.fold(session.workspace).revisions if may(session, Capability.READ_POLICY) else {}
     _read(request, session, "run.timeline", run_id=run_id)
     return page(request, session, "run.html", run=summary, view=view,
-                can_verify=may(session, Capability.EVIDENCE), quoted=quote(run_id, safe=""))
+                can_verify=may(session, Capability.EVIDENCE), quoted=quote(run_id, safe=""),
+                revision_parts=lambda text: revision_parts(str(text), known))
 
 
 def _bundle(services: Services, session: Session, run_id: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -109,3 +110,21 @@ def run_view(rows: list[EntryRow]) -> RunView:
     open_approvals = [a for a, done in approvals.items() if not done] if outcome is None else []
     return RunView(steps, budget, workflow, outcome, open_approvals,
                    rows[0].index if rows else 0, rows[-1].index if rows else 0)
+
+
+def revision_parts(revision: str, known: Collection[str]) -> list[tuple[str, str | None]]:
+    """A decision's policy revision as (text, revision id to link or None) parts.
+
+    ``revision`` is one bundle's revision, or ``name=revision`` pairs (comma-separated) when OPA
+    had several bundles loaded. A part is linked only when its revision is one of ``known`` (the
+    workspace's published revisions): OPA may report revisions of bundles served elsewhere.
+    """
+    if revision in known:
+        return [(revision, revision)]
+    if "=" not in revision:
+        return [(revision, None)]
+    parts: list[tuple[str, str | None]] = []
+    for part in revision.split(","):
+        rev = part.partition("=")[2]
+        parts.append((part, rev if rev in known else None))
+    return parts
