@@ -9,7 +9,14 @@ from decimal import Decimal
 from typing import Any
 
 from api.ledger_fold import LedgerFold
-from domain.origins import ALL, PRODUCTION, OriginSelection, RunOrigin, origin_of_entry
+from domain.origins import (
+    ALL,
+    DECISION_LOG_SOURCE,
+    PRODUCTION,
+    OriginSelection,
+    RunOrigin,
+    origin_of_entry,
+)
 from domain.ports import LedgerStore
 
 
@@ -37,6 +44,9 @@ class RunSummary:
     cost_usd: Decimal = field(default_factory=Decimal)  # of the priced model calls
     unpriced_calls: int = 0  # model calls recorded with no known price (priced: false)
     origin: RunOrigin = field(default_factory=lambda: RunOrigin(PRODUCTION))
+    decision_log: bool = False
+    """OPA's decision log (begun, and only ever written, by ``POST /v1/opa/logs``): no agent's
+    run, never running; a run others appended to is counted as a run."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON (money as an exact decimal string)."""
@@ -60,6 +70,7 @@ class RunSummary:
             "unpriced_calls": self.unpriced_calls,
             "origin": self.origin.origin,
             "replay_id": self.origin.replay_id,
+            "decision_log": self.decision_log,
             "first_index": self.first_index,
             "last_index": self.last_index,
         }
@@ -78,6 +89,7 @@ class RunFilter:
     has_denial: bool | None = None
     origin: str | None = None  # None or ``all``: runs of every origin
     replay_id: str | None = None
+    decision_log: bool | None = None  # True: only OPA's decision logs; False: only agents' runs
 
     @classmethod
     def of(cls, workspace: str, runs: OriginSelection, **filters: Any) -> RunFilter:
@@ -96,8 +108,10 @@ class RunFilter:
             return False
         if self.agent is not None and s.agent_id != self.agent:
             return False
+        if self.decision_log is not None and s.decision_log != self.decision_log:
+            return False
         if self.outcome is not None:
-            if self.outcome == "running" and s.outcome is not None:
+            if self.outcome == "running" and (s.outcome is not None or s.decision_log):
                 return False
             if self.outcome != "running" and s.outcome != self.outcome:
                 return False
@@ -119,8 +133,12 @@ class RunIndex(LedgerFold):
 
     def fold(self, index: int, entry: dict[str, Any]) -> None:
         self._apply(index, entry["event"])
+        s = self.runs[(entry["event"]["workspace"], entry["event"]["run_id"])]
         if entry["event"]["type"] == "run.started":
-            self.runs[(entry["event"]["workspace"], entry["event"]["run_id"])].origin = origin_of_entry(entry)
+            s.origin = origin_of_entry(entry)
+            s.decision_log = s.origin.decision_log
+        elif s.decision_log and (entry.get("source") or {}).get("kind") != DECISION_LOG_SOURCE:
+            s.decision_log = False  # someone else wrote into it: a run like any other
 
     def _apply(self, index: int, ev: dict[str, Any]) -> None:
         key = (ev["workspace"], ev["run_id"])

@@ -110,6 +110,9 @@ class RunOut(BaseModel):
     origin: OriginName = Field(description="where the run came from: `production`, or the "
                                "platform's own `replay`, `compensation` or `audit` run")
     replay_id: str | None = Field(description="the replay a replay run belongs to")
+    decision_log: bool = Field(description="OPA's decision log of a path and day (`POST "
+                               "/v1/opa/logs`): production decisions, not an agent's run; never "
+                               "completes, and is not `running`")
     first_index: int
     last_index: int
 

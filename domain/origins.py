@@ -6,6 +6,10 @@ those open to publishers (Kafka, HTTP, OTLP, JSONL import, the embedded transpor
 kinds below, so no publisher can make its run look like a replay, a compensation or an audit run
 and drop it from production figures. Anything a run merely claims (``replay_of``, labels, its
 workflow or run id) never changes its origin.
+
+The same source kind says whether a run is OPA's decision log (``opa``, docs/decisions/0006):
+production decisions, but no agent's run (no outcome, never completed), so it counts in
+violation rates and nowhere runs are counted.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ COMPENSATION_SOURCE = "console"
 AUDIT_SOURCE = "audit"
 """Source kind of the per-day ``audit-YYYY-MM-DD`` runs of ledgers written before platform records."""
 
+DECISION_LOG_SOURCE = "opa"
+"""Source kind of OPA's decision-log runs (``POST /v1/opa/logs``): origin production, not agent runs."""
+
 PLATFORM_SOURCES: Mapping[str, str] = MappingProxyType({
     REPLAY_SOURCE: REPLAY,
     COMPENSATION_SOURCE: COMPENSATION,
@@ -52,10 +59,15 @@ class OriginError(TachographError):
 
 @dataclass(frozen=True)
 class RunOrigin:
-    """Where a run came from: its origin and, for a replay run, the replay's id."""
+    """Where a run came from: its origin and, for a replay run, the replay's id.
+
+    ``decision_log``: the run is OPA's decision log of a path and day, not an agent's run: its
+    decisions count (origin production), but it is no run in run counts, never open or running.
+    """
 
     origin: str
     replay_id: str | None = None
+    decision_log: bool = False
 
 
 def run_origin(source_kind: str | None, started: Mapping[str, Any] | None = None) -> RunOrigin:
@@ -68,7 +80,7 @@ def run_origin(source_kind: str | None, started: Mapping[str, Any] | None = None
     if origin == REPLAY and started is not None:
         label = (started.get("labels") or {}).get(REPLAY_ID_LABEL)
         replay_id = label if isinstance(label, str) else None
-    return RunOrigin(origin, replay_id)
+    return RunOrigin(origin, replay_id, decision_log=source_kind == DECISION_LOG_SOURCE)
 
 
 def origin_of_entry(entry: Mapping[str, Any]) -> RunOrigin:

@@ -57,8 +57,9 @@ def run_reports(
 
 
 def runs_by_origin(con: Any) -> dict[str, int]:
-    """How many projected runs there are of each origin (production first)."""
-    rows = con.execute("SELECT origin, count(*) FROM run_facts GROUP BY origin").fetchall()
+    """How many projected runs there are of each origin (production first); OPA's decision logs
+    are no runs (docs/decisions/0006)."""
+    rows = con.execute("SELECT origin, count(*) FROM run_facts WHERE NOT decision_log GROUP BY origin").fetchall()
     counts = {str(origin): int(n) for origin, n in rows}
     return {o: counts[o] for o in sorted(counts, key=lambda o: (o != PRODUCTION, o))}
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from domain.origins import PLATFORM_SOURCES, PRODUCTION, REPLAY, REPLAY_ID_LABEL
+from domain.origins import (
+    DECISION_LOG_SOURCE,
+    PLATFORM_SOURCES,
+    PRODUCTION,
+    REPLAY,
+    REPLAY_ID_LABEL,
+)
 
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 
 MONEY = "DECIMAL(38, 9)"
 
@@ -119,6 +125,7 @@ CREATE TABLE run_facts (
     replay_of VARCHAR,
     origin VARCHAR NOT NULL,
     replay_id VARCHAR,
+    decision_log BOOLEAN NOT NULL,
     models VARCHAR[],
     route VARCHAR,
     started_at TIMESTAMPTZ,
@@ -166,6 +173,13 @@ def origin_sql(source_kind: str) -> str:
     return f"CASE {source_kind} {cases} ELSE '{PRODUCTION}' END"
 
 
+def decision_log_sql(source_kind: str) -> str:
+    """SQL aggregate over a run's entries' source kinds: whether the run is OPA's decision log
+    (``domain.origins.DECISION_LOG_SOURCE``). Every entry must have come from it: a run others
+    appended to is counted as a run, so nobody can hide a run's figures in a decision log."""
+    return f"coalesce(bool_and(coalesce({source_kind} = '{DECISION_LOG_SOURCE}', false)), false)"
+
+
 # One run's facts, recomputed from all of its events whenever a batch touches the run; ``low``
 # is the first ledger index of any touched run, so the scan skips older row groups.
 RUN_FACTS_SELECT = f"""
@@ -195,6 +209,7 @@ agg AS (
         {origin_sql("any_value(source_kind) FILTER (WHERE type = 'run.started')")} AS origin,
         any_value(json_extract_string(labels, '$."{REPLAY_ID_LABEL}"'))
             FILTER (WHERE type = 'run.started') AS replay_label,
+        {decision_log_sql("source_kind")} AS decision_log,
         coalesce(list_sort(list_distinct(list(provider || '/' || model)
             FILTER (WHERE type = 'model.called'))), []::VARCHAR[]) AS models,
         min(time) FILTER (WHERE type = 'run.started') AS started_at,
@@ -230,7 +245,7 @@ agg AS (
 )
 SELECT a.workspace, a.run_id, a.workflow, a.agent_id, a.agent_version, a.mode, a.risk_tier,
     a.replay_of, a.origin, CASE WHEN a.origin = '{REPLAY}' THEN a.replay_label END AS replay_id,
-    a.models,
+    a.decision_log, a.models,
     coalesce(a.route_label, nullif(array_to_string(a.models, '+'), '')) AS route,
     a.started_at, a.ended_at, epoch_ms(a.ended_at) - epoch_ms(a.started_at) AS duration_ms,
     a.outcome, a.result_digest, a.accepted,

@@ -13,6 +13,12 @@ nano-dollars (DuckDB would otherwise divide decimals as binary floats).
 Every figure counts production runs unless asked otherwise (an ``OriginSelection``): replays,
 compensating runs and old audit runs are the platform's own (``domain/origins.py``). The views
 named as before hold production runs; each ``<view>_all`` holds every run with its ``origin``.
+
+OPA's decision-log runs (``run_facts.decision_log``, docs/decisions/0006) are production
+decisions but no agent's runs: run figures (``runs``, cost per outcome, outcomes, budgets,
+approvals) leave them out; violation rates count their decisions, but not as runs, and not a
+decision the runtime recorded too in an agent's run (same workspace, decision id and decision):
+that one counts once, in the agent's run.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
-from domain.origins import ALL, PRODUCTION, PRODUCTION_RUNS, OriginSelection
+from domain.origins import ALL, DECISION_LOG_SOURCE, PRODUCTION, PRODUCTION_RUNS, OriginSelection
 from projections.errors import ReportError
+from projections.schema import origin_sql
 
 MACROS = [
     # exact money / count, rounded half up to 9 decimal places; NULL when count is 0
@@ -79,9 +86,10 @@ def origin_condition(runs: OriginSelection, alias: str = "") -> str | None:
 
 
 def _where(since: str | None, column: str, runs: OriginSelection = PRODUCTION_RUNS,
-           alias: str = "") -> str:
-    """``WHERE`` keeping the selected runs that started (``column``) on or after ``since``."""
-    conds = []
+           alias: str = "", decision_logs: bool = False) -> str:
+    """``WHERE`` keeping the selected runs that started (``column``) on or after ``since``; OPA's
+    decision-log runs only with ``decision_logs``."""
+    conds = [] if decision_logs else [f"NOT {alias + '.' if alias else ''}decision_log"]
     if since:
         try:
             day = date.fromisoformat(since)
@@ -125,26 +133,60 @@ FROM run_facts {_where(since, "started_at", runs)}
 GROUP BY {names} ORDER BY {names}"""
 
 
+# policy.evaluated events OPA's decision log wrote (source ``opa``) that repeat a decision a
+# production run recorded itself (the runtime, with OPA's decision id): same workspace, decision
+# id and decision. Each counts once, in the agent's run; a record that disagrees with OPA's log
+# on the decision is no repeat (both count: a run cannot hide a denial OPA logged).
+DUPLICATE_DECISIONS = f"""
+SELECT o.idx, o.workspace, o.run_id, o.decision
+FROM events o
+WHERE o.type = 'policy.evaluated' AND o.source_kind = '{DECISION_LOG_SOURCE}'
+  AND o.decision_id IS NOT NULL AND EXISTS (
+    SELECT 1 FROM events x JOIN events s
+      ON s.workspace = x.workspace AND s.run_id = x.run_id AND s.type = 'run.started'
+    WHERE x.type = 'policy.evaluated' AND x.workspace = o.workspace
+      AND x.decision_id = o.decision_id AND x.decision = o.decision
+      AND x.source_kind IS DISTINCT FROM '{DECISION_LOG_SOURCE}'
+      AND {origin_sql("s.source_kind")} = '{PRODUCTION}')"""
+
+
 def violation_rates_sql(
     by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
 ) -> str:
-    """Runs with a denial over runs, denials per 1,000 tool calls, approvals, by run dimensions."""
+    """Runs with a denial over runs, denials per 1,000 tool calls, approvals, by run dimensions.
+
+    Decision-log runs add their decisions (less those an agent's run recorded too), not runs.
+    """
     dims = _dims(by, RUN_DIMENSIONS, "violation rates")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
     names = ", ".join(f'"{name}"' for name, _ in dims)
+    denials = "(r.denials - coalesce(d.denials, 0))"
+    run = "NOT r.decision_log"
+    where = _where(since, "started_at", runs, decision_logs=True)
+    keep = "(NOT r.decision_log OR r.policy_evaluations > coalesce(d.evaluations, 0))"
+    where = f"{where} AND {keep}" if where else f"WHERE {keep}"
     return f"""
+WITH d AS (
+    SELECT workspace, run_id, count(*) AS evaluations,
+        count(*) FILTER (WHERE decision = 'deny') AS denials,
+        count(*) FILTER (WHERE decision = 'require_approval') AS approvals_required
+    FROM ({DUPLICATE_DECISIONS}) GROUP BY ALL
+)
 SELECT {select},
-    count(*) AS runs,
-    count(*) FILTER (WHERE denials > 0) AS runs_with_denial,
-    ratio(count(*) FILTER (WHERE denials > 0), count(*)) AS violation_rate,
-    CAST(sum(tool_calls) AS BIGINT) AS tool_calls,
-    CAST(sum(denials) AS BIGINT) AS denials,
-    ratio(1000 * sum(denials), sum(tool_calls)) AS denials_per_1000_tool_calls,
-    CAST(sum(approvals_required) AS BIGINT) AS approvals_required,
-    CAST(sum(approvals_requested) AS BIGINT) AS approvals_requested,
-    CAST(sum(approvals_granted) AS BIGINT) AS approvals_granted,
-    CAST(sum(approvals_rejected) AS BIGINT) AS approvals_rejected
-FROM run_facts {_where(since, "started_at", runs)}
+    count(*) FILTER (WHERE {run}) AS runs,
+    count(*) FILTER (WHERE {run} AND {denials} > 0) AS runs_with_denial,
+    ratio(count(*) FILTER (WHERE {run} AND {denials} > 0), count(*) FILTER (WHERE {run}))
+        AS violation_rate,
+    CAST(sum(r.tool_calls) AS BIGINT) AS tool_calls,
+    CAST(sum({denials}) AS BIGINT) AS denials,
+    ratio(1000 * sum({denials}) FILTER (WHERE {run}), sum(r.tool_calls))
+        AS denials_per_1000_tool_calls,
+    CAST(sum(r.approvals_required - coalesce(d.approvals_required, 0)) AS BIGINT)
+        AS approvals_required,
+    CAST(sum(r.approvals_requested) AS BIGINT) AS approvals_requested,
+    CAST(sum(r.approvals_granted) AS BIGINT) AS approvals_granted,
+    CAST(sum(r.approvals_rejected) AS BIGINT) AS approvals_rejected
+FROM run_facts r LEFT JOIN d USING (workspace, run_id) {where}
 GROUP BY {names} ORDER BY {names}"""
 
 
@@ -165,28 +207,39 @@ POLICY_DIMENSIONS = {
 def violation_rates_by_policy_sql(
     by: Sequence[str], since: str | None = None, runs: OriginSelection = PRODUCTION_RUNS
 ) -> str:
-    """Per policy: evaluations, denials, runs that evaluated it and how many it denied."""
+    """Per policy: evaluations, denials, runs that evaluated it and how many it denied.
+
+    Every decision counts once (a decision OPA's log and an agent's run both recorded counts in
+    the run); runs are agents' runs, not decision logs.
+    """
     dims = _dims(by, POLICY_DIMENSIONS, "violation rates by policy")
     select = ", ".join(f'{expr} AS "{name}"' for name, expr in dims)
     names = ", ".join(f'"{name}"' for name, _ in dims)
+    run = "NOT r.decision_log"
     return f"""
 WITH p AS (
-    SELECT workspace, run_id, policy{", revision" if "revision" in by else ""},
+    SELECT e.workspace, e.run_id, e.policy{", e.revision" if "revision" in by else ""},
         count(*) AS evaluations,
-        count(*) FILTER (WHERE decision = 'deny') AS denials,
-        count(*) FILTER (WHERE decision = 'require_approval') AS approvals_required
-    FROM events WHERE type = 'policy.evaluated' GROUP BY ALL
+        count(*) FILTER (WHERE e.decision = 'deny') AS denials,
+        count(*) FILTER (WHERE e.decision = 'require_approval') AS approvals_required,
+        count(*) FILTER (WHERE e.source_kind = '{DECISION_LOG_SOURCE}') AS logged
+    FROM events e ANTI JOIN ({DUPLICATE_DECISIONS}) dup ON dup.idx = e.idx
+    WHERE e.type = 'policy.evaluated' GROUP BY ALL
 )
 SELECT {select},
-    count(*) AS runs,
-    count(*) FILTER (WHERE p.denials > 0) AS runs_with_denial,
-    ratio(count(*) FILTER (WHERE p.denials > 0), count(*)) AS violation_rate,
+    count(*) FILTER (WHERE {run}) AS runs,
+    count(*) FILTER (WHERE {run} AND p.denials > 0) AS runs_with_denial,
+    ratio(count(*) FILTER (WHERE {run} AND p.denials > 0), count(*) FILTER (WHERE {run}))
+        AS violation_rate,
     CAST(sum(p.evaluations) AS BIGINT) AS evaluations,
     CAST(sum(p.denials) AS BIGINT) AS denials,
     CAST(sum(r.tool_calls) AS BIGINT) AS tool_calls,
-    ratio(1000 * sum(p.denials), sum(r.tool_calls)) AS denials_per_1000_tool_calls,
-    CAST(sum(p.approvals_required) AS BIGINT) AS approvals_required
-FROM p JOIN run_facts r USING (workspace, run_id) {_where(since, "r.started_at", runs, "r")}
+    ratio(1000 * sum(p.denials) FILTER (WHERE {run}), sum(r.tool_calls))
+        AS denials_per_1000_tool_calls,
+    CAST(sum(p.approvals_required) AS BIGINT) AS approvals_required,
+    CAST(sum(p.logged) AS BIGINT) AS decision_log_evaluations
+FROM p JOIN run_facts r USING (workspace, run_id)
+{_where(since, "r.started_at", runs, "r", decision_logs=True)}
 GROUP BY {names} ORDER BY {names}"""
 
 
@@ -336,6 +389,8 @@ def with_origin(sql: str) -> str:
 
 
 def _production(name: str) -> str:
+    if name == "runs":  # agents' runs: OPA's decision logs are in runs_all (decision_log)
+        return f"SELECT * FROM runs_all WHERE origin = '{PRODUCTION}' AND NOT decision_log"
     return f"SELECT * FROM {name}_all WHERE origin = '{PRODUCTION}'"
 
 

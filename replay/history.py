@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.errors import NotFoundError
-from domain.origins import AUDIT, COMPENSATION, PRODUCTION, REPLAY, run_origin
+from domain.origins import AUDIT, COMPENSATION, DECISION_LOG_SOURCE, PRODUCTION, REPLAY, run_origin
 from domain.ports import EntryRow, LedgerStore
 from tachograph.contract.canonical import loads
 
@@ -93,8 +93,9 @@ def load_runs(
 
     Only runs of the given ``origins`` (default: production runs; None: every run), so replays,
     audit runs and compensating runs are left out unless asked for; only finished runs unless
-    ``finished_only`` is False. Runs named in ``run_ids`` are returned whatever their origin (the
-    caller says why one cannot be replayed); an unknown one raises NotFoundError.
+    ``finished_only`` is False. OPA's decision logs are no agent's runs and never selected. Runs
+    named in ``run_ids`` are returned whatever their origin (the caller says why one cannot be
+    replayed); an unknown one raises NotFoundError.
     """
     if run_ids:
         return _by_id(store, run_ids, finished_only)
@@ -113,6 +114,7 @@ def load_runs(
             d = ev["data"]
             if (
                 (workflow is not None and d.get("workflow") != workflow)
+                or kind == DECISION_LOG_SOURCE
                 or (origins is not None and run_origin(kind, d).origin not in origins)
                 or (cutoff and ev["time"] < cutoff)
             ):

@@ -8,8 +8,14 @@ the budget used so far recomputed from the ``model.called`` events before it). T
 answer is compared with what was recorded: the runtime's ``policy.evaluated`` for that action
 (the last one naming it since the previous action), or ``allow`` when the run recorded none.
 
-Actions the recorded policy blocked (denied, or an approval not granted) never happened, so the
-ledger has no arguments for them: they are counted as ``not_reevaluated``, not judged.
+Actions the recorded policy blocked (denied, or an approval not granted) never happened; the
+runtime records their arguments in the ``policy.evaluated`` that blocked them, so they are
+re-asked too, from that event: the budget used at that point, a change's proposal (when the
+arguments are the change proposed in the run) or a tool's side effect as the run, or another
+selected run of the workspace, recorded it for that tool. A blocked action without recorded
+arguments (runs recorded before the runtime kept them, decisions agent code recorded itself) or
+whose tool never ran anywhere in the selection (its side effect is unknown) is counted as
+``not_reevaluated``, with the reason, not judged.
 
 Gate thresholds are a count (``3``: at most 3 actions) or a rate of the re-evaluated actions
 (``5%`` or ``0.05``).
@@ -25,6 +31,7 @@ from typing import Any
 
 from replay.errors import PolicyReplayError
 from replay.history import PRODUCTION, RecordedRun
+from tachograph.contract.canonical import dumps
 from tachograph.policy import PolicyDecision, policy_input
 
 Decide = Callable[[Mapping[str, Any]], PolicyDecision]
@@ -34,7 +41,11 @@ _COUNT = re.compile(r"^[0-9]+$")
 
 @dataclass(frozen=True)
 class RecordedAction:
-    """One recorded tool call or applied change, with the input OPA was (or would be) asked."""
+    """One recorded tool call or applied change, with the input OPA was (or would be) asked.
+
+    ``ran`` is False for an action the recorded policy blocked (asked from the arguments its
+    ``policy.evaluated`` recorded; ``seq`` is that event's).
+    """
 
     seq: int
     kind: str
@@ -42,6 +53,7 @@ class RecordedAction:
     input: dict[str, Any]
     recorded: str
     recorded_revision: str | None = None
+    ran: bool = True
 
 
 @dataclass
@@ -56,8 +68,24 @@ def _dec(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def run_actions(run: RecordedRun) -> RunActions:
-    """The tool calls and changes of a recorded run, each with the policy input of that moment."""
+def tool_side_effects(runs: Sequence[RecordedRun]) -> dict[tuple[str, str], str]:
+    """The side effect each tool's calls recorded, by (workspace, tool), over ``runs``."""
+    out: dict[tuple[str, str], str] = {}
+    for run in runs:
+        for e in run.events:
+            if e["type"] == "tool.called":
+                out.setdefault((run.workspace, str(e["data"]["tool"])),
+                               str(e["data"].get("side_effect", "none")))
+    return out
+
+
+def run_actions(run: RecordedRun, side_effects: Mapping[tuple[str, str], str] | None = None) -> RunActions:
+    """The tool calls and changes of a recorded run, each with the policy input of that moment,
+    and the actions its recorded policy blocked.
+
+    ``side_effects``: tools' side effects known from other runs (:func:`tool_side_effects`), for
+    a blocked tool call whose tool never ran in this run.
+    """
     started = run.started
     first = run.events[0]
     base: dict[str, Any] = {
@@ -66,10 +94,23 @@ def run_actions(run: RecordedRun) -> RunActions:
         "mode": str(started.get("mode", "execute")), "risk_tier": str(started.get("risk_tier", "low")),
         "limits": dict(started.get("budget") or {}),
     }
+    known = {**(side_effects or {}), **tool_side_effects([run])}
     out = RunActions()
     used: dict[str, Any] = {"model_calls": 0, "tokens": 0, "cost_usd": Decimal(0)}
-    pending: list[dict[str, Any]] = []  # policy.evaluated since the previous action
-    targets: dict[str, str] = {}
+    pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (policy.evaluated, used then)
+    proposed: dict[str, dict[str, Any]] = {}
+
+    def settle(matched: dict[str, Any] | None) -> None:
+        for event, used_then in pending:
+            data = event["data"]
+            if data is matched or data.get("decision") not in ("deny", "require_approval"):
+                continue
+            blocked = _blocked_action(run.workspace, event, used_then, base, proposed, known)
+            if isinstance(blocked, RecordedAction):
+                out.actions.append(blocked)
+            else:
+                out.blocked.append(blocked)
+
     for e in run.events:
         etype, data = e["type"], e["data"]
         if etype == "model.called":
@@ -78,25 +119,28 @@ def run_actions(run: RecordedRun) -> RunActions:
             if data.get("priced", True) is not False:
                 used["cost_usd"] += _dec(data["cost_usd"])
         elif etype == "policy.evaluated":
-            pending.append(data)
+            pending.append((e, dict(used)))
         elif etype == "change.proposed":
-            targets[data["change_id"]] = data["target"]
+            proposed[data["change_id"]] = data
         elif etype in ("tool.called", "change.applied"):
             if etype == "tool.called":
                 kind, name, args = "tool", data["tool"], data.get("args") or {}
                 side_effect = str(data.get("side_effect", "none"))
             else:
-                kind, name, args = "change", targets.get(data["change_id"], ""), {"change_id": data["change_id"]}
+                change = proposed.get(data["change_id"])
+                kind, name = "change", str(change["target"]) if change else ""
+                args = change if change is not None else {"change_id": data["change_id"]}
                 side_effect = "write"
-            recorded = _matching(pending, name)
-            out.blocked.extend(_blocked(pending, recorded))
+            recorded = _matching([p["data"] for p, _ in pending], name)
+            settle(recorded)
             pending = []
             asked = policy_input(kind=kind, name=name, arguments=args, side_effect=side_effect,
                                  used=dict(used), **base)
             out.actions.append(RecordedAction(
                 e["seq"], kind, name, asked, recorded["decision"] if recorded else "allow",
                 recorded.get("revision") if recorded else None))
-    out.blocked.extend(_blocked(pending, None))
+    settle(None)
+    out.actions.sort(key=lambda a: a.seq)
     return out
 
 
@@ -108,10 +152,30 @@ def _matching(pending: list[dict[str, Any]], name: str) -> dict[str, Any] | None
     return found
 
 
-def _blocked(pending: list[dict[str, Any]], matched: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Recorded decisions that stopped their action (deny, or an approval not granted)."""
-    return [{"action": d.get("action"), "decision": d.get("decision")} for d in pending
-            if d is not matched and d.get("decision") in ("deny", "require_approval")]
+def _blocked_action(
+    workspace: str, event: Mapping[str, Any], used: dict[str, Any], base: Mapping[str, Any],
+    proposed: Mapping[str, Mapping[str, Any]], side_effects: Mapping[tuple[str, str], str],
+) -> RecordedAction | dict[str, Any]:
+    """A recorded decision that stopped its action (deny, or an approval not granted): the
+    action asked again from the arguments it recorded, or, when it cannot be, why not."""
+    data = event["data"]
+    name, arguments = str(data.get("action")), data.get("arguments")
+    shown = {"seq": event["seq"], "action": data.get("action"), "decision": data.get("decision")}
+    if not isinstance(arguments, Mapping):
+        return {**shown, "why": "no arguments recorded (a run recorded before the runtime kept "
+                "them, or a decision agent code recorded itself)"}
+    change = proposed.get(str(arguments.get("change_id")))
+    if change is not None and change.get("target") == name and dumps(change) == dumps(arguments):
+        kind, side_effect = "change", "write"
+    elif (side_effect_found := side_effects.get((workspace, name))) is not None:
+        kind, side_effect = "tool", side_effect_found
+    else:
+        return {**shown, "why": f"the side effect of tool {name!r} is unknown: it never ran in "
+                "the selected runs of the workspace"}
+    asked = policy_input(kind=kind, name=name, arguments=arguments, side_effect=side_effect,
+                         used=used, **base)
+    return RecordedAction(int(event["seq"]), kind, name, asked, str(data["decision"]),
+                          data.get("revision"), ran=False)
 
 
 def classify(before: str, after: str) -> str:
@@ -213,10 +277,10 @@ def what_if_policy(
     evaluated = blocked = 0
     revisions: set[str] = set()
     skipped = [r.run_id for r in runs if r.origin != PRODUCTION]
-    for run in runs:
-        if run.origin != PRODUCTION:
-            continue
-        found = run_actions(run)
+    production = [r for r in runs if r.origin == PRODUCTION]
+    side_effects = tool_side_effects(production)
+    for run in production:
+        found = run_actions(run, side_effects)
         counts = dict.fromkeys(CHANGES, 0)
         changed: list[dict[str, Any]] = []
         for action in found.actions:
@@ -228,7 +292,8 @@ def what_if_policy(
             if change != "unchanged":
                 changed.append({"seq": action.seq, "kind": action.kind, "name": action.name,
                                 "arguments": action.input["arguments"], "before": action.recorded,
-                                "after": answer.result, "reason": answer.reason})
+                                "after": answer.result, "reason": answer.reason,
+                                "ran": action.ran})
         for key in CHANGES:
             totals[key] += counts[key]
         evaluated += len(found.actions)

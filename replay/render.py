@@ -174,11 +174,14 @@ def render_policy_report(report: Mapping[str, Any], console: Console, max_runs: 
     console.print(t)
     for r in rows:
         for c in r["changed"]:
-            console.print(f"  {r['run_id']} seq {c['seq']} {c['kind']} {c['name']} {_short(c['arguments'])}: "
-                          f"{c['before']} → {c['after']} ({c['reason']})")
+            never = "" if c.get("ran", True) else " (never ran)"
+            console.print(f"  {r['run_id']} seq {c['seq']} {c['kind']} {c['name']}{never} "
+                          f"{_short(c['arguments'])}: {c['before']} → {c['after']} ({c['reason']})")
     if s["not_reevaluated"]:
-        console.print(f"{s['not_reevaluated']} recorded action(s) were blocked by the recorded policy and "
-                      "never ran: the ledger has no arguments to re-ask the candidate about")
+        whys = sorted({str(a.get("why", "no arguments recorded")) for r in report["runs"]
+                       for a in r.get("not_reevaluated_actions", [])})
+        console.print(f"{s['not_reevaluated']} action(s) the recorded policy blocked could not be "
+                      f"re-asked: {'; '.join(whys)}")
     _gate(report, console)
 
 

@@ -137,13 +137,14 @@ class ReplayContext(Context):
                   side_effect: str) -> Evaluation | None:
         """The policy engine's recorded decision on this action (a runtime-enforced
         ``policy.evaluated`` just before the call), while the replay follows its recording; a
-        replay never asks a policy engine itself."""
+        replay never asks a policy engine itself. Arguments are recorded as the recording did
+        (runs recorded before ``arguments`` existed have none)."""
         rec = self._aligned_slot()
         if rec is None or rec["type"] != "policy.evaluated" or rec["data"].get("action") != name:
             return None
         d = rec["data"]
         return Evaluation(str(d["policy"]), str(d["decision"]), str(d["reason"]), d.get("revision"),
-                          d.get("decision_id"))
+                          d.get("decision_id"), with_arguments="arguments" in d)
 
     def _default_approval_timeout(self) -> Decimal | float:
         """The recorded request's timeout, exactly as recorded (the live runtime's default then),

@@ -74,6 +74,8 @@ class Evaluation:
     reason: str
     revision: str | None = None
     decision_id: str | None = None
+    with_arguments: bool = True
+    """Record the action's arguments when the decision is not allow (replays: as recorded)."""
 
 
 @dataclass(frozen=True)
@@ -418,7 +420,10 @@ class Context:
         """Ask the policy engine about a tool call or a change before it happens, record its
         answer (``policy.evaluated`` with the revision and decision id), and enforce it: deny
         raises :class:`PolicyDenied` (the action does not happen); require_approval waits for a
-        person (``request_approval``) and raises PolicyDenied when not approved."""
+        person (``request_approval``) and raises PolicyDenied when not approved.
+
+        An answer other than allow also records the action's ``arguments``: the action may never
+        run, and what-if policy replay needs them to ask another policy about it."""
         used = {"model_calls": self.model_calls, "tokens": self.tokens, "cost_usd": self.cost}
         asked = policy_input(
             workspace=self.spec.workspace, workflow=self.spec.workflow, run_id=self.spec.run_id,
@@ -433,6 +438,8 @@ class Context:
             data["revision"] = found.revision
         if found.decision_id is not None:
             data["decision_id"] = found.decision_id
+        if found.decision != "allow" and found.with_arguments:
+            data["arguments"] = dict(args)
         self._emit("policy.evaluated", data)
         if found.decision == "deny":
             raise PolicyDenied(name, found.reason)

@@ -36,9 +36,10 @@ def kill_switches_page(request: Request, msg: str | None = None, ok: int = 1) ->
     session = person(request)
     services = _services(request)
     halts = services.halts.current(session.workspace)
-    # the workflows of agents' own runs (the platform's replays, compensations and audit runs
-    # are no workflow a kill switch stops)
-    seen, _ = services.runs.page(RunFilter.of(session.workspace, PRODUCTION_RUNS), 10**9, None, True)
+    # the workflows of agents' own runs (the platform's replays, compensations and audit runs,
+    # and OPA's decision logs, are no workflow a kill switch stops)
+    seen, _ = services.runs.page(RunFilter.of(session.workspace, PRODUCTION_RUNS, decision_log=False),
+                                 10**9, None, True)
     halted = {h.target for h in halts.halts if h.scope == "workflow"}
     workflows = sorted({s.workflow for s in seen if s.workflow} | halted)
     history = [

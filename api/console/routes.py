@@ -286,16 +286,18 @@ def runs_page(
     pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
     page_no = min(page_no, pages)
     shown = rows[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE]
+    # the totals are agents' runs: OPA's decision logs are listed, but are no run (and never running)
+    runs = [s for s in rows if not s.decision_log]
     outcomes: dict[str, int] = {}
-    for s in rows:
+    for s in runs:
         outcomes[s.outcome or "running"] = outcomes.get(s.outcome or "running", 0) + 1
     totals = {
-        "runs": len(rows), "cost": sum((s.cost_usd for s in rows), Decimal(0)),
-        "unpriced_runs": sum(1 for s in rows if s.unpriced_calls),
-        "denials": sum(s.denials for s in rows),
-        "breaches": sum(state.board.facts(s.workspace, s.run_id).breaches for s in rows),
-        "model_calls": sum(s.model_calls for s in rows), "tokens": sum(s.tokens for s in rows),
-        "outcomes": dict(sorted(outcomes.items())),
+        "runs": len(runs), "cost": sum((s.cost_usd for s in runs), Decimal(0)),
+        "unpriced_runs": sum(1 for s in runs if s.unpriced_calls),
+        "denials": sum(s.denials for s in runs),
+        "breaches": sum(state.board.facts(s.workspace, s.run_id).breaches for s in runs),
+        "model_calls": sum(s.model_calls for s in runs), "tokens": sum(s.tokens for s in runs),
+        "outcomes": dict(sorted(outcomes.items())), "decision_logs": len(rows) - len(runs),
     }
     breach_of = {s.run_id: state.board.facts(s.workspace, s.run_id).breaches for s in shown}
     _read(request, session, "runs.list", returned=len(shown))

@@ -35,7 +35,7 @@ Until = Annotated[
 ]
 Outcome = Annotated[
     Literal["succeeded", "failed", "escalated", "cancelled", "running"] | None,
-    Query(description="only runs that ended so (`running`: not completed yet)"),
+    Query(description="only runs that ended so (`running`: agents' runs not completed yet)"),
 ]
 HasDenial = Annotated[bool | None, Query(description="only runs with (true) or without (false) a policy denial")]
 Text = Annotated[str | None, Query(max_length=512, pattern=r"^[^\x00]*$")]
@@ -68,8 +68,8 @@ class RunScope:
             conds.append(f"workflow = {_literal(self.workflow)}")
         if self.agent is not None:
             conds.append(f"agent_id = {_literal(self.agent)}")
-        if self.outcome == "running":
-            conds.append("outcome IS NULL")
+        if self.outcome == "running":  # agents' runs not completed (OPA's decision logs never are)
+            conds.append("outcome IS NULL AND NOT decision_log")
         elif self.outcome is not None:
             conds.append(f"outcome = {_literal(self.outcome)}")
         if self.until is not None:

@@ -68,10 +68,11 @@ def _summary(services: Services, key: ApiKey, run_id: str) -> RunSummary:
     "/v1/runs",
     response_model=RunPage,
     summary="List runs of the key's workspace",
-    description="Newest first by default; filter by workflow, agent, outcome (or `running`), "
-    "start time range, denials, `origin` (every origin unless given; each run names its own) and "
-    "`replay_id` (the runs of one replay: with an origin other than `replay` or `all`, none); page "
-    "with `cursor`. Roles auditor, engineer. Audited.",
+    description="Newest first by default; filter by workflow, agent, outcome (or `running`: "
+    "agents' runs not completed yet), start time range, denials, `origin` (every origin unless "
+    "given; each run names its own), `replay_id` (the runs of one replay: with an origin other "
+    "than `replay` or `all`, none) and `decision_log` (OPA's decision-log runs, or agents' runs "
+    "only); page with `cursor`. Roles auditor, engineer. Audited.",
     responses=errors(401, 403, 422, 503),
 )
 def list_runs(
@@ -91,8 +92,11 @@ def list_runs(
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
     origin: OriginQuery = None,
     replay_id: ReplayIdQuery = None,
+    decision_log: Annotated[bool | None, Query(
+        description="true: only OPA's decision-log runs; false: only agents' runs")] = None,
 ) -> RunPage:
-    flt = RunFilter(key.workspace, workflow, agent, outcome, since, until, has_denial, origin, replay_id)
+    flt = RunFilter(key.workspace, workflow, agent, outcome, since, until, has_denial, origin, replay_id,
+                    decision_log)
     runs, nxt = services.runs.page(flt, limit, int(cursor) if cursor else None, order == "desc")
     audited(services, key, request, "runs.list", workspace=key.workspace, returned=len(runs))
     return RunPage(

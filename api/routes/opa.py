@@ -20,13 +20,15 @@ from api.keys_store import ApiKey
 from api.routes.errors import BadBody, BodyTooLarge, UnsupportedMedia
 from api.routes.ingest import Item, append_events, decompress, item_of_value
 from api.schemas import OpaLogReport, errors
+from domain.origins import DECISION_LOG_SOURCE
 from ingest import opa_logs
 from ingest.otlp import RunCursor
 
 router = APIRouter(tags=["ingest"])
 
-SOURCE_KIND = "opa"
-"""The ledger source kind of decisions from OPA's log (set here, never by a publisher)."""
+SOURCE_KIND = DECISION_LOG_SOURCE
+"""The ledger source kind of decisions from OPA's log (set here, never by a publisher): its runs
+are decision logs, not agent runs (``domain.origins``)."""
 
 OPA_BODY: dict[str, Any] = {
     "required": True,

@@ -253,6 +253,14 @@ class PolicyEvaluated(_Strict):
         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 256,
                         "description": "the policy engine's id of this decision (OPA's decision_id)"}),
     ] | None = None
+    arguments: Annotated[
+        JsonObject,
+        WithJsonSchema({"type": "object", "additionalProperties": True,
+                        "description": "the arguments of the action the policy engine was asked "
+                        "about (a tool call's args, a change as proposed), recorded by the runtime "
+                        "when the decision was not allow: such an action may never run, so what-if "
+                        "policy replay can ask another policy about it"}),
+    ] | None = None
 
 
 class ApprovalRequested(_Strict):

@@ -89,18 +89,20 @@ def test_stricter_candidate_reports_new_denials_and_approvals_and_gates(tmp_path
     strict = bundle(tmp_path, "strict", "refunds-r2", 50, 500)
     out = tacho(recorded, "replay", "--policy", str(strict), "--workflow", "refunds",
                 "--max-new-denials", "0", "--id", "rp-strict", "--json", check=False)
-    assert out.returncode == 1, out.stderr  # the gate fails: one action newly denied
+    assert out.returncode == 1, out.stderr  # the gate fails: actions newly denied
     report = json.loads(out.stdout)
     s = report["summary"]
-    # 6 lookups + refunds of 40, 60, 300, 800 ran; 700 (rejected) and 5000 (denied) never did
-    assert (s["runs"], s["evaluated"], s["not_reevaluated"]) == (6, 10, 2)
-    assert (s["new_denials"], s["new_approvals"], s["new_allows"], s["unchanged"]) == (1, 1, 0, 8)
-    assert Decimal(s["new_denials_rate"]) == Decimal("0.1")
+    # 6 lookups + refunds of 40, 60, 300, 800 ran; 700 (rejected) and 5000 (denied) never did,
+    # and are asked again from the arguments their policy.evaluated recorded
+    assert (s["runs"], s["evaluated"], s["not_reevaluated"]) == (6, 12, 0)
+    assert (s["new_denials"], s["new_approvals"], s["new_allows"], s["unchanged"]) == (2, 1, 0, 9)
+    assert Decimal(s["new_denials_rate"]) == Decimal("0.1667")
     assert s["candidate_revisions"] == ["refunds-r2"]
-    changed = {c["arguments"]["amount"]: (c["before"], c["after"])
+    changed = {c["arguments"]["amount"]: (c["before"], c["after"], c["ran"])
                for r in report["runs"] for c in r["changed"]}
-    assert changed == {60: ("allow", "require_approval"), 800: ("require_approval", "deny")}
-    assert report["gate"]["failures"] == ["new denials: 1 of 10 actions (0.1000) is over the limit 0"]
+    assert changed == {60: ("allow", "require_approval", True), 800: ("require_approval", "deny", True),
+                       700: ("require_approval", "deny", False)}
+    assert report["gate"]["failures"] == ["new denials: 2 of 12 actions (0.1667) is over the limit 0"]
     per_run = {r["changed"][0]["arguments"]["order"]: r for r in report["runs"] if r["changed"]}
     assert per_run["o-800"]["new_denials"] == 1 and per_run["o-60"]["new_approvals"] == 1
 
@@ -113,11 +115,11 @@ def test_stricter_candidate_reports_new_denials_and_approvals_and_gates(tmp_path
     assert "refund" in text and "require_approval → deny" in text and "gate failed" in text
 
     lenient = tacho(recorded, "replay", "--policy", str(strict), "--workflow", "refunds",
-                    "--max-new-denials", "10%", "--max-new-approvals", "1", "--json")
+                    "--max-new-denials", "20%", "--max-new-approvals", "1", "--json")
     assert json.loads(lenient.stdout)["gate"]["passed"] is True
     tight_rate = tacho(recorded, "replay", "--policy", str(strict), "--workflow", "refunds",
                        "--max-new-approvals", "0.05", "--json", check=False)
-    assert tight_rate.returncode == 1  # 1 of 10 = 10% is over 5%
+    assert tight_rate.returncode == 1  # 1 of 12 = 8.3% is over 5%
 
     # the console lists the what-if and shows its changed decisions
     assert recorded == tmp_path / "data"
@@ -132,17 +134,55 @@ def test_stricter_candidate_reports_new_denials_and_approvals_and_gates(tmp_path
         close_api(a)
 
 
+def test_a_denied_refund_is_recorded_with_its_arguments_and_re_asked_of_each_candidate(tmp_path, recorded):
+    """The refund of 5000 the recorded policy denied never ran: its policy.evaluated keeps its
+    arguments, so a more lenient candidate reports it newly allowed and a stricter one keeps it
+    denied."""
+    ledger = build_ledger(Settings())
+    runs = {next(e["data"]["args"]["order"] for e in r.events if e["type"] == "tool.called"): r
+            for r in load_runs(ledger.store, workflow="refunds")}
+    ledger.store.close()
+    evaluated = [e["data"] for e in runs["o-5000"].events if e["type"] == "policy.evaluated"]
+    assert [(p["action"], p["decision"]) for p in evaluated] == [("lookup", "allow"), ("refund", "deny")]
+    assert "arguments" not in evaluated[0]  # an allowed action's arguments are in its tool.called
+    assert evaluated[1]["arguments"] == {"order": "o-5000", "amount": 5000}
+    assert not any(e["type"] == "tool.called" and e["data"]["tool"] == "refund" for e in runs["o-5000"].events)
+    rejected = [e["data"] for e in runs["o-700"].events if e["type"] == "policy.evaluated"][1]
+    assert (rejected["decision"], rejected["arguments"]) == ("require_approval", {"order": "o-700", "amount": 700})
+
+    def denied_refund(report: dict[str, Any]) -> dict[str, Any] | None:
+        (run,) = [r for r in report["runs"] if r["run_id"] == runs["o-5000"].run_id]
+        assert run["not_reevaluated"] == 0 and run["evaluated"] == 2
+        return next((c for c in run["changed"] if c["name"] == "refund"), None)
+
+    lenient = bundle(tmp_path, "lenient", "refunds-r3", 10000, 20000)
+    out = tacho(recorded, "replay", "--policy", str(lenient), "--workflow", "refunds", "--json")
+    report = json.loads(out.stdout)
+    change = denied_refund(report)
+    assert change is not None
+    assert (change["before"], change["after"], change["ran"]) == ("deny", "allow", False)
+    assert change["arguments"] == {"order": "o-5000", "amount": 5000}
+    s = report["summary"]
+    # 300, 800 (approved), 700 (rejected) and 5000 (denied) are all newly allowed
+    assert (s["evaluated"], s["new_allows"], s["new_denials"], s["not_reevaluated"]) == (12, 4, 0, 0)
+
+    strict = bundle(tmp_path, "strict", "refunds-r2", 50, 500)
+    report = json.loads(tacho(recorded, "replay", "--policy", str(strict), "--workflow", "refunds", "--json",
+                              check=False).stdout)
+    assert denied_refund(report) is None  # still denied: unchanged
+
+
 def test_identical_candidate_changes_nothing_through_a_running_opa(tmp_path, recorded, opa_server):
     same_dir = bundle(tmp_path, "same", "refunds-r1b", 100, 1000)
     same = opa_server(bundle=same_dir)
     out = tacho(recorded, "replay", "--policy", str(same_dir), "--opa-url", same.url,
                 "--workflow", "refunds", "--max-new-denials", "0", "--max-new-approvals", "0", "--json")
     s = json.loads(out.stdout)["summary"]
-    assert (s["evaluated"], s["unchanged"], s["new_denials"], s["new_approvals"], s["new_allows"]) == (10, 10, 0, 0, 0)
+    assert (s["evaluated"], s["unchanged"], s["new_denials"], s["new_approvals"], s["new_allows"]) == (12, 12, 0, 0, 0)
     # a single .rego file as the candidate works too (no bundle: no revision)
     single = tacho(recorded, "replay", "--policy", str(same_dir / "refunds.rego"), "--workflow", "refunds",
                    "--json")
-    assert json.loads(single.stdout)["summary"]["unchanged"] == 10
+    assert json.loads(single.stdout)["summary"]["unchanged"] == 12
     assert json.loads(single.stdout)["summary"]["candidate_revisions"] == []
 
 
@@ -161,7 +201,7 @@ def test_policy_input_is_rebuilt_as_the_runtime_sent_it(tmp_path, recorded, opa_
     with OpaClient(same.url) as client:
         report = what_if_policy(runs, client.decide, replay_id="x", created="t", candidate="same",
                                 gate=PolicyGate(Threshold.parse("0", "--max-new-denials")))
-    assert report["summary"]["unchanged"] == 10 and report["gate"]["passed"]
+    assert report["summary"]["unchanged"] == 12 and report["gate"]["passed"]
     ledger.store.close()
 
 

@@ -91,6 +91,13 @@ def test_opa_decides_the_runtime_enforces_and_the_ledger_records_revision_and_de
         for p in (lookup, refund):
             assert p["revision"] == REVISION and len(p["decision_id"]) >= 16
             assert p["policy"] == "tachograph/decision"
+        # an answer other than allow keeps the action's arguments (it may never run)
+        assert "arguments" not in lookup
+        if decision == "allow":
+            assert "arguments" not in refund
+        else:
+            assert refund["arguments"] == {"order": result.events[0]["data"]["input"]["order"],
+                                           "amount": result.events[0]["data"]["input"]["amount"]}
     types = [e["type"] for e in approved.events]
     assert types[types.index("policy.evaluated", 2):][:4] == [
         "policy.evaluated", "approval.requested", "approval.decided", "tool.called"]
@@ -99,6 +106,15 @@ def test_opa_decides_the_runtime_enforces_and_the_ledger_records_revision_and_de
     opa.stop()
     report = run_replay(load_runs(ledger.store, workflow="refunds"), AGENT,
                         ReplayConfig("rp-policy", "2026-12-06T00:00:00Z"), _models(), ledger=ledger)
+    assert report["summary"]["statuses"] == {"reproduced": 4}, [
+        json.dumps(r.get("first_divergence"), default=str) for r in report["runs"]]
+    # runs recorded before policy.evaluated kept arguments reproduce too (without them)
+    older = load_runs(ledger.store, workflow="refunds")
+    for run in older:
+        for e in run.events:
+            if e["type"] == "policy.evaluated":
+                e["data"].pop("arguments", None)
+    report = run_replay(older, AGENT, ReplayConfig("rp-policy-old", "2026-12-06T00:00:00Z"), _models())
     assert report["summary"]["statuses"] == {"reproduced": 4}, [
         json.dumps(r.get("first_divergence"), default=str) for r in report["runs"]]
 
@@ -134,6 +150,7 @@ def test_opa_stopped_mid_run_fails_write_actions_closed_and_reads_open(tmp_path,
     assert read["decision"] == "allow" and "fail open: allowed" in read["reason"]
     assert write["decision"] == "deny" and "fail closed: denied" in write["reason"]
     assert "revision" not in write and "decision_id" not in write  # nobody decided: recorded as such
+    assert write["arguments"] == {"order": "o-9", "amount": 10} and "arguments" not in read
     assert "policy engine unavailable" in result.result["denied"]
 
 

@@ -206,7 +206,7 @@ def expected_runs(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
             "mode": d0["mode"], "risk_tier": d0["risk_tier"], "replay_of": d0.get("replay_of"),
             # every run here came in as a publisher's file import: production, even h-4, which
             # only claims to replay h-1 (a replay is a run the platform's replay engine wrote)
-            "origin": "production", "replay_id": None,
+            "origin": "production", "replay_id": None, "decision_log": False,
             "models": models,
             "route": (d0.get("labels") or {}).get("route") or ("+".join(models) or None),
             "started_at": started_at, "ended_at": ended_at,
@@ -430,7 +430,7 @@ def test_violation_rates_by_policy_count_the_runs_that_evaluated_it(projected) -
                        "violation_rate": denied / len(g["runs"]), "evaluations": g["ev"],
                        "denials": g["deny"], "tool_calls": tools,
                        "denials_per_1000_tool_calls": 1000 * g["deny"] / tools if tools else None,
-                       "approvals_required": g["req"]}
+                       "approvals_required": g["req"], "decision_log_evaluations": 0}
     assert_same(keyed(fetch(con, "SELECT * FROM violation_rates_by_policy"),
                       "workspace", "workflow", "policy"), expected)
 

@@ -12,6 +12,7 @@ from domain.origins import (
     ALL,
     AUDIT,
     COMPENSATION,
+    DECISION_LOG_SOURCE,
     ORIGINS,
     PLATFORM_SOURCES,
     PRODUCTION,
@@ -22,7 +23,7 @@ from domain.origins import (
     origin_of_entry,
     run_origin,
 )
-from projections.schema import origin_sql
+from projections.schema import decision_log_sql, origin_sql
 from projections.views import origin_condition
 
 REPLAY_START = {"workflow": "wf", "mode": "execute", "risk_tier": "low", "replay_of": "run-1",
@@ -107,3 +108,21 @@ def test_describe_says_which_runs_were_counted() -> None:
     assert OriginSelection().describe() == "production runs"
     assert OriginSelection(ALL).describe() == "runs of every origin"
     assert OriginSelection.parse(replay_id="r-7").describe() == "runs of replay r-7"
+
+
+def test_opas_decision_log_is_production_but_no_agents_run() -> None:
+    assert run_origin(DECISION_LOG_SOURCE, {"workflow": "tachograph/decision"}) == RunOrigin(
+        PRODUCTION, None, decision_log=True)
+    for kind in (*PLATFORM_SOURCES, "kafka", "http", "otlp", "file", "agent", None):
+        assert run_origin(kind, {"workflow": "wf"}).decision_log is False, kind
+    assert OriginSelection().matches(run_origin(DECISION_LOG_SOURCE))  # its decisions are production's
+
+
+def test_the_sql_decision_log_rule_needs_every_entry_from_opas_log() -> None:
+    con = duckdb.connect()
+    for kinds, expected in (([DECISION_LOG_SOURCE] * 3, True), ([DECISION_LOG_SOURCE, "http"], False),
+                            (["agent", DECISION_LOG_SOURCE], False), (["kafka"], False),
+                            ([None], False), ([DECISION_LOG_SOURCE, None], False)):
+        got = con.execute(f"SELECT {decision_log_sql('k')} FROM unnest(?::VARCHAR[]) t(k)", [kinds]).fetchone()
+        assert got == (expected,), kinds
+        assert (run_origin(kinds[0]).decision_log and all(k == DECISION_LOG_SOURCE for k in kinds)) is expected
