@@ -18,7 +18,9 @@ from api.policies import OpaChecker
 from domain.verify import verify_log
 from tachograph.contract.canonical import loads
 from tests.harness import free_port
-from tests.integration.api_support import Api, api, serving  # noqa: F401  (the fixture)
+from tests.integration.api_support import Api, api, serving
+
+__all__ = ["api"]  # the fixture
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 REFUNDS = (POLICIES / "refunds.rego").read_text()
