@@ -257,7 +257,8 @@ def opa_config(api_url: str, token: str, *, decision_logs: bool = True,
         "default_decision": rule,
     }
     if decision_logs:
-        config["decision_logs"] = {"service": "tachograph", "resource": "/v1/opa/logs",
+        # resources are relative to the service's URL, which ends in /v1 (OPA joins the two)
+        config["decision_logs"] = {"service": "tachograph", "resource": "opa/logs",
                                    "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 5}}
     return config
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,6 +108,7 @@ def policy_state(services: ServicesDep, key: BundleReader) -> JSONResponse:
                **errors(401, 403, 404)},
 )
 async def policy_bundle(
+    request: Request,
     services: ServicesDep,
     key: BundleReader,
     if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
@@ -129,6 +130,9 @@ async def policy_bundle(
                 return Response(body, media_type=BUNDLE_TYPE, headers=headers)
             if time.monotonic() >= give_up:
                 return Response(status_code=304, headers={**headers, "Content-Type": BUNDLE_TYPE})
+        if await request.is_disconnected():  # OPA went away: answer now (nobody reads it)
+            give_up = 0.0  # rather than hold the server's shutdown until the wait ends
+            continue
         await asyncio.sleep(POLL_S)
 
 

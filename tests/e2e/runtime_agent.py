@@ -18,17 +18,27 @@ SCENARIO is one run, run one after the other, with run id ``P-SCENARIO``:
   one cap (the deadline with a slow tool).
 - ``crash``: three steps, a wait for a person (the runtime flushes before it), then steps until
   the process is killed.
+- ``refund-N`` (workflow ``refunds`` unless ``--workflow``): looks an order up (a read), then
+  refunds N (a write) under the workspace's policy, which the runtime asks OPA about
+  (``TACHO_OPA_URL``): allowed, it runs; denied, the agent code catches ``tachograph.PolicyDenied``
+  and the run ends ``escalated``; needing approval, the runtime waits for a person.
+- ``outage``: a read, then (with ``--go-file``) a wait until that file exists (the test stops OPA
+  meanwhile), then a refund of 40 and another read; each denial is caught and noted.
 
 Prints one JSON object per line, flushed: ``{"kind": "event", ...}`` for every event of a run as
 soon as the agent has it back (``crash`` and ``halt``), ``{"kind": "resumed", ...}`` when a wait
-for a person ends, ``{"kind": "forged", ...}``, one ``{"kind": "result", ...}`` per run, and last
-``{"kind": "modules", ...}``: which of the platform's packages the process loaded (none).
+for a person ends, ``{"kind": "forged", ...}``, ``{"kind": "refund-issued", ...}`` when the
+refund tool itself runs, ``{"kind": "denied", ...}`` when agent code catches a policy denial,
+``{"kind": "paused", ...}`` when ``outage`` waits for its go file, one ``{"kind": "result", ...}``
+per run, and last ``{"kind": "modules", ...}``: which of the platform's packages the process loaded (none).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import threading
 import time
@@ -63,6 +73,19 @@ def step(args: Any) -> dict[str, Any]:
     """One unit of work of a long loop."""
     time.sleep(float(args.get("sleep_s", 0.05)))
     return {"n": args["n"]}
+
+
+@TOOLS.tool("orders.lookup", "read")
+def order(args: Any) -> dict[str, Any]:
+    """What the order was paid."""
+    return {"order": args["order"], "paid": 5000}
+
+
+@TOOLS.tool("refund", "write")
+def refund(args: Any) -> dict[str, Any]:
+    """Give money back: the side effect the policy guards (printed when it really happens)."""
+    say("refund-issued", order=args["order"], amount=args["amount"])
+    return {"refunded": args["amount"]}
 
 
 class Reporter:
@@ -132,6 +155,50 @@ def dawdle(ctx: tachograph.Context, input: dict[str, Any]) -> dict[str, Any]:
     for n in range(20):
         ctx.tool("step", {"n": n, "sleep_s": 0.4})
     return {"steps": 20}
+
+
+def _denied(ctx: tachograph.Context, e: Exception) -> dict[str, Any]:
+    """What agent code saw of a policy denial (printed, and kept in the run's result)."""
+    seen = {"error": type(e).__name__, "is_policy_denied": isinstance(e, tachograph.PolicyDenied),
+            "action": getattr(e, "action", None), "decision": getattr(e, "decision", None),
+            "reason": getattr(e, "reason", str(e))}
+    say("denied", run_id=ctx.run_id, **seen)
+    return seen
+
+
+def refunds(ctx: tachograph.Context, input: dict[str, Any]) -> dict[str, Any]:
+    """Look the order up, refund it; a policy denial is handled (the run escalates)."""
+    paid = ctx.tool("orders.lookup", {"order": input["order"]})
+    try:
+        done = ctx.tool("refund", {"order": input["order"], "amount": input["amount"]})
+    except tachograph.PolicyDenied as e:
+        return {"outcome": "escalated", "denied": _denied(ctx, e)}
+    return {"refunded": done["refunded"], "paid": paid["paid"]}
+
+
+def outage(ctx: tachograph.Context, input: dict[str, Any]) -> dict[str, Any]:
+    """A read, a wait for the go file, a refund and another read; denials noted, not fatal."""
+    steps: list[dict[str, Any]] = []
+
+    def attempt(tool: str, args: dict[str, Any]) -> None:
+        try:
+            ctx.tool(tool, args)
+            steps.append({"tool": tool, "ran": True})
+        except tachograph.PolicyDenied as e:
+            steps.append({"tool": tool, "ran": False, "denied": _denied(ctx, e)})
+
+    attempt("orders.lookup", {"order": input["order"]})
+    if input.get("go_file"):
+        say("paused", run_id=ctx.run_id)
+        give_up = time.monotonic() + 120
+        while not os.path.exists(input["go_file"]):
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"{input['go_file']} never appeared")
+            time.sleep(0.02)
+    attempt("refund", {"order": input["order"], "amount": 40})
+    attempt("orders.lookup", {"order": input["order"]})
+    denied = any(not s["ran"] for s in steps)
+    return {"outcome": "escalated" if denied else "succeeded", "steps": steps}
 
 
 class Forger:
@@ -228,13 +295,37 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
+REFUND = re.compile(r"refund-([1-9][0-9]{0,8})")
+
+
+def scenario_name(value: str) -> str:
+    """A scenario of SCENARIOS, ``outage`` or ``refund-N``."""
+    if value in SCENARIOS or value == "outage" or REFUND.fullmatch(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown scenario {value!r}: {', '.join(sorted(SCENARIOS))}, outage or refund-N")
+
+
+def plan_of(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
+    """What a scenario runs, on which input, in which workflow."""
+    found = REFUND.fullmatch(scenario)
+    if found:
+        return {"agent": refunds, "input": {"order": f"o-{args.prefix}-{found.group(1)}",
+                                            "amount": int(found.group(1))}, "workflow": "refunds"}
+    if scenario == "outage":
+        return {"agent": outage, "input": {"order": f"o-{args.prefix}", "go_file": args.go_file},
+                "workflow": "refunds"}
+    return SCENARIOS[scenario]
+
+
 def run_one(rt: tachograph.Runtime, args: argparse.Namespace, scenario: str) -> None:
     """Run one scenario and print its result line."""
-    plan = SCENARIOS[scenario]
+    plan = plan_of(args, scenario)
     run_id = f"{args.prefix}-{scenario}"
     agent = plan["agent"](args) if plan["agent"] is forging else plan["agent"]
+    workflow = args.workflow or plan.get("workflow") or WORKFLOW
     started = time.time()
-    result = rt.run(agent, plan["input"], run_id=run_id, budget=plan.get("budget"), workflow=args.workflow,
+    result = rt.run(agent, plan["input"], run_id=run_id, budget=plan.get("budget"), workflow=workflow,
                     risk_tier="high" if plan["agent"] in (credit, forging) else "low")
     say("result", scenario=scenario, run_id=run_id, outcome=result.outcome, result=result.result,
         error=result.error, halted=result.halted, seconds=time.time() - started,
@@ -250,9 +341,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--api-url", default=None, help="the platform's API (kafka:// needs it)")
     parser.add_argument("--prefix", required=True, help="run ids are PREFIX-SCENARIO")
-    parser.add_argument("--workflow", default=WORKFLOW, help="the runs' workflow")
+    parser.add_argument("--workflow", default=None, help=f"the runs' workflow (default {WORKFLOW}; refunds: refunds)")
     parser.add_argument("--agent-id", default=AGENT["id"], help="the agent's id in its events")
-    parser.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
+    parser.add_argument("--go-file", default=None, help="outage: wait until this file exists before the write")
+    parser.add_argument("scenarios", nargs="+", type=scenario_name)
     args = parser.parse_args(argv)
     AGENT["id"] = args.agent_id  # the identity the runtime reads from this module
     with tachograph.connect(args.url, api_key=args.key, api_url=args.api_url, workspace=args.workspace,

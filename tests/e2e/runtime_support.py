@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,12 @@ def _platform_env(data_dir: Path) -> dict[str, str]:
     return {**env, **PLATFORM_ENV, "TACHO_DATA_DIR": str(data_dir), "COLUMNS": "200"}
 
 
-def tacho_run(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``tacho ARGS`` on the platform's data directory, to completion."""
-    proc = subprocess.run([*TACHO, *args], env=_platform_env(data_dir), cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+def tacho_run(data_dir: Path, *args: str, check: bool = True,
+              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``tacho ARGS`` on the platform's data directory, to completion (``env`` added to the
+    platform's environment, e.g. ``TACHO_API_KEY``)."""
+    proc = subprocess.run([*TACHO, *args], env={**_platform_env(data_dir), **(env or {})}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"tacho {args} exited {proc.returncode}: {proc.stdout}\n{proc.stderr}")
     return proc
@@ -209,14 +211,14 @@ def _wait_healthy(platform: Platform, log: Path) -> None:
 
 class Agent:
     """``runtime_agent.py`` as an OS process of its own (own cwd and data dir), its output read
-    line by line as it comes."""
+    line by line as it comes; ``env`` adds to its environment (e.g. ``TACHO_OPA_URL``)."""
 
     def __init__(self, platform: Platform, home: Path, prefix: str, *scenarios: str,
-                 options: Sequence[str] = ()) -> None:
+                 options: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         home.mkdir(parents=True, exist_ok=True)
         (home / "data").mkdir(exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TACHO_")}
-        env.update(PYTHONPATH=str(ROOT), TACHO_DATA_DIR=str(home / "data"))
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TACHO_")}
+        environ.update(PYTHONPATH=str(ROOT), TACHO_DATA_DIR=str(home / "data"), **(env or {}))
         args = [sys.executable, str(AGENT_SCRIPT), platform.agent_url, "--key", platform.secrets["publisher"],
                 "--workspace", WS, "--prefix", prefix]
         if platform.transport == "kafka":
@@ -224,7 +226,7 @@ class Agent:
         self.prefix = prefix
         self.stderr_path = home / "stderr.log"
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([*args, *options, *scenarios], cwd=home, env=env, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen([*args, *options, *scenarios], cwd=home, env=environ, stdout=subprocess.PIPE,
                                          stderr=err, text=True)
         platform.agents.append(self)
         self.lines: list[dict[str, Any]] = []

@@ -11,14 +11,16 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.policies import OpaChecker
 from domain.verify import verify_log
 from tachograph.contract.canonical import loads
-from tests.integration.api_support import Api, api
+from tests.harness import free_port
+from tests.integration.api_support import Api, api, serving
 
-__all__ = ["api"]
+__all__ = ["api"]  # the fixture
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 REFUNDS = (POLICIES / "refunds.rego").read_text()
@@ -150,6 +152,20 @@ def test_the_bundle_endpoint_speaks_opas_bundle_protocol(api: Api) -> None:
     r = api.client.get("/v1/policy/bundle.tar.gz", headers={**api.auth("publisher"), "If-None-Match": f'"{new}"',
                                                             "Prefer": "wait=1"})
     assert r.status_code == 304 and 0.9 <= time.monotonic() - t0 < 5
+
+
+def test_a_long_poll_whose_client_went_away_does_not_hold_the_servers_shutdown(api: Api) -> None:
+    """OPA stopped while its long poll waited: the server notices and can stop at once, instead
+    of holding its graceful shutdown until the poll's wait ends."""
+    rev = publish(api, {"refunds.rego": REFUNDS}, activate=True)["revision"]
+    with serving(api.app, free_port()) as url:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.get(f"{url}/v1/policy/bundle.tar.gz", timeout=1, headers={
+                **api.auth("publisher"), "If-None-Match": f'"{rev}"', "Prefer": "wait=60"})
+        time.sleep(0.5)
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert took < 3, f"the server took {took:.1f}s to stop: the abandoned long poll held it"
 
 
 @pytest.mark.opa

@@ -121,3 +121,21 @@ def test_the_fold_knows_every_revision_the_one_in_force_and_every_one_that_ever_
     assert fold.last_index == 6
     fold.apply([(9, activated(9, "1-aaaaaaaaaaaa", "2-bbbbbbbbbbbb"))])  # a rollback
     assert fold.active.revision == "1-aaaaaaaaaaaa" and fold.activation.previous == "2-bbbbbbbbbbbb"  # type: ignore[union-attr]
+
+
+def test_opa_config_points_bundles_and_decision_logs_at_the_apis_routes() -> None:
+    """OPA joins a service's URL and a resource (``url + "/" + resource``, leading slash
+    dropped): both must land on the API's routes, not under a doubled ``/v1``."""
+    from api.cli_policy import opa_config
+
+    config = opa_config("https://tacho.example/", "${TACHO_OPA_KEY}")
+    service = config["services"]["tachograph"]
+    assert service["credentials"] == {"bearer": {"token": "${TACHO_OPA_KEY}"}}
+
+    def url(resource: str) -> str:
+        return service["url"].rstrip("/") + "/" + resource.lstrip("/")
+
+    assert url(config["bundles"]["tachograph"]["resource"]) == "https://tacho.example/v1/policy/bundle.tar.gz"
+    assert url(config["decision_logs"]["resource"]) == "https://tacho.example/v1/opa/logs"
+    assert config["bundles"]["tachograph"]["polling"]["long_polling_timeout_seconds"] > 0
+    assert "decision_logs" not in opa_config("https://tacho.example", "k", decision_logs=False)
