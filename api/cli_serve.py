@@ -13,6 +13,10 @@ from api.output import console, print_json
 from api.settings import Settings
 
 
+SHUTDOWN_GRACE_S = 5
+"""Seconds ``tacho serve`` waits for open requests when it is told to stop."""
+
+
 def _keys(settings: Settings) -> KeyStore:
     return KeyStore(settings.data_dir / "keys" / "apikeys.db", time.time)
 
@@ -32,7 +36,10 @@ def cmd_serve(
     settings = Settings()
     limits = Limits(max_body_bytes=settings.api_max_body_bytes, max_batch=settings.api_max_batch)
     app = create_app(settings, limits=limits, housekeeping=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # long polls (approvals up to 30 s, OPA's bundle polls up to 120 s) must not hold a stop up:
+    # after SHUTDOWN_GRACE_S the requests still open are cancelled (their clients poll again)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 def cmd_create(
