@@ -8,6 +8,7 @@ import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from api.settings import Settings
 from domain.errors import ConfigError
@@ -26,12 +27,42 @@ def open_store(settings: Settings) -> LedgerStore:
     if url and url.startswith(("postgresql://", "postgres://")):
         from domain.stores.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(postgres_url(url, settings.ledger_password_file))
+    if settings.ledger_password_file is not None:
+        raise ConfigError(
+            "TACHO_LEDGER_PASSWORD_FILE is set but TACHO_LEDGER_URL names no PostgreSQL ledger "
+            "(postgresql://...)"
+        )
     if url and url.startswith("sqlite:///"):
         return SQLiteStore(url.removeprefix("sqlite:///"))
     if url:
         raise ConfigError(f"unsupported TACHO_LEDGER_URL scheme: {url.split(':', 1)[0]!r}")
     return SQLiteStore(settings.sqlite_path)
+
+
+def postgres_url(url: str, password_file: Path | None) -> str:
+    """``url`` with the password read from ``password_file`` in its user info (percent-encoded).
+
+    A URL that already names a password and a password file is ambiguous: refused. The password
+    never appears in an error (the file is named, not its content).
+    """
+    if password_file is None:
+        return url
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"TACHO_LEDGER_PASSWORD_FILE {password_file}: cannot read it: {reason}") from e
+    if not password:
+        raise ConfigError(f"TACHO_LEDGER_PASSWORD_FILE {password_file} is empty")
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if ":" in userinfo:
+        raise ConfigError(
+            "TACHO_LEDGER_URL names a password and TACHO_LEDGER_PASSWORD_FILE is set: keep one"
+        )
+    netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def private_dir(path: Path) -> None:

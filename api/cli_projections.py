@@ -20,8 +20,9 @@ from domain.origins import ALL, ORIGINS, OriginSelection
 from projections.demo import analytics_path
 from projections.errors import ReportError
 from projections.lake import export_parquet
-from projections.projector import DEFAULT_BATCH, ProjectionStatus, open_projector
+from projections.projector import DEFAULT_BATCH, ProjectionStatus, Projector, open_projector
 from projections.reports import FORMATS, REPORTS, parse_by, rich_table, run_report, to_csv
+from projections.snapshots import publish as publish_snapshot
 
 # Waits (0.2 s apart) for an analytics file another process holds: a report or a one-off
 # projection waits up to 5 s; the follower, which runs unattended, up to 10 s at each open.
@@ -49,15 +50,41 @@ def _print_status(status: ProjectionStatus, json_out: bool) -> None:
     )
 
 
+class _Publisher:
+    """Publishes analytics snapshots into a directory (``--publish``), at most every ``every`` s."""
+
+    def __init__(self, directory: Path | None, every: float) -> None:
+        self.directory = directory
+        self.every = every
+        self.position = -1  # published so far
+        self.at = float("-inf")
+
+    def due(self, position: int, force: bool = False) -> bool:
+        """Whether the projection at ``position`` should be published now."""
+        if self.directory is None or position == self.position:
+            return False
+        return force or time.monotonic() - self.at >= self.every
+
+    def publish(self, projector: Projector, path: Path, position: int) -> None:
+        """Publish the projection at ``position`` (the caller holds ``projector`` open)."""
+        assert self.directory is not None
+        target = publish_snapshot(projector.con, path, self.directory, position)
+        self.position, self.at = position, time.monotonic()
+        err_console().print(f"published {target} (position {position:,})")
+
+
 def _follow(
-    settings: Settings, batch_size: int, interval: float, json_out: bool, position: int
+    settings: Settings, batch_size: int, interval: float, json_out: bool, position: int,
+    publisher: _Publisher,
 ) -> None:
     """Keep the projection current from ``position``, releasing the DuckDB file between polls.
 
-    The file is opened for writing only when the ledger has grown past ``position``, so while
-    the follower idles (right after the first projection too) readers are never locked out.
+    The file is opened for writing only when the ledger has grown past ``position`` (or a
+    snapshot is due), so while the follower idles (right after the first projection too)
+    readers are never locked out. SIGTERM and SIGINT stop it after publishing what is left.
     """
     store = open_store(settings)
+    path = analytics_path(settings.data_dir)
     stop = False
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -67,15 +94,18 @@ def _follow(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     out = err_console()
-    while not stop:
+    while True:
         size = store.size()
-        if size > position:
-            path = analytics_path(settings.data_dir)
+        if size > position or publisher.due(position, force=stop):
             with open_projector(store, path, batch_size, retries=FOLLOW_BUSY_RETRIES) as p:
-                status = p.catch_up()
-            position = status.position
+                status = p.catch_up() if not stop else ProjectionStatus(position, size)
+                position = status.position
+                if publisher.due(position, force=stop):
+                    publisher.publish(p, path, position)
         else:  # nothing new: leave the file alone, so readers are not locked out while idle
             status = ProjectionStatus(position=position, ledger_size=size)
+        if stop:
+            return
         if json_out:
             sys.stdout.write(
                 __import__("orjson").dumps({"metric": "projection", **status.to_json()}).decode()
@@ -96,13 +126,21 @@ def cmd_project(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="recreate everything from the ledger")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="ledger entries per DuckDB transaction")] = DEFAULT_BATCH,
     interval: Annotated[float, typer.Option(min=0.01, help="seconds between polls with --follow")] = 1.0,
+    publish: Annotated[Path | None, typer.Option(
+        "--publish", file_okay=False,
+        help="publish read-only snapshots of the analytics into this directory, for "
+        "TACHO_ANALYTICS_DIR of the API (after the projection, and with --follow as it grows)")] = None,
+    publish_every: Annotated[float, typer.Option(
+        min=0.0, help="with --publish --follow: seconds at least between two snapshots")] = 30.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Project the ledger into TACHO_DATA_DIR/analytics.duckdb (position kept with the rows)."""
     settings = Settings()
     store = open_store(settings)
     retries = FOLLOW_BUSY_RETRIES if follow else BUSY_RETRIES
-    with open_projector(store, analytics_path(settings.data_dir), batch_size, retries=retries) as projector:
+    publisher = _Publisher(publish, publish_every)
+    path = analytics_path(settings.data_dir)
+    with open_projector(store, path, batch_size, retries=retries) as projector:
         if rebuild:
             projector.create()
         else:
@@ -112,9 +150,11 @@ def cmd_project(
             task = bar.add_task("project", total=total)
             status = projector.catch_up(lambda n: bar.advance(task, n))
         status.rebuilt = status.rebuilt or rebuild
+        if publisher.due(status.position, force=True):
+            publisher.publish(projector, path, status.position)
     _print_status(status, json_out)
     if follow:
-        _follow(settings, batch_size, interval, json_out, status.position)
+        _follow(settings, batch_size, interval, json_out, status.position, publisher)
 
 
 def cmd_export_parquet(

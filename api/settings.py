@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(
         None, description="postgresql://... for a shared ledger; default: SQLite in data_dir"
     )
+    ledger_password_file: Path | None = Field(
+        None,
+        description="a file holding the PostgreSQL ledger's password (a secret mount such as "
+        "/run/secrets/pg_password; trailing newlines are ignored), for a TACHO_LEDGER_URL that "
+        "names none",
+    )
+    analytics_dir: Path | None = Field(
+        None,
+        description="a directory of read-only analytics snapshots that `tacho project --follow "
+        "--publish DIR` keeps current: the API and console read the newest one there instead "
+        "of data_dir/analytics.duckdb, so no process reads a DuckDB file another one writes",
+    )
     checkpoint_every: int = Field(10_000, ge=1, description="sign a checkpoint every N entries")
     checkpoint_interval_s: float = Field(5.0, gt=0, description="...and at least every T seconds")
     max_held: int = Field(10_000, ge=0, description="events held while waiting for a seq gap")

@@ -23,3 +23,7 @@ class LakeError(ProjectionError):
 
 class ReportError(ProjectionError):
     """A report was asked for with options it does not support."""
+
+
+class AnalyticsMissingError(ProjectionError):
+    """There are no analytics to read yet: nothing projected, or no snapshot published."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the real-service test harness (tests/harness/) needs on a fresh Debian 12 box,
+# Install what the real-service test harness (tests/harness/) needs on a fresh Debian 12 box (podman,
+# debootstrap and runc for the image build test too),
 # prefetch the Apache Kafka jars into .cache/kafka, build litewitness, opa and the real model server
 # (tests/harness/llm.py) into .cache. Idempotent; starts no services
 # (the pytest fixtures in tests/conftest.py start and stop them).
@@ -27,6 +28,11 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 # a C/C++ compiler, make and cmake build llama-cpp-python once for the real-model tests (tests/harness/llm.py)
 for tool in cc c++ make; do command -v "$tool" >/dev/null 2>&1 || { missing+=(build-essential); break; }; done
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# the image build test (tests/e2e/test_image_build.py, scripts/build-image.sh): podman builds the
+# Dockerfile from a debootstrapped Debian base; runc runs the smoke test where crun cannot
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "ci-prereqs: installing ${missing[*]}"

@@ -44,16 +44,17 @@ def _table(rows: list[dict[str, Any]], cols: Sequence[str]) -> tuple[list[str], 
 
 
 def build_charts(data_dir: Path, workspace: str, since: str | None, period: str,
-                 runs: OriginSelection = PRODUCTION_RUNS) -> list[Chart]:
-    """The page's charts of the selected runs, production by default (raises AnalyticsMissing
-    when there is no projections file)."""
-    from projections.demo import analytics_path
-    from projections.projector import connect
+                 runs: OriginSelection = PRODUCTION_RUNS, snapshots: Path | None = None) -> list[Chart]:
+    """The page's charts of the selected runs, production by default, from the data directory's
+    analytics file or the newest snapshot in ``snapshots`` (raises AnalyticsMissing when there
+    is none yet)."""
+    from projections.errors import AnalyticsMissingError
+    from projections.snapshots import open_for_reading
 
-    path = analytics_path(data_dir)
-    if not path.exists():
-        raise AnalyticsMissing(f"no analytics file at {path}: run `tacho project` first")
-    con = connect(path, read_only=True, retries=20)
+    try:
+        con = open_for_reading(data_dir, snapshots)
+    except AnalyticsMissingError as e:
+        raise AnalyticsMissing(str(e)) from e
     try:
         over_time = _records(con, "cost-per-outcome", ["workflow", period], since, workspace, runs)
         by_version = _records(con, "cost-per-outcome", ["workflow", "agent_version"], since, workspace, runs)

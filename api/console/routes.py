@@ -503,7 +503,7 @@ async def analytics_page(
     chosen = OriginSelection.parse(origin or None, replay_id or None)  # production by default
     try:
         charts = await run_in_threadpool(build_charts, services.settings.data_dir, session.workspace,
-                                         since or None, period, chosen)
+                                         since or None, period, chosen, services.settings.analytics_dir)
         missing = None
     except AnalyticsMissing as e:
         charts, missing = [], str(e)

@@ -1,4 +1,5 @@
-"""Analytics over the projections' DuckDB file (read-only) and Parquet export download."""
+"""Analytics over the projections (read-only: the analytics file, or the newest snapshot the
+projector published) and Parquet export download."""
 
 from __future__ import annotations
 
@@ -101,28 +102,26 @@ REPORT_NAMES = Literal["cost-per-outcome", "violations", "budgets", "approvals",
 TABLES = Literal["events", "model_calls", "tool_calls", "policy_evaluations", "approvals", "changes"]
 
 
-def _analytics_file(services: Services) -> Path:
+def _open_analytics(services: Services) -> Any:
+    """A read-only connection to the analytics: the newest snapshot in TACHO_ANALYTICS_DIR, or
+    the data directory's file (Unavailable, 503, while there is none)."""
+    from projections.errors import AnalyticsMissingError
+    from projections.snapshots import open_for_reading
+
+    settings = services.settings
     try:
-        from projections.demo import analytics_path
-    except ImportError as e:  # pragma: no cover - projections ship with the package
-        raise Unavailable(f"projections are not installed: {e}") from e
-    path = analytics_path(services.settings.data_dir)
-    if not path.exists():
-        raise Unavailable(
-            f"no analytics file at {path}: run `tacho project` (or `tacho project --follow`) first"
-        )
-    return path
+        return open_for_reading(settings.data_dir, settings.analytics_dir)
+    except AnalyticsMissingError as e:
+        raise Unavailable(str(e)) from e
 
 
 def _report(services: Services, name: str, by: list[str], since: str | None,
             scope: RunScope, runs: OriginSelection) -> dict[str, Any]:
-    from projections.projector import connect
     from projections.reports import REPORTS, run_report
 
-    path = _analytics_file(services)
     dims = ["workspace", *[d for d in by if d != "workspace"]] if by else [
         "workspace", *REPORTS[name].default_by]
-    con = connect(path, read_only=True, retries=20)
+    con = _open_analytics(services)
     try:
         scope_runs(con, scope)
         report = run_report(con, name, dims, since, runs)
@@ -181,13 +180,11 @@ async def analytics_report(
 def _export(services: Services, table: str, workspace: str, since: str | None,
             until: str | None, runs: OriginSelection) -> Path:
     from projections.lake import selected_rows
-    from projections.projector import connect
 
-    path = _analytics_file(services)
+    con = _open_analytics(services)
     fd, name = tempfile.mkstemp(prefix="tacho-export-", suffix=".parquet")
     os.close(fd)
     Path(name).unlink()
-    con = connect(path, read_only=True, retries=20)
     try:
         where = f"workspace = '{workspace}'"  # workspace matched ^[a-z0-9-]{1,64}$ at key creation
         if since:
