@@ -12,7 +12,6 @@ from api.keys_store import ROLES, KeyStore, parse_expiry
 from api.output import console, print_json
 from api.settings import Settings
 
-
 SHUTDOWN_GRACE_S = 5
 """Seconds ``tacho serve`` waits for open requests when it is told to stop."""
 
