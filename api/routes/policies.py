@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -108,6 +108,7 @@ def policy_state(services: ServicesDep, key: BundleReader) -> JSONResponse:
                **errors(401, 403, 404)},
 )
 async def policy_bundle(
+    request: Request,
     services: ServicesDep,
     key: BundleReader,
     if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
@@ -130,6 +131,8 @@ async def policy_bundle(
             if time.monotonic() >= give_up:
                 return Response(status_code=304, headers={**headers, "Content-Type": BUNDLE_TYPE})
         await asyncio.sleep(POLL_S)
+        if await request.is_disconnected():  # OPA went away: stop holding its long poll
+            give_up = 0.0
 
 
 def _wait_of(prefer: str | None) -> float:
