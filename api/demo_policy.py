@@ -85,6 +85,15 @@ def _opa(out: Console) -> tuple[str | None, str | None]:
         return None, str(e)
 
 
+def _opa_env(binary: str) -> str:
+    """``TACHO_OPA_BIN=... `` when ``tacho replay`` would not find ``binary`` itself (a build in
+    the cache is neither TACHO_OPA_BIN nor on PATH)."""
+    try:
+        return "" if opa_build.configured() == binary else f"TACHO_OPA_BIN={binary} "
+    except TachographError:
+        return f"TACHO_OPA_BIN={binary} "
+
+
 def put_in_force(service: PolicyService, workspace: str, path: Path, *, activate: bool,
                  message: str) -> tuple[Revision, int]:
     """The revision holding ``path``'s files (published now unless the same files and settings
@@ -188,11 +197,12 @@ def what_if_stage(settings: Settings, ledger: Ledger, run_ids: Sequence[str], po
     out.print(f"revision {rev.revision} would newly deny {s['new_denials']} and newly send "
               f"{s['new_approvals']} of the {s['evaluated']} re-evaluated actions to a person",
               soft_wrap=True, markup=False)
-    out.print(f"stored: tacho replay show {report['replay_id']}; the same yourself: "
+    out.print(f"stored: tacho replay show {report['replay_id']}; the same yourself: {_opa_env(policy['opa'])}"
               f"tacho replay --policy {rev.revision} --workflow ticket-triage "
               f"--max-new-denials {MAX_NEW_DENIALS} --max-new-approvals {MAX_NEW_APPROVALS}; "
-              f"then `tacho policy activate {rev.revision}` rolls it out and "
-              f"`tacho policy activate {policy['revision']}` rolls it back (docs/policies.md)",
+              f"then `tacho policy activate {rev.revision} --workspace {workspace}` rolls it out and "
+              f"`tacho policy activate {policy['revision']} --workspace {workspace}` rolls it back "
+              "(docs/policies.md)",
               soft_wrap=True, markup=False)
     return {"ran": True, "revision": rev.revision, "active": policy["revision"], "records": records,
             "replay_id": report["replay_id"], "summary": s, "gate": report["gate"]}
