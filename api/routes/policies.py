@@ -130,9 +130,10 @@ async def policy_bundle(
                 return Response(body, media_type=BUNDLE_TYPE, headers=headers)
             if time.monotonic() >= give_up:
                 return Response(status_code=304, headers={**headers, "Content-Type": BUNDLE_TYPE})
+        if await request.is_disconnected():  # OPA went away: answer now (nobody reads it)
+            give_up = 0.0  # rather than hold the server's shutdown until the wait ends
+            continue
         await asyncio.sleep(POLL_S)
-        if await request.is_disconnected():  # OPA went away: stop holding its long poll
-            give_up = 0.0
 
 
 def _wait_of(prefer: str | None) -> float:

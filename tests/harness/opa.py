@@ -16,13 +16,14 @@ sidecar over its REST API, the way users deploy it.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from replay import opa_build
@@ -94,10 +95,13 @@ class OpaServer:
         config: an OPA configuration file (``--config-file``), e.g. ``services`` and
             ``decision_logs`` uploading decisions to Tachograph, or ``bundles`` downloaded
             from it.
+        env: variables added to OPA's environment (its configuration expands ``${VAR}``, e.g.
+            the bearer token of ``tacho policy opa-config``).
     """
 
     def __init__(self, workdir: Path, *, bundle: Path | None = None,
-                 paths: Sequence[Path] = (), config: Path | None = None) -> None:
+                 paths: Sequence[Path] = (), config: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         if bundle is None and not paths and config is None:
             raise ValueError("OpaServer needs a bundle directory, policy paths or a configuration "
                              "that names bundles to download")
@@ -106,6 +110,7 @@ class OpaServer:
         self.bundle = bundle
         self.paths = [Path(p) for p in paths]
         self.config = config
+        self.env = dict(env or {})
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "opa.log"
@@ -128,7 +133,8 @@ class OpaServer:
         """Start OPA and wait until ``GET /health`` answers 200."""
         t0 = time.monotonic()
         logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env})
         logf.close()
         try:
             wait_until(lambda: self.proc.poll() is not None or _healthy(self.url), 30,
