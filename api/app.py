@@ -213,6 +213,7 @@ def create_app(
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
     prices = PriceTable.from_file(settings.prices) if settings.prices else PriceTable()
+    policy_service = PolicyService.with_local_opa(ledger, clock)
     services = Services(
         settings=settings,
         ledger=ledger,
@@ -225,9 +226,9 @@ def create_app(
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
                            workers=settings.replay_workers, prices=prices,
-                           models=configured_models(settings.models)),
+                           models=configured_models(settings.models), policies=policy_service),
         halts=HaltService(ledger, clock),
-        policies=PolicyService.with_local_opa(ledger, clock),
+        policies=policy_service,
         prices=prices,
     )
 

@@ -67,12 +67,15 @@ def cmd_demo(
     via: Annotated[str, typer.Option(help="kafka (the dev broker unless TACHO_KAFKA_BOOTSTRAP) or embedded")] = "kafka",
     json_out: JsonOpt = False,
 ) -> None:
-    """Run the main job on embedded defaults: agents → ledger → verify → evidence → replay → views.
+    """Run the main job on embedded defaults: agents → ledger → verify → evidence → replay →
+    policy what-if → views.
 
-    The example agents run through the agent runtime over Kafka (or embedded), a person deciding
-    their approvals through the API. With --json the narrative goes to stderr and stdout gets one
-    JSON document of what each stage did (counts, verification, checkpoint, evidence, replays,
-    reports; never a secret).
+    The example agents run through the agent runtime over Kafka (or embedded) under a small policy
+    Open Policy Agent decides (opa found, or built once with Go; without either the demo says so
+    and runs without it), a person deciding their approvals through the API. With --json the
+    narrative goes to stderr and stdout gets one JSON document of what each stage did (counts,
+    verification, checkpoint, evidence, replays, policy decisions and what-if, reports; never a
+    secret).
     """
     from api.demo_agents import VIAS
 
@@ -101,7 +104,8 @@ def _demo(settings: Settings, runs: int, via: str) -> dict[str, Any]:
         return summary
     c.print(Rule("3. one run's evidence bundle, verified offline"))
     summary["evidence"] = _evidence_stage(ledger, summary["verify"]["verifier_key"], settings.data_dir)
-    summary.update(demo_steps.later_stages(settings, ledger, summary["agents"]["runs"]["run_ids"]))
+    summary.update(demo_steps.later_stages(settings, ledger, summary["agents"]["runs"]["run_ids"],
+                                           summary["agents"]["policy"]))
     final = ledger.checkpoint(force=True)  # the later stages appended; this covers them too
     summary["ledger"] = {"entries": ledger.store.size(), "checkpoint": final.note if final else None}
     c.print(Rule("done"))

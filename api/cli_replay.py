@@ -89,7 +89,7 @@ def cmd_replay(
     steps: Annotated[bool, typer.Option("--steps", help="step replay: re-send each recorded model request to --model (no agent code)")] = False,
     max_response_change: Annotated[str | None, typer.Option(help="gate (--steps): max response change rate")] = None,
     max_tool_call_change: Annotated[str | None, typer.Option(help="gate (--steps): max tool-call change rate")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", help="what-if policy replay: a candidate policy (.rego file or bundle directory) asked about every recorded tool call and change")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="what-if policy replay: a candidate policy (.rego file, bundle directory, or a revision id of the local ledger such as 3-5f2a9c1e0b7d) asked about every recorded tool call and change")] = None,
     opa_url: Annotated[str | None, typer.Option("--opa-url", help="(--policy) an OPA already loaded with the candidate, instead of starting one")] = None,
     policy_rule: Annotated[str, typer.Option("--policy-rule", help="(--policy) the rule OPA is asked (package path, then rule)")] = "tachograph/decision",
     max_new_denials: Annotated[str | None, typer.Option(help="gate (--policy): max newly denied actions, a count N or a rate R% / 0.05")] = None,
@@ -255,7 +255,7 @@ def _refuse_mixed(policy: Path | None, *, model: str | None, prompt: list[str] |
                   agent: str | None, estimate: bool, gates: tuple[str | None, ...]) -> None:
     """A policy replay runs no agent code and calls no model: refuse options that would."""
     if policy is None:
-        raise typer.BadParameter("--opa-url, --max-new-denials and --max-new-approvals need --policy PATH")
+        raise typer.BadParameter("--opa-url, --max-new-denials and --max-new-approvals need --policy PATH|REVISION")
     if model or prompt or steps or agent or estimate or any(g is not None for g in gates):
         raise typer.BadParameter(
             "--policy re-asks recorded actions of a candidate policy; it takes no --model, --prompt, "

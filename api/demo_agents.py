@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tachograph
+from api import demo_policy
 from api.console.demo import CONSOLE_URL
 from api.demo_platform import (
     ApprovalTap,
@@ -37,6 +38,7 @@ from domain.errors import ConfigError
 from domain.ledger import Ledger
 from ingest.demo import DemoIngestError, KafkaLeg, print_worker
 from tachograph.agents import AgentSpec, load_agent
+from tachograph.policy import OpaClient
 from tachograph.runtime import Budget, RunResult, Runtime
 
 EXAMPLES = ("examples.triage:triage", "examples.invoices:match_invoice")
@@ -93,6 +95,7 @@ class AgentRuns:
     events: dict[str, int] = field(default_factory=dict)  # run id -> events sent
     workflows: dict[str, WorkflowRuns] = field(default_factory=dict)
     spotlight: RunResult | None = None
+    policy: Counter[tuple[str, str]] = field(default_factory=Counter)  # (revision, decision) -> n
 
     def to_json(self) -> dict[str, Any]:
         """Run ids and counts as JSON."""
@@ -126,6 +129,7 @@ def run_examples(rt: Runtime, runs: int, stamp: str, person: Person, out: Consol
                         labels={"route": f"simulated/{MODEL}", "budget": "tight" if tight else "normal"})
         counts = done.workflows.setdefault(workflow, WorkflowRuns())
         counts.add(result)
+        done.policy.update(demo_policy.decisions(result.events))
         done.events[result.run_id] = len(result.events)
         if result.outcome == "succeeded" and i % 4 == 0:
             result.feedback(accepted=i % 8 != 0, by=FEEDBACK_BY)
@@ -188,35 +192,44 @@ def _healthy(person: Person, leg: KafkaLeg | None) -> None:
 
 @contextmanager
 def _runtime(via: str, settings: Settings, ledger: Ledger, api_url: str, key: str,
-             out: Console) -> Iterator[tuple[Runtime, KafkaLeg | None]]:
-    """The agents' runtime for ``via``, and the Kafka leg (None when embedded)."""
+             out: Console, policy: OpaClient | None) -> Iterator[tuple[Runtime, KafkaLeg | None]]:
+    """The agents' runtime for ``via`` (asking ``policy`` before every action, when given), and
+    the Kafka leg (None when embedded)."""
     if via == "embedded":
         from ingest.embedded import embedded_runtime
 
         with embedded_runtime(ledger, WORKSPACE, name="tacho demo", model=MODEL,
-                              approval_timeout_s=APPROVAL_WAIT_S) as rt:
+                              approval_timeout_s=APPROVAL_WAIT_S, policy=policy) as rt:
             yield rt, None
         return
     with KafkaLeg(settings, ledger, out) as leg, tachograph.connect(
         leg.url, workspace=WORKSPACE, api_key=key, api_url=api_url, env={}, model=MODEL,
-        approval_timeout_s=APPROVAL_WAIT_S,
+        approval_timeout_s=APPROVAL_WAIT_S, policy=policy,
     ) as rt:
         yield rt, leg
 
 
 def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str, out: Console) -> dict[str, Any]:
-    """Run the example agents through the runtime over ``via`` (kafka or embedded), a person
-    deciding their approvals through the API. Returns what ran, was decided and was ingested."""
+    """Run the example agents through the runtime over ``via`` (kafka or embedded) under the
+    demo's policy (OPA decides; without opa, with no policy engine), a person deciding their
+    approvals through the API. Returns what ran, was decided and was ingested."""
     if via not in VIAS:
         raise ConfigError(f"--via must be {' or '.join(VIAS)}, not {via!r}")
     stamp = f"{int(time.time()):x}"
+    policy, summary_policy = demo_policy.prepare(ledger, WORKSPACE, out)
     keys = create_stage_keys(settings, WORKSPACE)
     summary: dict[str, Any] = {"via": via, "workspace": WORKSPACE, "model": MODEL}
     with ExitStack() as stack:
         stack.callback(revoke_stage_keys, settings, keys)
         server = stack.enter_context(InProcessServer(settings, ledger))
+        client = None
+        if policy is not None:
+            opa = stack.enter_context(demo_policy.serving(policy, server.url, keys.publisher_secret, out))
+            client = stack.enter_context(OpaClient(opa.url, demo_policy.RULE))
+            summary_policy["opa_url"] = opa.url
         person = Person(server.url, keys.approver_secret, out).start()
-        rt, leg = stack.enter_context(_runtime(via, settings, ledger, server.url, keys.publisher_secret, out))
+        rt, leg = stack.enter_context(_runtime(via, settings, ledger, server.url, keys.publisher_secret,
+                                               out, client))
         rt.transport = ApprovalTap(rt.transport, person.asked)
         t0 = time.monotonic()
         try:
@@ -234,6 +247,9 @@ def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str, out: C
     if summary["spotlight"] is None:
         out.print("no run asked for a person's approval this time")
     print_runs(done, out)
+    if policy is not None:
+        summary_policy["decisions"] = demo_policy.print_decisions(done.policy, out)
+    summary["policy"] = summary_policy
     if leg is not None:
         print_worker(ingested, out)
     summary["runs"] = done.to_json()

@@ -1,4 +1,4 @@
-"""Stages of `tacho demo`, each from the area that owns it (agents, replay, console, views)."""
+"""Stages of `tacho demo`, each from the area that owns it (agents, replay, policy, console, views)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def agents_stage(settings: Settings, ledger: Ledger, runs: int, via: str) -> dic
     return run_stage(settings, ledger, runs, via, console())
 
 
-def later_stages(settings: Settings, ledger: Ledger, run_ids: list[str] | None = None) -> dict[str, Any]:
+def later_stages(settings: Settings, ledger: Ledger, run_ids: list[str] | None = None,
+                 policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Replay of the example agents' runs (``run_ids``: the first stage's) against a second
-    model, the console, then the analytics.
+    model, a what-if of a stricter policy revision on them (``policy``: the first stage's
+    policy), the console, then the analytics.
 
     Returns what each stage made, as JSON (no secrets).
     """
@@ -30,12 +32,16 @@ def later_stages(settings: Settings, ledger: Ledger, run_ids: list[str] | None =
     from replay.demo import run_demo
 
     replays = run_demo(ledger, settings, run_ids=run_ids or ())
+    c.print(Rule("5. a stricter policy revision, tried on these runs before it is activated"))
+    from api.demo_policy import what_if_stage
+
+    what_if = what_if_stage(settings, ledger, run_ids or (), policy or {"reason": "no policy stage"}, c)
     console_demo = console_stage(settings, ledger)
-    c.print(Rule("6. analytics: project the ledger into DuckDB and report"))
+    c.print(Rule("7. analytics: project the ledger into DuckDB and report"))
     from projections.demo import run_reports
 
     analytics = run_reports(settings, ledger.store)
-    return {"replays": replays, "console": console_demo, "analytics": analytics}
+    return {"replays": replays, "policy_what_if": what_if, "console": console_demo, "analytics": analytics}
 
 
 def console_stage(settings: Settings, ledger: Ledger) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def console_stage(settings: Settings, ledger: Ledger) -> dict[str, Any]:
     Returns the keys file, key ids by role (never the secrets) and the runs recorded.
     """
     c = console()
-    c.print(Rule("5. the operator console: approvals, reverts, kill switches"))
+    c.print(Rule("6. the operator console: approvals, reverts, kill switches"))
     from api.console.demo import run_console_demo
 
     demo = run_console_demo(settings, ledger, c)

@@ -1,5 +1,9 @@
 """Replays started over HTTP: allow-listed agents, run in a background worker, one workspace each.
 
+A policy replay (``"mode": "policy"``) names a stored policy revision of the workspace: its files
+are served by an OPA sidecar the server starts (``TACHO_OPA_BIN`` or ``opa`` on PATH) from a
+private temporary directory, never from a path or URL the request gives.
+
 A job lives in memory while it is queued or running; a finished replay's report is stored with
 the CLI's (``<data dir>/replays/<id>.json``, ``tacho replay show`` reads it) and tagged with the
 workspace that started it, so it survives restarts. A failed job is kept in memory only.
@@ -18,16 +22,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.model_config import model_registry
+from api.policies import PolicyService
 from api.routes.errors import BadParameter, Unavailable
 from api.schemas import ReplayStart
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
+from ingest.policies import Revision
 from replay.cache import ReplayAnswers, ResponseCache
 from replay.engine import ReplayConfig, run_replay
-from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
+from replay.errors import (
+    AgentLoadError,
+    PolicyReplayError,
+    PromptError,
+    ReplayNotFoundError,
+    UnknownModelError,
+)
 from replay.history import RecordedRun, event_of, load_runs
+from replay.opa_build import configured as configured_opa
+from replay.policy_replay import PolicyGate, Threshold
 from replay.report import Gate
+from replay.revision_replay import candidate_of, what_if_revision
 from replay.selection import Selection, select_runs
 from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
@@ -122,6 +137,27 @@ def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str],
     return out
 
 
+def _policy_gate(req: ReplayStart) -> PolicyGate:
+    """The gate of ``max_new_denials`` / ``max_new_approvals`` (422 naming a bad threshold)."""
+    try:
+        return PolicyGate(*(None if v is None else Threshold.parse(str(v), name) for name, v in (
+            ("max_new_denials", req.max_new_denials), ("max_new_approvals", req.max_new_approvals))))
+    except PolicyReplayError as e:
+        raise BadParameter(str(e)) from e
+
+
+def _server_opa() -> str:
+    """The opa this server runs policy replays with (503 when it has none)."""
+    try:
+        found = configured_opa()
+    except PolicyReplayError as e:
+        raise Unavailable(f"policy replays cannot run on this server: {e}") from e
+    if found is None:
+        raise Unavailable("policy replays cannot run on this server: it has no opa binary "
+                          "(install Open Policy Agent on its PATH, or set TACHO_OPA_BIN)")
+    return found
+
+
 class ReplayJobs:
     """Starts replays in one background worker (queued beyond it) and answers for their state."""
 
@@ -136,8 +172,10 @@ class ReplayJobs:
         workers: int = 2,
         prices: PriceTable | None = None,
         models: Mapping[str, HttpModelConfig] | None = None,
+        policies: PolicyService | None = None,
     ) -> None:
         self.ledger = ledger
+        self.policies = policies
         self.prices = prices or PriceTable()
         self.http_models = dict(models or {})
         self.reports = reports
@@ -183,6 +221,12 @@ class ReplayJobs:
 
     def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
         """Check a request and queue its replay (raises 4xx errors before anything runs)."""
+        if req.mode == "policy":
+            return self._submit_policy(workspace, key_id, req)
+        given = [n for n, v in (("policy_revision", req.policy_revision), ("max_new_denials", req.max_new_denials),
+                                ("max_new_approvals", req.max_new_approvals)) if v is not None]
+        if given:
+            raise BadParameter(f"{', '.join(given)}: only a policy replay (`\"mode\": \"policy\"`) takes them")
         gate = Gate(req.max_outcome_change, req.max_cost_increase, req.max_violation_increase,
                     req.max_response_change, req.max_tool_call_change)
         unmeasured = gate.unmeasured(req.mode == "steps")
@@ -222,6 +266,35 @@ class ReplayJobs:
                             refresh_cache=req.no_cache)
         job = ReplayJob(config.replay_id, workspace, key_id, config.created, None, "steps", config.candidate)
         return self._queue(job, lambda: self._run_steps(job, models, config, req, chosen))
+
+    def _submit_policy(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
+        """Queue a what-if policy replay: every recorded action of the runs asked of a stored
+        revision of the workspace (404 if it has none by that id; 503 if this server has no opa)."""
+        if req.policy_revision is None:
+            raise BadParameter("a policy replay needs `policy_revision`: a revision of the workspace's "
+                               "policy (GET /v1/policy/revisions), e.g. 3-5f2a9c1e0b7d")
+        others = [n for n, v in (("agent", req.agent), ("model", req.model),
+                                 ("max_outcome_change", req.max_outcome_change),
+                                 ("max_cost_increase", req.max_cost_increase),
+                                 ("max_violation_increase", req.max_violation_increase),
+                                 ("max_response_change", req.max_response_change),
+                                 ("max_tool_call_change", req.max_tool_call_change)) if v is not None]
+        others += [n for n, v in (("prompts", req.prompts), ("allow_unpriced", req.allow_unpriced),
+                                  ("no_cache", req.no_cache)) if v]
+        if others:
+            raise BadParameter(f"{', '.join(others)}: a policy replay re-asks recorded actions of a "
+                               "policy revision; it runs no agent code and calls no model")
+        if req.workflow is None and not req.runs:
+            raise BadParameter("give `workflow` or `runs`")
+        gate = _policy_gate(req)
+        if self.policies is None:
+            raise Unavailable("policy replays are not available on this server (no policy service)")
+        rev = self.policies.revision(workspace, req.policy_revision)
+        binary = _server_opa()
+        chosen = recorded_runs(self.ledger.store, workspace, req.runs) if req.runs else None
+        job = ReplayJob(self._new_id(), workspace, key_id, iso(self.clock()), None, "policy",
+                        candidate_of(rev.revision))
+        return self._queue(job, lambda: self._run_policy(job, rev, binary, gate, req, chosen))
 
     def _new_id(self) -> str:
         now = self.clock()
@@ -290,6 +363,21 @@ class ReplayJobs:
             finally:
                 cache.close()
             return report, answers
+        self._finish(job, work)
+
+    def _run_policy(self, job: ReplayJob, rev: Revision, binary: str, gate: PolicyGate,
+                    req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
+        def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
+            given = chosen if chosen is not None else self._load(job.workspace, req.workflow, req)
+            given = given[: req.limit] if req.limit else given
+            if not given:
+                since = f" since {req.since}" if req.since else ""
+                raise BadParameter(f"no finished production runs of workflow {req.workflow!r} match{since}")
+            job.total = len(given)
+            report = what_if_revision(given, rev, job.workspace, replay_id=job.replay_id,
+                                      created=job.created, gate=gate, binary=binary)
+            job.advance(len(given))
+            return report, None
         self._finish(job, work)
 
     def _finish(self, job: ReplayJob,

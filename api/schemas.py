@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Query
 from pydantic import BaseModel, Field
 
+from ingest.policies import REVISION
+
 
 class Problem(BaseModel):
     """One field that breaks a rule."""
@@ -291,6 +293,9 @@ class Health(BaseModel):
 
 
 RATE_LIMIT = Field(None, ge=0, le=1_000_000, description="a fraction: 0.05 = 5%")
+PolicyThreshold = (Annotated[int, Field(ge=0, le=1_000_000_000)]
+                   | Annotated[str, Field(pattern=r"^([0-9]{1,9}|[0-9]{0,3}(\.[0-9]{1,9})?%|[0-9]?\.[0-9]{1,9})$")])
+"""A policy gate threshold: a count of actions, or a rate (``5%`` or ``0.05``)."""
 
 
 class ReplayStart(BaseModel):
@@ -298,10 +303,17 @@ class ReplayStart(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    mode: Literal["full", "steps"] = Field(
+    mode: Literal["full", "steps", "policy"] = Field(
         "full", description="`full`: re-run the agent code over the recorded runs (fidelity, or "
         "what-if with `model`/`prompts`); `steps`: send each recorded model request again to "
-        "`model` (no agent code; OTLP runs included)",
+        "`model` (no agent code; OTLP runs included); `policy`: ask a stored policy revision "
+        "(`policy_revision`) about every recorded tool call and change (no agent code, no model)",
+    )
+    policy_revision: str | None = Field(
+        None, pattern=f"^{REVISION}$",
+        description="policy replays: a revision of the key's workspace's policy (`GET "
+        "/v1/policy/revisions`), e.g. `3-5f2a9c1e0b7d`, usually published but not yet in force. "
+        "The server serves its stored files to its own OPA; a request never names a file or a URL",
     )
     agent: str | None = Field(
         None, description="agent code as module:function (full replays); must be on the server's "
@@ -346,6 +358,13 @@ class ReplayStart(BaseModel):
         None, ge=0, le=1_000_000, description="step replays: max response change rate (0.05 = 5%)")
     max_tool_call_change: Decimal | None = Field(
         None, ge=0, le=1_000_000, description="step replays: max tool-call change rate (0.05 = 5%)")
+    max_new_denials: PolicyThreshold | None = Field(
+        None, description="policy replays: max actions the revision would newly deny, a count "
+        "(`0`, `3`) or a rate of the re-evaluated actions (`\"5%\"`, `\"0.05\"`), as "
+        "`tacho replay --max-new-denials` takes it")
+    max_new_approvals: PolicyThreshold | None = Field(
+        None, description="policy replays: max actions that would newly need a person's approval, "
+        "a count or a rate, as `tacho replay --max-new-approvals` takes it")
 
 
 class ReplayProgress(BaseModel):

@@ -2,6 +2,11 @@
 
 Run live with ``tachograph.connect(...).run("examples.triage:triage", {...})`` and replay with
 ``tacho replay --agent examples.triage:triage``.
+
+Under a policy engine (the runtime asks OPA before every action: ``TACHO_OPA_URL``), the refund
+is the policy's to judge (``examples/policies/refunds`` is the one ``make demo`` runs): the
+runtime denies it or asks a person, and a denial reaches this code as ``PolicyDenied``. Without
+one, the agent applies its own thresholds and records its decision with ``ctx.policy``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from tachograph import Context, ToolRegistry
+from tachograph import Context, PolicyDenied, ToolRegistry
 
 WORKFLOW = "ticket-triage"
 AGENT = {"id": "triage-agent", "version": "3.0.0"}
@@ -64,6 +69,7 @@ TOOLS.register("refund.issue", refund_issue, "write", simulator=refund_dry_run)
 def triage(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
     """Classify the ticket, refund small amounts, ask a person above the threshold."""
     customer = ctx.tool("crm.lookup", {"customer": input["customer"]})
+    governed = _judged_by_policy_engine(ctx)
     kb = ctx.tool("kb.search", {"query": input["text"]})
     reply = ctx.llm(
         [
@@ -87,6 +93,8 @@ def triage(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
         )
         return {"category": category, "replied": bool(draft.content)}
     amount = Decimal(str(input.get("amount", 0)))
+    if governed:
+        return _refund_under_policy(ctx, input["ticket"], amount)
     if amount > REFUND_DENY_ABOVE:
         decision = "deny"
         reason = f"refund {amount} over the {REFUND_DENY_ABOVE} limit"
@@ -110,6 +118,30 @@ def triage(ctx: Context, input: dict[str, Any]) -> dict[str, Any]:
     return {"category": "refund", "refund": issued["refund_id"] != "", "amount": str(amount)}
 
 
+def _judged_by_policy_engine(ctx: Context) -> bool:
+    """Whether the runtime asks a policy engine about this run's actions: it recorded one's
+    decision on the tool call just made (``policy.evaluated`` naming it, then ``tool.called``).
+    A replay repeats the recorded events, so it takes the same path."""
+    if len(ctx.events) < 2:
+        return False
+    asked, called = ctx.events[-2], ctx.events[-1]
+    return bool(asked["type"] == "policy.evaluated" and called["type"] == "tool.called"
+                and asked["data"]["action"] == called["data"]["tool"])
+
+
+def _refund_under_policy(ctx: Context, ticket: str, amount: Decimal) -> dict[str, Any]:
+    """Issue the refund as the policy engine allows: the runtime asks it before ``refund.issue``
+    (and waits for a person when it says so); denied or not approved, the refund never happens."""
+    change = ctx.propose_change("refund.issue", {"refunded": "0"}, {"refunded": str(amount)}, reversible=False)
+    try:
+        issued = ctx.tool("refund.issue", {"ticket": ticket, "amount": str(amount)})
+    except PolicyDenied as e:
+        refused = "denied" if e.decision == "deny" else "rejected"
+        return {"outcome": "escalated", "category": "refund", "refund": refused, "why": e.reason}
+    ctx.apply_change(change)
+    return {"category": "refund", "refund": issued["refund_id"] != "", "amount": str(amount)}
+
+
 TEXTS = (
     "I was charged twice this month, please refund the second payment",
     "The app crashes when I open settings, technical problem since the update",
@@ -122,11 +154,24 @@ TEXTS = (
 )
 
 
+REFUND_REQUESTS = ("45", "240", "1250", "80", "760")
+"""What every third example ticket asks to have refunded, in turn (USD): within the refund policy's
+thresholds, above the one for a person's approval, above the one for a denial, and two that a
+stricter policy (``examples/policies/refunds-stricter``) judges differently."""
+
+
 def inputs(n: int, salt: str = "") -> list[dict[str, Any]]:
-    """``n`` deterministic example tickets."""
+    """``n`` deterministic example tickets; every third one asks for a refund of an amount from
+    :data:`REFUND_REQUESTS` (the same whatever ``salt``), the others vary with ``salt``."""
     out = []
     for i in range(n):
         h = _h(f"{salt}{i}")
+        if i % 3 == 0:
+            k = i // 3
+            amount = REFUND_REQUESTS[k % len(REFUND_REQUESTS)]
+            out.append({"ticket": f"T-{1000 + i}", "customer": f"C-{k % 97}", "amount": amount,
+                        "text": f"Please refund {amount} USD: I was charged twice for the same order"})
+            continue
         out.append({
             "ticket": f"T-{1000 + i}",
             "customer": f"C-{h % 97}",

@@ -211,14 +211,19 @@ class LedgerPolicies:
                     return fold
 
 
-def bundle_bytes(rev: Revision, workspace: str) -> bytes:
-    """The OPA bundle of a revision: a gzipped tarball of its files and a ``.manifest`` naming
-    the revision (so OPA reports it with every decision). Deterministic: no times, no owners."""
+def bundle_files(rev: Revision, workspace: str) -> dict[str, bytes]:
+    """The files of a revision's OPA bundle by relative path: its own, and a ``.manifest`` naming
+    the revision (so OPA reports it with every decision)."""
     manifest = {"revision": rev.revision, "metadata": {"workspace": workspace, "digest": rev.digest}}
+    return {".manifest": dumps(manifest), **{p: t.encode() for p, t in rev.files.items()}}
+
+
+def bundle_bytes(rev: Revision, workspace: str) -> bytes:
+    """The OPA bundle of a revision (:func:`bundle_files`) as a gzipped tarball. Deterministic:
+    no times, no owners."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, content in [("/.manifest", dumps(manifest))] + [
-                ("/" + p, t.encode()) for p, t in rev.files.items()]:
+        for path, content in ((f"/{p}", c) for p, c in bundle_files(rev, workspace).items()):
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.mtime = len(content), 0o644, 0
             tar.addfile(info, io.BytesIO(content))

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Engineer, ServicesDep
 from api.routes.audit import audited
-from api.schemas import ReplayJobOut, ReplayList, ReplayStart, errors
+from api.schemas import ERRORS, ReplayJobOut, ReplayList, ReplayStart, errors
 from tachograph.contract.canonical import dumps
 
 router = APIRouter(tags=["replays"])
@@ -33,17 +33,31 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
         "fidelity replay with no candidate, a what-if replay with `model` and/or `prompts`. "
         "Gate thresholds are fractions (0.05 = 5%). Answers 202 at once with the replay id; poll "
         "`GET /v1/replays/{replay_id}`. Replayed runs are recorded in the ledger. "
+        "A what-if policy replay (`\"mode\": \"policy\"`) asks a stored policy revision of the "
+        "workspace (`policy_revision`) about every recorded tool call and change of the runs, in "
+        "an OPA the server starts over the revision's files (`TACHO_OPA_BIN` or `opa` on its "
+        "PATH), and gates on `max_new_denials` / `max_new_approvals` (a count, or a rate such as "
+        "`\"5%\"`); its report is stored and listed like the others. "
         "Roles engineer, admin. Audited."
     ),
     responses={202: {"description": "queued; `Location` names the status URL"},
-               **errors(400, 401, 403, 404, 422, 503)},
+               400: ERRORS[400],
+               401: ERRORS[401],
+               403: ERRORS[403],
+               404: {**ERRORS[404], "description": "a run in `runs`, or the `policy_revision`, is "
+                     "not the workspace's"},
+               422: ERRORS[422],
+               503: {**ERRORS[503], "description": "the replay cannot run here: an allow-listed "
+                     "agent that does not load, too many replays queued, or (policy replays) no "
+                     "opa binary on the server"}},
 )
 async def start_replay(request: Request, services: ServicesDep, key: Engineer,
                        body: ReplayStart) -> Response:
     job = await run_in_threadpool(services.replays.submit, key.workspace, key.id, body)
     await run_in_threadpool(audited, services, key, request, "replay.start",
                             workspace=key.workspace, replay_id=job.replay_id, agent=job.agent,
-                            workflow=body.workflow, runs=len(body.runs))
+                            workflow=body.workflow, runs=len(body.runs), mode=job.mode,
+                            policy_revision=body.policy_revision)
     return _json(job.to_json(), 202, {"Location": f"/v1/replays/{job.replay_id}"})
 
 

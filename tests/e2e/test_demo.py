@@ -1,12 +1,16 @@
 """`tacho demo` (what `make demo` runs) end to end: the main job on embedded defaults, twice.
 
 The example agents run through the agent runtime over the embedded Kafka broker, `tacho ingest`'s
-worker appends their events, and a person decides their approvals through the HTTP API."""
+worker appends their events, and a person decides their approvals through the HTTP API. A real
+OPA (the harness's build; the demo finds it in .cache/opa) decides their actions under the
+demo's refund policy, published as a revision in the ledger and downloaded from the demo's API;
+a stricter revision is published, not activated, and tried on the runs."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from api.cli_policy import read_policy_files
 from api.keys_store import KeyStore
 from domain.origins import PRODUCTION, REPLAY, origin_of_entry
 from domain.ports import LedgerStore
@@ -26,11 +31,14 @@ from tests.cli_support import tacho
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {"ticket-triage": "examples.triage:triage", "invoice-matching": "examples.invoices:match_invoice"}
+POLICIES = ROOT / "examples" / "policies"
+RULE = "tachograph/decision"
 AGENTS = {"ticket-triage": "triage-agent", "invoice-matching": "ap-agent"}
 
 
-def demo(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TACHO_KAFKA_BOOTSTRAP"}
+def demo(data_dir: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TACHO_KAFKA_BOOTSTRAP", "TACHO_OPA_BIN")}
+    env.update(extra_env)
     env["TACHO_DATA_DIR"] = str(data_dir)
     env["TACHO_APPROVAL_DECISIONS"] = "person"  # every approval.decided must repeat a person's decision
     return subprocess.run(
@@ -96,6 +104,85 @@ def assert_only_the_runtime_wrote_example_runs(data_dir: Path) -> None:
                 assert data.get("entry_point") == EXAMPLES[data["workflow"]], data
 
 
+def policy_records(data_dir: Path) -> list[dict[str, Any]]:
+    """The demo workspace's policy.published / policy.activated records, in ledger order."""
+    with ledger_store(data_dir) as store:
+        rows = store.records_of_types("demo", ("policy.published", "policy.activated"), -1, 1000)
+        return [loads(r.data)["record"] for r in rows]
+
+
+def assert_opa_decided_the_agents_actions(data_dir: Path, out: dict[str, Any]) -> None:
+    """The demo's refund policy was published and put in force as a ledger revision; OPA (loading
+    it from the demo's API) judged every tool call and change of the agents' runs, each decision
+    recorded with that revision and OPA's decision id; the demo's counts are the ledger's; refunds
+    hit both thresholds (the 240 USD refund waited for a person, the 1250 USD one was denied)."""
+    agents, policy = out["agents"], out["agents"]["policy"]
+    assert policy["ran"] is True and re.fullmatch(r"[1-9][0-9]*-[0-9a-f]{12}", policy["revision"])
+    assert policy["opa_url"].startswith("http://127.0.0.1:")
+    rev = policy["revision"]
+    records = policy_records(data_dir)
+    published = {r["data"]["revision"]: r["data"] for r in records if r["type"] == "policy.published"}
+    assert published[rev]["files"] == read_policy_files(POLICIES / "refunds")
+    assert published[rev]["checked_with"].startswith("opa ")  # `opa check` accepted it first
+    assert [r["data"]["revision"] for r in records if r["type"] == "policy.activated"][-1] == rev
+
+    counted: dict[str, dict[str, int]] = {}
+    actions = 0
+    with ledger_store(data_dir) as store:
+        for run_id in agents["runs"]["run_ids"]:
+            events = [e["event"] for e in entries(store, run_id)]
+            actions += sum(1 for e in events if e["type"] in ("tool.called", "change.applied"))
+            for e in events:
+                if e["type"] == "policy.evaluated" and e["data"]["policy"] == RULE:
+                    assert e["data"]["revision"] == rev and e["data"]["decision_id"], e
+                    row = counted.setdefault(e["data"]["revision"], {"allow": 0, "require_approval": 0, "deny": 0})
+                    row[e["data"]["decision"]] += 1
+        # the refunds every third ticket asks for: 240 USD waited for a person, 1250 USD was denied
+        stamp = agents["runs"]["run_ids"][0].split("-")[-2]
+        for i, amount, decision in ((3, "240", "require_approval"), (6, "1250", "deny")):
+            events = [e["event"] for e in entries(store, f"ticket-triage-{stamp}-{i:03d}")]
+            judged = [e["data"] for e in events if e["type"] == "policy.evaluated"
+                      and e["data"]["action"] == "refund.issue"]  # the tool call, then (if it ran) the change
+            expected = [(decision, rev)] if decision == "deny" else [(decision, rev), ("allow", rev)]
+            assert [(d["decision"], d["revision"]) for d in judged] == expected
+            assert amount in judged[0]["reason"]
+            done = events[-1]["data"] if events[-1]["type"] == "run.completed" else events[-2]["data"]
+            if decision == "deny":
+                assert done["outcome"] == "escalated" and done["result"]["refund"] == "denied"
+                assert "refund.issue" not in [e["data"].get("tool") for e in events if e["type"] == "tool.called"]
+            else:
+                assert "approval.requested" in [e["type"] for e in events]
+    assert counted == policy["decisions"]
+    n = counted[rev]
+    assert n["deny"] >= 1 and n["require_approval"] >= 1 and n["allow"] > 0
+    # every action was asked about; denied ones never ran
+    assert n["allow"] + n["require_approval"] == actions
+
+
+def assert_a_stricter_revision_was_tried_and_not_activated(data_dir: Path, out: dict[str, Any]) -> None:
+    """The stricter revision is published, not in force; its what-if over the agents' runs newly
+    denies the 760 USD refund and newly sends the 80 USD one to a person, fails its gate, and is
+    stored like any replay."""
+    active, what_if = out["agents"]["policy"]["revision"], out["policy_what_if"]
+    assert what_if["ran"] is True and what_if["active"] == active and what_if["revision"] != active
+    published = {r["data"]["revision"]: r["data"] for r in policy_records(data_dir)
+                 if r["type"] == "policy.published"}
+    assert published[what_if["revision"]]["files"] == read_policy_files(POLICIES / "refunds-stricter")
+    listed = json.loads(tacho(data_dir, "policy", "list", "--workspace", "demo", "--json").stdout)
+    assert listed["active"] == active
+
+    s = what_if["summary"]
+    assert s["runs"] == out["agents"]["runs"]["runs"] and s["candidate_revisions"] == [what_if["revision"]]
+    assert s["new_denials"] >= 1 and s["new_approvals"] >= 1 and s["new_allows"] == 0
+    assert s["evaluated"] == s["new_denials"] + s["new_approvals"] + s["new_allows"] + s["unchanged"]
+    assert what_if["gate"]["passed"] is False
+    assert what_if["gate"]["failures"][0].startswith(f"new denials: {s['new_denials']} of {s['evaluated']}")
+    report = json.loads(tacho(data_dir, "replay", "show", what_if["replay_id"], "--json").stdout)
+    assert report["summary"] == s and report["mode"] == "policy"
+    changed = {(c["arguments"]["amount"], c["before"], c["after"]) for r in report["runs"] for c in r["changed"]}
+    assert {("760", "require_approval", "deny"), ("80", "allow", "require_approval")} <= changed
+
+
 def runs_by_origin_and_workflow(data_dir: Path) -> dict[tuple[str, str], int]:
     """Runs in the ledger by (origin, workflow), each origin from ``domain.origins``."""
     counts: dict[tuple[str, str], int] = {}
@@ -144,7 +231,8 @@ def assert_analytics_count_production_runs_only(data_dir: Path, out: dict[str, A
     assert bad.returncode == 2 and "origin must be one of production, replay" in bad.stderr
 
 
-def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_without_secrets(tmp_path: Path) -> None:
+def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_without_secrets(
+        tmp_path: Path, opa_bin: Path) -> None:
     t0 = time.monotonic()
     first = demo(tmp_path, "--runs", "30", "--json")
     took = time.monotonic() - t0
@@ -172,9 +260,14 @@ def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_with
     assert f"the waiting agent went on: run {spot['run_id']} {spot['outcome']}" in first.stderr
     assert_agents_ran_through_kafka(tmp_path, agents)
     assert_only_the_runtime_wrote_example_runs(tmp_path)
+    assert_opa_decided_the_agents_actions(tmp_path, out)
+    assert "what OPA decided about the agents' actions" in first.stderr
+    assert_a_stricter_revision_was_tried_and_not_activated(tmp_path, out)
+    assert agents["policy"]["records"] == 2 and out["policy_what_if"]["records"] == 1  # published (+ activated)
 
     verified = out["verify"]["result"]
-    assert verified["ok"] is True and verified["entries"] == runs["events"] + len(agents["approvals"])
+    assert verified["ok"] is True
+    assert verified["entries"] == runs["events"] + len(agents["approvals"]) + agents["policy"]["records"]
     assert out["verify"]["checkpoint"].startswith("tachograph")
     assert out["evidence"]["result"]["ok"] is True and Path(out["evidence"]["file"]).is_file()
     assert out["evidence"]["result"]["run_id"] in runs["run_ids"]
@@ -205,6 +298,11 @@ def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_with
     assert again["agents"]["ingested"]["accepted"] == runs2["events"]
     assert again["agents"]["ingested"]["duplicates"] == 0 == again["agents"]["ingested"]["quarantined"]
     assert again["verify"]["result"]["ok"] is True
+    # the same two revisions serve again: nothing new is published or activated
+    assert again["agents"]["policy"]["revision"] == agents["policy"]["revision"]
+    assert again["agents"]["policy"]["records"] == 0 == again["policy_what_if"]["records"]
+    assert again["policy_what_if"]["revision"] == out["policy_what_if"]["revision"]
+    assert_opa_decided_the_agents_actions(tmp_path, again)
     assert again["verify"]["result"]["entries"] == (out["ledger"]["entries"] + runs2["events"]
                                                     + len(again["agents"]["approvals"]))
     assert again["ledger"]["entries"] > out["ledger"]["entries"]
@@ -213,7 +311,7 @@ def test_the_demo_runs_the_example_agents_over_kafka_and_reports_it_as_json_with
     assert_only_the_runtime_wrote_example_runs(tmp_path)
 
 
-def test_the_demo_runs_embedded_without_a_broker(tmp_path: Path) -> None:
+def test_the_demo_runs_embedded_without_a_broker(tmp_path: Path, opa_bin: Path) -> None:
     res = demo(tmp_path, "--runs", "6", "--via", "embedded", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
@@ -224,6 +322,23 @@ def test_the_demo_runs_embedded_without_a_broker(tmp_path: Path) -> None:
             assert {r["source"]["kind"] for r in entries(store, run_id)} == {"agent"}
     assert out["verify"]["result"]["ok"] is True
     assert_only_the_runtime_wrote_example_runs(tmp_path)
+    assert agents["policy"]["ran"] is True and out["policy_what_if"]["ran"] is True
+    assert sum(agents["policy"]["decisions"][agents["policy"]["revision"]].values()) > 0
+
+
+def test_without_a_usable_opa_the_demo_says_so_and_runs_without_a_policy_engine(tmp_path: Path) -> None:
+    res = demo(tmp_path, "--runs", "4", "--via", "embedded", "--json", TACHO_OPA_BIN=str(tmp_path / "no-opa"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    reason = f"TACHO_OPA_BIN={str(tmp_path / 'no-opa')!r} is not an executable file"
+    assert out["agents"]["policy"] == {"ran": False, "reason": reason}
+    assert out["policy_what_if"] == {"ran": False, "reason": reason}
+    assert "no policy engine:" in res.stderr and "the policy section is left out" in res.stderr
+    assert policy_records(tmp_path) == []
+    with ledger_store(tmp_path) as store:
+        for run_id in out["agents"]["runs"]["run_ids"]:
+            assert RULE not in [e["event"]["data"].get("policy") for e in entries(store, run_id)]
+    assert out["verify"]["result"]["ok"] is True
 
 
 def test_the_demo_names_a_bad_via(tmp_path: Path) -> None:

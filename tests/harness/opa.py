@@ -2,8 +2,9 @@
 sidecar over its REST API, the way users deploy it.
 
 - Build (idempotent, cached in ``<repo>/.cache/opa/bin/opa``, gitignored):
-  ``python -m tests.harness.opa --build`` (needs ``go``; ``/usr/local/go/bin`` is tried too).
-  A file lock (``.cache/opa.lock``) keeps parallel test runs from building twice. A cold build
+  ``python -m tests.harness.opa --build`` (needs ``go``; ``/usr/local/go/bin`` is tried too),
+  through the product's ``replay.opa_build`` (``make demo`` builds the same way, into the same
+  cache). A file lock (``.cache/opa.lock``) keeps parallel test runs from building twice. A cold build
   (module download + compile, empty GOPATH and GOCACHE) took 1 min 46 s wall clock on this
   2-core box; cached, nothing is built.
 - :class:`OpaServer` runs ``opa run --server --addr 127.0.0.1:<free port>`` on a bundle
@@ -15,9 +16,7 @@ sidecar over its REST API, the way users deploy it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +26,11 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.harness import CACHE_DIR, file_lock, free_port, port_open, tail, terminate, wait_until
+from replay import opa_build
+from tests.harness import CACHE_DIR, free_port, port_open, tail, terminate, wait_until
 
-VERSION = "v1.22.4"
-MODULE = "github.com/open-policy-agent/opa"
+VERSION = opa_build.VERSION
+MODULE = opa_build.MODULE
 ROOT = CACHE_DIR / "opa"
 LOCK = CACHE_DIR / "opa.lock"
 
@@ -40,31 +40,20 @@ def bin_dir() -> Path:
 
 
 def opa_path() -> Path:
-    return bin_dir() / "opa"
-
-
-def _stamp() -> Path:
-    """Which version the cached binary is (``go install`` names it just ``opa``)."""
-    return bin_dir() / f".version-{VERSION}"
+    return opa_build.binary_path(ROOT)
 
 
 def built() -> bool:
-    return opa_path().is_file() and _stamp().is_file()
+    return opa_build.cached(ROOT, VERSION) is not None
 
 
 def build_seconds() -> float | None:
     """How long the cached binary took to build here (recorded by :func:`build`)."""
-    with contextlib.suppress(OSError, ValueError):
-        return float(_stamp().read_text())
-    return None
+    return opa_build.build_seconds(ROOT, VERSION)
 
 
 def go_binary() -> str | None:
-    found = shutil.which("go")
-    if found:
-        return found
-    fallback = Path("/usr/local/go/bin/go")
-    return str(fallback) if fallback.is_file() else None
+    return opa_build.go_binary()
 
 
 def unavailable_reason() -> str | None:
@@ -74,40 +63,17 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def build_lock() -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock across processes (parallel test runs build once)."""
-    return file_lock(LOCK)
-
-
 def build() -> Path:
-    """``go install`` opa into the cache (nothing if already there); the path of the binary."""
-    if built():
-        return opa_path()
-    with build_lock():
-        if built():  # another process built it while we waited
-            return opa_path()
-        go = go_binary()
-        if go is None:
-            raise RuntimeError("go not found: cannot build opa")
-        env = {
-            **os.environ,
-            "GOBIN": str(bin_dir()),
-            "GOPATH": str(ROOT / "gopath"),
-            "GOCACHE": str(ROOT / "gocache"),
-            "GOFLAGS": "-mod=mod",
-            "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        bin_dir().mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        proc = subprocess.run(
-            [go, "install", f"{MODULE}@{VERSION}"],
-            env=env, capture_output=True, text=True, timeout=1800,
-        )
-        if proc.returncode != 0 or not opa_path().is_file():
-            raise RuntimeError(f"go install of opa {VERSION} failed ({proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}")
-        _stamp().write_text(f"{time.monotonic() - t0:.1f}")
-    return opa_path()
+    """``go install`` opa into the cache (nothing if already there); the path of the binary.
+    The product's own build (``replay.opa_build``, which ``make demo`` uses too), into the
+    repository's ``.cache/opa``."""
+    go = go_binary()
+    if go is None and not built():
+        raise RuntimeError("go not found: cannot build opa")
+    try:
+        return opa_build.build(ROOT, version=VERSION, go=go, lock=LOCK)
+    except opa_build.OpaBuildError as e:
+        raise RuntimeError(str(e)) from e
 
 
 def _healthy(url: str) -> bool:
