@@ -100,10 +100,13 @@ def run_actions(run: RecordedRun, side_effects: Mapping[tuple[str, str], str] | 
     pending: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (policy.evaluated, used then)
     proposed: dict[str, dict[str, Any]] = {}
 
-    def settle(matched: dict[str, Any] | None) -> None:
+    def settle(ran: str | None) -> None:
+        """Count the pending decisions that stopped an action: not those naming the action that
+        then ran (it was not stopped: e.g. a decision agent code recorded before OPA's allow)."""
         for event, used_then in pending:
             data = event["data"]
-            if data is matched or data.get("decision") not in ("deny", "require_approval"):
+            if (ran is not None and data.get("action") == ran) or \
+                    data.get("decision") not in ("deny", "require_approval"):
                 continue
             blocked = _blocked_action(run.workspace, event, used_then, base, proposed, known)
             if isinstance(blocked, RecordedAction):
@@ -132,7 +135,7 @@ def run_actions(run: RecordedRun, side_effects: Mapping[tuple[str, str], str] | 
                 args = change if change is not None else {"change_id": data["change_id"]}
                 side_effect = "write"
             recorded = _matching([p["data"] for p, _ in pending], name)
-            settle(recorded)
+            settle(name)
             pending = []
             asked = policy_input(kind=kind, name=name, arguments=args, side_effect=side_effect,
                                  used=dict(used), **base)

@@ -120,6 +120,20 @@ def test_an_approved_action_is_judged_once_as_the_call_that_ran():
     assert found.blocked == []
 
 
+def test_a_decision_agent_code_recorded_before_the_action_ran_is_not_a_blocked_action():
+    """The invoices example records its own require_approval on erp.post, gets a person's approval,
+    then the runtime asks OPA (allow) and the posting runs: nothing was blocked."""
+    own = ("policy.evaluated", {"policy": "ap.posting", "action": "erp.post",
+                                "decision": "require_approval", "reason": "amount 900 vs limit 500"})
+    run = _run("r-own", own,
+               ("approval.requested", {"approval_id": "r-own/approval-1", "summary": "s", "risk": "low"}),
+               ("approval.decided", {"approval_id": "r-own/approval-1", "decision": "approved", "by": "pat"}),
+               _policy("erp.post", "allow"), _tool("erp.post", {"invoice": "i-1"}, "write"), _completed())
+    found = run_actions(run)
+    assert [(a.name, a.recorded, a.ran) for a in found.actions] == [("erp.post", "allow", True)]
+    assert found.blocked == []
+
+
 def _lenient(input: Mapping[str, Any]) -> PolicyDecision:
     """A candidate allowing refunds up to 10000 (deny above)."""
     amount = int(input["arguments"].get("amount", 0))
