@@ -19,7 +19,7 @@ stored tree alone is found by the next full verification (``tacho verify``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from domain import merkle
@@ -40,6 +40,7 @@ def verify_tail(
     *,
     end: int | None = None,
     allow_unsigned_tail: bool = False,
+    progress: Callable[[int], object] | None = None,
 ) -> VerifyResult:
     """Verify entries ``state.position .. end - 1`` (default: every stored entry) on top of ``state``.
 
@@ -50,6 +51,7 @@ def verify_tail(
         checkpoint_notes: every stored checkpoint note of size up to ``end``, oldest first.
         node: the store's Merkle nodes (``LedgerStore.node``), what its proofs are built from.
         allow_unsigned_tail: do not fail on entries newer than the latest checkpoint.
+        progress: called with the number of entries verified so far after each chunk.
     """
     if state.frontier is None:
         raise ValueError("verify_tail needs the state of a verification that ended")
@@ -60,7 +62,7 @@ def verify_tail(
                           approvals_checked_from=state.approvals_from, trusted_keys=state.trusted_keys)
     try:
         _verify_tail(state, reader, checkpoint_notes, node, reader.size() if end is None else end,
-                     ids_checked, result, allow_unsigned_tail)
+                     ids_checked, result, allow_unsigned_tail, progress)
     except VerificationError as e:
         result.reason = e.reason
         result.position = e.position
@@ -71,7 +73,8 @@ def verify_tail(
 
 
 def _verify_tail(state: VerifyState, reader: RangeReader, notes: Sequence[str], node: merkle.NodeGetter,
-                 end: int, ids_checked: bool, result: VerifyResult, allow_unsigned_tail: bool) -> None:
+                 end: int, ids_checked: bool, result: VerifyResult, allow_unsigned_tail: bool,
+                 progress: Callable[[int], object] | None) -> None:
     assert state.frontier is not None
     start = state.position
     verified_root = state.frontier.root()
@@ -107,6 +110,8 @@ def _verify_tail(state: VerifyState, reader: RangeReader, notes: Sequence[str], 
             raise VerificationError(reason, pos)
         tree.append_many(leaves[tree.size - first : scan.count])
         state.advance(scan)
+        if progress is not None:
+            progress(state.position)
     if state.position != end:
         raise VerificationError(f"entries {state.position}..{end - 1} are missing (deleted or truncated)",
                                 state.position)
