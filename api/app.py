@@ -24,6 +24,7 @@ from api.deps import Limits, Services
 from api.halts import HaltService
 from api.housekeeping import Housekeeper
 from api.keys_store import AuthError, KeyRequestError, KeyStore
+from api.log_verifier import LogVerifier
 from api.metrics import Metrics
 from api.model_config import configured_models
 from api.policies import PolicyService
@@ -175,18 +176,22 @@ class SecurityHeaders:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start housekeeping (if asked for) and the witness pusher (TACHO_WITNESSES); on shutdown
-    stop them, sign the tail, and let a running replay finish (queued ones are dropped)."""
+    """Start housekeeping (if asked for), the verification status's thread and the witness pusher
+    (TACHO_WITNESSES); on shutdown stop them, sign the tail, and let a running replay finish
+    (queued ones are dropped)."""
     services: Services = app.state.services
     keeper: Housekeeper | None = app.state.housekeeper
     if keeper is not None:
         keeper.start()
+    assert services.verification is not None
+    services.verification.start()  # the first round verifies the whole ledger, then only what is new
     services.witnesses = witness_pusher(services.settings, services.ledger)
     if services.witnesses is not None:
         services.witnesses.start()
     app.state.webhooks.start()  # delivers only under `tacho serve` (docs/webhooks.md)
     yield
     await run_in_threadpool(app.state.webhooks.stop)
+    await run_in_threadpool(services.verification.stop)
     if keeper is not None:
         await run_in_threadpool(keeper.stop)
         await run_in_threadpool(services.ledger.checkpoint)  # the tail, signed before exit
@@ -231,6 +236,7 @@ def create_app(
         policies=policy_service,
         prices=prices,
     )
+    services.verification = LogVerifier(ledger, clock, services.metrics, settings.verify_interval_s)
 
     app = FastAPI(
         title="Tachograph API",

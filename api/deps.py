@@ -15,6 +15,7 @@ from api.audit_trail import AuditTrail
 from api.auth import Capability, check_api
 from api.halts import HaltService
 from api.keys_store import ApiKey, AuthError, KeyStore
+from api.log_verifier import LogVerifier
 from api.metrics import Metrics
 from api.policies import PolicyService
 from api.run_index import RunIndex
@@ -52,8 +53,7 @@ class Services:
     policies: PolicyService
     prices: PriceTable = field(default_factory=PriceTable)  # TACHO_PRICES over genai-prices' data
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
-    verify_cache: dict[str, Any] = field(default_factory=dict)
-    verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time
+    verification: LogVerifier | None = None  # the verification status (built by create_app)
     witnesses: WitnessPusher | None = None  # started by the app's lifespan (TACHO_WITNESSES)
     approval_signals: ApprovalSignals = field(default_factory=ApprovalSignals)
 

@@ -28,7 +28,16 @@ class Metrics:
             ["action"], registry=self.registry,
         )
         self.verifications = Counter(
-            "tacho_log_verifications_total", "full ledger verifications computed for the API",
+            "tacho_log_verifications_total", "verification rounds of the ledger: the whole ledger "
+            "(kind full) or what was appended since the last one (incremental)",
+            ["kind"], registry=self.registry,
+        )
+        self.verified_entries = Gauge(
+            "tacho_log_verified_entries", "entries covered by the latest verification round",
+            registry=self.registry,
+        )
+        self.verification_ok = Gauge(
+            "tacho_log_verification_ok", "1 when the latest verification round passed, 0 when it failed",
             registry=self.registry,
         )
         self.ledger_size = Gauge(

@@ -214,20 +214,32 @@ class ConsistencyProof(BaseModel):
 
 
 class Verification(BaseModel):
-    """Result of verifying the whole ledger from its stored bytes."""
+    """The latest result of verifying the ledger from its stored bytes, and how fresh it is."""
 
     ok: bool
-    entries: int
+    entries: int = Field(description="entries verified: the ledger's first `entries` entries")
     checkpoints: int
     runs: int
     root: str | None
-    position: int | None
+    position: int | None = Field(description="where verification failed (null when ok, or when "
+                                 "the failure has no one position)")
     reason: str | None
     trusted_keys: list[str]
     approvals_checked_from: int | None = Field(
         None, description="from this ledger position on, every approval.decided was checked against "
         "a person's recorded decision (null: this ledger does not require them)")
-    checked_at: str
+    checkpoint_size: int | None = Field(None, description="size of the newest checkpoint verified")
+    kind: Literal["full", "incremental"] = Field(
+        description="full: the round verified the whole ledger (the first one of this server, or "
+        "the first after a failure); incremental: only what was appended and signed since "
+        "`verified_from`, on top of the last verified tree (RFC 9162 consistency proof)")
+    verified_from: int = Field(description="entries verified before the round (0 for a full one)")
+    checked_at: str = Field(description="when the round ended (RFC 3339)")
+    age_s: float = Field(description="seconds since `checked_at`")
+    took_ms: float = Field(description="how long the round took")
+    ledger_size: int = Field(description="entries in the ledger now (`ledger_size - entries` are "
+                             "not verified yet)")
+    running: bool = Field(description="a round is verifying the entries appended since")
 
 
 class QuarantinedOut(BaseModel):

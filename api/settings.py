@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     checkpoint_every: int = Field(10_000, ge=1, description="sign a checkpoint every N entries")
     checkpoint_interval_s: float = Field(5.0, gt=0, description="...and at least every T seconds")
+    verify_interval_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="tacho serve: how often the verification status catches up with the ledger "
+        "(only what was appended and signed since the last round is verified)",
+    )
     max_held: int = Field(10_000, ge=0, description="events held while waiting for a seq gap")
     held_timeout_s: float = Field(60.0, gt=0, description="quarantine held events after T seconds")
     max_held_per_workspace: int = Field(

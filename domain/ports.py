@@ -56,6 +56,24 @@ def first_repeated_event_id(
     return first
 
 
+def repeated_event_id_in(
+    execute: Callable[..., Any], start: int, end: int, mark: str
+) -> tuple[int, str] | None:
+    """The first position in [``start``, ``end``) whose (workspace, event_id) columns an earlier
+    entry has too, and that id; None if there is none.
+
+    One probe of the event-id index per entry of the range, however long the ledger before it:
+    what verifying only the entries appended since the last verification asks.
+    """
+    row = execute(
+        f"SELECT e.idx, e.event_id FROM entries e WHERE e.idx >= {mark} AND e.idx < {mark} "
+        "AND e.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM entries o WHERE o.workspace = e.workspace "
+        "AND o.event_id = e.event_id AND o.idx < e.idx) ORDER BY e.idx LIMIT 1",
+        (start, end),
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
 class Source(NamedTuple):
     """Where an event came from: a Kafka position, a file line, an HTTP request...
 

@@ -10,31 +10,23 @@ import gc
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from domain import merkle
-from domain.checkpoint import Checkpoint, open_checkpoint
-from domain.errors import CheckpointError, SignatureError, TachographError, VerificationError
-from domain.ledger import rotation_statement
-from domain.note import NoteVerifier, open_note
+from domain.errors import TachographError, VerificationError
 from domain.verify_scan import (
-    LAST_LEAF,
-    LAST_SEQ,
-    ApprovalNote,
     ChunkScan,
     NodeMap,
     RangeReader,
     RangeReaderBase,
-    RunSpan,
-    chain_broken,
     scan_chunk,
     scan_range,
-    seq_gap,
 )
+from domain.verify_state import ParsedCheckpoint, VerifyState, parse_checkpoint
 
 
 @dataclass
@@ -53,10 +45,16 @@ class VerifyResult:
     checkpoint_size: int | None = None  # the newest checkpoint proven (stored or trusted)
     witnesses: dict[str, Any] | None = None  # filled by ``tacho verify --witness``
     approvals_checked_from: int | None = None  # approval.decided from here on repeat a person's decision
+    state: VerifyState | None = field(default=None, repr=False, compare=False)
+    """Of a verification that passed: what verifying the entries after it needs (``verify_tail``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The result as the JSON printed by ``tacho verify --json``."""
-        return asdict(self)
+        return asdict(replace(self, state=None), dict_factory=_without_state)
+
+
+def _without_state(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v for k, v in items if k != "state"}
 
 
 @dataclass(frozen=True)
@@ -65,15 +63,6 @@ class Trusted:
 
     note: str
     label: str = "trusted checkpoint"
-
-
-def _check_checkpoint(note: str, origin: str | None) -> Checkpoint:
-    """Parse a checkpoint note without trusting it yet (signature checked separately)."""
-    text = note.split("\n\n", 1)[0] + "\n"
-    cp = Checkpoint.parse(text)
-    if origin is not None and cp.origin != origin:
-        raise CheckpointError(f"checkpoint origin {cp.origin!r} is not this log's {origin!r}")
-    return cp
 
 
 def verify_log(
@@ -118,7 +107,7 @@ def verify_log(
     if trusted_checkpoint is not None:
         trusted.append(Trusted(trusted_checkpoint))
     try:
-        _verify(
+        state = _verify(
             entries, checkpoint_notes, trusted_keys, origin, trusted,
             allow_unsigned_tail, result, chunk_bits, workers, progress, approvals_from,
         )
@@ -127,6 +116,7 @@ def verify_log(
         result.position = e.position
         return result
     result.ok = True
+    result.state = state
     return result
 
 
@@ -142,162 +132,57 @@ def _verify(
     workers: int = 1,
     progress: Callable[[int], object] | None = None,
     approvals_from: int | None = None,
-) -> None:
-    try:
-        verifiers = [NoteVerifier.from_vkey(k) for k in trusted_keys]
-    except TachographError as e:
-        raise VerificationError(f"bad trusted key: {e}") from e
-    if not verifiers:
-        raise VerificationError("no trusted verifier key given")
-    result.trusted_keys = [v.vkey for v in verifiers]
+) -> VerifyState:
+    state = VerifyState.start(trusted_keys, origin, approvals_from)
+    result.trusted_keys = state.trusted_keys
     labels: list[str | None] = [None] * len(checkpoint_notes) + [t.label for t in trusted]
-    parsed: list[tuple[Checkpoint, str, str | None]] = []
+    parsed: list[ParsedCheckpoint] = []
     for i, (note, label) in enumerate(zip([*checkpoint_notes, *(t.note for t in trusted)], labels, strict=True)):
         try:
-            cp = _check_checkpoint(note, origin)
+            cp = parse_checkpoint(note, state.origin)
         except TachographError as e:
             raise VerificationError(f"{label or f'checkpoint #{i + 1}'} is malformed: {e}") from e
-        if origin is None:
-            origin = cp.origin
+        if state.origin is None:
+            state.origin = cp.origin
         parsed.append((cp, note, label))
     _check_trusted_agree(parsed)
-    by_size: dict[int, list[tuple[Checkpoint, str, str | None]]] = {}
-    for item in parsed:
-        by_size.setdefault(item[0].size, []).append(item)
-    last_stored = 0
-    for cp, _, label in parsed:
-        if label is None:
-            if cp.size < last_stored:
-                raise VerificationError(
-                    f"checkpoint sizes go backwards ({last_stored} then {cp.size})", cp.size
-                )
-            last_stored = cp.size
+    state.add_checkpoints(parsed)
 
-    # Keys: the first trusted keys sign from size 0; rotations add later keys.
-    timeline: list[tuple[int, list[NoteVerifier]]] = [(0, verifiers)]
-
-    def keys_for(size: int) -> list[NoteVerifier]:
-        keys = timeline[0][1]
-        for first, ks in timeline:
-            if size >= first:
-                keys = ks
-        return keys
-
-    def check_sigs(size: int, root: bytes) -> None:
-        for cp, note, label in by_size.get(size, []):
-            what = f"{label} (size {size})" if label else f"checkpoint of size {size}"
-            try:
-                open_checkpoint(note, keys_for(size), origin=origin)
-            except (SignatureError, CheckpointError) as e:
-                raise VerificationError(
-                    f"{what} is not signed by a key trusted for that size: {e}", size
-                ) from e
-            if cp.root_hash != root and label:
-                raise VerificationError(
-                    f"{what} does not match the ledger's tree at that size: the entries before it "
-                    "were rewritten after it was taken (a newer checkpoint signed over the "
-                    "rewritten ledger does not make it valid)",
-                    size - 1,
-                )
-            if cp.root_hash != root:
-                raise VerificationError(
-                    f"{what}: root hash does not match the entries (edited, deleted, inserted or "
-                    "reordered entry before this size)",
-                    size - 1,
-                )
-
-    sizes = sorted(by_size)
     nodes = NodeMap()
-    chains: dict[tuple[Any, Any], RunSpan] = {}  # each run's span in the latest chunk that has it
-    event_ids: set[str | None] = set()  # never holds None: it is discarded from each chunk first
-    decisions: dict[tuple[Any, Any], tuple[Any, ...]] = {}  # (workspace, approval_id) -> (run, decision, by)
-    replays: dict[tuple[Any, Any], Any] = {}  # (workspace, run) -> the run it replays
     repeated = _RepeatedIds(entries)
-    ids_checked = repeated.checked
-    check_sigs(0, merkle.EMPTY_ROOT)
-    position = 0
+    state.ids_collected = not repeated.checked
+    state.check_sigs(0, merkle.EMPTY_ROOT)
     typed = approvals_from is not None  # approval.decided entries leave the fast path
-    for scan in _scans(entries, origin, sizes, chunk_bits, workers, ids_checked, typed):
+    for scan in _scans(entries, state.origin, state.sizes, chunk_bits, workers, repeated.checked, typed):
         repeated.start()  # after the first result: the workers are forked by then
-        if scan.start != position:
-            raise VerificationError(
-                f"entries {position}..{scan.start - 1} are missing (deleted or truncated)", position
-            )
-        if origin is None:
-            origin = scan.origin
-        errors: list[tuple[int, int, str]] = [(scan.error[0], 0, scan.error[1])] if scan.error else []
-        # stitch each run's first entry in this chunk to its last entry in earlier chunks
-        for key, (first_position, first_prev, first_seq, _, _) in scan.runs.items():
-            prev = chains.get(key)
-            expected_prev = prev[LAST_LEAF] if prev else None
-            expected_seq = prev[LAST_SEQ] + 1 if prev else 0
-            if first_prev != expected_prev:
-                errors.append((first_position, 1, chain_broken(key[1], first_prev, expected_prev)))
-            elif first_seq != expected_seq:
-                errors.append((first_position, 1, seq_gap(key[1], first_seq, expected_seq)))
-        if not ids_checked:
-            _check_event_ids(scan, event_ids, errors)
-        if scan.approvals:
-            _check_approvals(scan.approvals, decisions, replays, approvals_from, errors)
-        limit = min(errors)[0] if errors else scan.start + scan.count
-        for pos, d in scan.rotations:
-            if pos >= limit:
-                break
-            try:
-                new_key = _check_rotation(d, pos, origin, keys_for(pos + 1))
-            except VerificationError as e:
-                errors.append((pos, 3, e.reason))
-                break
-            timeline.append((pos + 2, [new_key]))
         nodes.nodes.update(scan.nodes)
-        for size in sizes:
-            if scan.start < size <= scan.start + scan.count and size <= limit:
-                try:
-                    check_sigs(size, nodes.root(size))
-                except VerificationError as e:
-                    errors.append((size - 1, 4, e.reason))
-                    break
+        errors = state.take(scan, repeated.checked, nodes.root)
         if errors:
             repeated.raise_before(min(errors)[0])
             pos, _, reason = min(errors)
             raise VerificationError(reason, pos)
         repeated.raise_before(scan.start + scan.count, wait=False)
-        chains.update(scan.runs)
-        position = scan.start + scan.count
+        state.advance(scan)
         if progress is not None:
-            progress(position)
-    repeated.raise_before(position)
-    result.entries = position
-    result.runs = len(chains)
-    result.root = nodes.root(position).hex()
-    beyond_trusted = [(cp, label) for cp, _, label in parsed if label and cp.size > position]
-    if beyond_trusted:
-        cp, label = max(beyond_trusted, key=lambda t: t[0].size)
-        raise VerificationError(
-            f"{label} covers {cp.size} entries but the ledger holds only {position}: a rollback "
-            "(or truncation) of the ledger to an earlier state after that checkpoint was taken",
-            position,
-        )
-    beyond = [cp for cp, _, _ in parsed if cp.size > position]
-    if beyond:
-        cp = max(beyond, key=lambda c: c.size)
-        raise VerificationError(
-            f"a checkpoint covers {cp.size} entries but the ledger holds only {position} "
-            "(truncated tail or rollback to an earlier state)",
-            position,
-        )
-    covered = max((cp.size for cp, _, _ in parsed), default=0)
-    result.trusted_checkpoints = sorted(cp.size for cp, _, label in parsed if label)
-    result.checkpoint_size = covered if parsed else None
-    if covered < position and not allow_unsigned_tail:
-        raise VerificationError(
-            f"entries {covered}..{position - 1} are not covered by any signed checkpoint "
-            "(run `tacho checkpoint` to sign them)",
-            covered,
-        )
+            progress(state.position)
+    repeated.raise_before(state.position)
+    state.frontier = _frontier(nodes, state.position)
+    state.finish(result, nodes.root(state.position), allow_unsigned_tail)
+    return state
 
 
-def _check_trusted_agree(parsed: Sequence[tuple[Checkpoint, str, str | None]]) -> None:
+def _frontier(nodes: NodeMap, size: int) -> merkle.CompactRange:
+    """The compact range of the tree of ``size`` leaves, from the perfect nodes scanned."""
+    hashes = []
+    offset = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            hashes.append(nodes.get(level, offset >> level))
+            offset += 1 << level
+    return merkle.CompactRange(size, hashes)
+
+
+def _check_trusted_agree(parsed: Sequence[ParsedCheckpoint]) -> None:
     """Two trusted checkpoints of one size must name one root (else the log forked)."""
     seen: dict[int, tuple[bytes, str]] = {}
     for cp, _, label in parsed:
@@ -345,84 +230,6 @@ class _RepeatedIds:
         found = self.future.result()
         if found is not None and found[0] < limit:
             raise VerificationError(f"event_id {found[1]!r} appears twice", found[0])
-
-
-def _check_approvals(found: Sequence[ApprovalNote], decisions: dict[tuple[Any, Any], tuple[Any, ...]],
-                     replays: dict[tuple[Any, Any], Any], required_from: int | None,
-                     errors: list[tuple[int, int, str]]) -> None:
-    """Add an error for the first ``approval.decided`` (from ``required_from``) that repeats no
-    earlier decision record; remember the decision records and the runs that are replays.
-
-    A replay's ``approval.decided`` repeats, through ``replayed_from``, the decision recorded for
-    an approval of the run it replays; any other run's repeats the decision on its own approval.
-    """
-    for note in found:
-        if note.what == "decision":
-            decisions.setdefault((note.workspace, note.approval_id), (note.run_id, note.decision, note.by))
-        elif note.what == "replay":
-            replays[(note.workspace, note.run_id)] = note.source
-        elif required_from is not None and note.position >= required_from:
-            why = _unbacked(note, decisions, replays.get((note.workspace, note.run_id)))
-            if why is not None:
-                errors.append((note.position, 2, f"approval.decided of approval {note.approval_id!r} in run "
-                               f"{note.run_id!r} ({note.decision} by {note.by!r}) is not backed: {why}"))
-
-
-def _unbacked(note: ApprovalNote, decisions: dict[tuple[Any, Any], tuple[Any, ...]],
-              replay_of: Any) -> str | None:
-    """Why an ``approval.decided`` repeats no recorded decision (``replay_of``: the run its run
-    replays, if it is a replay), or None."""
-    if replay_of is None and note.source is not None:
-        return f"it names replayed_from {note.source!r} but run {note.run_id!r} is not a replay"
-    if replay_of is not None and note.source is None:
-        return f"run {note.run_id!r} replays {replay_of!r} and a replay's decision must name replayed_from"
-    aid, run = (note.approval_id, note.run_id) if replay_of is None else (note.source, replay_of)
-    made = decisions.get((note.workspace, aid))
-    if made == (run, note.decision, note.by):
-        return None
-    if made is None:
-        return ("no person's decision was recorded before it" if replay_of is None else
-                f"no person's decision on approval {aid!r} of run {run!r} was recorded before it")
-    return f"the recorded decision is {made[1]} by {made[2]!r} for run {made[0]!r}"
-
-
-def _check_event_ids(scan: ChunkScan, seen_before: set[str | None], errors: list[tuple[int, int, str]]) -> None:
-    """Add an error for the chunk's first event id that was seen before; remember the chunk's ids."""
-    fresh = set(scan.event_ids)
-    fresh.discard(None)
-    if len(fresh) != len(scan.event_ids) - len(scan.rotations) or not seen_before.isdisjoint(fresh):
-        seen: set[str] = set()
-        for offset, k in enumerate(scan.event_ids):
-            if k is not None and (k in seen_before or k in seen):
-                errors.append((scan.start + offset, 2, f"event_id {k.split(chr(10))[1]!r} appears twice"))
-                break
-            seen.add(k) if k is not None else None
-    seen_before |= fresh
-
-
-def _check_rotation(
-    d: dict[str, Any], position: int, origin: str | None, current: list[NoteVerifier]
-) -> NoteVerifier:
-    rot = d.get("rotation")
-    if not isinstance(rot, dict):
-        raise VerificationError("key rotation entry has no rotation object", position)
-    try:
-        new_key = NoteVerifier.from_vkey(str(rot.get("new_vkey")))
-        old_key = NoteVerifier.from_vkey(str(rot.get("old_vkey")))
-    except TachographError as e:
-        raise VerificationError(f"key rotation names a malformed key: {e}", position) from e
-    if old_key.vkey not in {k.vkey for k in current}:
-        raise VerificationError(
-            "key rotation is signed over by a key that was not trusted at that point", position
-        )
-    statement = rotation_statement(str(origin), position, old_key.vkey, new_key.vkey)
-    try:
-        opened = open_note(str(rot.get("statement")), [old_key])
-    except SignatureError as e:
-        raise VerificationError(f"key rotation statement is not signed by the old key: {e}", position) from e
-    if opened.text != statement:
-        raise VerificationError("key rotation statement does not match the entry", position)
-    return new_key
 
 
 class _ListReader(RangeReaderBase):

@@ -89,8 +89,10 @@ def scan_chunk(
     checkpoint_sizes: Sequence[int],
     collect_ids: bool = True,
     typed: bool = False,
+    leaves: list[bytes] | None = None,
 ) -> ChunkScan:
-    """Check each ``(index, bytes)`` or ``(index, StoredRow)`` entry on its own and within the chunk.
+    """Check each ``(index, bytes)`` or ``(index, StoredRow)`` entry on its own and within the chunk
+    (``leaves``: their leaf hashes, when the caller has them).
 
     A stored index that is not its position ends the chunk there, with that reason.
     """
@@ -99,9 +101,9 @@ def scan_chunk(
     bad = next((k for k, row in enumerate(rows) if row[0] != start + k), None)
     collect_ids = collect_ids or stored is None  # ids left to the store only with its columns
     if bad is None:
-        return scan_entries(start, datas, origin, checkpoint_sizes, stored, collect_ids, typed=typed)
+        return scan_entries(start, datas, origin, checkpoint_sizes, stored, collect_ids, leaves, typed=typed)
     scan = scan_entries(start, datas[:bad], origin, checkpoint_sizes, stored and stored[:bad], collect_ids,
-                        typed=typed)
+                        leaves and leaves[:bad], typed=typed)
     if scan.error is None:
         scan.error = (
             start + bad,
@@ -451,6 +453,15 @@ class RangeReaderBase(ABC):
         index, and the scan then leaves event ids to it: the columns are compared with the bytes
         of every entry, so unique columns are unique ids. A reader that does not override it has
         the scan collect every event id for the parent to check instead.
+        """
+        raise NotImplementedError
+
+    def repeated_event_id_in(self, start: int, end: int) -> tuple[int, str] | None:
+        """The first position in [``start``, ``end``) whose (workspace, event_id) column pair is
+        stored before it too, with that event id; None when there is none.
+
+        What ``verify_tail`` asks instead of keeping every verified id: a reader that does not
+        override it has the verification keep them in memory.
         """
         raise NotImplementedError
 

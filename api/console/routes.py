@@ -452,7 +452,15 @@ def ledger_page(request: Request) -> HTMLResponse:
     root = services.ledger.root(latest.size).hex() if latest else None
     return page(request, session, "ledger.html", size=store.size(), latest=latest, root=root,
                 history=list(reversed(cps))[:50], checkpoints=len(cps), origin=services.ledger.config.origin,
-                verification=services.verify_cache.get("result"))
+                verification=_verification_now(services))
+
+
+def _verification_now(services: Services) -> Any:
+    """The latest verification status as the API answers it, or None before the first round."""
+    from api.routes.log import verification_out
+
+    status = services.verification.status if services.verification is not None else None
+    return verification_out(services, status) if status is not None else None
 
 
 @router.post("/ledger/verify")
@@ -460,11 +468,12 @@ async def verify_ledger(request: Request) -> HTMLResponse:
     session = person(request)
     await checked_form(request, session)
     need(session, Capability.READ_LOG)
-    from api.routes.log import verification
+    from api.routes.log import verification_out
 
     services = _services(request)
-    key = services.keys.get(session.key_id)
-    result = await run_in_threadpool(verification, services, key)
+    assert services.verification is not None
+    status = await run_in_threadpool(services.verification.refresh, 10.0)
+    result = verification_out(services, status)
     await run_in_threadpool(record_action, services, session, "ledger.verify", "/console/ledger/verify",
                             {"ok": result.ok, "entries": result.entries})
     return _state(request).render(request, "ledger_verification.html", {"v": result})

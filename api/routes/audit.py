@@ -105,6 +105,23 @@ def list_runs(
     )
 
 
+@router.get(
+    "/v1/runs/{run_id}",
+    response_model=RunOut,
+    summary="One run's summary",
+    description="Exactly what the runs list (`GET /v1/runs`) shows for the run: workflow, agent, "
+    "start and completion, outcome, counts, tokens, cost, origin, whether it is OPA's decision log, "
+    "and its first and last ledger positions. Another workspace's run is 404 like a missing one. "
+    "Roles auditor, engineer. Audited.",
+    responses=errors(401, 403, 404, 422, 503),
+)
+def get_run(request: Request, services: ServicesDep, key: HistoryReader, run_id: RunId) -> RunOut:
+    summary = _summary(services, key, run_id)
+    out = RunOut.model_validate(summary.to_json())
+    audited(services, key, request, "run.summary", workspace=key.workspace, run_id=run_id)
+    return out
+
+
 def _ms_between(a: str, b: str) -> float | None:
     try:
         ta = datetime.fromisoformat(a.upper().replace("Z", "+00:00"))

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from api.deps import LogReader, ServicesDep
+from api.deps import LogReader, Services, ServicesDep
+from api.log_verifier import Status
 from api.routes.audit import audited
+from api.routes.errors import Unavailable
 from api.schemas import CheckpointOut, ConsistencyProof, InclusionProof, Verification, errors
-from domain.approvals import DECISIONS_FROM, required_from
 from domain.errors import NotFoundError
 from domain.ledger import iso
-from domain.verify import verify_log
 
 router = APIRouter(tags=["log"])
 
@@ -78,37 +78,42 @@ def consistency(request: Request, services: ServicesDep, key: LogReader, first: 
     return out
 
 
+FIRST_WAIT_S = 5.0
+"""How long a request waits for the server's first verification round before answering 503."""
+
+
 @router.get(
     "/v1/log/verification",
     response_model=Verification,
-    summary="Verification status of the whole ledger",
-    description="Recomputes every leaf, run chain, the tree and every checkpoint signature from "
-    "the stored bytes, and compares every stored index column with them (cached per ledger size; "
-    "concurrent calls share one computation). Entries after the last checkpoint are allowed. "
-    "Role auditor.",
-    responses=errors(401, 403),
+    summary="Verification status of the ledger",
+    description="The latest result of verifying the ledger from its stored bytes: every leaf, "
+    "run chain, index column, approval, key rotation and checkpoint signature, and the tree. The "
+    "server verifies the whole ledger once when it starts, then, every `TACHO_VERIFY_INTERVAL_S`, "
+    "only what was appended and signed since: the new entries on top of the verified tree, and a "
+    "consistency proof from it to the store's tree now. The answer says how old the result is "
+    "(`checked_at`, `age_s`), how many entries it covers against the ledger's size, the kind of "
+    "round, and whether one is running; it is not computed in the request. Entries after the last "
+    "checkpoint are allowed. 503 while the first round of a server that just started is still "
+    "running (after waiting up to 5 s). Role auditor. Not audited.",
+    responses=errors(401, 403, 503),
 )
 def verification(services: ServicesDep, key: LogReader) -> Verification:
-    store = services.ledger.store
-    size = store.size()
-    cached = services.verify_cache.get("result")
-    if cached is not None and cached.entries == size:
-        return cached  # type: ignore[no-any-return]
-    with services.verify_lock:  # single flight: callers for the same size share one computation
-        cached = services.verify_cache.get("result")
-        if cached is not None and cached.entries >= size:
-            return cached  # type: ignore[no-any-return]
-        size = store.size()
-        keys = [k for k in (store.get_meta("initial_vkey"), services.ledger.signer.vkey) if k]
-        result = verify_log(
-            store.stored_entries(0, size),
-            [c.note for c in store.checkpoints() if c.size <= size],
-            list(dict.fromkeys(keys)),
-            origin=store.get_meta("origin"),
-            allow_unsigned_tail=True,
-            approvals_from=required_from(store.get_meta(DECISIONS_FROM)),
-        )
-        services.metrics.verifications.inc()
-        out = Verification(**result.to_json(), checked_at=iso(services.clock()))
-        services.verify_cache["result"] = out
-        return out
+    assert services.verification is not None
+    status = services.verification.current()
+    if status is None:
+        status = services.verification.refresh(FIRST_WAIT_S)
+    return verification_out(services, status)
+
+
+def verification_out(services: Services, status: Status | None) -> Verification:
+    """The answer for a verification status (503 when there is none yet)."""
+    verifier = services.verification
+    if status is None or verifier is None:
+        raise Unavailable("the first verification of the ledger since the server started is still running; "
+                          "retry shortly")
+    result = status.result.to_json()
+    return Verification(
+        **result, kind=status.kind, verified_from=status.verified_from, checked_at=iso(status.checked_at),
+        age_s=round(max(0.0, services.clock() - status.checked_at), 3), took_ms=round(status.took_s * 1000, 3),
+        ledger_size=services.ledger.store.size(), running=verifier.running,
+    )

@@ -36,6 +36,7 @@ from domain.ports import (
     event_hash_of,
     first_repeated_event_id,
     nodes_to_store,
+    repeated_event_id_in,
 )
 from domain.verify_scan import RangeReaderBase
 
@@ -234,6 +235,12 @@ class PostgresRangeReader(RangeReaderBase):
         try:
             with _open(self.dsn) as conn:  # its own: this runs on a thread beside the scans
                 return first_repeated_event_id(conn.execute, end, "%s")
+        except psycopg.Error as e:
+            raise StoreError(f"ledger read failed: {_reason(e)}") from e
+
+    def repeated_event_id_in(self, start: int, end: int) -> tuple[int, str] | None:
+        try:
+            return repeated_event_id_in(self._conn().execute, start, end, "%s")
         except psycopg.Error as e:
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
 

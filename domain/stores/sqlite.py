@@ -29,6 +29,7 @@ from domain.ports import (
     event_hash_of,
     first_repeated_event_id,
     nodes_to_store,
+    repeated_event_id_in,
 )
 from domain.verify_scan import RangeReaderBase, StoredRow
 
@@ -425,6 +426,9 @@ class SQLiteRangeReader(RangeReaderBase):
             return first_repeated_event_id(conn.execute, end, "?")
         finally:
             conn.close()
+
+    def repeated_event_id_in(self, start: int, end: int) -> tuple[int, str] | None:
+        return repeated_event_id_in(self._conn().execute, start, end, "?")
 
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         rows = self._conn().execute(

@@ -33,6 +33,7 @@ from domain.ports import (
 )
 from domain.records import Record
 from domain.verify import verify_log
+from domain.verify_tail import verify_tail
 from tachograph.contract.canonical import loads
 from tests.factories import FakeClock, event, items, make_ledger, workload_events
 
@@ -835,6 +836,25 @@ class PersistentStoreContract:
             )
             assert not result.ok and result.position == last, result
             assert f"stored column {named} is" in result.reason
+
+    def test_the_tail_after_a_verification_is_verified_through_the_reader_and_a_repeated_id_found(
+        self, store, raw_sql
+    ):
+        ledger = make_ledger(store=store)
+        events = workload_events(runs=8)
+        first = [e for e in events if e["run_id"] < "run-0000004"]
+        ledger.append(items(first))
+        notes = lambda: [c.note for c in store.checkpoints()]  # noqa: E731
+        full = verify_log(store.range_reader(), notes(), [ledger.signer.vkey], allow_unsigned_tail=True)
+        assert full.ok and full.state is not None
+        size = store.size()
+        ledger.append(items([e for e in events if e["run_id"] >= "run-0000004"]))
+        assert store.range_reader().repeated_event_id_in(size, store.size()) is None
+        tail = verify_tail(full.state, store.range_reader(), notes(), store.node, allow_unsigned_tail=True)
+        assert tail.ok and (tail.entries, tail.root) == (store.size(), ledger.root(store.size()).hex())
+        raw_sql("DROP INDEX entries_event_id", ())  # a tamperer's first step: then an id repeats
+        raw_sql("UPDATE entries SET event_id = %s WHERE idx = %s", (first[0]["event_id"], size + 3))
+        assert store.range_reader().repeated_event_id_in(size, store.size()) == (size + 3, first[0]["event_id"])
 
     def test_reopening_the_store_keeps_everything_and_schema_creation_is_idempotent(
         self, open_store: OpenStore

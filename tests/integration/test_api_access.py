@@ -19,6 +19,7 @@ ENDPOINTS: list[tuple[str, str, Capability, bytes | None]] = [
     ("POST", "/v1/events", Capability.INGEST, b"[]"),
     ("POST", "/v1/traces", Capability.INGEST, b"{}"),
     ("GET", "/v1/runs", Capability.READ_HISTORY, None),
+    ("GET", "/v1/runs/{run}", Capability.READ_HISTORY, None),
     ("GET", "/v1/runs/{run}/timeline", Capability.READ_HISTORY, None),
     ("GET", "/v1/runs/{run}/events", Capability.READ_HISTORY, None),
     ("GET", "/v1/runs/{run}/evidence", Capability.EVIDENCE, None),
@@ -128,9 +129,9 @@ def test_missing_malformed_expired_and_revoked_keys_get_401_everywhere(seeded: t
 def test_another_workspaces_run_is_indistinguishable_from_a_missing_one(seeded: tuple[Api, str]) -> None:
     a, run = seeded
     other = {"Authorization": f"Bearer {a.key('globex', 'auditor')}"}
-    for suffix in ("timeline", "events", "evidence"):
-        theirs = a.client.get(f"/v1/runs/{run}/{suffix}", headers=other)
-        missing = a.client.get(f"/v1/runs/no-such-run/{suffix}", headers=other)
+    for suffix in ("", "/timeline", "/events", "/evidence"):
+        theirs = a.client.get(f"/v1/runs/{run}{suffix}", headers=other)
+        missing = a.client.get(f"/v1/runs/no-such-run{suffix}", headers=other)
         assert theirs.status_code == missing.status_code == 404
         assert theirs.json()["message"].replace(run, "X") == missing.json()["message"].replace(
             "no-such-run", "X")

@@ -1,4 +1,5 @@
-"""``GET /v1/log/verification``: concurrent calls for one ledger size share one computation."""
+"""``GET /v1/log/verification``: concurrent calls for one ledger size share one computation, and
+once the ledger was verified in full only what was appended since is verified."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from tests.integration.api_support import Api, api, publish, workload
 __all__ = ["api"]
 
 
-def _verifications(a: Api) -> float:
-    return a.services.metrics.verifications._value.get()  # the counter behind /metrics
+def _verifications(a: Api, kind: str = "full") -> float:
+    return a.services.metrics.verifications.labels(kind)._value.get()  # the counter behind /metrics
 
 
 def test_concurrent_verification_calls_share_one_computation(api: Api) -> None:
@@ -32,8 +33,10 @@ def test_concurrent_verification_calls_share_one_computation(api: Api) -> None:
     for t in threads:
         t.join(60)
     assert len(answers) == 8 and all(x["ok"] and x["entries"] == api.ledger.store.size() for x in answers)
-    assert _verifications(api) == 1
-    assert "tacho_log_verifications_total 1.0" in api.client.get("/metrics").text
-    api.client.get("/v1/runs", headers=h)  # an audited read: the ledger grew, so verify again
-    assert api.client.get("/v1/log/verification", headers=h).json()["ok"]
-    assert _verifications(api) == 2
+    assert _verifications(api) == 1 and all(x["kind"] == "full" for x in answers)
+    assert 'tacho_log_verifications_total{kind="full"} 1.0' in api.client.get("/metrics").text
+    api.client.get("/v1/runs", headers=h)  # an audited read: the ledger grew, so verify what is new
+    again = api.client.get("/v1/log/verification", headers=h).json()
+    assert again["ok"] and again["kind"] == "incremental" and again["entries"] == api.ledger.store.size()
+    assert again["verified_from"] == answers[0]["entries"] and again["ledger_size"] == again["entries"]
+    assert (_verifications(api), _verifications(api, "incremental")) == (1, 1)
