@@ -27,12 +27,12 @@ from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.model_config import configured_models
 from api.policies import PolicyService
+from api.read_side import open_view
 from api.replay_jobs import ReplayJobs
 from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops, policies, replays
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
-from api.run_index import RunIndex
 from api.settings import Settings
 from api.webhooks_dispatch import Webhooks
 from domain.approvals import ApprovalConflict
@@ -47,6 +47,7 @@ from domain.errors import (
 from domain.ledger import Ledger
 from domain.origins import OriginError
 from projections.errors import ProjectionError, ReportError
+from projections.run_index import RUNS, RunIndex, RunIndexProjection
 from replay.store import ReplayReports
 from tachograph.prices import PriceTable
 
@@ -179,6 +180,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop them, sign the tail, and let a running replay finish (queued ones are dropped)."""
     services: Services = app.state.services
     keeper: Housekeeper | None = app.state.housekeeper
+    for model in services.read_models():  # projections run in the background while served
+        model.start()
     if keeper is not None:
         keeper.start()
     services.witnesses = witness_pusher(services.settings, services.ledger)
@@ -193,6 +196,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if services.witnesses is not None:
         await run_in_threadpool(services.witnesses.stop)
     await run_in_threadpool(services.replays.close)
+    for model in services.read_models():
+        await run_in_threadpool(model.stop)
 
 
 def create_app(
@@ -213,11 +218,13 @@ def create_app(
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
     prices = PriceTable.from_file(settings.prices) if settings.prices else PriceTable()
+    runs = RunIndex(ledger.store, open_view(ledger.store, settings.data_dir, RunIndexProjection.name, (RUNS,)),
+                    wait_s=settings.read_wait_s)
     services = Services(
         settings=settings,
         ledger=ledger,
         keys=keys,
-        runs=RunIndex(ledger.store),
+        runs=runs,
         audit=AuditTrail(ledger, clock),
         metrics=Metrics(),
         limits=limits,
@@ -225,7 +232,7 @@ def create_app(
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
                            workers=settings.replay_workers, prices=prices,
-                           models=configured_models(settings.models)),
+                           models=configured_models(settings.models), runs=runs),
         halts=HaltService(ledger, clock),
         policies=PolicyService.with_local_opa(ledger, clock),
         prices=prices,

@@ -17,10 +17,11 @@ from api.halts import HaltService
 from api.keys_store import ApiKey, AuthError, KeyStore
 from api.metrics import Metrics
 from api.policies import PolicyService
-from api.run_index import RunIndex
 from api.settings import Settings
 from api.witness_pusher import WitnessPusher
 from domain.ledger import Ledger
+from projections.run_index import RunIndex
+from projections.tracking import ReadModel
 from tachograph.prices import PriceTable
 
 if TYPE_CHECKING:
@@ -56,6 +57,11 @@ class Services:
     verify_lock: threading.Lock = field(default_factory=threading.Lock)  # one verification at a time
     witnesses: WitnessPusher | None = None  # started by the app's lifespan (TACHO_WITNESSES)
     approval_signals: ApprovalSignals = field(default_factory=ApprovalSignals)
+    extra_read_models: list[ReadModel[Any]] = field(default_factory=list)  # the console's board
+
+    def read_models(self) -> list[ReadModel[Any]]:
+        """Every read model the app keeps current (their runners start with the app)."""
+        return [self.runs, *self.extra_read_models]
 
 
 def get_services(request: Request) -> Services:

@@ -23,6 +23,7 @@ from api.schemas import ReplayStart
 from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
+from projections.run_index import RunIndex
 from replay.cache import ReplayAnswers, ResponseCache
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import AgentLoadError, PromptError, ReplayNotFoundError, UnknownModelError
@@ -136,8 +137,10 @@ class ReplayJobs:
         workers: int = 2,
         prices: PriceTable | None = None,
         models: Mapping[str, HttpModelConfig] | None = None,
+        runs: RunIndex | None = None,
     ) -> None:
         self.ledger = ledger
+        self.runs = runs  # the run index replay selects from (None: one built for each selection)
         self.prices = prices or PriceTable()
         self.http_models = dict(models or {})
         self.reports = reports
@@ -250,7 +253,7 @@ class ReplayJobs:
               finished_only: bool = True) -> list[RecordedRun]:
         """The workspace's production runs of ``workflow`` (``since``), oldest first."""
         return [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since,
-                                     finished_only=finished_only)
+                                     finished_only=finished_only, index=self.runs, workspace=workspace)
                 if r.workspace == workspace]
 
     def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,
