@@ -27,7 +27,7 @@ from api.keys_store import AuthError, KeyRequestError, KeyStore
 from api.metrics import Metrics
 from api.model_config import configured_models
 from api.policies import PolicyService
-from api.read_side import open_view
+from api.read_side import run_index
 from api.replay_jobs import ReplayJobs
 from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops, policies, replays
 from api.routes import keys as key_routes
@@ -47,7 +47,6 @@ from domain.errors import (
 from domain.ledger import Ledger
 from domain.origins import OriginError
 from projections.errors import ProjectionError, ReportError
-from projections.run_index import RUNS, RunIndex, RunIndexProjection
 from replay.store import ReplayReports
 from tachograph.prices import PriceTable
 
@@ -218,8 +217,7 @@ def create_app(
     keys = keys or KeyStore(settings.data_dir / "keys" / "apikeys.db", clock)
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
     prices = PriceTable.from_file(settings.prices) if settings.prices else PriceTable()
-    runs = RunIndex(ledger.store, open_view(ledger.store, settings.data_dir, RunIndexProjection.name, (RUNS,)),
-                    wait_s=settings.read_wait_s)
+    runs = run_index(settings, ledger.store)
     services = Services(
         settings=settings,
         ledger=ledger,

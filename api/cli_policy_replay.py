@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from api.output import console, err_console, print_json
+from api.read_side import run_index
 from api.settings import Settings
 from domain.ledger import Ledger, iso
 from replay.history import load_runs
@@ -43,7 +44,12 @@ def policy_replay(ledger: Ledger, settings: Settings, *, policy: Path, opa_url: 
                   gate: PolicyGate, rid: str, workflow: str | None, since: str | None,
                   runs: list[str], limit: int | None, json_out: bool) -> int:
     """Run the what-if policy replay, store and print its report; the exit code (1: gate failed)."""
-    recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, limit=limit)
+    index = run_index(settings, ledger.store)
+    try:
+        recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, limit=limit,
+                             index=index)
+    finally:
+        index.close()
     if not recorded:
         raise typer.BadParameter(f"no finished production runs of workflow {workflow!r} match")
     with _opa_url(policy, opa_url) as url, OpaClient(url, rule, timeout_s=10.0) as client:

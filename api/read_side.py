@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from api.settings import Settings
 from domain.ports import LedgerStore
+from projections.run_index import RUNS, RunIndex, RunIndexProjection
 from projections.sqlview import SQLiteView, SQLView, Table
 
 
@@ -24,3 +26,9 @@ def open_view(store: LedgerStore, data_dir: Path, name: str, tables: tuple[Table
     if path is None or str(path) == ":memory:":
         return SQLiteView(name, tables, None)
     return SQLiteView(name, tables, data_dir / "views" / f"{name}.db")
+
+
+def run_index(settings: Settings, store: LedgerStore) -> RunIndex:
+    """The run index of ``store``'s ledger (the API's runs, replay's catalogue), in its view."""
+    return RunIndex(store, open_view(store, settings.data_dir, RunIndexProjection.name, (RUNS,)),
+                    wait_s=settings.read_wait_s)
