@@ -9,15 +9,34 @@ from collections.abc import Callable
 from threading import Event
 from typing import Any
 
+import duckdb
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking, WaitInterruptedError
 
 from projections.sqlview import SQLiteView
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb"])
 def make_view(request: Any) -> Callable[[], Any]:
-    if request.param == "sqlite":
+    return _factory(request.param, request)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_sql_view(request: Any) -> Callable[[], Any]:
+    return _factory(request.param, request)
+
+
+def _factory(kind: str, request: Any) -> Callable[[], Any]:
+    if kind == "duckdb":  # the analytics file's recorder: no ledger position of its own
+        from projections.duckdb_tracking import DuckDBTrackingRecorder
+
+        def duck() -> Any:
+            rec = DuckDBTrackingRecorder(duckdb.connect())
+            rec.create_table()
+            return rec
+
+        return duck
+    if kind == "sqlite":
         factory: Callable[[], Any] = lambda: SQLiteView("contract", [], None)  # noqa: E731
     else:
         from projections.pgview import PostgresView
@@ -68,7 +87,7 @@ def test_wait(make_view) -> None:
         rec.wait("upstream1", 22, interrupt=interrupt)
 
 
-def test_a_view_starts_at_position_zero_of_the_ledger(make_view) -> None:
-    rec = make_view()
+def test_a_view_starts_at_position_zero_of_the_ledger(make_sql_view) -> None:
+    rec = make_sql_view()
     assert rec.max_tracking_id("ledger") == 0 and rec.position() == 0
     rec.wait("ledger", 0, timeout=0.1)
