@@ -74,3 +74,32 @@ def test_a_run_the_agent_runtime_flushed_over_http_is_in_the_runs_list_and_appro
     board = api.app.state.console.board
     assert [a.approval_id for a in board.pending("acme", api.clock())] == ["ap-ryw"]
     transport.close(5)
+
+
+def test_a_read_the_run_index_cannot_reach_in_time_answers_503_saying_how_far_behind(tmp_path):
+    api = make_api(tmp_path, read_wait_s=0.3)
+    runs = api.services.runs
+    process = runs.projection.process_event
+    gate = __import__("threading").Event()
+
+    def slow(batch: Any, tracking: Any) -> None:
+        gate.wait(10)  # the projection is stuck until the test lets it go
+        process(batch, tracking)
+
+    runs.projection.process_event = slow  # type: ignore[method-assign]
+    runs.start()
+    try:
+        events = [v for _, v in _run("ryw-slow", steps=2)]
+        r = api.client.post("/v1/events", content=b"[" + b",".join(events) + b"]",
+                            headers={**api.auth("publisher"), "Content-Type": "application/json"})
+        assert r.status_code == 200
+        late = api.client.get("/v1/runs", headers=api.auth("auditor"))
+        assert late.status_code == 503 and late.headers["Retry-After"] == "1"
+        assert late.json()["error"] == "ProjectionLagError" and "entries behind" in late.json()["message"]
+        gate.set()
+        ok = api.client.get("/v1/runs", headers=api.auth("auditor"))
+        assert ok.status_code == 200 and [x["run_id"] for x in ok.json()["runs"]] == ["ryw-slow"]
+    finally:
+        gate.set()
+        runs.stop()
+        close_api(api)
