@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
@@ -21,12 +22,11 @@ from domain.origins import (
     PRODUCTION,
     OriginSelection,
     RunOrigin,
-    origin_of_entry,
+    run_origin,
 )
 from domain.ports import LedgerStore
 from projections.sqlview import SQLiteView, SQLView, Table
 from projections.tracking import BATCH, LedgerBatch, ReadModel
-from tachograph.contract.canonical import loads
 
 RUNS = Table(
     "run_index",
@@ -113,36 +113,80 @@ class RunSummary:
         values["cost_usd"] = Decimal(values["cost_usd"])
         return cls(**values, origin=origin)
 
-    def apply(self, index: int, entry: dict[str, Any]) -> None:
+    def apply(self, index: int, entry: Entry) -> None:
         """Fold one stored event entry of the run (its ``event`` member as published)."""
-        ev = entry["event"]
+        ev = entry.event
         self.events += 1
         self.last_index = index
-        data = ev["data"]
-        etype = ev["type"]
+        data = ev.data
+        etype = ev.type
+        kind = entry.source.kind if entry.source is not None else None
         if etype == "run.started":
-            self.workflow, self.mode, self.risk_tier = data["workflow"], data["mode"], data["risk_tier"]
-            self.agent_id, self.agent_version = ev["agent"]["id"], ev["agent"]["version"]
-            self.started = ev["time"]
-            self.origin = origin_of_entry(entry)
+            self.workflow, self.mode, self.risk_tier = data.workflow, data.mode, data.risk_tier
+            self.agent_id, self.agent_version = ev.agent.id, ev.agent.version
+            self.started = ev.time
+            self.origin = run_origin(kind, {"labels": data.labels})
             self.decision_log = self.origin.decision_log
-            kind = (entry.get("source") or {}).get("kind")
-            self.source_kind = kind if isinstance(kind, str) else None
-        elif self.decision_log and (entry.get("source") or {}).get("kind") != DECISION_LOG_SOURCE:
+            self.source_kind = kind
+        elif self.decision_log and kind != DECISION_LOG_SOURCE:
             self.decision_log = False  # someone else wrote into it: a run like any other
         if etype == "model.called":
             self.model_calls += 1
-            self.tokens += int(data["input_tokens"]) + int(data["output_tokens"])
-            if data.get("priced") is False:  # unknown, not free
+            self.tokens += int(data.input_tokens) + int(data.output_tokens)
+            if data.priced is False:  # unknown, not free
                 self.unpriced_calls += 1
             else:
-                self.cost_usd += Decimal(str(data["cost_usd"]))
+                self.cost_usd += data.cost_usd or Decimal(0)
         elif etype == "tool.called":
             self.tool_calls += 1
-        elif etype == "policy.evaluated" and data["decision"] == "deny":
+        elif etype == "policy.evaluated" and data.decision == "deny":
             self.denials += 1
         elif etype == "run.completed":
-            self.outcome, self.completed = data["outcome"], ev["time"]
+            self.outcome, self.completed = data.outcome, ev.time
+
+
+class _Agent(msgspec.Struct):
+    id: Any = None
+    version: Any = None
+
+
+class _Data(msgspec.Struct):
+    """The ``data`` members the index folds (all others are skipped unread)."""
+
+    workflow: Any = None
+    mode: Any = None
+    risk_tier: Any = None
+    labels: Any = None
+    input_tokens: Any = 0
+    output_tokens: Any = 0
+    cost_usd: Decimal | None = None  # exact: JSON numbers and decimal strings alike
+    priced: Any = None
+    decision: Any = None
+    outcome: Any = None
+
+
+class _Event(msgspec.Struct):
+    workspace: str
+    run_id: str
+    type: str
+    time: str
+    agent: _Agent
+    data: _Data
+
+
+class _Source(msgspec.Struct):
+    kind: Any = None
+
+
+class Entry(msgspec.Struct):
+    """What the run index reads of a stored event entry (decoding the rest would be most of its
+    time: model requests and responses)."""
+
+    event: _Event
+    source: _Source | None = None
+
+
+_decode_entry = msgspec.json.Decoder(Entry).decode
 
 
 @dataclass(frozen=True)
@@ -212,8 +256,8 @@ class RunIndexProjection(Projection[SQLView]):
             rows = [r for r in domain_event.rows if r.index >= tx.position]
             if tx.done or not rows:
                 return
-            entries = [(r.index, loads(r.data)) for r in rows]
-            keys = [(e["event"]["workspace"], e["event"]["run_id"]) for _, e in entries]
+            entries = [(r.index, _decode_entry(r.data)) for r in rows]
+            keys = [(e.event.workspace, e.event.run_id) for _, e in entries]
             tx.prefetch(RUNS, RUNS.key, keys)
             runs: dict[tuple[str, str], RunSummary] = {}
             for key, (index, entry) in zip(keys, entries, strict=True):
@@ -221,7 +265,7 @@ class RunIndexProjection(Projection[SQLView]):
                 if s is None:
                     row = tx.get(RUNS, key)
                     s = runs[key] = RunSummary.of_row(row) if row is not None else \
-                        RunSummary(key[0], key[1], index, entry["event"]["time"])
+                        RunSummary(key[0], key[1], index, entry.event.time)
                 s.apply(index, entry)
             for s in runs.values():
                 tx.put(RUNS, s.to_row())

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 5_000
 """Ledger entries per batch (one view transaction each)."""
-IDLE_POLL_S = 0.5
+IDLE_POLL_S = 0.1
 """How often a caught-up subscription looks for new entries when no reader wakes it."""
 
 
