@@ -28,12 +28,12 @@ from api.log_verifier import LogVerifier
 from api.metrics import Metrics
 from api.model_config import configured_models
 from api.policies import PolicyService
+from api.read_side import run_index
 from api.replay_jobs import ReplayJobs
 from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops, policies, replays
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
-from api.run_index import RunIndex
 from api.settings import Settings
 from api.webhooks_dispatch import Webhooks
 from domain.approvals import ApprovalConflict
@@ -181,6 +181,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     (queued ones are dropped)."""
     services: Services = app.state.services
     keeper: Housekeeper | None = app.state.housekeeper
+    for model in services.read_models():  # projections run in the background while served
+        model.start()
     if keeper is not None:
         keeper.start()
     assert services.verification is not None
@@ -198,6 +200,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if services.witnesses is not None:
         await run_in_threadpool(services.witnesses.stop)
     await run_in_threadpool(services.replays.close)
+    for model in services.read_models():
+        await run_in_threadpool(model.stop)
 
 
 def create_app(
@@ -219,11 +223,12 @@ def create_app(
     limits = limits or Limits(settings.api_max_body_bytes, settings.api_max_batch)
     prices = PriceTable.from_file(settings.prices) if settings.prices else PriceTable()
     policy_service = PolicyService.with_local_opa(ledger, clock)
+    runs = run_index(settings, ledger.store)
     services = Services(
         settings=settings,
         ledger=ledger,
         keys=keys,
-        runs=RunIndex(ledger.store),
+        runs=runs,
         audit=AuditTrail(ledger, clock),
         metrics=Metrics(),
         limits=limits,
@@ -231,7 +236,8 @@ def create_app(
         replays=ReplayJobs(ledger, ReplayReports(settings.data_dir / "replays"), clock,
                            settings.replay_agents, max_queued=settings.replay_queue,
                            workers=settings.replay_workers, prices=prices,
-                           models=configured_models(settings.models), policies=policy_service),
+                           models=configured_models(settings.models), policies=policy_service,
+                           runs=runs),
         halts=HaltService(ledger, clock),
         policies=policy_service,
         prices=prices,

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from api.output import console, err_console, print_json
+from api.read_side import run_index
 from api.settings import Settings
 from domain.ledger import Ledger, iso
 from ingest.policies import LedgerPolicies, Revision, is_revision
@@ -66,7 +67,12 @@ def policy_replay(ledger: Ledger, settings: Settings, *, policy: Path, opa_url: 
     ``policy``: a ``.rego`` file or bundle directory; a name that is no path but a revision id
     (``3-5f2a9c1e0b7d``) is that revision of the runs' workspace in the local ledger (a path that
     exists wins). With ``opa_url``, that OPA is asked instead of one started here."""
-    recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, limit=limit)
+    index = run_index(settings, ledger.store)
+    try:
+        recorded = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, limit=limit,
+                             index=index)
+    finally:
+        index.close()
     if not recorded:
         raise typer.BadParameter(f"no finished production runs of workflow {workflow!r} match")
     stored = None if policy.exists() else stored_revision(ledger, str(policy), recorded)

@@ -8,7 +8,7 @@ import sys
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,12 +24,13 @@ from api.model_config import (
     with_candidate,
 )
 from api.output import console, err_console, print_json
+from api.read_side import run_index
 from api.settings import Settings
 from domain.ledger import Ledger, iso
 from replay.cache import ReplayAnswers
 from replay.engine import ReplayConfig, check_prices, run_replay
 from replay.errors import UnpricedModelError
-from replay.history import load_runs
+from replay.history import RecordedRun, load_runs
 from replay.render import render_answers, render_report
 from replay.report import Gate, estimate
 from replay.selection import Selection, recorded_entry_point, select_runs
@@ -54,6 +55,16 @@ def _rate(value: str | None, option: str) -> Decimal | None:
 def _usd(cost: Decimal | None, unpriced: int) -> str:
     """A total cost, or why it is unknown."""
     return f"${cost}" if cost is not None else f"unknown ({unpriced} model call(s) with no price)"
+
+
+def _load(ledger: Ledger, **kw: Any) -> list[RecordedRun]:
+    """Recorded runs (``load_runs``), selected from the data dir's run index (which resumes from
+    its recorded position: only entries appended since it last ran are read)."""
+    index = run_index(Settings(), ledger.store)
+    try:
+        return load_runs(ledger.store, index=index, **kw)
+    finally:
+        index.close()
 
 
 def _reports(settings: Settings) -> ReplayReports:
@@ -266,7 +277,7 @@ def _full_selection(ledger: Ledger, agent: str | None, prompt: list[str] | None,
                     since: str | None, runs: list[str], limit: int | None) -> tuple[AgentSpec, Selection]:
     """The agent code (``--agent``, else the entry point the newest run recorded) and the
     production runs it can replay; runs recorded by other code are reported, not replayed."""
-    candidates = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs)
+    candidates = _load(ledger, workflow=workflow, since=since, run_ids=runs)
     if not candidates:
         raise typer.BadParameter(f"no finished production runs of workflow {workflow!r} match")
     ref = agent or recorded_entry_point(candidates)
@@ -298,7 +309,7 @@ def _step_replay(ledger: Ledger, models: ModelRegistry, settings: Settings, gate
     if agent or prompt:
         raise typer.BadParameter("--steps sends the recorded requests as they were: it takes no --agent "
                                  "or --prompt (a full replay does)")
-    candidates = load_runs(ledger.store, workflow=workflow, since=since, run_ids=runs, finished_only=False)
+    candidates = _load(ledger, workflow=workflow, since=since, run_ids=runs, finished_only=False)
     selection = select_runs(candidates, None, limit)
     if not selection.runs:
         raise typer.BadParameter(f"no production runs of workflow {workflow!r} match")

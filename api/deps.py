@@ -18,10 +18,11 @@ from api.keys_store import ApiKey, AuthError, KeyStore
 from api.log_verifier import LogVerifier
 from api.metrics import Metrics
 from api.policies import PolicyService
-from api.run_index import RunIndex
 from api.settings import Settings
 from api.witness_pusher import WitnessPusher
 from domain.ledger import Ledger
+from projections.run_index import RunIndex
+from projections.tracking import ReadModel
 from tachograph.prices import PriceTable
 
 if TYPE_CHECKING:
@@ -56,6 +57,11 @@ class Services:
     verification: LogVerifier | None = None  # the verification status (built by create_app)
     witnesses: WitnessPusher | None = None  # started by the app's lifespan (TACHO_WITNESSES)
     approval_signals: ApprovalSignals = field(default_factory=ApprovalSignals)
+    extra_read_models: list[ReadModel[Any]] = field(default_factory=list)  # the console's board
+
+    def read_models(self) -> list[ReadModel[Any]]:
+        """Every read model the app keeps current (their runners start with the app)."""
+        return [self.runs, *self.extra_read_models]
 
 
 def get_services(request: Request) -> Services:

@@ -29,6 +29,7 @@ from domain.errors import BackpressureError, NotFoundError, TachographError
 from domain.ledger import Ledger, iso
 from domain.ports import LedgerStore
 from ingest.policies import Revision
+from projections.run_index import RunIndex
 from replay.cache import ReplayAnswers, ResponseCache
 from replay.engine import ReplayConfig, run_replay
 from replay.errors import (
@@ -173,9 +174,11 @@ class ReplayJobs:
         prices: PriceTable | None = None,
         models: Mapping[str, HttpModelConfig] | None = None,
         policies: PolicyService | None = None,
+        runs: RunIndex | None = None,
     ) -> None:
         self.ledger = ledger
         self.policies = policies
+        self.runs = runs  # the run index replay selects from (None: one built for each selection)
         self.prices = prices or PriceTable()
         self.http_models = dict(models or {})
         self.reports = reports
@@ -323,7 +326,7 @@ class ReplayJobs:
               finished_only: bool = True) -> list[RecordedRun]:
         """The workspace's production runs of ``workflow`` (``since``), oldest first."""
         return [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since,
-                                     finished_only=finished_only)
+                                     finished_only=finished_only, index=self.runs, workspace=workspace)
                 if r.workspace == workspace]
 
     def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,

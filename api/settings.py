@@ -74,6 +74,10 @@ class Settings(BaseSettings):
         ["examples.triage:triage", "examples.invoices:match_invoice"],
         description="agents (module:function) the HTTP API may replay; JSON list in the environment",
     )
+    read_wait_s: float = Field(
+        10.0, gt=0, le=600, description="HTTP API: how long a read waits for the read models (run "
+        "index, console board) to reach the ledger as it stood when the read began, before 503",
+    )
     replay_queue: int = Field(8, ge=1, description="HTTP API: replays queued or running at once")
     replay_workers: int = Field(2, ge=1, description="runs replayed in parallel within one replay")
     prices: Path | None = Field(

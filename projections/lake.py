@@ -170,7 +170,7 @@ def export_parquet(
     _lake_selection(directory, manifest, runs)
     removed = _remove_orphans(directory, manifest)
     start = int(manifest.get("position", 0))
-    rows = con.execute("SELECT value FROM projection_state WHERE name = 'position'").fetchall()
+    rows = con.execute("SELECT notification_id FROM tracking WHERE application_name = 'ledger'").fetchall()
     end = int(rows[0][0]) if rows else 0
     report = ExportReport(str(directory), start, end, since.isoformat() if since else None, runs)
     report.removed_orphans = removed

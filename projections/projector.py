@@ -1,8 +1,11 @@
 """The projector: applies the ledger's global order to the analytics DuckDB file.
 
-Each batch of entries becomes rows of ``events`` and recomputed rows of ``run_facts`` for
-the runs it touches; the new position is written in the SAME DuckDB transaction, so a crash
-at any point leaves the rows and the position consistent (no double counting on restart).
+An eventsourcing ``Projection`` whose view is the DuckDB file: each batch of entries becomes rows
+of ``events`` and recomputed rows of ``run_facts`` for the runs it touches, and its
+``Tracking(LEDGER, end)`` is recorded by the file's tracking recorder in the SAME DuckDB
+transaction, so a crash at any point leaves the rows and the position consistent (no double
+counting on restart). It reads the ledger's raw bytes itself, a batch ahead on a reader thread,
+as Arrow tables (docs/decisions/0008-read-side-projections.md).
 """
 
 from __future__ import annotations
@@ -18,23 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
 
 from domain.ports import LedgerStore
+from projections.duckdb_tracking import TRACKING_DDL, DuckDBTrackingRecorder
 from projections.errors import AnalyticsBusyError, LedgerMismatchError
 from projections.schema import (
+    PREVIOUS_SCHEMA_VERSION,
     RUN_FACTS_DDL,
     RUN_FACTS_SELECT,
     SCHEMA_VERSION,
     STATE_DDL,
     events_ddl,
 )
+from projections.sqlview import LEDGER
 from projections.transform import INEXACT, Batch, insert_events_sql, register_functions
 from projections.views import view_ddl
 
 DEFAULT_BATCH = 250_000
 # a batch commit writes its rows to the WAL; checkpoint (rewrite into the file) only past this
 CHECKPOINT_THRESHOLD = "256MB"
-TABLES = ("events", "run_facts", "projection_state")
+TABLES = ("events", "run_facts", "projection_state", "tracking")
 
 
 def connect(path: Path, read_only: bool = False, retries: int = 0) -> duckdb.DuckDBPyConnection:
@@ -99,8 +107,10 @@ class ProjectionStatus:
 Progress = Callable[[int], None]
 
 
-class Projector:
+class Projector(Projection[DuckDBTrackingRecorder]):
     """Brings one analytics DuckDB connection up to date with a ledger store."""
+
+    name = "analytics"
 
     def __init__(
         self,
@@ -108,6 +118,7 @@ class Projector:
         con: duckdb.DuckDBPyConnection,
         batch_size: int = DEFAULT_BATCH,
     ) -> None:
+        super().__init__(DuckDBTrackingRecorder(con))
         self.store = store
         self.con = con
         self.batch_size = batch_size
@@ -133,9 +144,11 @@ class Projector:
         con = self.con
         con.begin()
         try:
-            for name in ("projection_state", "run_facts", "events"):
+            for name in ("projection_state", "tracking", "run_facts", "events"):
                 con.execute(f"DROP TABLE IF EXISTS {name} CASCADE")
             con.execute(STATE_DDL)
+            con.execute(TRACKING_DDL)
+            self.view._insert_tracking(con, Tracking(LEDGER, 0))
             con.execute(events_ddl())
             con.execute(RUN_FACTS_DDL)
             for stmt in view_ddl():
@@ -143,7 +156,7 @@ class Projector:
             origin = self.store.get_meta("origin") or ""
             con.executemany(
                 "INSERT INTO projection_state VALUES (?, ?)",
-                [["position", "0"], ["schema_version", SCHEMA_VERSION], ["origin", origin]],
+                [["schema_version", SCHEMA_VERSION], ["origin", origin]],
             )
             con.commit()
         except BaseException:
@@ -152,6 +165,8 @@ class Projector:
 
     def ensure(self) -> bool:
         """Create the schema if missing or outdated; True if it was (re)created."""
+        if "projection_state" in self._tables() and self._state("schema_version") == PREVIOUS_SCHEMA_VERSION:
+            self._migrate()
         if "projection_state" not in self._tables() or self._state("schema_version") != SCHEMA_VERSION:
             self.create()
             return True
@@ -163,14 +178,35 @@ class Projector:
             )
         return False
 
+    def _migrate(self) -> None:
+        """Schema 8 kept the position in ``projection_state``: move it to the tracking table."""
+        con = self.con
+        con.begin()
+        try:
+            position = int(self._state("position") or 0)
+            con.execute(TRACKING_DDL)
+            self.view._insert_tracking(con, Tracking(LEDGER, position))
+            con.execute("DELETE FROM projection_state WHERE name = 'position'")
+            con.execute("UPDATE projection_state SET value = ? WHERE name = 'schema_version'", [SCHEMA_VERSION])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
     def position(self) -> int:
-        """Next ledger index to apply."""
-        return int(self._state("position") or 0)
+        """Next ledger index to apply (the tracked notification id of the ledger)."""
+        return self.view.max_tracking_id(LEDGER) or 0
+
+    def process_event(self, domain_event: Batch, tracking: Tracking) -> None:
+        """Apply one batch of entries (read from the recorded position) with its tracking."""
+        start = domain_event.end - domain_event.entries
+        self.apply(domain_event, start, tracking=tracking)
 
     # -- applying -------------------------------------------------------------------------
 
     def apply(
-        self, batch: Batch, expected_start: int, staged: Callable[[], None] | None = None
+        self, batch: Batch, expected_start: int, staged: Callable[[], None] | None = None,
+        tracking: Tracking | None = None,
     ) -> int:
         """Write one batch and its new position in one transaction; the events it added.
 
@@ -186,19 +222,20 @@ class Projector:
         try:
             if staged is not None:
                 staged()
+            tracking = tracking or Tracking(LEDGER, batch.end)
             try:
-                return self._apply(batch, expected_start)
+                return self._apply(batch, expected_start, tracking)
             except duckdb.InvalidInputException as e:
                 if self.exact_numbers or INEXACT not in str(e):
                     raise
             # money sent as a fractional JSON number: redo the batch reading those exactly
             self.exact_numbers = True
-            return self._apply(batch, expected_start)
+            return self._apply(batch, expected_start, tracking)
         finally:
             with suppress(duckdb.Error):
                 con.execute("DROP TABLE IF EXISTS _stage")
 
-    def _apply(self, batch: Batch, expected_start: int) -> int:
+    def _apply(self, batch: Batch, expected_start: int, tracking: Tracking) -> int:
         con = self.con
         added = 0
         con.begin()
@@ -233,9 +270,7 @@ class Projector:
                     + RUN_FACTS_SELECT.format(touched="_touched", low=int(low))
                 )
                 con.execute("DROP TABLE _touched")
-            con.execute(
-                "UPDATE projection_state SET value = ? WHERE name = 'position'", [str(batch.end)]
-            )
+            self.view._insert_tracking(con, tracking)  # with the rows, in their transaction
             con.commit()
         except BaseException:
             con.rollback()
@@ -325,9 +360,9 @@ def status_of(store: LedgerStore, path: Path) -> ProjectionStatus:
         return ProjectionStatus(position=0, ledger_size=size)
     con = connect(path, read_only=True, retries=10)
     try:
-        rows = con.execute("SELECT value FROM projection_state WHERE name = 'position'").fetchall()
+        position = DuckDBTrackingRecorder(con).max_tracking_id(LEDGER) or 0
     except duckdb.CatalogException:
-        rows = []
+        position = 0
     finally:
         con.close()
-    return ProjectionStatus(position=int(rows[0][0]) if rows else 0, ledger_size=size)
+    return ProjectionStatus(position=position, ledger_size=size)

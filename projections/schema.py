@@ -1,4 +1,5 @@
-"""DDL of the analytics database: the event table, the run table and the projector state."""
+"""DDL of the analytics database: the event table, the run table and the projector state (its
+position is eventsourcing's tracking row: ``projections/duckdb_tracking.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from domain.origins import (
     REPLAY_ID_LABEL,
 )
 
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
+PREVIOUS_SCHEMA_VERSION = "8"
+"""Schema 8 differs only in keeping the position in ``projection_state``: it is migrated."""
 
 MONEY = "DECIMAL(38, 9)"
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.errors import NotFoundError
-from domain.origins import AUDIT, COMPENSATION, DECISION_LOG_SOURCE, PRODUCTION, REPLAY, run_origin
+from domain.origins import AUDIT, COMPENSATION, PRODUCTION, REPLAY, run_origin
 from domain.ports import EntryRow, LedgerStore
+from projections.run_index import RunIndex
 from tachograph.contract.canonical import loads
 
 __all__ = ["AUDIT", "COMPENSATION", "PRODUCTION", "REPLAY", "RecordedRun", "event_of", "load_runs"]
@@ -88,6 +89,8 @@ def load_runs(
     limit: int | None = None,
     origins: Collection[str] | None = (PRODUCTION,),
     finished_only: bool = True,
+    index: RunIndex | None = None,
+    workspace: str | None = None,
 ) -> list[RecordedRun]:
     """Recorded runs of a workflow, oldest first (``since`` an RFC 3339 date or time).
 
@@ -96,37 +99,33 @@ def load_runs(
     ``finished_only`` is False. OPA's decision logs are no agent's runs and never selected. Runs
     named in ``run_ids`` are returned whatever their origin (the caller says why one cannot be
     replayed); an unknown one raises NotFoundError.
+
+    The runs are chosen from the run ``index`` (the catalogue, projected with its position kept)
+    and only theirs are read from the store; without one, an index in memory is built from the
+    ledger for this call. ``workspace``: only that workspace's runs.
     """
     if run_ids:
         return _by_id(store, run_ids, finished_only)
-    cutoff = since or ""
-    runs: dict[tuple[str, str], RecordedRun] = {}
-    skipped: set[tuple[str, str]] = set()
-    for row in store.entries():
-        if row.kind != "event" or row.workspace is None or row.run_id is None:
-            continue
-        key = (row.workspace, row.run_id)
-        if key in skipped:
-            continue
+    if index is None:
+        index = RunIndex(store)
+        try:
+            chosen = index.catalogue(workflow=workflow, since=since, origins=origins,
+                                     finished_only=finished_only, limit=limit, workspace=workspace)
+        finally:
+            index.close()
+    else:
+        chosen = index.catalogue(workflow=workflow, since=since, origins=origins,
+                                 finished_only=finished_only, limit=limit, workspace=workspace)
+    return [_load(store, ws, run_id) for ws, run_id in chosen]
+
+
+def _load(store: LedgerStore, workspace: str, run_id: str) -> RecordedRun:
+    run = RecordedRun(workspace, run_id)
+    for row in store.run_entries(workspace, run_id):
         if row.seq == 0:
-            entry = loads(row.data)
-            ev, kind = entry["event"], _source_kind(entry)
-            d = ev["data"]
-            if (
-                (workflow is not None and d.get("workflow") != workflow)
-                or kind == DECISION_LOG_SOURCE
-                or (origins is not None and run_origin(kind, d).origin not in origins)
-                or (cutoff and ev["time"] < cutoff)
-            ):
-                skipped.add(key)
-                continue
-            runs[key] = RecordedRun(row.workspace, row.run_id, [ev], source_kind=kind)
-            continue
-        run = runs.get(key)
-        if run is not None:
-            run.add(event_of(row))
-    done = [r for r in runs.values() if r.completed is not None or not finished_only]
-    return done[:limit] if limit is not None else done
+            run.source_kind = _source_kind(loads(row.data))
+        run.add(event_of(row))
+    return run
 
 
 def _by_id(store: LedgerStore, run_ids: Iterable[str], finished_only: bool = True) -> list[RecordedRun]:
@@ -136,11 +135,7 @@ def _by_id(store: LedgerStore, run_ids: Iterable[str], finished_only: bool = Tru
         if not workspaces:
             raise NotFoundError(f"no recorded run {run_id!r}")
         for ws in workspaces:
-            run = RecordedRun(ws, run_id)
-            for row in store.run_entries(ws, run_id):
-                if row.seq == 0:
-                    run.source_kind = _source_kind(loads(row.data))
-                run.add(event_of(row))
+            run = _load(store, ws, run_id)
             if finished_only and run.completed is None:
                 raise NotFoundError(f"run {run_id!r} has not completed; only finished runs replay")
             out.append(run)

@@ -9,10 +9,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.console.actions import RevertHook, load_revert_hooks
-from api.console.board import Board
+from api.console.board import TABLES, Board, BoardProjection
 from api.console.session import Sessions
 from api.console.state import ConsoleState
 from api.deps import Services
+from api.read_side import open_view
 
 
 def mount_console(app: FastAPI, services: Services,
@@ -22,10 +23,14 @@ def mount_console(app: FastAPI, services: Services,
     from api.console.policies import router as policies_router
     from api.console.routes import router
 
+    store = services.ledger.store
+    board = Board(store, open_view(store, services.settings.data_dir, BoardProjection.name, TABLES),
+                  wait_s=services.settings.read_wait_s)
+    services.extra_read_models.append(board)
     state = ConsoleState(
         templates=ConsoleState.make_templates(),
         sessions=Sessions(services.keys, services.clock),
-        board=Board(services.ledger.store),
+        board=board,
         revert_hooks=load_revert_hooks() if revert_hooks is None else revert_hooks,
     )
     app.state.console = state

@@ -22,9 +22,9 @@ from api.console.routes import (
     person,
 )
 from api.halts import HaltChange, HaltNotFoundError, HaltRequestError
-from api.run_index import RunFilter
 from domain.origins import PRODUCTION_RUNS
 from ingest.halts import identity
+from projections.run_index import RunFilter
 from tachograph.halts import SCOPES
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)

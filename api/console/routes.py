@@ -25,12 +25,12 @@ from api.deps import Services
 from api.keys_store import AuthError
 from api.model_config import describe_models
 from api.routes.errors import BadParameter
-from api.run_index import RunFilter, RunSummary
 from api.schemas import ReplayStart
 from domain.errors import NotFoundError, TachographError
 from domain.evidence import build_evidence, verify_evidence
 from domain.origins import ALL, ORIGINS, OriginSelection
 from domain.records import RECORD_TYPES
+from projections.run_index import RunFilter, RunSummary
 from replay.errors import ReplayNotFoundError
 from tachograph.contract.canonical import dumps
 
@@ -272,13 +272,14 @@ def runs_page(
     matching, _ = services.runs.page(flt, 10**9, None, True)
     workflows = sorted({s.workflow for s in everything if s.workflow})
     versions = sorted({s.agent_version for s in everything if s.agent_version})
+    breaches_of = state.board.breaches(session.workspace)  # one read, not one per run
 
     def keep(s: RunSummary) -> bool:
         if agent_version and s.agent_version != agent_version:
             return False
         if denials == "yes" and s.denials == 0:
             return False
-        if breaches == "yes" and state.board.facts(s.workspace, s.run_id).breaches == 0:
+        if breaches == "yes" and breaches_of.get(s.run_id, 0) == 0:
             return False
         return least is None or s.cost_usd >= least
 
@@ -295,11 +296,11 @@ def runs_page(
         "runs": len(runs), "cost": sum((s.cost_usd for s in runs), Decimal(0)),
         "unpriced_runs": sum(1 for s in runs if s.unpriced_calls),
         "denials": sum(s.denials for s in runs),
-        "breaches": sum(state.board.facts(s.workspace, s.run_id).breaches for s in runs),
+        "breaches": sum(breaches_of.get(s.run_id, 0) for s in runs),
         "model_calls": sum(s.model_calls for s in runs), "tokens": sum(s.tokens for s in runs),
         "outcomes": dict(sorted(outcomes.items())), "decision_logs": len(rows) - len(runs),
     }
-    breach_of = {s.run_id: state.board.facts(s.workspace, s.run_id).breaches for s in shown}
+    breach_of = {s.run_id: breaches_of.get(s.run_id, 0) for s in shown}
     _read(request, session, "runs.list", returned=len(shown))
     params = {k: v for k, v in {"workflow": workflow, "agent_version": agent_version, "outcome": outcome,
                                 "denials": denials, "breaches": breaches, "min_cost": min_cost,

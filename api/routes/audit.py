@@ -21,7 +21,6 @@ from api.deps import (
     ServicesDep,
 )
 from api.keys_store import ApiKey
-from api.run_index import RunFilter, RunSummary
 from api.schemas import (
     AuditLogPage,
     AuditRecordOut,
@@ -41,6 +40,7 @@ from domain.evidence import build_evidence
 from domain.ledger import QUARANTINE_PREVIEW_BYTES
 from domain.ports import QuarantineRow
 from domain.records import RECORD_TYPES
+from projections.run_index import RunFilter, RunSummary
 from tachograph.contract.canonical import dumps, loads
 
 router = APIRouter(tags=["audit"])
@@ -57,8 +57,8 @@ def audited(services: Services, key: ApiKey, request: Request, action: str, **ta
     services.metrics.audited_reads.labels(action).inc()
 
 
-def _summary(services: Services, key: ApiKey, run_id: str) -> RunSummary:
-    s = services.runs.get(key.workspace, run_id)
+def _summary(services: Services, key: ApiKey, run_id: str, position: int | None = None) -> RunSummary:
+    s = services.runs.get(key.workspace, run_id, position)
     if s is None:
         raise NotFoundError(f"no run {run_id!r}")
     return s
@@ -171,8 +171,9 @@ def step_summary(etype: str, d: dict[str, Any]) -> str:
     responses=errors(401, 403, 404, 422, 503),
 )
 def run_timeline(request: Request, services: ServicesDep, key: HistoryReader, run_id: RunId) -> Timeline:
-    summary = _summary(services, key, run_id)
     rows = services.ledger.store.run_entries(key.workspace, run_id)
+    # the index need only have reached the run's newest entry (not every append since)
+    summary = _summary(services, key, run_id, rows[-1].index + 1 if rows else None)
     steps = []
     for r in rows:
         ev = loads(r.data)["event"]

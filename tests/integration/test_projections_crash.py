@@ -33,7 +33,7 @@ def _position(path: Path) -> int:
     con = connect(path, read_only=True, retries=20)
     try:
         return int(con.execute(
-            "SELECT value FROM projection_state WHERE name = 'position'").fetchall()[0][0])
+            "SELECT notification_id FROM tracking WHERE application_name = 'ledger'").fetchall()[0][0])
     except duckdb.CatalogException:  # killed before the schema was committed
         return 0
     finally:

@@ -23,6 +23,7 @@ def snapshot(con: Any) -> dict[str, list[tuple[Any, ...]]]:
     out = {name: con.execute(f"SELECT * FROM {name} ORDER BY {order}").fetchall()
            for name, order in TABLES.items()}
     out["state"] = con.execute("SELECT * FROM projection_state ORDER BY name").fetchall()
+    out["tracking"] = con.execute("SELECT * FROM tracking ORDER BY application_name").fetchall()
     return out
 
 
@@ -104,3 +105,17 @@ def test_a_database_ahead_of_its_ledger_is_refused(tmp_path: Path) -> None:
     Projector(big, con).catch_up()
     with pytest.raises(LedgerMismatchError, match="only 5 entries"):
         Projector(small, con).catch_up()
+
+
+def test_an_analytics_file_of_schema_8_keeps_its_position_in_the_tracking_table(ledger_store, tmp_path):
+    con = connect(tmp_path / "old.duckdb")
+    projector = Projector(ledger_store, con)
+    projector.rebuild()
+    size = ledger_store.size()
+    # as schema 8 left it: the position a row of projection_state, no tracking table
+    con.execute("DROP TABLE tracking")
+    con.execute("INSERT INTO projection_state VALUES ('position', ?)", [str(size)])
+    con.execute("UPDATE projection_state SET value = '8' WHERE name = 'schema_version'")
+    assert Projector(ledger_store, con).ensure() is False  # migrated, not rebuilt
+    assert Projector(ledger_store, con).position() == size
+    assert con.execute("SELECT value FROM projection_state WHERE name = 'schema_version'").fetchall() == [("9",)]
