@@ -2,9 +2,10 @@
 
 Each group worker has an **instance id**, stable across restarts: ``--instance-id``, or by
 default ``<host name>-<n>`` where ``n`` is the first slot no live worker of the group on this
-machine holds. A slot is held with a POSIX lock on ``<instance>.lock``; the kernel drops it when
-the process dies, even by ``kill -9``, so the same command run again gets the same id, and a
-second worker started beside the first gets the next one.
+machine holds. A slot is held with ``flock`` on ``<instance>.lock``; the kernel drops it when the
+process dies, even by ``kill -9``, so the same command run again gets the same id, and a second
+worker started beside the first gets the next one. Forked children (the fetch process) close
+their copy of the lock at once, so a child outliving its worker for a moment holds nothing.
 
 Beside the lock the worker keeps the **member id** the group coordinator gave that instance
 (``<instance>.member.json``). A restarted worker rejoins with it: to the coordinator it is the
@@ -33,7 +34,7 @@ from ingest.errors import IngestConfigError
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_SLOTS = 64  # workers of one group on one machine with a default instance id
 MAX_MEMBER_ID = 512  # Kafka member ids are client id + "-" + UUID
 
@@ -53,7 +54,7 @@ def host_name() -> str:
 
 def check_instance_id(instance_id: str) -> str:
     """``instance_id`` if it is a usable instance id, else IngestConfigError saying why."""
-    if not _ID.match(instance_id) or instance_id in (".", ".."):
+    if not _ID.fullmatch(instance_id) or instance_id in (".", ".."):
         raise IngestConfigError(
             f"instance id {instance_id!r} is not usable: 1 to 100 characters of A-Z, a-z, 0-9, "
             "'.', '_' and '-'"
@@ -74,6 +75,7 @@ class InstanceClaim:
     def release(self) -> None:
         """Give the instance id up (closing the lock file drops the lock)."""
         if self._fd >= 0:
+            _held.discard(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -114,16 +116,31 @@ def claim_instance(base: Path, group: str, instance_id: str | None = None) -> In
     )
 
 
+_held: set[int] = set()  # lock file descriptors this process holds
+_fork_hook = False
+
+
+def _close_in_child() -> None:
+    """After a fork: the child lets go of its copies of the parent's locks."""
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
 def _try_claim(where: Path, group: str, instance_id: str) -> InstanceClaim | None:
+    global _fork_hook
     lock_path = where / f"{instance_id}.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        # a POSIX record lock: the kernel drops it when this process dies, and a forked child
-        # (the fetch process) does not inherit it
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_close_in_child)
+        _fork_hook = True
+    _held.add(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return InstanceClaim(group, instance_id, lock_path, where / f"{instance_id}.member.json", fd)
