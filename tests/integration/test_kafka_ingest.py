@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from domain.errors import TachographError
-from ingest.errors import BrokerUnavailableError, DeliveryError, NoPartitionsError, PublishBackpressureError
+from ingest.errors import (
+    BrokerUnavailableError,
+    DeliveryError,
+    NoPartitionsError,
+    PublishBackpressureError,
+)
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker, WorkerConfig
 from tachograph.agents import AgentSpec
