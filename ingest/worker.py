@@ -185,7 +185,7 @@ class IngestWorker:
             return
         if self._failure is None:
             self._failure = NoPartitionsError(
-                f"no partitions assigned within {now - self.joining_since:.0f}s: the join of "
+                f"no partitions assigned within {limit:g}s: the join of "
                 f"consumer group {self.config.group!r} on {self.config.bootstrap} did not complete "
                 f"(--join-timeout {limit:g}s). A join waits for every member of the group to "
                 "rejoin, and one that stopped answering holds it up until its session expires (or, "
