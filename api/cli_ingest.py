@@ -20,6 +20,7 @@ from api.settings import Settings
 from domain.errors import ConfigError
 from domain.ledger import AppendReport
 from ingest.devbroker import DevBroker, ensure_topic
+from ingest.membership import claim_instance
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker, WorkerConfig, WorkerSummary
 
@@ -47,7 +48,9 @@ def cmd_ingest(
         int | None, typer.Option(help="serve Prometheus /metrics on this port")
     ] = None,
     session_timeout_ms: Annotated[
-        int | None, typer.Option(help="Kafka group session timeout (small = fast rebalances)")
+        int | None,
+        typer.Option(min=1000, help="Kafka group session timeout: a worker that dies and does not "
+                     "come back loses its partitions to the others after it (default 10000)"),
     ] = None,
     assign: Annotated[
         bool, typer.Option("--assign", help="read every partition without joining a group")
@@ -58,8 +61,15 @@ def cmd_ingest(
     ] = 30.0,
     join_timeout: Annotated[
         float,
-        typer.Option(min=0.0, help="with --until-idle: give up if the group join takes longer than this"),
+        typer.Option(min=0.0, help="exit with an error if a group join takes longer than this "
+                     "many seconds (0: wait for ever)"),
     ] = 60.0,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(help="this worker's stable name in its group; restarted with the same one it "
+                     "rejoins as the same member and resumes at once (default: TACHO_INGEST_"
+                     "INSTANCE_ID, else <host name>-<n> with the first n no running worker holds)"),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option("--verbose", "-v", help="log partition assignments and kafka-python's own messages"),
@@ -74,7 +84,8 @@ def cmd_ingest(
             "no Kafka configured: pass --bootstrap HOST:PORT or set TACHO_KAFKA_BOOTSTRAP "
             "(for development, `tacho dev-broker` starts one)"
         )
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         # the worker reports Kafka failures in its own words (retrying, or giving up with the
         # broker's address); kafka-python's per-connection errors would only repeat them
@@ -83,6 +94,9 @@ def cmd_ingest(
     if session_timeout_ms is not None:
         consumer_config["session_timeout_ms"] = session_timeout_ms
         consumer_config["heartbeat_interval_ms"] = max(100, session_timeout_ms // 3)
+    claim = None if assign else claim_instance(
+        settings.data_dir / "ingest", group, instance_id or settings.ingest_instance_id
+    )
     config = WorkerConfig(
         bootstrap=bootstrap,
         topic=topic or settings.topic,
@@ -92,7 +106,19 @@ def cmd_ingest(
         assign=assign,
         join_timeout_s=join_timeout,
         consumer_config=consumer_config,
+        instance_id=claim.instance_id if claim else None,
+        member_file=claim.member_file if claim else None,
     )
+    try:
+        _run(config, settings, metrics_port, json_out, bootstrap)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run(config: WorkerConfig, settings: Settings, metrics_port: int | None, json_out: bool,
+         bootstrap: str) -> None:
+    """Run the worker until it stops; print its summary."""
     ledger = build_ledger(settings)
     metrics = IngestMetrics()
     server = metrics.serve(metrics_port) if metrics_port is not None else None
@@ -111,10 +137,12 @@ def cmd_ingest(
 
     worker = IngestWorker(ledger, config, metrics, on_batch=on_batch)
     worker.install_signal_handlers()
+    where = ("assigned partitions" if config.assign
+             else f"group {config.group} as instance {config.instance_id}")
     err_console().print(
         f"tacho ingest: started (pid {os.getpid()}), consuming {config.topic} from {bootstrap} "
-        f"({'assigned partitions' if assign else 'group ' + config.group}); SIGTERM or Ctrl-C "
-        "stops it after the current batch", highlight=False, soft_wrap=True)
+        f"({where}); SIGTERM or Ctrl-C stops it after the current batch",
+        highlight=False, soft_wrap=True)
     pusher = witness_pusher(settings, ledger)  # in its own threads: never holds up ingest
     if pusher is not None:
         pusher.start()

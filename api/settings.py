@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str | None = Field(None, description="HOST:PORT of Kafka; none: dev broker")
     topic: str = Field("agent-events", description="the events topic")
+    ingest_instance_id: str | None = Field(
+        None, max_length=100,
+        description="tacho ingest: this worker's stable name in its consumer group (default: "
+        "<host name>-<n>, the first free n); a restart with the same one resumes at once",
+    )
     api_max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="HTTP API: largest request body (after gzip), bytes"
     )

@@ -18,3 +18,8 @@ class IngestConfigError(TachographError):
 
 class BrokerUnavailableError(TachographError):
     """Kafka stayed unreachable (or kept failing) for longer than the worker's broker timeout."""
+
+
+class NoPartitionsError(TachographError):
+    """The worker's consumer group join did not complete within its join timeout, so it holds no
+    partitions and would ingest nothing."""

@@ -37,6 +37,7 @@ from domain.ledger import Packed, validate_packed
 from domain.ports import Incoming, Source
 from ingest.errors import BrokerUnavailableError, IngestConfigError
 from ingest.gcpolicy import tune_for_batches
+from ingest.membership import forget_member_id, load_member_id, resume_member, save_member_id
 
 if TYPE_CHECKING:
     from ingest.worker import WorkerConfig
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 Message = tuple[Any, ...]
+
+#: the group session timeout unless configured: a worker that dies and does not come back loses
+#: its partitions to the others after this long (kafka-python's own default is 45 s; Tansu also
+#: holds every JoinGroup for half of it)
+SESSION_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -92,6 +98,7 @@ class Fetcher:
         from kafka import KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
 
+        instance = self.config.instance_id
         cfg: dict[str, Any] = {
             "bootstrap_servers": self.config.bootstrap,
             "group_id": self.config.group,
@@ -100,14 +107,22 @@ class Fetcher:
             "max_poll_records": self.config.batch,
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
-            "client_id": f"tachograph-ingest-{self.config.group}",
+            "client_id": f"tachograph-ingest-{self.config.group}" + (f"-{instance}" if instance else ""),
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "heartbeat_interval_ms": SESSION_TIMEOUT_MS // 3,
         }
         cfg.update(self.config.consumer_config)
+        # Tansu holds a SyncGroup for up to 0.8 x the session timeout; a request timeout below
+        # that makes the client drop the connection and start the join again, for ever
+        cfg["request_timeout_ms"] = max(cfg.get("request_timeout_ms", 30_000), cfg["session_timeout_ms"] + 5_000)
         try:
             self.consumer = KafkaConsumer(**cfg)
         except KafkaError as e:
             raise BrokerUnavailableError(f"cannot reach Kafka at {self.config.bootstrap}: {e}") from e
         if not self.config.assign:
+            member = load_member_id(self.config.member_file) if self.config.member_file else None
+            if member is not None and resume_member(self.consumer, member):
+                log.info("rejoining group %s as member %s (instance %s)", self.config.group, member, instance)
             self.consumer.subscribe([self.config.topic], listener=_listener(self))
             return
         deadline = time.monotonic() + 30
@@ -123,6 +138,9 @@ class Fetcher:
 
     def assigned(self, tps: list[Any]) -> None:
         """Seek each newly assigned partition to the offset the worker's ledger holds."""
+        if self.config.member_file is not None and not self.config.assign:
+            save_member_id(self.config.member_file, self.consumer.group_metadata().member_id,
+                           self.config.group, self.config.bootstrap)
         stored: dict[Partition, int] = self.ask(("assigned", [(tp.topic, tp.partition) for tp in tps])) or {}
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
@@ -132,14 +150,20 @@ class Fetcher:
                 self.consumer.seek(tp, offset)
 
     def revoked(self, tps: list[Any]) -> None:
-        """Wait until the worker has appended everything polled from these partitions."""
-        self.ask(("revoked", [(tp.topic, tp.partition) for tp in tps]))
+        """Wait until the worker has appended everything polled from these partitions (when
+        closing, the worker has stopped appending: no one would answer)."""
+        if not self.stopping:
+            self.ask(("revoked", [(tp.topic, tp.partition) for tp in tps]))
 
     def close(self) -> None:
-        """Leave the group (no offset commit: the ledger holds the offsets)."""
+        """Leave the group (no offset commit: the ledger holds the offsets); the member id is
+        then no longer valid, so a restart joins afresh."""
         if self.consumer is not None:
+            self.stopping = True
             self.consumer.close(autocommit=False)
             self.consumer = None
+            if self.config.member_file is not None and not self.config.assign:
+                forget_member_id(self.config.member_file)
 
     # -- the loop ----------------------------------------------------------------------------
     def poll_once(self) -> None:

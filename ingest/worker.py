@@ -20,10 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from domain.ledger import AppendReport, Ledger, Parsed, unpack
-from ingest.errors import IngestConfigError
+from ingest.errors import IngestConfigError, NoPartitionsError
 from ingest.fetch import Batch, Fetcher, FetcherProcess, Message
 from ingest.gcpolicy import batch_collection
 from ingest.metrics import IngestMetrics
@@ -45,9 +46,13 @@ class WorkerConfig:
     assign: bool = False  # manual assignment of every partition (no group join)
     parallel: bool | None = None  # poll and validate in a second process (default: >1 core)
     broker_timeout_s: float = 300.0  # give up after Kafka keeps failing this long
-    # with until_idle: how long a group join may take before the worker gives up on it (a join
-    # waits for every member to rejoin, so one stuck member delays it by its max poll interval)
+    # how long a group join may take before the worker gives up with NoPartitionsError (a join
+    # waits for every member to rejoin, so one stuck member delays it); 0: wait for ever
     join_timeout_s: float = 60.0
+    # the worker's stable name in its group, and where the member id the coordinator gave it is
+    # kept, so that a restart rejoins as the same member (ingest.membership; none: a new member)
+    instance_id: str | None = None
+    member_file: Path | None = None
     consumer_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +104,9 @@ class IngestWorker:
         # when partitions were last assigned (None before the first assignment, however empty):
         # idle time counts from here, never from a group join still in progress
         self.assigned_at: float | None = None
+        # since when the worker has been (re)joining its group without an assignment
+        self.joining_since: float | None = None
+        self._failure: NoPartitionsError | None = None
         parallel = config.parallel
         self.parallel = (os.cpu_count() or 1) > 1 if parallel is None else parallel
 
@@ -129,6 +137,7 @@ class IngestWorker:
 
     def _run(self) -> WorkerSummary:
         t0 = time.monotonic()
+        self.joining_since = None if self.config.assign else t0
         fetch: FetcherProcess | _InProcess | None = None
         try:
             fetch = FetcherProcess(self.config) if self.parallel else _InProcess(self)
@@ -146,7 +155,8 @@ class IngestWorker:
                 if got_batch:
                     last_record = now
                 elif self.config.until_idle is not None:
-                    self._stop_when_idle(self.config.until_idle, now, last_record, now - t0)
+                    self._stop_when_idle(self.config.until_idle, now, last_record)
+                self._check_join(now)
                 if now - last_maintenance >= self.config.maintenance_every_s:
                     self._maintain(idle=not got_batch)
                     last_maintenance = now
@@ -156,19 +166,34 @@ class IngestWorker:
                 fetch.close()  # batches not yet appended are re-read from the ledger's offsets
             self.summary.seconds = time.monotonic() - t0
             self.summary.stopped_by = self._stop_reason
+        if self._failure is not None:
+            raise self._failure
         return self.summary
 
-    def _stop_when_idle(self, idle: float, now: float, last_record: float, running: float) -> None:
+    def _stop_when_idle(self, idle: float, now: float, last_record: float) -> None:
         """Stop after ``idle`` seconds without records since the later of the last record and
-        the last assignment; before any assignment, once the join outlasts its allowance."""
-        if self.assigned_at is None:
-            if running >= idle + self.config.join_timeout_s:
-                self.stop(
-                    f"no partitions assigned within {running:.0f}s: the group join did not "
-                    f"complete (join timeout {self.config.join_timeout_s:g}s)"
-                )
-        elif now - max(last_record, self.assigned_at) >= idle:
+        the last assignment (never while a group join is in progress)."""
+        since = None if self.joining_since is not None else self.assigned_at
+        if since is not None and now - max(last_record, since) >= idle:
             self.stop(f"idle {idle:g}s")
+
+    def _check_join(self, now: float) -> None:
+        """Give up (NoPartitionsError, once the loop has wound down) on a join that outlasts the
+        join timeout: a worker without partitions ingests nothing."""
+        limit = self.config.join_timeout_s
+        if self.joining_since is None or limit <= 0 or now - self.joining_since < limit:
+            return
+        if self._failure is None:
+            self._failure = NoPartitionsError(
+                f"no partitions assigned within {limit:g}s: the join of "
+                f"consumer group {self.config.group!r} on {self.config.bootstrap} did not complete "
+                f"(--join-timeout {limit:g}s). A join waits for every member of the group to "
+                "rejoin, and one that stopped answering holds it up until its session expires (or, "
+                "if it stopped polling, its max poll interval). Check the group's other workers "
+                "(--verbose logs each join), or give this worker a group of its own (--group), or "
+                "read every partition without a group (--assign, one worker per topic)"
+            )
+            self.stop("no partitions assigned")
 
     def _handle(self, msg: Message) -> Any:
         """Act on one message from the fetcher; questions get an answer."""
@@ -181,6 +206,7 @@ class IngestWorker:
             stored = self.ledger.store.offsets(self.config.group)
             self.assigned = {p for _, p in msg[1]}
             self.assigned_at = time.monotonic()
+            self.joining_since = None
             log.info(
                 "assigned %s; resuming from ledger offsets %s",
                 sorted(self.assigned),
@@ -191,6 +217,8 @@ class IngestWorker:
             # every batch sent before this question has been appended: another worker resumes
             # these partitions from the offsets now in the ledger
             log.info("partitions revoked: %s", sorted(p for _, p in msg[1]))
+            if self.joining_since is None and not self._stop.is_set():
+                self.joining_since = time.monotonic()  # a rebalance: the group join starts
             return True
         elif kind == "broker_error":
             self.metrics.broker_errors.labels(self.config.topic).inc()

@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from domain.errors import TachographError
-from ingest.errors import BrokerUnavailableError, DeliveryError, PublishBackpressureError
+from ingest.errors import (
+    BrokerUnavailableError,
+    DeliveryError,
+    NoPartitionsError,
+    PublishBackpressureError,
+)
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker, WorkerConfig
 from tachograph.agents import AgentSpec
@@ -62,7 +67,7 @@ def test_agent_runs_published_through_the_runtime_are_ingested_exactly_once_and_
     assert result.ok, result.reason
 
 
-def _beside_a_stuck_member(broker, topic, ledger, max_poll_interval_ms, **worker):
+def _beside_a_stuck_member(broker, topic, ledger, max_poll_interval_ms, until_idle=1.0, **worker):
     """Run a worker (group ``g-<topic>``, until idle 1 s) in a group where a member joined and
     then stopped polling: its join waits until the group gives up on that member (its max poll
     interval). Returns the worker's summary and how long it ran."""
@@ -78,7 +83,7 @@ def _beside_a_stuck_member(broker, topic, ledger, max_poll_interval_ms, **worker
             stuck.poll(timeout_ms=200, max_records=1)
         assert stuck.assignment(), "the stuck member never joined"
         t0 = time.monotonic()
-        summary = _worker(ledger, broker.bootstrap, topic, group=group, until_idle=1.0, **worker).run()
+        summary = _worker(ledger, broker.bootstrap, topic, group=group, until_idle=until_idle, **worker).run()
         return summary, time.monotonic() - t0
     finally:
         stuck.close(autocommit=False)
@@ -101,16 +106,23 @@ def test_idle_time_counts_from_the_partition_assignment_not_from_a_slow_group_jo
     assert_exactly(tmp_path / "ledger.db", published.event_ids)
 
 
-def test_a_group_join_that_never_completes_stops_an_until_idle_worker_with_the_reason(
-    apache_kafka, topic_factory, tmp_path
+@pytest.mark.parametrize("until_idle", [1.0, None], ids=["until-idle", "service"])
+def test_a_group_join_that_never_completes_fails_the_worker_with_the_reason_and_what_to_do(
+    apache_kafka, topic_factory, tmp_path, until_idle
 ):
     topic = topic_factory(partitions=1, broker=apache_kafka)
     produce(apache_kafka.bootstrap, topic, workload_messages(runs=2))
     ledger = _ledger(tmp_path)
-    summary, took = _beside_a_stuck_member(apache_kafka, topic, ledger, 120_000, join_timeout_s=3.0)
-    assert "no partitions assigned" in summary.stopped_by and "join timeout 3s" in summary.stopped_by
-    assert summary.consumed == 0 and ledger.store.size() == 0
-    assert 4.0 <= took < 30, took
+    t0 = time.monotonic()
+    with pytest.raises(NoPartitionsError) as failed:
+        _beside_a_stuck_member(apache_kafka, topic, ledger, 120_000, join_timeout_s=3.0,
+                               until_idle=until_idle)
+    took = time.monotonic() - t0
+    message = str(failed.value)
+    assert "no partitions assigned within 3s" in message and f"group 'g-{topic}'" in message
+    assert "--join-timeout 3s" in message and "--assign" in message and "--group" in message
+    assert ledger.store.size() == 0
+    assert 3.0 <= took < 30, took
 
 
 def test_a_new_group_on_a_filled_ledger_absorbs_every_event_as_a_duplicate(
