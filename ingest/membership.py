@@ -1,4 +1,4 @@
-"""A worker's place in its consumer group across restarts (decision record 0008).
+"""A worker's place in its consumer group across restarts (decision record 0009).
 
 Each group worker has an **instance id**, stable across restarts: ``--instance-id``, or by
 default ``<host name>-<n>`` where ``n`` is the first slot no live worker of the group on this
