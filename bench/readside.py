@@ -189,6 +189,48 @@ def lag_under_load(url: str, data: Path, pub: str, rate: int, seconds: float) ->
             "lag_p99_over_post": round(p99 / achieved * 1000 / post_p50, 2) if achieved and post_p50 else None}
 
 
+def verification_after_appends(url: str, pub: str, aud: str, n: int = 1000) -> dict[str, Any]:
+    """``GET /v1/log/verification`` right after ``n`` appends: how long the request takes (it reads
+    a status the server keeps), how long until the status covers the new entries, and what the
+    incremental round took beside the server's first, full round (the same-run baseline)."""
+    auth = {"Authorization": f"Bearer {aud}"}
+    bodies = [dumps({**ev, "run_id": f"{ev['run_id']}-vs", "event_id": f"{ev['event_id']}-vs"})
+              for ev in Workload(seed=4242, runs=max(1, n // 10), workspaces=("acme",)).events()][:n]
+    with httpx.Client(base_url=url, timeout=120) as http:
+        deadline = time.monotonic() + 600
+        while True:  # the first round verifies the whole ledger: wait for it
+            r = http.get("/v1/log/verification", headers=auth)
+            if r.status_code == 200 and r.json().get("kind") == "full":
+                full = r.json()
+                break
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        for i in range(0, len(bodies), 500):
+            r = http.post("/v1/events", content=b"[" + b",".join(bodies[i:i + 500]) + b"]",
+                          headers={"Authorization": f"Bearer {pub}", "Content-Type": "application/json"})
+            assert r.status_code == 200, r.text
+        size = int(r.json()["size"])
+        appended = time.perf_counter()
+        request_ms: list[float] = []
+        while True:
+            t0 = time.perf_counter()
+            r = http.get("/v1/log/verification", headers=auth)
+            request_ms.append((time.perf_counter() - t0) * 1000)
+            status = r.json()
+            if status.get("entries", 0) >= size and status.get("ok"):
+                covered = time.perf_counter() - appended
+                break
+            assert time.perf_counter() - appended < 120, status
+            time.sleep(0.01)
+    request_ms.sort()
+    return {"appended": len(bodies), "request_p50_ms": round(statistics.median(request_ms), 1),
+            "request_max_ms": round(request_ms[-1], 1), "requests": len(request_ms),
+            "status_covers_appends_after_s": round(covered, 3), "incremental_round_ms": status.get("took_ms"),
+            "full_round_ms (baseline)": full.get("took_ms"),
+            "incremental_over_full": round(status["took_ms"] / full["took_ms"], 4)
+            if status.get("took_ms") and full.get("took_ms") else None}
+
+
 def start_figures(data: Path, auditor: str, run_path: str) -> dict[str, Any]:
     """The server's first start (no read models) and a restart: seconds from spawn to
     ``/healthz``, to an early run's timeline, to the runs list (which needs every entry
@@ -243,6 +285,8 @@ def main() -> None:
             results["timeline"] = paced(url, runs, {"Authorization": f"Bearer {aud}"}, args.rate, args.seconds)
             results["healthz_same_rate"] = paced(url, ["/healthz"], {}, args.rate, args.seconds)
             results["lag"] = lag_under_load(url, data, pub, args.load, args.load_seconds)
+        with serve(data) as (proc, url, spawned):  # a fresh server: its first round is a full one
+            results["verification"] = verification_after_appends(url, pub, aud)
         steps = results["steps"]
         if len(steps) >= 2 and steps[-1]["ledger_entries"] > steps[-2]["ledger_entries"]:
             # the first start folds every entry: a straight line through the last two steps
@@ -262,7 +306,7 @@ def main() -> None:
                                                            b["restart_list_after_healthz_s"]),
                 "restart_rss_mb (flat)": max(a["restart"]["rss_mb"], b["restart"]["rss_mb"]),
             }
-        for key in ("timeline", "healthz_same_rate", "lag", "extrapolated_10M"):
+        for key in ("timeline", "healthz_same_rate", "lag", "verification", "extrapolated_10M"):
             print(key, results.get(key), flush=True)
     finally:
         if args.keep is None:
