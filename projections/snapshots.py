@@ -20,7 +20,9 @@ from pathlib import Path
 
 import duckdb
 
+from projections.duckdb_tracking import DuckDBTrackingRecorder
 from projections.errors import AnalyticsBusyError, AnalyticsMissingError, ProjectionError
+from projections.sqlview import LEDGER
 
 CURRENT = "CURRENT"
 KEEP = 3  # snapshots kept: the current one and the two before it
@@ -53,12 +55,14 @@ def snapshot_position(path: Path) -> int:
     """The ledger position projected in the analytics file at ``path`` (read-only)."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rows = con.execute("SELECT value FROM projection_state WHERE name = 'position'").fetchall()
+        position = DuckDBTrackingRecorder(con).max_tracking_id(LEDGER)
+    except duckdb.CatalogException:
+        position = None
     finally:
         con.close()
-    if not rows:
+    if position is None:
         raise ProjectionError(f"{path} holds no projection position")
-    return int(rows[0][0])
+    return int(position)
 
 
 def publish(con: duckdb.DuckDBPyConnection, source: Path, directory: Path, position: int,
