@@ -623,8 +623,9 @@ class _Batch:
             tx.append_nodes(tree.append_many(self.leaves))
         head.size = tree.size
         head.frontier = list(tree.hashes)
+        now = self.ledger.clock() if self.base is not None else self.now  # its turn may come later
         self.report.checkpoint = self.ledger.maybe_checkpoint(
-            tx, head, tree.root(), self.now, force_checkpoint
+            tx, head, tree.root(), max(now, head.checkpoint_time), force_checkpoint
         )
         tx.save_head(head)
         self.report.size = head.size
