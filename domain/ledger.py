@@ -592,9 +592,15 @@ class _Batch:
         force_checkpoint: bool = False,
     ) -> AppendReport:
         """Write the batch, then integrate its entries into the tree (and sign a checkpoint if
-        one is due): the ledger-wide serial step, entered by ``tx.head()``."""
-        self.position()
+        one is due): the ledger-wide serial step, entered by ``tx.head()``.
+
+        The consumer offsets are written before the batch is sequenced: a batch takes every
+        lock it needs before it has positions (see ``LedgerTx.sequence``).
+        """
         tx = self.tx
+        if consumer is not None and offsets:
+            tx.save_offsets(consumer, offsets)
+        self.position()
         if self.entries:
             tx.append_entries(self.entries)
         if self.dirty:
@@ -606,8 +612,6 @@ class _Batch:
             tx.put_held(self.held_new)
         if self.held_drop:
             tx.drop_held(self.held_drop)
-        if consumer is not None and offsets:
-            tx.save_offsets(consumer, offsets)
         if not self.entries and not force_checkpoint:
             peek = tx.peek_head()
             if not self.ledger.checkpoint_due(peek, self.now):
@@ -632,9 +636,13 @@ class _Batch:
         return self.report
 
 
-_ATTEMPTS = 5
-"""Tries of one write: a first optimistic one, then with every event id looked up (see
-``_Batch.load``); a concurrent writer's failure can undo a try (StoreRetryError)."""
+_CONFLICTS = 4
+"""Tries of one write that a store's unique index may refuse: a first optimistic one, then with
+every event id looked up (see ``_Batch.load``); beside concurrent writers an id they have in
+flight can still be refused, and the next try sees it stored."""
+_RETRIES = 32
+"""Tries of one write that concurrent writers' failures may undo (StoreRetryError): each undo
+means another writer failed or a deadlock was broken, never that this write cannot succeed."""
 
 
 class Ledger:
@@ -669,14 +677,20 @@ class Ledger:
                 tx.set_meta(DECISIONS_FROM, str(tx.head().size))
 
     def _write(self, attempt: Callable[[bool], _T]) -> _T:
-        """Run one write, retried as ``_ATTEMPTS`` says; ``attempt(optimistic)`` is one try."""
-        for n in range(_ATTEMPTS):
+        """Run one write, retried as ``_CONFLICTS`` and ``_RETRIES`` say; ``attempt(optimistic)``
+        is one try (optimistic until the store's unique index refused one)."""
+        optimistic, conflicts, retries = True, 0, 0
+        while True:
             try:
-                return attempt(n == 0)
-            except (StoreIntegrityError, StoreRetryError):
-                if n == _ATTEMPTS - 1:
+                return attempt(optimistic)
+            except StoreIntegrityError:
+                optimistic, conflicts = False, conflicts + 1
+                if conflicts >= _CONFLICTS:
                     raise
-        raise AssertionError("unreachable")
+            except StoreRetryError:
+                retries += 1
+                if retries >= _RETRIES:
+                    raise
 
     def append(
         self,

@@ -357,7 +357,10 @@ class LedgerTx(ABC):
 
         The transaction writes its entries at them, then integrates them: ``head()`` waits until
         every earlier position is integrated and returns a head whose size is the first one.
-        Default: the transaction is serialised, so it appends at the head.
+        Whatever else the transaction locks (runs, approvals, exceptions, the rows it upserts
+        such as consumer offsets) it locks before this call, so that a batch waiting for its
+        turn never waits for a later one. Default: the transaction is serialised, so it appends
+        at the head.
         """
         return self.head().size
 

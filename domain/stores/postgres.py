@@ -4,6 +4,8 @@ Appends run side by side (``append_transaction``): a batch locks only the runs (
 it touches, is assigned a range of ledger positions by one short statement, builds and hashes
 its entries and writes them outside any ledger-wide lock, and only then waits for its turn to
 integrate them into the Merkle tree: the ``head`` row is locked from that moment to the commit.
+Everything else a batch locks, it locks before it is assigned positions; so a batch waiting for
+its turn waits only for batches that hold everything they need.
 A batch whose predecessor failed without integrating finds a hole in the positions: the hole is
 closed by voiding every pending assignment (a new epoch), and those batches are redone (see
 docs/decisions/0009-postgres-batched-integration.md). ``transaction()`` (and the store's
@@ -131,6 +133,7 @@ _TABLES = (
 _SCHEMA_LOCK = 0x74616368_6F677261
 # advisory lock keys of concurrent appends (one-key form; the approvals' own keys are hashes)
 _EXCEPTIONS_LOCK = 0x74616368_686F6C64  # the hold buffer and quarantine budgets
+_SEQUENCING_LOCK = 0x74616368_73657173  # held while one batch is assigned its positions
 _APPROVALS_LOCK = 0x74616368_61707072  # shared per approval-locking batch, exclusive past a bound
 _MAX_APPROVAL_LOCKS = 256  # more keys than this in one transaction: all approvals at once
 # two-key form (namespace + epoch, low 32 bits of the first position) of a pending assignment
@@ -283,6 +286,7 @@ class LockStats:
     """
 
     held_s: float = 0.0
+    waited_s: float = 0.0  # waiting for it (batched: for every earlier position's integration too)
     transactions: int = 0
     entries: int = 0
 
@@ -298,11 +302,7 @@ def _approval_key(key: tuple[str, str]) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-_SEQUENCE = (
-    "UPDATE sequencer SET next = next + %(n)s WHERE id = 1 "
-    "RETURNING next - %(n)s, epoch, pg_advisory_lock("
-    f"({_ASSIGNED} + mod(epoch, 65536))::int4, (mod(next - %(n)s, 4294967296) - 2147483648)::int4)"
-)
+_SEQUENCE = "UPDATE sequencer SET next = next + %(n)s WHERE id = 1 RETURNING next - %(n)s, epoch"
 # void every pending assignment (a new epoch, handing out positions again from the integrated
 # size), if the head is still at the size seen, in the epoch seen: the head row lock makes it
 # wait for an integration in progress, and only the first of several voiders changes anything
@@ -328,7 +328,7 @@ class PostgresTx(LedgerTx):
         self.first: int | None = None  # the first position sequenced for this transaction
         self.count = 0
         self.epoch = 0
-        self.assigned: tuple[int, int] | None = None  # the advisory lock held while they pend
+        self.sequencing = False  # holding the sequencing lock (a session lock: see sequence)
         self.locked_at: float | None = None  # when this transaction took the head row lock
         self.placeholders: set[tuple[str, str]] = set()  # run rows created to lock new runs
         self.saved: set[tuple[str, str]] = set()
@@ -350,6 +350,7 @@ class PostgresTx(LedgerTx):
 
     def head(self) -> Head:
         if not self.serial and self.locked_at is None:
+            start = time.perf_counter()
             if self.first is not None:
                 self._wait_for_turn()
             row = self.c.execute(
@@ -357,6 +358,8 @@ class PostgresTx(LedgerTx):
                 "FROM head h, sequencer s WHERE h.id = 1 AND s.id = 1 FOR UPDATE OF h"
             ).fetchone()
             self.locked_at = time.perf_counter()
+            if self.store is not None:
+                self.store.lock_stats.waited_s += self.locked_at - start
             if row is None:
                 raise StoreError("the ledger's head or sequencer row is missing")
             if self.first is not None and (int(row[0]) != self.first or int(row[4]) != self.epoch):
@@ -381,12 +384,20 @@ class PostgresTx(LedgerTx):
         if self.first is not None or count < 1:
             raise StoreError("a transaction is sequenced once, for one or more entries")
         assert self.store is not None
+        # The positions come from the sequencer row, updated on the writer's autocommit
+        # connection so that the next batch sees them taken at once; this transaction then
+        # holds the assignment's advisory lock until it ends. The sequencing lock makes the two
+        # steps one: a later batch finds the lock of every earlier assignment already taken.
         start = time.perf_counter()
+        self.c.execute("SELECT pg_advisory_lock(%s)", (_SEQUENCING_LOCK,))
+        self.sequencing = True
         row = self.store._sequencer_conn().execute(_SEQUENCE, {"n": count}).fetchone()
-        self.store.lock_stats.held_s += time.perf_counter() - start
         assert row is not None
         self.first, self.epoch, self.count = int(row[0]), int(row[1]), count
-        self.assigned = _assigned_key(self.epoch, self.first)
+        self.c.execute("SELECT pg_advisory_xact_lock(%s, %s)", _assigned_key(self.epoch, self.first))
+        self.c.execute("SELECT pg_advisory_unlock(%s)", (_SEQUENCING_LOCK,))
+        self.sequencing = False
+        self.store.lock_stats.held_s += time.perf_counter() - start
         return self.first
 
     def _wait_for_turn(self) -> None:
@@ -787,8 +798,10 @@ class PostgresStore(LedgerStore):
                 with conn.transaction():
                     tx = PostgresTx(conn, self, serial)
                     if serial:
+                        start = time.perf_counter()
                         conn.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")
                         tx.locked_at = time.perf_counter()
+                        self.lock_stats.waited_s += tx.locked_at - start
                     yield tx
                     if conn.info.transaction_status == pq.TransactionStatus.INERROR:
                         raise StoreError(
@@ -812,17 +825,15 @@ class PostgresStore(LedgerStore):
                 raise StoreError(f"ledger write failed: {_reason(e)}") from e
             finally:
                 self._in_tx = False
-                if tx is not None and tx.assigned is not None:
-                    self._release(tx.assigned)
+                if tx is not None and tx.sequencing:  # failed while being assigned positions
+                    self._unlock_sequencing()
 
-    def _release(self, key: tuple[int, int]) -> None:
-        """End a pending assignment (after its transaction ended, committed or not)."""
+    def _unlock_sequencing(self) -> None:
+        """Release the sequencing lock after a failure (the transaction has ended)."""
         try:
-            self._sequencer_conn().execute("SELECT pg_advisory_unlock(%s, %s)", key)
+            self._writer.execute("SELECT pg_advisory_unlock(%s)", (_SEQUENCING_LOCK,))
         except psycopg.Error:
-            # the connection is gone, and with it the lock; a new one is opened on next use
-            if self._sequencer is not None:
-                self._sequencer.close()
+            self._writer.close()  # gone with the session; a new one is opened on next use
 
     # -- reads ------------------------------------------------------------------------------
 

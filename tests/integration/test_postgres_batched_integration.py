@@ -31,7 +31,7 @@ from domain.records import Record
 from domain.stores.postgres import PostgresStore
 from domain.verify import verify_log
 from domain.workload import Workload
-from tachograph.contract.canonical import dumps
+from tachograph.contract.canonical import dumps, loads
 from tests.cli_support import tacho
 from tests.factories import ORIGIN, signer
 
@@ -52,9 +52,11 @@ def lines_of(events: list[dict[str, Any]]) -> list[bytes]:
     return [dumps(ev) for ev in events]
 
 
-def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any) -> None:
-    """One ingest worker process: its own store and ledger, batches of BATCH with offsets."""
-    store = PostgresStore(dsn)
+def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any,
+           consumer: str | None = None) -> None:
+    """One ingest worker process: its own store and ledger, batches of BATCH with offsets (of
+    its own consumer group and topic, unless ``consumer`` names one that writers share)."""
+    store = PostgresStore(dsn, lock_timeout_s=20)
     try:
         ledger = open_ledger(store)
         barrier.wait(timeout=60)
@@ -64,7 +66,8 @@ def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any) 
                 Incoming(raw, Source(kind="kafka", topic=name, partition=0, offset=start + n))
                 for n, raw in enumerate(lines[start : start + BATCH])
             ]
-            report = ledger.append(chunk, consumer=name, offsets={(name, 0): start + len(chunk)})
+            report = ledger.append(chunk, consumer=consumer or name,
+                                   offsets={(consumer or name, 0): start + len(chunk)})
             totals.update(report.to_json())
         stats = store.lock_stats
         results.put((name, dict(totals), (stats.held_s, stats.transactions, stats.entries)))
@@ -72,12 +75,14 @@ def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any) 
         store.close()
 
 
-def run_writers(dsn: str, jobs: dict[str, list[bytes]]) -> dict[str, tuple[dict[str, int], tuple]]:
+def run_writers(
+    dsn: str, jobs: dict[str, list[bytes]], consumer: str | None = None
+) -> dict[str, tuple[dict[str, int], tuple]]:
     """One process per job, started together; each job's totals and lock statistics."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(jobs))
     results = ctx.Queue()
-    procs = [ctx.Process(target=writer, args=(dsn, lines, name, barrier, results))
+    procs = [ctx.Process(target=writer, args=(dsn, lines, name, barrier, results, consumer))
              for name, lines in jobs.items()]
     for p in procs:
         p.start()
@@ -217,6 +222,62 @@ def test_overlapping_writers_store_every_event_once_in_contiguous_runs(
         store.close()
     report = tacho_verifies(tmp_path, dsn, monkeypatch)
     assert report["ok"] is True and report["entries"] == len(events) + len(indexes)
+
+
+def test_writers_sharing_a_consumers_offsets_wait_for_each_other_without_deadlock(
+    postgres_dsn_factory,
+):
+    """As during a rebalance, two writers commit offsets of the same consumer group and
+    partition: each takes that row's lock before its positions, so neither waits for the other
+    while holding them (before that rule, this deadlocked until the lock timeout)."""
+    dsn = postgres_dsn_factory()
+    jobs = {f"w{n}": lines_of(list(Workload(seed=60 + n, runs=25, workspaces=(f"ws{n}",)).events()))
+            for n in range(3)}
+    started = time.monotonic()
+    out = run_writers(dsn, jobs, consumer="shared")
+    assert time.monotonic() - started < 60
+    assert sum(t["accepted"] for t, _ in out.values()) == sum(len(v) for v in jobs.values())
+    events = [ev for n in range(3) for ev in Workload(seed=60 + n, runs=25, workspaces=(f"ws{n}",)).events()]
+    store = check_ledger(dsn, events)
+    try:
+        assert store.offsets("shared")[("shared", 0)] in {len(v) for v in jobs.values()}
+    finally:
+        store.close()
+
+
+def test_an_event_id_reused_by_runs_of_two_writers_is_stored_once_and_the_other_quarantined(
+    postgres_dsn_factory,
+):
+    """Run locks do not cover one event id in two runs: the store's unique index does, and a
+    writer that meets it (or a deadlock on it) redoes its batch with every id looked up."""
+    dsn = postgres_dsn_factory()
+    events = {n: list(Workload(seed=70 + n, runs=30, workspaces=("acme",)).events()) for n in range(2)}
+    events[1] = [loads(dumps(ev).replace(b'"run-', b'"other-run-')) for ev in events[1]]  # own runs
+    for k, ev in enumerate(e for e in events[1] if e["seq"] > 0):
+        if k % 7 == 0:  # every 7th event of the second writer reuses an id of the first's
+            ev["event_id"] = events[0][k]["event_id"]
+    clashes = {ev["event_id"] for ev in events[1]} & {ev["event_id"] for ev in events[0]}
+    assert len(clashes) > 10
+    out = run_writers(dsn, {f"w{n}": lines_of(evs) for n, evs in events.items()})
+    totals = Counter[str]()
+    for t, _ in out.values():
+        totals.update(t)
+    store = PostgresStore(dsn)
+    try:
+        stored = Counter(r.event_id for r in store.entries())
+        assert set(stored.values()) == {1} and sum(stored.values()) == totals["accepted"]
+        reasons = [q.reason for q in store.quarantine(limit=1000)]
+        assert len(reasons) == totals["quarantined"] > 0
+        assert all(r.startswith("conflict: event_id") for r in reasons), reasons[:5]
+        assert {q.event_id for q in store.quarantine(limit=1000)} <= clashes
+        # what was neither stored nor refused waits behind a refused event of its run
+        assert totals["accepted"] + totals["quarantined"] + totals["held"] == len(events[0]) + len(events[1])
+        open_ledger(store).checkpoint()
+        result = verify_log(store.stored_entries(), [c.note for c in store.checkpoints()],
+                            [signer(ORIGIN, 1).vkey], origin=ORIGIN)
+        assert result.ok, result.reason
+    finally:
+        store.close()
 
 
 def test_a_batch_that_fails_after_sequencing_leaves_a_hole_that_the_next_writer_closes(
