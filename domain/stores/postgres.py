@@ -394,8 +394,10 @@ class PostgresTx(LedgerTx):
         row = self.store._sequencer_conn().execute(_SEQUENCE, {"n": count}).fetchone()
         assert row is not None
         self.first, self.epoch, self.count = int(row[0]), int(row[1]), count
-        self.c.execute("SELECT pg_advisory_xact_lock(%s, %s)", _assigned_key(self.epoch, self.first))
-        self.c.execute("SELECT pg_advisory_unlock(%s)", (_SEQUENCING_LOCK,))
+        self.c.execute(  # in this order (a failure leaves the unlock to the transaction's end)
+            "SELECT pg_advisory_xact_lock(%s, %s), pg_advisory_unlock(%s)",
+            (*_assigned_key(self.epoch, self.first), _SEQUENCING_LOCK),
+        )
         self.sequencing = False
         self.store.lock_stats.held_s += time.perf_counter() - start
         return self.first
