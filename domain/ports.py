@@ -327,7 +327,7 @@ class LedgerTx(ABC):
     # An adapter whose transactions are serialised whole (memory, SQLite, PostgreSQL's serial
     # mode) keeps these defaults. One whose appends run concurrently (PostgreSQL) locks only what
     # a batch touches, and serialises just ``sequence`` and the integration that ``head`` starts:
-    # see docs/decisions/0009-postgres-batched-integration.md.
+    # see docs/decisions/0010-postgres-batched-integration.md.
 
     def lock_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         """Lock these runs against other writers until the transaction ends; return their states.

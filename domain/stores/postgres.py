@@ -8,7 +8,7 @@ Everything else a batch locks, it locks before it is assigned positions; so a ba
 its turn waits only for batches that hold everything they need.
 A batch whose predecessor failed without integrating finds a hole in the positions: the hole is
 closed by voiding every pending assignment (a new epoch), and those batches are redone (see
-docs/decisions/0009-postgres-batched-integration.md). ``transaction()`` (and the store's
+docs/decisions/0010-postgres-batched-integration.md). ``transaction()`` (and the store's
 ``serial`` mode, kept to measure against) locks the head row for the whole transaction instead.
 
 Bulk writes use binary ``COPY`` and lookups use ``unnest`` arrays: a batch of 10,000 events

@@ -2,7 +2,7 @@
 
 Appends run side by side (``PostgresStore.append_transaction``): each batch locks its runs, gets
 its ledger positions, hashes and writes its entries outside the ledger-wide lock, and integrates
-them into the tree in position order (docs/decisions/0009-postgres-batched-integration.md).
+them into the tree in position order (docs/decisions/0010-postgres-batched-integration.md).
 Whatever the interleaving, every event is stored once, each run's seqs are contiguous in ledger
 order, the log verifies and its Merkle root is the one recomputed from the stored bytes.
 """
