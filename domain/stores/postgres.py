@@ -12,7 +12,7 @@ docs/decisions/0010-postgres-batched-integration.md). ``transaction()`` (and the
 ``serial`` mode, kept to measure against) locks the head row for the whole transaction instead.
 
 Bulk writes use binary ``COPY`` and lookups use ``unnest`` arrays: a batch of 10,000 events
-costs about a dozen round trips. Reads use a separate autocommit connection per thread.
+costs 17 round trips. Reads use a separate autocommit connection per thread.
 """
 
 from __future__ import annotations
@@ -699,8 +699,8 @@ class PostgresStore(LedgerStore):
         lock_timeout_s: how long a writer waits for a lock (its runs, its turn to integrate, the
             ledger write lock) before failing.
         serial: appends hold the ledger-wide lock for their whole transaction, as before batched
-            integration existed. Kept to measure against (``bench/postgres_store.py``); every
-            writer of a ledger must then be serial.
+            integration existed. Kept to measure against (``bench/postgres_store.py``); it may
+            share a ledger with batched writers (overlapping positions are refused and redone).
     """
 
     def __init__(self, dsn: str, *, lock_timeout_s: float = 60.0, serial: bool = False) -> None:

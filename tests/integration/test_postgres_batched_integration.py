@@ -53,10 +53,10 @@ def lines_of(events: list[dict[str, Any]]) -> list[bytes]:
 
 
 def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any,
-           consumer: str | None = None) -> None:
+           consumer: str | None = None, serial: bool = False) -> None:
     """One ingest worker process: its own store and ledger, batches of BATCH with offsets (of
     its own consumer group and topic, unless ``consumer`` names one that writers share)."""
-    store = PostgresStore(dsn, lock_timeout_s=20)
+    store = PostgresStore(dsn, lock_timeout_s=20, serial=serial)
     try:
         ledger = open_ledger(store)
         barrier.wait(timeout=60)
@@ -76,13 +76,14 @@ def writer(dsn: str, lines: list[bytes], name: str, barrier: Any, results: Any,
 
 
 def run_writers(
-    dsn: str, jobs: dict[str, list[bytes]], consumer: str | None = None
+    dsn: str, jobs: dict[str, list[bytes]], consumer: str | None = None, serial: frozenset[str] = frozenset()
 ) -> dict[str, tuple[dict[str, int], tuple]]:
-    """One process per job, started together; each job's totals and lock statistics."""
+    """One process per job, started together (those named in ``serial`` on the old path); each
+    job's totals and lock statistics."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(jobs))
     results = ctx.Queue()
-    procs = [ctx.Process(target=writer, args=(dsn, lines, name, barrier, results, consumer))
+    procs = [ctx.Process(target=writer, args=(dsn, lines, name, barrier, results, consumer, name in serial))
              for name, lines in jobs.items()]
     for p in procs:
         p.start()
@@ -243,6 +244,16 @@ def test_writers_sharing_a_consumers_offsets_wait_for_each_other_without_deadloc
         assert store.offsets("shared")[("shared", 0)] in {len(v) for v in jobs.values()}
     finally:
         store.close()
+
+
+def test_writers_on_the_old_serial_path_and_batched_writers_can_share_a_ledger(postgres_dsn_factory):
+    """As during a rolling upgrade: a serial writer appends at the head while batched ones hold
+    positions; overlaps are refused and redone, and the sequencer resets itself."""
+    dsn = postgres_dsn_factory()
+    events = {n: list(Workload(seed=80 + n, runs=12, workspaces=(f"ws{n}",)).events()) for n in range(3)}
+    out = run_writers(dsn, {f"w{n}": lines_of(evs) for n, evs in events.items()}, serial=frozenset({"w0"}))
+    assert sum(t["accepted"] for t, _ in out.values()) == sum(len(v) for v in events.values())
+    check_ledger(dsn, [ev for evs in events.values() for ev in evs]).close()
 
 
 def test_an_event_id_reused_by_runs_of_two_writers_is_stored_once_and_the_other_quarantined(
