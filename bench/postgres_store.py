@@ -271,6 +271,13 @@ def run(dsn_for: Callable[[str], str], events: int, batch: int, rounds: int,
     rows["lock_per_event_old_vs_batched"] = rows[BASELINE]["lock_us_per_event"] / batched["lock_us_per_event"]
     rows["two_writers_vs_one"] = rows["batched x2"]["eps"] / batched["eps"]
     rows["four_writers_vs_one"] = rows["batched x4"]["eps"] / batched["eps"]
+    # the same ratios within each round (configurations measured minutes apart are noisier)
+    per_round = {name: [s["eps"] for s in runs] for name, runs in samples.items()}
+    rows["per_round"] = {
+        f"{name} / {over}": [round(a / b, 2) for a, b in zip(per_round[name], per_round[over], strict=True)]
+        for name, over in (("batched x1", BASELINE), ("batched x2", BASELINE), ("batched x4", BASELINE),
+                           ("batched x2", "batched x1"), ("batched x4", "batched x1"))
+    }
     cpu = batched["cpu_us_per_event"]
     rows["cpu_ceiling_eps"] = None if not cpu else (os.cpu_count() or 1) * 1e6 / cpu
     return rows
@@ -303,6 +310,8 @@ def print_report(rows: dict[str, Any]) -> None:
     print(f"  lock held per event, old path / batched: {rows['lock_per_event_old_vs_batched']:.1f}x")
     print(f"  batched, two writers / one: {rows['two_writers_vs_one']:.2f}x; "
           f"four / one: {rows['four_writers_vs_one']:.2f}x")
+    for label, ratios in rows["per_round"].items():
+        print(f"  per round, {label}: {ratios}")
 
 
 def main() -> None:
