@@ -114,9 +114,10 @@ def request_refusal(existing: ApprovalRow | None, workspace: str, approval_id: s
     """Why an ``approval.requested`` may not reuse its approval id, or None."""
     if existing is None:
         return None
+    where = (f"ledger index {existing.requested_index}" if existing.requested_index >= 0
+             else "earlier in the same batch")
     return (f"approval_id {approval_id!r} is already used in workspace {workspace!r} by run "
-            f"{existing.run_id!r} (ledger index {existing.requested_index}); approval ids are unique "
-            "within a workspace")
+            f"{existing.run_id!r} ({where}); approval ids are unique within a workspace")
 
 
 def decided_refusal(row: ApprovalRow | None, run_id: str, data: dict[str, Any]) -> str | None:
@@ -223,15 +224,17 @@ class ApprovalBook:
         self.required_from: str | None = _UNREAD
 
     def get(self, key: tuple[str, str]) -> ApprovalRow | None:
-        """The row of (workspace, approval_id), as this transaction has it."""
+        """The row of (workspace, approval_id), as this transaction has it (locked first)."""
         if key not in self.rows:
-            self.rows[key] = self.tx.approvals([key]).get(key)
+            self.preload([key])
         return self.rows[key]
 
     def preload(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Read the rows of these keys not read yet, in one store call (a batch's approvals)."""
+        """Lock and read the rows of these keys not read yet, in one store call each (a batch's
+        approvals): no other writer changes them before this transaction ends."""
         wanted = sorted({k for k in keys if k not in self.rows})
         if wanted:
+            self.tx.lock_approvals(wanted)
             found = self.tx.approvals(wanted)
             self.rows.update((k, found.get(k)) for k in wanted)
 
@@ -298,6 +301,19 @@ class ApprovalBook:
             raise ApprovalConflict(f"approval {aid!r} belongs to run {row.run_id!r}, not {d.get('run_id')!r}")
         reason = d.get("reason")
         self.put(row.decided(str(decision), by, rec.time, reason if isinstance(reason, str) else None, index))
+
+    def position(self, base: int) -> None:
+        """Give the changed rows their ledger indexes: until the batch was sequenced from
+        ``base``, an entry's stand-in index was ``-1 - p`` for the batch's ``p``-th entry."""
+        def real(index: int) -> int:
+            return index if index >= 0 else base - 1 - index
+
+        for key in self.dirty:
+            row = self.rows[key]
+            if row is not None and (row.requested_index < 0 or (row.decision_index or 0) < 0):
+                decided = row.decision_index
+                self.rows[key] = replace(row, requested_index=real(row.requested_index),
+                                         decision_index=None if decided is None else real(decided))
 
     def flush(self) -> None:
         """Write the changed rows."""

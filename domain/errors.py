@@ -32,6 +32,13 @@ class StoreIntegrityError(StoreError):
     """A store write broke a uniqueness or integrity constraint."""
 
 
+class StoreRetryError(StoreError):
+    """A concurrent writer's failure (or a deadlock between writers) undid this transaction.
+
+    Nothing was written; the same write can be retried at once (``Ledger`` does so itself).
+    """
+
+
 class VerificationError(TachographError):
     """The ledger or an evidence bundle failed verification at ``position`` for ``reason``."""
 

@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from hashlib import sha256
-from typing import Any
+from typing import Any, TypeVar
 
 from domain import merkle
 from domain.approvals import (
@@ -30,6 +31,7 @@ from domain.errors import (
     NotFoundError,
     RunRuleError,
     StoreIntegrityError,
+    StoreRetryError,
     TachographError,
 )
 from domain.note import NoteSigner
@@ -49,6 +51,7 @@ from tachograph.contract.canonical import MAX_EVENT_BYTES, dumps, loads, parse_e
 from tachograph.contract.rules import RunState
 
 Clock = Callable[[], float]
+_T = TypeVar("_T")
 ROTATION_PREFIX = "tachograph key rotation"
 
 
@@ -211,19 +214,45 @@ def _claimed_workspace(raw: bytes) -> str | None:
     return ws if isinstance(ws, str) and _WORKSPACE.fullmatch(ws) else None
 
 
+def _provisional(position: int) -> int:
+    """The stand-in index of the batch's ``position``-th entry until it is sequenced (negative)."""
+    return -1 - position
+
+
+@dataclass(slots=True)
+class _System:
+    """A system entry (record, key rotation) waiting for its ledger position."""
+
+    kind: str
+    body: Callable[[int], Mapping[str, Any]]  # the entry's members, given its index
+    columns: Callable[[int], dict[str, Any]] | None = None  # its index columns, given its index
+    row: EntryRow | None = None  # once positioned
+
+
+# an event accepted by the batch, waiting for its ledger position:
+# (its outcome, its source, the event's facts, its canonical bytes, its run's key)
+_Accepted = tuple[Outcome, Source, dict[str, Any], bytes, tuple[str, str]]
+
+
 class _Batch:
-    """Mutable working set of one append transaction."""
+    """Mutable working set of one append transaction.
+
+    In three steps: ``load`` and ``process`` decide each item's outcome under the locks of the
+    runs it touches; ``position`` has the store sequence the accepted entries and builds their
+    bytes and leaf hashes (outside any ledger-wide lock); ``flush`` writes everything and then
+    integrates the leaves into the Merkle tree, the only serial step.
+    """
 
     def __init__(self, ledger: Ledger, tx: LedgerTx, now: float) -> None:
         self.ledger = ledger
         self.tx = tx
         self.now = now
         self.received = iso(now)
-        self.head = tx.head()
-        self.range = merkle.CompactRange(self.head.size, self.head.frontier)
+        self.pending: list[_Accepted | _System] = []  # entries in the order they take positions
+        self.chain: dict[tuple[str, str], str | None] = {}  # each run's last hash before the batch
         self.entries: list[EntryRow] = []
         self.leaves: list[bytes] = []  # hashed into the tree in one pass at flush
-        self.next_index = self.head.size
+        self.base: int | None = None  # the first position sequenced for the batch
         self.quarantine: list[QuarantineRow] = []
         self.states: dict[tuple[str, str], RunState] = {}
         self.dirty: set[tuple[str, str]] = set()
@@ -235,6 +264,7 @@ class _Batch:
         self.held_stored = 0
         self.held_by_ws: dict[str, int] = {}  # per-workspace counts, read when one first holds
         self.kept_by_ws: dict[str | None, int] = {}  # quarantine bytes kept, read when first needed
+        self.exceptions_locked = False
         self.report = AppendReport()
         self.approvals = ApprovalBook(tx, now)
         origin = dumps(ledger.config.origin)
@@ -257,7 +287,8 @@ class _Batch:
         return dumps(source.to_json())
 
     def load(self, parsed: Sequence[Parsed], optimistic: bool) -> None:
-        """Load the run states, held events and stored event ids this batch needs.
+        """Lock the runs this batch touches; load their states, held events, the stored event
+        ids and the approvals it needs.
 
         Optimistic: only events that are not simply their run's next seq (after the stored
         state and the events before them in this batch) are looked up by event_id. Such an
@@ -266,7 +297,7 @@ class _Batch:
         the caller redoes the batch with every id looked up.
         """
         run_keys = sorted({(p.event["workspace"], p.event["run_id"]) for p in parsed if p.event})
-        for key, raw in self.tx.load_runs(run_keys).items():
+        for key, raw in self.tx.lock_runs(run_keys).items():
             self.states[key] = RunState.from_bytes(raw)
         self.held_total = self.held_stored = self.tx.count_held()
         if self.held_total:
@@ -302,6 +333,16 @@ class _Batch:
             return []
         return [(key[0], aid) for aid, status in state.approvals.items() if status == "requested"]
 
+    def lock_exceptions(self) -> None:
+        """Take the ledger-wide lock of the hold buffer and quarantine budgets (once), then count
+        the held events afresh: other writers may have held some since ``load``."""
+        if self.exceptions_locked:
+            return
+        self.exceptions_locked = True
+        self.tx.lock_exceptions()
+        self.held_stored = self.tx.count_held()
+        self.held_total = self.held_stored - len(self.held_drop) + len(self.held_new)
+
     def quarantine_item(
         self, item: Incoming, reason: str, event: dict[str, Any] | None = None
     ) -> Outcome:
@@ -326,6 +367,7 @@ class _Batch:
                   else config.quarantine_bytes_per_workspace)
         used = self.kept_by_ws.get(workspace)
         if used is None:
+            self.lock_exceptions()
             used = self.tx.quarantine_kept_bytes(workspace)
         kept = raw if used + len(raw) <= budget else raw[:QUARANTINE_PREVIEW_BYTES]
         self.kept_by_ws[workspace] = used + len(kept)
@@ -374,6 +416,7 @@ class _Batch:
             return self.quarantine_item(
                 p.item, f"conflict: seq {ev['seq']} is already held with different content", ev
             )
+        self.lock_exceptions()
         config = self.ledger.config
         if self.held_total >= config.max_held:
             return self.quarantine_item(
@@ -445,6 +488,8 @@ class _Batch:
         ehash: bytes,
         state: RunState,
     ) -> Outcome:
+        """Accept the run's next event: its entry takes the batch's next position (``position``
+        builds its bytes once the store has sequenced the batch)."""
         try:
             state.check(ev)
         except RunRuleError as e:
@@ -456,65 +501,89 @@ class _Batch:
             refusal = self.approvals.refusal(ev, facts, state.replay_of)
             if refusal is not None:
                 return self.quarantine_item(item, f"rule: {refusal}", ev)
-        index = self.next_index
-        # Same bytes as dumps({...}) with sorted keys, assembled directly: this is the hot path.
-        prev = b"null" if state.last_hash is None else b'"' + state.last_hash.encode() + b'"'
-        data = b"".join(
-            (
-                b'{"event":',
-                canonical,
-                b',"index":',
-                str(index).encode(),
-                self.middle,
-                prev,
-                self.received_json,
-                self.source_json(item.source),
-                b"}",
-            )
-        )
-        leaf = sha256(b"\x00" + data).digest()  # merkle.leaf_hash, inlined on the hot path
-        self.leaves.append(leaf)
-        self.next_index = index + 1
-        state.apply(ev, leaf.hex())
         key = (state.workspace, state.run_id)
+        if key not in self.chain:
+            self.chain[key] = state.last_hash
+        position = len(self.pending)
+        state.apply(ev, "")  # its hash links the chain once it has a position (see position())
         self.dirty.add(key)
         self.known[(ev["workspace"], ev["event_id"])] = (ev["run_id"], ev["seq"], ehash)
-        self.entries.append(
-            EntryRow(
-                index=index,
-                data=data,
-                leaf_hash=leaf,
-                kind="event",
-                workspace=ev["workspace"],
-                run_id=ev["run_id"],
-                seq=ev["seq"],
-                event_id=ev["event_id"],
-                event_type=ev["type"],
-                event_time=ev["time"],
-            )
-        )
+        outcome = Outcome("accepted", None, None, ev["event_id"], ev["run_id"])
+        self.pending.append((outcome, item.source, ev, canonical, key))
         self.report.accepted += 1
         if step:
-            self.approvals.accepted(ev, facts, index, state)
-        return Outcome("accepted", None, index, ev["event_id"], ev["run_id"])
+            self.approvals.accepted(ev, facts, _provisional(position), state)
+        return outcome
 
-    def add_system_entry(self, kind: str, body: Mapping[str, Any]) -> EntryRow:
-        index = self.next_index
-        data = dumps(
-            {
-                **body,
-                "index": index,
-                "kind": kind,
-                "log": self.ledger.config.origin,
-                "received": self.received,
-            }
-        )
-        leaf = merkle.leaf_hash(data)
-        self.leaves.append(leaf)
-        self.next_index = index + 1
-        row = EntryRow(index=index, data=data, leaf_hash=leaf, kind=kind)
-        self.entries.append(row)
-        return row
+    def add_system_entry(
+        self,
+        kind: str,
+        body: Callable[[int], Mapping[str, Any]],
+        columns: Callable[[int], dict[str, Any]] | None = None,
+    ) -> _System:
+        """A system entry taking the batch's next position; ``body`` and ``columns`` are given
+        its index once the batch is sequenced (``.row`` is then the entry)."""
+        entry = _System(kind, body, columns)
+        self.pending.append(entry)
+        return entry
+
+    def position(self) -> None:
+        """Sequence the batch's entries, then build their bytes and leaf hashes and link each
+        run's chain: outside any ledger-wide lock, since the positions are the batch's own."""
+        if not self.pending:
+            return
+        base = self.base = self.tx.sequence(len(self.pending))
+        last = self.chain
+        middle, received_json, source_json = self.middle, self.received_json, self.source_json
+        origin, received = self.ledger.config.origin, self.received
+        entries, leaves = self.entries, self.leaves
+        for index, p in enumerate(self.pending, base):
+            if isinstance(p, _System):
+                data = dumps({**p.body(index), "index": index, "kind": p.kind, "log": origin,
+                              "received": received})
+                leaf = merkle.leaf_hash(data)
+                p.row = EntryRow(index=index, data=data, leaf_hash=leaf, kind=p.kind,
+                                 **(p.columns(index) if p.columns is not None else {}))
+                entries.append(p.row)
+                leaves.append(leaf)
+                continue
+            outcome, source, ev, canonical, key = p
+            prev = last[key]
+            # Same bytes as dumps({...}) with sorted keys, assembled directly: this is the hot path.
+            data = b"".join(
+                (
+                    b'{"event":',
+                    canonical,
+                    b',"index":',
+                    str(index).encode(),
+                    middle,
+                    b"null" if prev is None else b'"' + prev.encode() + b'"',
+                    received_json,
+                    source_json(source),
+                    b"}",
+                )
+            )
+            leaf = sha256(b"\x00" + data).digest()  # merkle.leaf_hash, inlined on the hot path
+            last[key] = leaf.hex()
+            outcome.index = index
+            leaves.append(leaf)
+            entries.append(
+                EntryRow(
+                    index=index,
+                    data=data,
+                    leaf_hash=leaf,
+                    kind="event",
+                    workspace=ev["workspace"],
+                    run_id=ev["run_id"],
+                    seq=ev["seq"],
+                    event_id=ev["event_id"],
+                    event_type=ev["type"],
+                    event_time=ev["time"],
+                )
+            )
+        for key, h in last.items():
+            self.states[key].last_hash = h
+        self.approvals.position(base)
 
     def flush(
         self,
@@ -522,10 +591,18 @@ class _Batch:
         offsets: Mapping[tuple[str, int], int] | None,
         force_checkpoint: bool = False,
     ) -> AppendReport:
+        """Write the batch, then integrate its entries into the tree (and sign a checkpoint if
+        one is due): the ledger-wide serial step, entered by ``tx.head()``.
+
+        The consumer offsets are written before the batch is sequenced: a batch takes every
+        lock it needs before it has positions (see ``LedgerTx.sequence``).
+        """
         tx = self.tx
+        if consumer is not None and offsets:
+            tx.save_offsets(consumer, offsets)
+        self.position()
         if self.entries:
             tx.append_entries(self.entries)
-            tx.append_nodes(self.range.append_many(self.leaves))
         if self.dirty:
             tx.save_runs({k: self.states[k].to_bytes() for k in sorted(self.dirty)})
         self.approvals.flush()
@@ -535,16 +612,37 @@ class _Batch:
             tx.put_held(self.held_new)
         if self.held_drop:
             tx.drop_held(self.held_drop)
-        if consumer is not None and offsets:
-            tx.save_offsets(consumer, offsets)
-        self.head.size = self.range.size
-        self.head.frontier = list(self.range.hashes)
+        if not self.entries and not force_checkpoint:
+            peek = tx.peek_head()
+            if not self.ledger.checkpoint_due(peek, self.now):
+                self.report.size = peek.size
+                return self.report
+        head = tx.head()
+        if self.base is not None and head.size != self.base:
+            raise StoreIntegrityError(
+                f"the store sequenced positions from {self.base} but integrates at {head.size}"
+            )
+        tree = merkle.CompactRange(head.size, head.frontier)
+        if self.leaves:
+            tx.append_nodes(tree.append_many(self.leaves))
+        head.size = tree.size
+        head.frontier = list(tree.hashes)
+        now = self.ledger.clock() if self.base is not None else self.now  # its turn may come later
         self.report.checkpoint = self.ledger.maybe_checkpoint(
-            tx, self.head, self.range.root(), self.now, force_checkpoint
+            tx, head, tree.root(), max(now, head.checkpoint_time), force_checkpoint
         )
-        tx.save_head(self.head)
-        self.report.size = self.head.size
+        tx.save_head(head)
+        self.report.size = head.size
         return self.report
+
+
+_CONFLICTS = 4
+"""Tries of one write that a store's unique index may refuse: a first optimistic one, then with
+every event id looked up (see ``_Batch.load``); beside concurrent writers an id they have in
+flight can still be refused, and the next try sees it stored."""
+_RETRIES = 32
+"""Tries of one write that concurrent writers' failures may undo (StoreRetryError): each undo
+means another writer failed or a deadlock was broken, never that this write cannot succeed."""
 
 
 class Ledger:
@@ -578,6 +676,22 @@ class Ledger:
             if self.config.approval_decisions == "person" and tx.meta(DECISIONS_FROM) is None:
                 tx.set_meta(DECISIONS_FROM, str(tx.head().size))
 
+    def _write(self, attempt: Callable[[bool], _T]) -> _T:
+        """Run one write, retried as ``_CONFLICTS`` and ``_RETRIES`` say; ``attempt(optimistic)``
+        is one try (optimistic until the store's unique index refused one)."""
+        optimistic, conflicts, retries = True, 0, 0
+        while True:
+            try:
+                return attempt(optimistic)
+            except StoreIntegrityError:
+                optimistic, conflicts = False, conflicts + 1
+                if conflicts >= _CONFLICTS:
+                    raise
+            except StoreRetryError:
+                retries += 1
+                if retries >= _RETRIES:
+                    raise
+
     def append(
         self,
         items: Sequence[Incoming],
@@ -595,11 +709,7 @@ class Ledger:
             parsed = parse_items(items)
         elif len(parsed) != len(items):
             raise ValueError("parsed results do not match the items")
-        try:
-            return self._append(parsed, consumer, offsets, optimistic=True)
-        except StoreIntegrityError:
-            # a new event reused a stored event_id: redo with every id looked up (see load)
-            return self._append(parsed, consumer, offsets, optimistic=False)
+        return self._write(lambda optimistic: self._append(parsed, consumer, offsets, optimistic))
 
     def _append(
         self,
@@ -608,7 +718,7 @@ class Ledger:
         offsets: Mapping[tuple[str, int], int] | None,
         optimistic: bool,
     ) -> AppendReport:
-        with self.store.transaction() as tx:
+        with self.store.append_transaction() as tx:
             batch = _Batch(self, tx, self.clock())
             batch.load(parsed, optimistic)
             batch.report.results = [batch.process(p) for p in parsed]
@@ -616,10 +726,16 @@ class Ledger:
 
     def expire_held(self) -> AppendReport:
         """Quarantine held events whose gap did not fill within the hold timeout."""
-        now = self.clock()
-        with self.store.transaction() as tx:
+        return self._write(lambda _: self._expire_held(self.clock()))
+
+    def _expire_held(self, now: float) -> AppendReport:
+        older_than = now - self.config.held_timeout_s
+        with self.store.append_transaction() as tx:
             batch = _Batch(self, tx, now)
-            expired = tx.expired_held(now - self.config.held_timeout_s, 10_000)
+            expired = tx.expired_held(older_than, 10_000)
+            if expired:  # lock their runs, then read again what is still held: none was released
+                tx.lock_runs(sorted({(r.workspace, r.run_id) for r in expired}))
+                expired = tx.expired_held(older_than, 10_000)
             for row in expired:
                 batch.quarantine_item(
                     Incoming(row.raw, row.source, row.workspace),
@@ -632,19 +748,23 @@ class Ledger:
     def append_records(self, records: Sequence[Record]) -> list[int]:
         """Append platform records (entry kind ``record``, see ``domain/records.py``) in one
         transaction; return their ledger indexes. The event path can never write this kind."""
-        with self.store.transaction() as tx:
+        return self._write(lambda _: self._append_records(records))
+
+    def _append_records(self, records: Sequence[Record]) -> list[int]:
+        with self.store.append_transaction() as tx:
             batch = _Batch(self, tx, self.clock())
-            indexes = []
+            decided = sorted({(r.workspace, str(r.data.get("approval_id")))
+                              for r in records if r.type == APPROVAL_DECISION})
+            batch.approvals.preload(decided)
+            written = []
             for rec in records:
-                body = record_body(rec, batch.next_index)
                 if rec.type == APPROVAL_DECISION:
-                    batch.approvals.decision(rec, batch.next_index)
-                row = batch.add_system_entry(RECORD_KIND, body)
-                row.workspace, row.event_type, row.event_time = rec.workspace, rec.type, rec.time
-                row.event_id = record_id(row.index)
-                indexes.append(row.index)
+                    batch.approvals.decision(rec, _provisional(len(batch.pending)))
+                written.append(batch.add_system_entry(
+                    RECORD_KIND, partial(record_body, rec), partial(_record_columns, rec)
+                ))
             batch.flush(None, None)
-        return indexes
+        return [w.row.index for w in written if w.row is not None]
 
     def checkpoint(self, force: bool = True) -> CheckpointRow | None:
         """A signed checkpoint covering the whole tree: signed now if the tree grew.
@@ -652,22 +772,26 @@ class Ledger:
         With ``force=False`` only a checkpoint that is due (N entries or T seconds) is signed,
         and None is returned when none was.
         """
-        with self.store.transaction() as tx:
+        with self.store.append_transaction() as tx:
             batch = _Batch(self, tx, self.clock())
             row = batch.flush(None, None, force_checkpoint=force).checkpoint
         if row is None and force:
             row = self.store.latest_checkpoint()
         return row
 
+    def checkpoint_due(self, head: Head, now: float) -> bool:
+        """Whether N entries or T seconds have passed since the head's last checkpoint."""
+        grown = head.size - head.checkpoint_size
+        return grown >= self.config.checkpoint_every or (
+            grown > 0 and now - head.checkpoint_time >= self.config.checkpoint_interval_s
+        )
+
     def maybe_checkpoint(
         self, tx: LedgerTx, head: Head, root: bytes, now: float, force: bool
     ) -> CheckpointRow | None:
         """Sign and store a checkpoint when N entries or T seconds have passed (or forced)."""
         grown = head.size - head.checkpoint_size
-        due = grown >= self.config.checkpoint_every or (
-            grown > 0 and now - head.checkpoint_time >= self.config.checkpoint_interval_s
-        )
-        if not (due or (force and (grown > 0 or head.checkpoint_time == 0.0))):
+        if not (self.checkpoint_due(head, now) or (force and (grown > 0 or head.checkpoint_time == 0.0))):
             return None
         note = sign_checkpoint(Checkpoint(self.config.origin, head.size, root), self.signer)
         row = CheckpointRow(head.size, note, iso(now))
@@ -678,25 +802,25 @@ class Ledger:
 
     def rotate_key(self, new_signer: NoteSigner) -> CheckpointRow:
         """Record a key rotation in the ledger, signed by the old key, then switch keys."""
-        with self.store.transaction() as tx:
-            batch = _Batch(self, tx, self.clock())
-            index = batch.next_index
-            statement = rotation_statement(self.config.origin, index, self.signer.vkey, new_signer.vkey)
-            batch.add_system_entry(
-                "key.rotated",
-                {
-                    "rotation": {
-                        "old_vkey": self.signer.vkey,
-                        "new_vkey": new_signer.vkey,
-                        "statement": self.signer.sign(statement),
-                    }
-                },
-            )
-            report = batch.flush(None, None, force_checkpoint=True)
-            tx.set_meta("current_vkey", new_signer.vkey)
+        report = self._write(lambda _: self._rotate_key(new_signer))
         self.signer = new_signer
         assert report.checkpoint is not None
         return report.checkpoint
+
+    def _rotate_key(self, new_signer: NoteSigner) -> AppendReport:
+        old = self.signer
+
+        def body(index: int) -> dict[str, Any]:
+            statement = rotation_statement(self.config.origin, index, old.vkey, new_signer.vkey)
+            return {"rotation": {"old_vkey": old.vkey, "new_vkey": new_signer.vkey,
+                                 "statement": old.sign(statement)}}
+
+        with self.store.append_transaction() as tx:
+            batch = _Batch(self, tx, self.clock())
+            batch.add_system_entry("key.rotated", body)
+            report = batch.flush(None, None, force_checkpoint=True)
+            tx.set_meta("current_vkey", new_signer.vkey)
+        return report
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """RFC 9162 inclusion proof of entry ``index`` in the tree of ``size``."""
@@ -715,6 +839,12 @@ class Ledger:
         if size == 0:
             return merkle.EMPTY_ROOT
         return merkle.subtree_hash(0, size, self.store.node)
+
+
+def _record_columns(rec: Record, index: int) -> dict[str, Any]:
+    """The index columns of a record's entry at ``index``."""
+    return {"workspace": rec.workspace, "event_type": rec.type, "event_time": rec.time,
+            "event_id": record_id(index)}
 
 
 def rotation_statement(origin: str, index: int, old_vkey: str, new_vkey: str) -> str:

@@ -341,6 +341,51 @@ class LedgerTx(ABC):
     def put_approvals(self, rows: Sequence[ApprovalRow]) -> None:
         """Insert or replace approval rows (by workspace and approval_id)."""
 
+    # -- appending beside other writers ---------------------------------------------------------
+    # An adapter whose transactions are serialised whole (memory, SQLite, PostgreSQL's serial
+    # mode) keeps these defaults. One whose appends run concurrently (PostgreSQL) locks only what
+    # a batch touches, and serialises just ``sequence`` and the integration that ``head`` starts:
+    # see docs/decisions/0010-postgres-batched-integration.md.
+
+    def lock_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Lock these runs against other writers until the transaction ends; return their states.
+
+        A writer of a run waits for the one holding it, then reads what that one committed, so
+        each run's seq, chain and held events are the latest. Default: ``load_runs``.
+        """
+        return self.load_runs(keys)
+
+    def lock_approvals(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Lock these (workspace, approval_id) rows, existing or not, until the transaction ends.
+
+        Default: nothing to do, the transaction is serialised whole.
+        """
+        return None
+
+    def lock_exceptions(self) -> None:
+        """Lock the ledger-wide hold buffer and quarantine budgets until the transaction ends.
+
+        Taken before reading their counts by a batch about to hold or quarantine an item.
+        Default: nothing to do, the transaction is serialised whole.
+        """
+        return None
+
+    def sequence(self, count: int) -> int:
+        """Assign ``count`` (>= 1) consecutive ledger positions to this transaction; the first.
+
+        The transaction writes its entries at them, then integrates them: ``head()`` waits until
+        every earlier position is integrated and returns a head whose size is the first one.
+        Whatever else the transaction locks (runs, approvals, exceptions, the rows it upserts
+        such as consumer offsets) it locks before this call, so that a batch waiting for its
+        turn never waits for a later one. Default: the transaction is serialised, so it appends
+        at the head.
+        """
+        return self.head().size
+
+    def peek_head(self) -> Head:
+        """The head as last committed, without locking it. Default: ``head()``."""
+        return self.head()
+
 
 class LedgerStore(ABC):
     """A ledger database: transactions for writers, plain reads for everyone else."""
@@ -348,6 +393,14 @@ class LedgerStore(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[LedgerTx]:
         """Open a write transaction (serialised against other writers)."""
+
+    def append_transaction(self) -> AbstractContextManager[LedgerTx]:
+        """Open a write transaction for appending: what the ledger's write path uses.
+
+        An adapter that lets appends run side by side serialises in it only ``sequence`` and the
+        integration from ``head()`` to commit (``LedgerTx`` says how). Default: ``transaction()``.
+        """
+        return self.transaction()
 
     @abstractmethod
     def size(self) -> int:

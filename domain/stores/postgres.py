@@ -1,19 +1,30 @@
 """PostgreSQL ledger store: one ledger shared by ingest workers on several machines.
 
-Writers are serialised by locking the single ``head`` row (``SELECT ... FOR UPDATE``) at the
-start of every write transaction, so concurrent workers append one batch at a time and the
-Merkle frontier, run states and checkpoints they read are always the latest committed ones.
+Appends run side by side (``append_transaction``): a batch locks only the runs (and approvals)
+it touches, is assigned a range of ledger positions by one short statement, builds and hashes
+its entries and writes them outside any ledger-wide lock, and only then waits for its turn to
+integrate them into the Merkle tree: the ``head`` row is locked from that moment to the commit.
+Everything else a batch locks, it locks before it is assigned positions; so a batch waiting for
+its turn waits only for batches that hold everything they need.
+A batch whose predecessor failed without integrating finds a hole in the positions: the hole is
+closed by voiding every pending assignment (a new epoch), and those batches are redone (see
+docs/decisions/0010-postgres-batched-integration.md). ``transaction()`` (and the store's
+``serial`` mode, kept to measure against) locks the head row for the whole transaction instead.
+
 Bulk writes use binary ``COPY`` and lookups use ``unnest`` arrays: a batch of 10,000 events
-costs about a dozen round trips. Reads use a separate autocommit connection per thread.
+costs 17 round trips. Reads use a separate autocommit connection per thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +32,7 @@ import psycopg
 from psycopg import pq
 
 from domain.approvals import APPROVAL_COLUMNS, ApprovalRow, row_of, row_values
-from domain.errors import NotFoundError, StoreError, StoreIntegrityError
+from domain.errors import NotFoundError, StoreError, StoreIntegrityError, StoreRetryError
 from domain.ports import (
     CheckpointRow,
     CosignatureRow,
@@ -97,6 +108,9 @@ CREATE TABLE IF NOT EXISTS approvals (
   decision TEXT, decided_by TEXT, decided_at TEXT, reason TEXT, decision_index BIGINT,
   PRIMARY KEY (workspace, approval_id));
 CREATE INDEX IF NOT EXISTS approvals_by_request ON approvals (workspace, requested_index);
+CREATE TABLE IF NOT EXISTS sequencer (
+  id INTEGER PRIMARY KEY CHECK (id = 1), next BIGINT NOT NULL, epoch BIGINT NOT NULL);
+INSERT INTO sequencer (id, next, epoch) SELECT 1, size, 0 FROM head ON CONFLICT (id) DO NOTHING;
 """
 
 _TABLES = (
@@ -113,10 +127,19 @@ _TABLES = (
     "cosignatures",
     "entries_record_types",  # an index added later: a ledger without it gets it on open
     "approvals",
+    "sequencer",
 )
 
 # pg_advisory_xact_lock key serialising concurrent schema creation ("tachograph" in ASCII).
 _SCHEMA_LOCK = 0x74616368_6F677261
+# advisory lock keys of concurrent appends (one-key form; the approvals' own keys are hashes)
+_EXCEPTIONS_LOCK = 0x74616368_686F6C64  # the hold buffer and quarantine budgets
+_SEQUENCING_LOCK = 0x74616368_73657173  # held while one batch is assigned its positions
+_APPROVALS_LOCK = 0x74616368_61707072  # shared per approval-locking batch, exclusive past a bound
+_MAX_APPROVAL_LOCKS = 256  # more keys than this in one transaction: all approvals at once
+# two-key form (namespace + epoch, low 32 bits of the first position) of a pending assignment
+_ASSIGNED = 0x74610000
+_NO_STATE = b""  # the state of a run row a writer created to lock a run that has none yet
 
 _ENTRY_COLS = "idx, data, leaf, kind, workspace, run_id, seq, event_id, type, time, event_hash"
 _ENTRY_TYPES = [
@@ -260,11 +283,64 @@ class PostgresRangeReader(RangeReaderBase):
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
 
 
-class PostgresTx(LedgerTx):
-    """A write transaction on the writer connection, holding the head row lock."""
+@dataclass
+class LockStats:
+    """How long this store's writers held the ledger-wide lock (the head row), and for what.
 
-    def __init__(self, conn: Conn) -> None:
+    Batched appends hold it from their turn to integrate until their commit; ``transaction()``
+    and the serial mode from the transaction's start. The sequencing statement (a row lock held
+    for one statement) counts too.
+    """
+
+    held_s: float = 0.0
+    waited_s: float = 0.0  # waiting for it (batched: for every earlier position's integration too)
+    transactions: int = 0
+    entries: int = 0
+
+
+def _assigned_key(epoch: int, first: int) -> tuple[int, int]:
+    """The two-key advisory lock a batch holds while its positions from ``first`` are pending."""
+    return _ASSIGNED + epoch % 65536, first % 2**32 - 2**31
+
+
+def _approval_key(key: tuple[str, str]) -> int:
+    """A signed 64-bit advisory lock key for one (workspace, approval_id)."""
+    digest = hashlib.blake2b(f"{key[0]}\x00{key[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_SEQUENCE = "UPDATE sequencer SET next = next + %(n)s WHERE id = 1 RETURNING next - %(n)s, epoch"
+# void every pending assignment (a new epoch, handing out positions again from the integrated
+# size), if the head is still at the size seen, in the epoch seen: the head row lock makes it
+# wait for an integration in progress, and only the first of several voiders changes anything
+_VOID = (
+    "WITH h AS (SELECT size FROM head WHERE id = 1 FOR UPDATE) "
+    "UPDATE sequencer s SET next = h.size, epoch = s.epoch + 1 FROM h "
+    "WHERE s.id = 1 AND s.epoch = %s AND h.size = %s"
+)
+
+
+class PostgresTx(LedgerTx):
+    """A write transaction on the writer connection.
+
+    Serial (``transaction()``): it holds the head row lock from its start. Batched
+    (``append_transaction()``): it locks the runs and approvals it touches, gets its positions
+    from ``sequence`` and takes the head row lock only in ``head()``, when its turn comes.
+    """
+
+    def __init__(self, conn: Conn, store: PostgresStore | None = None, serial: bool = True) -> None:
         self.c = conn
+        self.store = store
+        self.serial = serial
+        self.first: int | None = None  # the first position sequenced for this transaction
+        self.count = 0
+        self.epoch = 0
+        self.sequencing = False  # holding the sequencing lock (a session lock: see sequence)
+        self.locked_at: float | None = None  # when this transaction took the head row lock
+        self.placeholders: set[tuple[str, str]] = set()  # run rows created to lock new runs
+        self.saved: set[tuple[str, str]] = set()
+        self.approvals_mode = ""  # "", "shared" (per key) or "all"
+        self.approval_locks = 0
 
     def _copy(
         self, table: str, cols: str, types: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -280,12 +356,140 @@ class PostgresTx(LedgerTx):
                 copy.write_row(row)
 
     def head(self) -> Head:
+        if not self.serial and self.locked_at is None:
+            start = time.perf_counter()
+            if self.first is not None:
+                self._wait_for_turn()
+            row = self.c.execute(
+                "SELECT h.size, h.frontier, h.checkpoint_size, h.checkpoint_time, s.epoch "
+                "FROM head h, sequencer s WHERE h.id = 1 AND s.id = 1 FOR UPDATE OF h"
+            ).fetchone()
+            self.locked_at = time.perf_counter()
+            if self.store is not None:
+                self.store.lock_stats.waited_s += self.locked_at - start
+            if row is None:
+                raise StoreError("the ledger's head or sequencer row is missing")
+            if self.first is not None and (int(row[0]) != self.first or int(row[4]) != self.epoch):
+                raise StoreRetryError("this batch's ledger positions were voided; nothing was written")
+            return Head(int(row[0]), _frontier_list(bytes(row[1])), int(row[2]), float(row[3]))
+        return self.peek_head()
+
+    def peek_head(self) -> Head:
         row = self.c.execute(
             "SELECT size, frontier, checkpoint_size, checkpoint_time FROM head WHERE id = 1"
         ).fetchone()
         if row is None:
             return Head()
         return Head(int(row[0]), _frontier_list(bytes(row[1])), int(row[2]), float(row[3]))
+
+    # -- concurrent appends -------------------------------------------------------------------
+
+    def sequence(self, count: int) -> int:
+        if self.serial:
+            self.count = count
+            return self.peek_head().size
+        if self.first is not None or count < 1:
+            raise StoreError("a transaction is sequenced once, for one or more entries")
+        assert self.store is not None
+        # The positions come from the sequencer row, updated on the writer's autocommit
+        # connection so that the next batch sees them taken at once; this transaction then
+        # holds the assignment's advisory lock until it ends. The sequencing lock makes the two
+        # steps one: a later batch finds the lock of every earlier assignment already taken.
+        start = time.perf_counter()
+        self.c.execute("SELECT pg_advisory_lock(%s)", (_SEQUENCING_LOCK,))
+        self.sequencing = True
+        row = self.store._sequencer_conn().execute(_SEQUENCE, {"n": count}).fetchone()
+        assert row is not None
+        self.first, self.epoch, self.count = int(row[0]), int(row[1]), count
+        self.c.execute(  # in this order (a failure leaves the unlock to the transaction's end)
+            "SELECT pg_advisory_xact_lock(%s, %s), pg_advisory_unlock(%s)",
+            (*_assigned_key(self.epoch, self.first), _SEQUENCING_LOCK),
+        )
+        self.sequencing = False
+        self.store.lock_stats.held_s += time.perf_counter() - start
+        return self.first
+
+    def _wait_for_turn(self) -> None:
+        """Wait until every position before this transaction's is integrated.
+
+        Each pending assignment's holder keeps an advisory lock until its transaction ends: a
+        writer waits on the lock of the assignment at the integrated size. If that one ended
+        without integrating (it failed, or its process died), its positions are a hole that
+        nothing will fill: every pending assignment is voided and this batch is redone.
+        """
+        assert self.store is not None and self.first is not None
+        while True:
+            row = self.c.execute(
+                "SELECT h.size, s.epoch FROM head h, sequencer s WHERE h.id = 1 AND s.id = 1"
+            ).fetchone()
+            assert row is not None
+            size, epoch = int(row[0]), int(row[1])
+            if epoch != self.epoch:
+                raise StoreRetryError("this batch's ledger positions were voided; nothing was written")
+            if size == self.first:
+                return
+            if size < self.first:
+                key = _assigned_key(epoch, size)
+                self.c.execute(
+                    "SELECT pg_advisory_lock_shared(%s, %s), pg_advisory_unlock_shared(%s, %s)",
+                    (*key, *key),
+                )
+                again = self.c.execute("SELECT size FROM head WHERE id = 1").fetchone()
+                if again is None or int(again[0]) != size:
+                    continue  # it integrated: look again
+            # a hole at ``size`` (its holder ended without integrating), or positions handed
+            # out below what is integrated (a sequencer behind the head): start a new epoch
+            self.store._sequencer_conn().execute(_VOID, (epoch, size))
+
+    def lock_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        if self.serial or not keys:
+            return self.load_runs(keys)
+        ws, runs = [k[0] for k in keys], [k[1] for k in keys]
+        with self.c.pipeline():  # one round trip: create the missing rows, then lock them all
+            created = self.c.execute(
+                "INSERT INTO runs (workspace, run_id, state) "
+                "SELECT w, r, %s FROM unnest(%s::text[], %s::text[]) AS k(w, r) "
+                "ON CONFLICT (workspace, run_id) DO NOTHING RETURNING workspace, run_id",
+                (_NO_STATE, ws, runs),
+            )
+            locked = self.c.execute(
+                "SELECT r.workspace, r.run_id, r.state FROM runs r "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, run_id) USING (workspace, run_id) "
+                "ORDER BY r.workspace, r.run_id FOR UPDATE OF r",
+                (ws, runs),
+            )
+        self.placeholders.update((str(w), str(r)) for w, r in created.fetchall())
+        return {(str(w), str(r)): bytes(st) for w, r, st in locked.fetchall() if bytes(st)}
+
+    def lock_approvals(self, keys: Sequence[tuple[str, str]]) -> None:
+        if self.serial or not keys or self.approvals_mode == "all":
+            return
+        if self.approval_locks + len(keys) > _MAX_APPROVAL_LOCKS:
+            self.c.execute("SELECT pg_advisory_xact_lock(%s)", (_APPROVALS_LOCK,))
+            self.approvals_mode = "all"
+            return
+        if not self.approvals_mode:
+            self.c.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_APPROVALS_LOCK,))
+            self.approvals_mode = "shared"
+        self.c.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::int8[]) AS k",
+            (sorted({_approval_key(k) for k in keys}),),
+        )
+        self.approval_locks += len(keys)
+
+    def lock_exceptions(self) -> None:
+        if not self.serial:
+            self.c.execute("SELECT pg_advisory_xact_lock(%s)", (_EXCEPTIONS_LOCK,))
+
+    def finish(self) -> None:
+        """Before commit: drop the run rows created only to lock runs that got no state."""
+        unsaved = sorted(self.placeholders - self.saved)
+        if unsaved:
+            self.c.execute(
+                "DELETE FROM runs r USING unnest(%s::text[], %s::text[]) AS k(workspace, run_id) "
+                "WHERE r.workspace = k.workspace AND r.run_id = k.run_id AND r.state = %s",
+                ([k[0] for k in unsaved], [k[1] for k in unsaved], _NO_STATE),
+            )
 
     def save_head(self, head: Head) -> None:
         self.c.execute(
@@ -313,11 +517,12 @@ class PostgresTx(LedgerTx):
             "JOIN unnest(%s::text[], %s::text[]) AS k(workspace, run_id) USING (workspace, run_id)",
             ([k[0] for k in keys], [k[1] for k in keys]),
         ).fetchall()
-        return {(str(ws), str(run)): bytes(st) for ws, run, st in rows}
+        return {(str(ws), str(run)): bytes(st) for ws, run, st in rows if bytes(st)}
 
     def save_runs(self, states: Mapping[tuple[str, str], bytes]) -> None:
         if not states:
             return
+        self.saved.update(states)
         self.c.execute(
             "INSERT INTO runs (workspace, run_id, state) "
             "SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
@@ -498,12 +703,19 @@ class PostgresStore(LedgerStore):
 
     Args:
         dsn: libpq connection string or ``postgresql://`` URL.
-        lock_timeout_s: how long a writer waits for the ledger write lock before failing.
+        lock_timeout_s: how long a writer waits for a lock (its runs, its turn to integrate, the
+            ledger write lock) before failing.
+        serial: appends hold the ledger-wide lock for their whole transaction, as before batched
+            integration existed. Kept to measure against (``bench/postgres_store.py``); it may
+            share a ledger with batched writers (overlapping positions are refused and redone).
     """
 
-    def __init__(self, dsn: str, *, lock_timeout_s: float = 60.0) -> None:
+    def __init__(self, dsn: str, *, lock_timeout_s: float = 60.0, serial: bool = False) -> None:
         self.dsn = dsn
         self.lock_timeout_s = lock_timeout_s
+        self.serial = serial
+        self.lock_stats = LockStats()
+        self._sequencer: Conn | None = None
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[Conn] = []
@@ -548,6 +760,13 @@ class PostgresStore(LedgerStore):
             self._writer = self._connect()
         return self._writer
 
+    def _sequencer_conn(self) -> Conn:
+        """The writer's second (autocommit) connection: it assigns positions, holding the
+        advisory lock of the assignment until the writer's transaction ends, and voids them."""
+        if self._sequencer is None or self._sequencer.closed or self._sequencer.broken:
+            self._sequencer = self._connect()
+        return self._sequencer
+
     def _reader(self) -> Conn:
         conn: Conn | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
@@ -568,29 +787,62 @@ class PostgresStore(LedgerStore):
 
     @contextmanager
     def transaction(self) -> Iterator[LedgerTx]:
+        """A write transaction holding the ledger-wide lock (the head row) from its start."""
+        with self._write(serial=True) as tx:
+            yield tx
+
+    def append_transaction(self) -> AbstractContextManager[LedgerTx]:
+        """A write transaction for appending beside other writers (see ``PostgresTx``)."""
+        return self._write(serial=self.serial)
+
+    @contextmanager
+    def _write(self, serial: bool) -> Iterator[LedgerTx]:
         with self._lock:
             if self._in_tx:
                 raise StoreError("a ledger transaction is already open in this thread")
             self._in_tx = True
+            tx: PostgresTx | None = None
             try:
                 conn = self._writer_conn()
                 with conn.transaction():
-                    conn.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")
-                    yield PostgresTx(conn)
+                    tx = PostgresTx(conn, self, serial)
+                    if serial:
+                        start = time.perf_counter()
+                        conn.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")
+                        tx.locked_at = time.perf_counter()
+                        self.lock_stats.waited_s += tx.locked_at - start
+                    yield tx
                     if conn.info.transaction_status == pq.TransactionStatus.INERROR:
                         raise StoreError(
                             "ledger transaction was aborted by an earlier error; nothing was written"
                         )
+                    tx.finish()
+                if tx.locked_at is not None:
+                    stats = self.lock_stats
+                    stats.held_s += time.perf_counter() - tx.locked_at
+                    stats.transactions += 1
+                    stats.entries += tx.count
             except psycopg.IntegrityError as e:
                 raise StoreIntegrityError(f"ledger write rejected: {_reason(e)}") from e
             except psycopg.errors.LockNotAvailable as e:
                 raise StoreError(
                     f"timed out after {self.lock_timeout_s:g}s waiting for the ledger write lock"
                 ) from e
+            except psycopg.errors.DeadlockDetected as e:
+                raise StoreRetryError(f"ledger write undone to break a deadlock: {_reason(e)}") from e
             except psycopg.Error as e:
                 raise StoreError(f"ledger write failed: {_reason(e)}") from e
             finally:
                 self._in_tx = False
+                if tx is not None and tx.sequencing:  # failed while being assigned positions
+                    self._unlock_sequencing()
+
+    def _unlock_sequencing(self) -> None:
+        """Release the sequencing lock after a failure (the transaction has ended)."""
+        try:
+            self._writer.execute("SELECT pg_advisory_unlock(%s)", (_SEQUENCING_LOCK,))
+        except psycopg.Error:
+            self._writer.close()  # gone with the session; a new one is opened on next use
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -823,6 +1075,8 @@ class PostgresStore(LedgerStore):
     def close(self) -> None:
         with self._lock:
             self._writer.close()
+            if self._sequencer is not None:
+                self._sequencer.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

@@ -17,7 +17,7 @@ import pytest
 from domain import merkle
 from domain.approvals import ApprovalRow
 from domain.checkpoint import Checkpoint
-from domain.errors import NotFoundError, StoreError, StoreIntegrityError
+from domain.errors import NotFoundError, StoreError, StoreIntegrityError, StoreRetryError
 from domain.evidence import build_evidence, verify_evidence
 from domain.ledger import Ledger
 from domain.ports import (
@@ -312,6 +312,57 @@ class StoreContract:
         with store.transaction() as tx:
             loaded = tx.load_runs([("acme", "r1"), ("acme", "r2"), ("acme", "r3"), ("b", "r1")])
         assert loaded == {("acme", "r1"): b"one-updated", ("acme", "r2"): b"two"}
+
+    def test_locking_runs_reads_their_states_and_leaves_no_trace_for_runs_without_one(self, store):
+        with store.transaction() as tx:
+            tx.save_runs({("acme", "r1"): b"one"})
+        with store.append_transaction() as tx:
+            assert tx.lock_runs([("acme", "r1"), ("acme", "r2")]) == {("acme", "r1"): b"one"}
+            tx.lock_approvals([("acme", "a1")])
+            tx.lock_exceptions()
+            tx.save_runs({("acme", "r3"): b"three"})
+        with store.transaction() as tx:
+            found = tx.load_runs([("acme", "r1"), ("acme", "r2"), ("acme", "r3")])
+        assert found == {("acme", "r1"): b"one", ("acme", "r3"): b"three"}
+
+    # -- sequencing and integration -------------------------------------------------------------
+
+    def _append_at_positions(self, store: LedgerStore, first_index: int, count: int) -> None:
+        """One append transaction: sequence ``count`` entries, write them, then integrate."""
+        with store.append_transaction() as tx:
+            first = tx.sequence(count)
+            tx.append_entries([entry(i, run_id=f"r{i}", seq=0) for i in range(first, first + count)])
+            head = tx.head()  # its turn to integrate: every earlier position is integrated
+            assert head.size == first == first_index
+            tree = merkle.CompactRange(head.size, head.frontier)
+            tree.append_many([entry(i, run_id=f"r{i}", seq=0).leaf_hash for i in range(first, first + count)])
+            tx.save_head(Head(tree.size, list(tree.hashes), head.checkpoint_size, head.checkpoint_time))
+            assert tx.peek_head().size == tree.size
+
+    def test_an_append_transaction_is_sequenced_at_the_head_and_integrates_after_it(self, store):
+        self._append_at_positions(store, 0, 3)
+        self._append_at_positions(store, 3, 2)
+        assert store.size() == 5
+        assert [r.index for r in store.entries()] == [0, 1, 2, 3, 4]
+        with store.append_transaction() as tx:
+            assert tx.peek_head().size == 5
+
+    def test_positions_of_a_rolled_back_append_are_given_again(self, store):
+        class Boom(Exception):
+            pass
+
+        self._append_at_positions(store, 0, 2)
+        with pytest.raises(Boom), store.append_transaction() as tx:
+            assert tx.sequence(4) == 2
+            tx.append_entries([entry(i, run_id=f"r{i}", seq=0) for i in range(2, 6)])
+            raise Boom
+        for attempt in range(3):  # a store that voids the hole asks once to redo (nothing written)
+            try:
+                self._append_at_positions(store, 2, 3)
+                break
+            except StoreRetryError:
+                assert attempt == 0
+        assert [r.index for r in store.entries()] == [0, 1, 2, 3, 4]
 
     # -- quarantine -----------------------------------------------------------------------------
 

@@ -294,3 +294,21 @@ def test_verify_checks_a_replays_decision_against_the_persons_decision_in_the_re
     honest.append(items(_replay("ok")))
     honest.checkpoint()
     assert verify(honest, 0).ok
+
+
+def test_approval_rows_get_their_entries_ledger_indexes_when_the_batch_is_sequenced() -> None:
+    """Outcomes are decided before a batch has ledger positions: an approval requested (or a
+    decision recorded) in a batch is noted with a stand-in index, and its row gets the index its
+    entry was given; a second request of the same id in the same batch is refused as such."""
+    ledger = make_ledger(store=MemoryStore(), approval_decisions="person")
+    ledger.append(items([event("r0", 0, "run.started", START)]))
+    report = ledger.append(items([event("r1", 0, "run.started", START), requested("r1", 1, "a"),
+                                  event("r2", 0, "run.started", START), requested("r2", 1, "a")]))
+    assert [o.status for o in report.results] == ["accepted", "accepted", "accepted", "quarantined"]
+    assert "(earlier in the same batch)" in (report.results[3].reason or "")
+    assert [o.index for o in report.results] == [1, 2, 3, None]
+    at = decision(ledger, "a")
+    row = ledger.store.approval("acme", "a")
+    assert row is not None and (row.requested_index, row.decision_index) == (2, at) == (2, 4)
+    again = ledger.append(items([event("r3", 0, "run.started", START), requested("r3", 1, "a")]))
+    assert "(ledger index 2)" in (again.results[1].reason or "")
