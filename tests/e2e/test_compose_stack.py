@@ -121,7 +121,7 @@ def test_the_compose_services_run_as_written(apache_kafka, compose_postgres, tmp
             assert r.status_code == 200, r.text
             return sum(int(row["runs"]) for row in r.json()["rows"])
 
-        _eventually("the analytics count both runs", lambda: counted() == 2, timeout=60)
+        _eventually("the analytics count both runs", lambda: counted() == 2, timeout=120)
         assert (stack.volume("analytics") / "CURRENT").exists()
         assert not (stack.volume("api-data") / "analytics.duckdb").exists()  # the API wrote none
         stack.alive()
