@@ -36,6 +36,10 @@ BUNDLE_TYPE = "application/vnd.openpolicyagent.bundles"
 """The content type that tells OPA this server holds long polls (OPA also accepts it as a bundle)."""
 MAX_WAIT_S = 120
 POLL_S = 0.25
+MAX_LONG_POLLS_PER_WORKSPACE = 32
+"""Long polls one workspace may hold open at once; beyond it a request is answered at once (OPA
+polls again after its delay), so one tenant's sidecars cannot tie up what all share."""
+_long_polls: dict[str, int] = {}
 RevisionId = Annotated[str, Path(description="a revision id, e.g. `3-5f2a9c1e0b7d`",
                                  pattern=f"^{REVISION}$")]
 
@@ -115,6 +119,23 @@ async def policy_bundle(
     prefer: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> Response:
     wait = _wait_of(prefer)
+    if wait and _long_polls.get(key.workspace, 0) >= MAX_LONG_POLLS_PER_WORKSPACE:
+        wait = 0.0
+    if not wait:
+        return await _bundle_answer(services, key, if_none_match, request, 0.0)
+    _long_polls[key.workspace] = _long_polls.get(key.workspace, 0) + 1
+    try:
+        return await _bundle_answer(services, key, if_none_match, request, wait)
+    finally:
+        left = _long_polls[key.workspace] - 1
+        if left:
+            _long_polls[key.workspace] = left
+        else:
+            del _long_polls[key.workspace]
+
+
+async def _bundle_answer(services: ServicesDep, key: ApiKey, if_none_match: str | None,
+                         request: Request, wait: float) -> Response:
     give_up = time.monotonic() + wait
     while True:
         found = await run_in_threadpool(services.policies.active, key.workspace)

@@ -178,3 +178,27 @@ def test_a_policy_opa_would_refuse_is_not_published(api: Api, opa_bin: Path) -> 
     assert api.client.get("/v1/policy/revisions", headers=api.auth("admin")).json()["revisions"] == []
     ok = publish(api, {"refunds.rego": REFUNDS})
     assert ok["checked_with"] == "opa 1.22.4"
+
+
+def test_one_workspace_cannot_hold_more_long_polls_than_its_share(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    import api.routes.policies as routes
+
+    monkeypatch.setattr(routes, "MAX_LONG_POLLS_PER_WORKSPACE", 1)
+    rev = publish(api, {"refunds.rego": REFUNDS}, activate=True)["revision"]
+    held = {**api.auth("publisher"), "If-None-Match": f'"{rev}"', "Prefer": "wait=3"}
+    first: dict[str, float] = {}
+
+    def hold() -> None:
+        t0 = time.monotonic()
+        first["status"] = api.client.get("/v1/policy/bundle.tar.gz", headers=held).status_code
+        first["seconds"] = time.monotonic() - t0
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    r = api.client.get("/v1/policy/bundle.tar.gz", headers=held)
+    assert r.status_code == 304 and time.monotonic() - t0 < 1.0, "over the share: answered at once"
+    t.join(10)
+    assert first["status"] == 304 and first["seconds"] >= 2.5, "the first one held its wait"
+    assert routes._long_polls == {}, "every long poll let go of its place"
