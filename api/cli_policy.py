@@ -137,9 +137,7 @@ def cmd_publish(
         service, actor = _local()
         rev, act = service.publish(actor, workspace, files, fail_closed=fail_closed, message=message,
                                    activate=activate, reason=reason)
-        fold = service.fold(workspace)
-        out = {**rev.summary(), "active": fold.active is not None and fold.active.revision == rev.revision,
-               "activation": act.to_json() if act else None}
+        out = {**service.fold(workspace).revision_json(rev), "activation": act.to_json() if act else None}
     _show_revision(out, json_out)
 
 
@@ -170,14 +168,8 @@ def _revisions(workspace: str, api_url: str | None) -> dict[str, Any]:
     if api_url:
         return _Remote(api_url).call("GET", "/v1/policy/revisions")
     service, _ = _local()
-    fold = service.fold(workspace)
-    active = fold.active.revision if fold.active else None
-    ever = fold.ever_active()
-    revs = sorted(fold.revisions.values(), key=lambda r: r.index, reverse=True)
-    return {"workspace": workspace, "active": active,
-            "revisions": [{**r.summary(), "active": r.revision == active,
-                           "ever_active": r.revision in ever} for r in revs],
-            "activations": [a.to_json() for a in reversed(fold.activations)]}
+    listing: dict[str, Any] = service.fold(workspace).listing()
+    return listing
 
 
 def cmd_list(workspace: Workspace = "default", api_url: ApiUrl = None, json_out: JsonOpt = False) -> None:
@@ -207,10 +199,7 @@ def cmd_show(
         out = _Remote(api_url).call("GET", f"/v1/policy/revisions/{quote(revision, safe='')}")
     else:
         service, _ = _local()
-        fold = service.fold(workspace)
-        rev = service.revision(workspace, revision)
-        out = {**rev.summary(), "active": fold.active is not None and fold.active.revision == rev.revision,
-               "ever_active": rev.revision in fold.ever_active(), "sources": dict(rev.files)}
+        out = service.fold(workspace).revision_json(service.revision(workspace, revision), files=True)
     _show_revision(out, json_out)
     if files and not json_out:
         for path, text in out["sources"].items():

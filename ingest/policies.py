@@ -189,6 +189,23 @@ class PolicyFold:
         """Every revision that was ever in force."""
         return {a.revision for a in self.activations}
 
+    def revision_json(self, rev: Revision, files: bool = False) -> dict[str, Any]:
+        """A revision as the API and CLI show it: its summary, whether it is in force and ever
+        was, and (``files``) its sources."""
+        out = rev.summary()
+        out["active"] = self.active is not None and self.active.revision == rev.revision
+        out["ever_active"] = rev.revision in self.ever_active()
+        if files:
+            out["sources"] = dict(rev.files)
+        return out
+
+    def listing(self) -> dict[str, Any]:
+        """Every revision (newest first) and every activation (newest first), as shown."""
+        revs = sorted(self.revisions.values(), key=lambda r: r.index, reverse=True)
+        return {"workspace": self.workspace, "active": self.active.revision if self.active else None,
+                "revisions": [self.revision_json(r) for r in revs],
+                "activations": [a.to_json() for a in reversed(self.activations)]}
+
 
 class LedgerPolicies:
     """The policy revisions of any workspace of a ledger store, caught up on every read (one

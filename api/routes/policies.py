@@ -24,7 +24,7 @@ from api.deps import ServicesDep, require
 from api.keys_store import ApiKey
 from api.policies import PolicyNotFoundError
 from api.schemas import errors
-from ingest.policies import MAX_FILES, MAX_MESSAGE, REVISION, SIDE_EFFECTS, Revision, bundle_bytes
+from ingest.policies import MAX_FILES, MAX_MESSAGE, REVISION, SIDE_EFFECTS, bundle_bytes
 
 router = APIRouter(tags=["policies"])
 
@@ -66,15 +66,6 @@ class ActivateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     revision: str = Field(pattern=f"^{REVISION}$")
     reason: str | None = Field(None, max_length=MAX_MESSAGE)
-
-
-def _revision_json(rev: Revision, active: str | None, ever: set[str], files: bool) -> dict[str, Any]:
-    out = rev.summary()
-    out["active"] = rev.revision == active
-    out["ever_active"] = rev.revision in ever
-    if files:
-        out["sources"] = dict(rev.files)
-    return out
 
 
 def _state(services: ServicesDep, workspace: str) -> dict[str, Any]:
@@ -178,15 +169,7 @@ def _wait_of(prefer: str | None) -> float:
     responses=errors(401, 403),
 )
 def list_revisions(services: ServicesDep, key: PolicyReader) -> JSONResponse:
-    fold = services.policies.fold(key.workspace)
-    active = fold.active.revision if fold.active else None
-    ever = fold.ever_active()
-    revs = sorted(fold.revisions.values(), key=lambda r: r.index, reverse=True)
-    return JSONResponse({
-        "workspace": key.workspace, "active": active,
-        "revisions": [_revision_json(r, active, ever, files=False) for r in revs],
-        "activations": [a.to_json() for a in reversed(fold.activations)],
-    })
+    return JSONResponse(services.policies.fold(key.workspace).listing())
 
 
 @router.get(
@@ -197,10 +180,8 @@ def list_revisions(services: ServicesDep, key: PolicyReader) -> JSONResponse:
     responses=errors(401, 403, 404, 422),
 )
 def get_revision(services: ServicesDep, key: PolicyReader, revision: RevisionId) -> JSONResponse:
-    fold = services.policies.fold(key.workspace)
     rev = services.policies.revision(key.workspace, revision)
-    active = fold.active.revision if fold.active else None
-    return JSONResponse(_revision_json(rev, active, fold.ever_active(), files=True))
+    return JSONResponse(services.policies.fold(key.workspace).revision_json(rev, files=True))
 
 
 @router.get(
@@ -240,8 +221,7 @@ def publish_revision(services: ServicesDep, key: PolicyAdmin, body: PublishBody)
         actor_of(key), key.workspace, body.files, fail_closed=body.fail_closed,
         message=body.message, activate=body.activate, reason=body.reason)
     after = services.policies.fold(key.workspace)
-    out = _revision_json(rev, after.active.revision if after.active else None, after.ever_active(),
-                         files=False)
+    out = after.revision_json(rev)
     out["activation"] = act.to_json() if act else None
     return JSONResponse(out, status_code=201 if len(after.revisions) > before else 200)
 
