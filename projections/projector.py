@@ -171,7 +171,13 @@ class Projector(Projection[DuckDBTrackingRecorder]):
             self.create()
             return True
         origin = self.store.get_meta("origin") or ""
-        if (self._state("origin") or "") != origin:
+        recorded = self._state("origin") or ""
+        if not recorded and origin and self.position() == 0:
+            # created before the ledger had an origin (a projector started first): nothing was
+            # projected from any ledger yet, so this one is it
+            self.con.execute("UPDATE projection_state SET value = ? WHERE name = 'origin'", [origin])
+            return False
+        if recorded != origin:
             raise LedgerMismatchError(
                 f"the analytics database was projected from ledger {self._state('origin')!r}, "
                 f"not {origin!r}: run `tacho project --rebuild`"

@@ -97,6 +97,27 @@ def test_a_database_projected_from_another_ledger_is_refused(
         Projector(other.store, con).catch_up()
 
 
+def test_a_database_made_before_its_ledger_had_an_origin_takes_that_ledgers_origin(
+    ledger_store: LedgerStore, tmp_path: Path
+) -> None:
+    """A projector started before the ledger's first entry (compose starts it beside the writers)
+    projected nothing from any ledger: the ledger that then appears is its own."""
+    con = connect(tmp_path / "a.duckdb")
+    from domain.stores.memory import MemoryStore
+
+    empty = MemoryStore()  # no ledger in it yet: no origin
+    assert not empty.get_meta("origin")
+    Projector(empty, con).catch_up()
+    assert con.execute("SELECT value FROM projection_state WHERE name = 'origin'").fetchall() == [("",)]
+    status = Projector(ledger_store, con).catch_up()
+    assert status.position == ledger_store.size()
+    origin = ledger_store.get_meta("origin")
+    assert con.execute("SELECT value FROM projection_state WHERE name = 'origin'").fetchall() == [(origin,)]
+    other = make_ledger(tmp_path / "other.db", origin="other.example/log")
+    with pytest.raises(LedgerMismatchError, match="rebuild"):
+        Projector(other.store, con).catch_up()
+
+
 def test_a_database_ahead_of_its_ledger_is_refused(tmp_path: Path) -> None:
     events = hand_built()
     big = build_store(tmp_path / "big.db", events)
