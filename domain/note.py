@@ -108,6 +108,10 @@ class NoteVerifier:
         self.key_id = key_id(name, self.public_key)
         self._key = Ed25519PublicKey.from_public_bytes(self.public_key)
 
+    def __reduce__(self) -> tuple[type[NoteVerifier], tuple[str, bytes]]:
+        # the key object does not pickle: a verification state crossing a process is rebuilt from this
+        return (NoteVerifier, (self.name, self.public_key))
+
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
         """Parse a verifier key ``<name>+<8 hex key ID>+<base64(0x01 || public key)>``."""

@@ -74,6 +74,21 @@ def repeated_event_id_in(
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def last_run_entries(execute: Callable[..., Any], keys: Sequence[tuple[Any, Any]], before: int,
+                     mark: str, data: str = "data") -> dict[tuple[Any, Any], tuple[int, bytes]]:
+    """``RangeReaderBase.last_of_runs`` over a SQL ``entries`` table (``mark``: the driver's
+    placeholder; ``data``: the expression of the entry's bytes), one query per run on the
+    (workspace, run_id, seq) index."""
+    sql = (f"SELECT idx, {data} FROM entries WHERE workspace = {mark} AND run_id = {mark} AND idx < {mark} "
+           "ORDER BY seq DESC LIMIT 1")
+    out: dict[tuple[Any, Any], tuple[int, bytes]] = {}
+    for ws, run in keys:
+        row = execute(sql, (ws, run, before)).fetchone()
+        if row is not None:
+            out[(ws, run)] = (int(row[0]), bytes(row[1]))
+    return out
+
+
 class Source(NamedTuple):
     """Where an event came from: a Kafka position, a file line, an HTTP request...
 

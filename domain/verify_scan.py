@@ -465,6 +465,16 @@ class RangeReaderBase(ABC):
         """
         raise NotImplementedError
 
+    def last_of_runs(self, keys: Sequence[tuple[Any, Any]], before: int) -> dict[tuple[Any, Any], tuple[int, bytes]]:
+        """Each (workspace, run_id) of ``keys``: its stored entry with the highest seq among those
+        below ``before``, as (index, bytes); a run with none is left out.
+
+        What ``verify_tail`` asks for a run whose last verified entry its state no longer holds
+        (``domain/verify_chains.py``); over a reader that does not override it, a verification
+        state keeps every run's.
+        """
+        raise NotImplementedError
+
     def read_checked(self, start: int, end: int) -> tuple[list[bytes], bytes, list[int]] | None:
         """Entries ``start .. end - 1`` with their index columns already compared with their
         bytes by the store's own code: ``(datas, stored leaves concatenated, offsets of entries

@@ -18,12 +18,12 @@ from domain.checkpoint import Checkpoint, open_checkpoint
 from domain.errors import CheckpointError, SignatureError, TachographError, VerificationError
 from domain.ledger import rotation_statement
 from domain.note import NoteVerifier, open_note
+from domain.verify_chains import RunChains
 from domain.verify_scan import (
     LAST_LEAF,
     LAST_SEQ,
     ApprovalNote,
     ChunkScan,
-    RunSpan,
     chain_broken,
     seq_gap,
 )
@@ -62,7 +62,7 @@ class VerifyState:
     checkpoints: list[ParsedCheckpoint] = field(default_factory=list)
     by_size: dict[int, list[ParsedCheckpoint]] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)  # of every checkpoint taken, ascending
-    chains: dict[tuple[Any, Any], RunSpan] = field(default_factory=dict)  # each run's last entry so far
+    chains: RunChains = field(default_factory=RunChains)  # each run's last entry so far
     event_ids: set[str | None] = field(default_factory=set)  # empty when the store checks ids
     ids_collected: bool = True  # ``event_ids`` holds every id verified (the store did not check them)
     decisions: dict[tuple[Any, Any], tuple[Any, ...]] = field(default_factory=dict)
@@ -156,7 +156,7 @@ class VerifyState:
         errors: list[Problem] = [(scan.error[0], 0, scan.error[1])] if scan.error else []
         # stitch each run's first entry in this chunk to its last entry in earlier chunks
         for key, (first_position, first_prev, first_seq, _, _) in scan.runs.items():
-            prev = self.chains.get(key)
+            prev = self.chains.get(key)  # runs not held were brought back first (``RunChains.known``)
             expected_prev = prev[LAST_LEAF] if prev else None
             expected_seq = prev[LAST_SEQ] + 1 if prev else 0
             if first_prev != expected_prev:
@@ -196,7 +196,7 @@ class VerifyState:
         more than it, or (unless allowed) entries after the newest checkpoint are unsigned."""
         position = self.position
         result.entries = position
-        result.runs = len(self.chains)
+        result.runs = self.chains.count
         result.root = root.hex()
         result.trusted_keys = self.trusted_keys
         beyond_trusted = [(cp, label) for cp, _, label in self.checkpoints if label and cp.size > position]

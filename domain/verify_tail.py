@@ -14,7 +14,10 @@ compact range), every run's last entry, the approvals recorded, the keys in forc
    prefix the store serves proofs from is still the one verified.
 
 Entries below the verified size are not read again: a rewrite of their bytes that leaves the
-stored tree alone is found by the next full verification (``tacho verify``).
+stored tree alone is found by the next full verification (``tacho verify``). The one exception
+is a run the state no longer holds in memory (a bounded state, ``domain/verify_chains.py``): its
+last verified entry is read back and proven included in the verified tree before a new entry
+is stitched to it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ def verify_tail(
     ids_checked = type(reader).repeated_event_id_in is not RangeReaderBase.repeated_event_id_in
     if not ids_checked and not state.ids_collected:
         raise ValueError("the reader checks no event ids and the state kept none")
+    if looks_runs_up(reader):
+        state.chains.lookup = reader.last_of_runs
+    elif state.chains.capacity is not None:
+        raise ValueError("the state keeps only recent runs and the reader cannot look others up")
     result = VerifyResult(ok=False, entries=state.position, checkpoints=len(checkpoint_notes),
                           approvals_checked_from=state.approvals_from, trusted_keys=state.trusted_keys)
     try:
@@ -102,6 +109,7 @@ def _verify_tail(state: VerifyState, reader: RangeReader, notes: Sequence[str], 
             return tree.root()
 
         scan = scan_chunk(first, rows, state.origin, [], not ids_checked, typed, leaves)
+        state.chains.known(scan.runs, state.position, tree.root, node)  # tree: of the verified entries
         errors: list[Problem] = state.take(scan, ids_checked, root_at)
         if repeated is not None and repeated[0] < last:
             errors.append((repeated[0], 2, f"event_id {repeated[1]!r} appears twice"))
@@ -118,6 +126,11 @@ def _verify_tail(state: VerifyState, reader: RangeReader, notes: Sequence[str], 
     _check_store_tree(node, start, end, verified_root, tree.root())
     state.frontier = tree
     state.finish(result, tree.root(), allow_unsigned_tail)
+
+
+def looks_runs_up(reader: RangeReader) -> bool:
+    """Whether ``reader`` reads a run's last entry back (a state over it may be bounded)."""
+    return type(reader).last_of_runs is not RangeReaderBase.last_of_runs
 
 
 def _check_store_tree(node: merkle.NodeGetter, start: int, end: int, verified_root: bytes, root: bytes) -> None:
@@ -198,3 +211,12 @@ class StoreReader(RangeReaderBase):
 
     def read(self, start: int, end: int) -> list[tuple[Any, ...]]:
         return list(self.store.stored_entries(start, end))
+
+    def last_of_runs(self, keys: Sequence[tuple[Any, Any]], before: int) -> dict[tuple[Any, Any], tuple[int, bytes]]:
+        out: dict[tuple[Any, Any], tuple[int, bytes]] = {}
+        for ws, run in keys:
+            below = [e for e in self.store.run_entries(ws, run) if e.index < before]
+            if below:
+                last = max(below, key=lambda e: -1 if e.seq is None else e.seq)
+                out[(ws, run)] = (last.index, last.data)
+        return out

@@ -46,6 +46,7 @@ from domain.ports import (
     Source,
     event_hash_of,
     first_repeated_event_id,
+    last_run_entries,
     nodes_to_store,
     repeated_event_id_in,
 )
@@ -264,6 +265,12 @@ class PostgresRangeReader(RangeReaderBase):
     def repeated_event_id_in(self, start: int, end: int) -> tuple[int, str] | None:
         try:
             return repeated_event_id_in(self._conn().execute, start, end, "%s")
+        except psycopg.Error as e:
+            raise StoreError(f"ledger read failed: {_reason(e)}") from e
+
+    def last_of_runs(self, keys: Sequence[tuple[Any, Any]], before: int) -> dict[tuple[Any, Any], tuple[int, bytes]]:
+        try:
+            return last_run_entries(self._conn().execute, keys, before, "%s")
         except psycopg.Error as e:
             raise StoreError(f"ledger read failed: {_reason(e)}") from e
 

@@ -28,6 +28,7 @@ from domain.ports import (
     Source,
     event_hash_of,
     first_repeated_event_id,
+    last_run_entries,
     nodes_to_store,
     repeated_event_id_in,
 )
@@ -429,6 +430,9 @@ class SQLiteRangeReader(RangeReaderBase):
 
     def repeated_event_id_in(self, start: int, end: int) -> tuple[int, str] | None:
         return repeated_event_id_in(self._conn().execute, start, end, "?")
+
+    def last_of_runs(self, keys: Sequence[tuple[Any, Any]], before: int) -> dict[tuple[Any, Any], tuple[int, bytes]]:
+        return last_run_entries(self._conn().execute, keys, before, "?", "CAST(data AS BLOB)")
 
     def read_stored(self, start: int, end: int) -> list[StoredRow] | None:
         rows = self._conn().execute(

@@ -907,6 +907,25 @@ class PersistentStoreContract:
         raw_sql("UPDATE entries SET event_id = %s WHERE idx = %s", (first[0]["event_id"], size + 3))
         assert store.range_reader().repeated_event_id_in(size, store.size()) == (size + 3, first[0]["event_id"])
 
+    def test_the_reader_gives_each_runs_last_entry_below_a_position_and_a_bounded_tail_uses_it(self, store):
+        ledger = make_ledger(store=store)
+        ledger.append(items([event("r1", 0), event("r2", 0),
+                             event("r1", 1, "approval.requested", {"approval_id": "a1", "summary": "s", "risk": "low"})]))
+        reader = store.range_reader()
+        got = reader.last_of_runs([("acme", "r1"), ("acme", "r2"), ("acme", "nope"), ("other", "r1")], 3)
+        assert set(got) == {("acme", "r1"), ("acme", "r2")}
+        assert got[("acme", "r1")] == (2, dict(store.raw_entries(2, 3))[2])  # the highest seq, not the first
+        assert reader.last_of_runs([("acme", "r1")], 2) == {("acme", "r1"): (0, dict(store.raw_entries(0, 1))[0])}
+        notes = lambda: [c.note for c in store.checkpoints()]  # noqa: E731
+        full = verify_log(reader, notes(), [ledger.signer.vkey], allow_unsigned_tail=True)
+        assert full.ok and full.state is not None
+        full.state.chains.trim(1)  # holds r2 only (its first entry in the last chunk is the later one)
+        assert list(full.state.chains.recent) == [("acme", "r2")]
+        ledger.append(items([event("r1", 2, "run.completed", {"outcome": "failed"})]))
+        tail = verify_tail(full.state, store.range_reader(), notes(), store.node, allow_unsigned_tail=True)
+        assert tail.ok, tail.reason
+        assert (tail.runs, full.state.chains.looked_up) == (2, 1)
+
     def test_reopening_the_store_keeps_everything_and_schema_creation_is_idempotent(
         self, open_store: OpenStore
     ):

@@ -66,3 +66,38 @@ def test_the_thread_stops_and_starts_again_and_refresh_waits_for_a_look_at_the_l
         assert again is not None and again.kind == "incremental" and again.result.entries == ledger.store.size()
     finally:
         verifier.stop()
+
+
+def test_a_full_round_over_a_large_ledger_runs_in_a_process_of_its_own(tmp_path) -> None:
+    """Its verdict is the one this process gives; the state it hands back is bounded and the
+    rounds after it read the runs it dropped back from the store."""
+    ledger = make_ledger(tmp_path / "l.db")
+    events = workload_events(runs=12)
+    ledger.append(items(events[: len(events) // 2]))
+    isolated = LogVerifier(ledger, FakeClock(), Metrics(), isolate_from=1, kept_runs=2)
+    here = LogVerifier(ledger, FakeClock(), Metrics(), isolate_from=None)
+    a, b = isolated.step(), here.step()
+    assert a is not None and b is not None and a.kind == b.kind == "full"
+    assert isolated.isolated_rounds == 1 and here.isolated_rounds == 0
+    assert (a.result.ok, a.result.entries, a.result.root, a.result.runs) == (
+        b.result.ok, b.result.entries, b.result.root, b.result.runs)
+    assert isolated.state is not None and len(isolated.state.chains) == 2
+    ledger.append(items(events[len(events) // 2:]))
+    a, b = isolated.step(), here.step()
+    assert a is not None and b is not None and a.kind == b.kind == "incremental"
+    assert a.result.ok and (a.result.entries, a.result.root, a.result.runs) == (
+        b.result.entries, b.result.root, b.result.runs)
+    assert isolated.state is not None and isolated.state.chains.looked_up > 0
+
+
+def test_a_failed_isolated_round_reports_what_failed(tmp_path) -> None:
+    import sqlite3
+
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items(workload_events(runs=3)))
+    sqlite3.connect(ledger.store.path, isolation_level=None).execute(
+        "UPDATE entries SET data = CAST(replace(CAST(data AS TEXT), '\"seq\":', '\"seq\": ') AS BLOB) WHERE idx = 4")
+    a = LogVerifier(ledger, FakeClock(), Metrics(), isolate_from=1).step()
+    b = LogVerifier(ledger, FakeClock(), Metrics(), isolate_from=None).step()
+    assert a is not None and b is not None and not a.result.ok
+    assert (a.result.position, a.result.reason) == (b.result.position, b.result.reason) == (4, b.result.reason)
