@@ -8,7 +8,7 @@ never ran, as in tests) the request brings the result up to date itself, one cal
 A round that fails drops the verified state: the next change is verified in full again.
 
 A full round over a large ledger (``isolate_from`` entries or more, and a store that can be
-opened again by another process) runs in a process of its own: it neither holds this process's
+opened again by another process) runs in a process of its own (``domain/verify_round.py``): it neither holds this process's
 interpreter lock while the server starts and answers (on two cores it takes the other one) nor
 leaves its peak memory behind (every run's last entry while it scans, some 400 MB at ten million
 entries). It hands back the verified state, bounded to the runs verified most recently
@@ -18,20 +18,19 @@ entries). It hands back the verified state, bounded to the runs verified most re
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Literal
 
 from api.metrics import Metrics
 from domain.approvals import DECISIONS_FROM, required_from
 from domain.errors import TachographError
 from domain.ledger import Ledger
-from domain.verify import VerifyResult, verify_log
+from domain.verify import VerifyResult
 from domain.verify_chains import KEPT_RUNS
+from domain.verify_round import FullRound
 from domain.verify_scan import RangeReader
 from domain.verify_state import VerifyState
 from domain.verify_tail import StoreReader, looks_runs_up, verify_tail
@@ -205,34 +204,13 @@ class LogVerifier:
         )
         if self.isolate_from is not None and size >= self.isolate_from and not isinstance(reader, StoreReader):
             self.isolated_rounds += 1
-            return self._in_process_of_its_own(args)
+            try:
+                return args.run_apart(self._stop.is_set)
+            except TachographError:
+                if self._stop.is_set():
+                    raise _Stopped from None
+                raise
         return args.run(self._check_stop)
-
-    def _in_process_of_its_own(self, args: FullRound) -> VerifyResult:
-        """``args.run()`` in a fresh interpreter (spawned: this process has threads); abandoned,
-        the process killed, when the verifier stops."""
-        ctx = multiprocessing.get_context("spawn")
-        receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_full_round_worker, args=(args, send), name="tacho-verification-full",
-                           daemon=True)
-        proc.start()
-        send.close()
-        try:
-            while not receive.poll(0.1):
-                self._check_stop(0)
-                if not proc.is_alive() and not receive.poll(0):
-                    raise TachographError(f"the verification process ended (exit code {proc.exitcode}) "
-                                          "without its result")
-            got = receive.recv()
-        finally:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-            receive.close()
-        if isinstance(got, BaseException):
-            raise got
-        assert isinstance(got, VerifyResult)
-        return got
 
     def _tail(self, reader: RangeReader, state: VerifyState, end: int) -> VerifyResult:
         store = self.ledger.store
@@ -254,31 +232,3 @@ class LogVerifier:
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
 
-
-@dataclass(frozen=True)
-class FullRound:
-    """What a full round verifies against (picklable: it may run in a process of its own)."""
-
-    reader: RangeReader
-    notes: list[str]
-    keys: list[str]
-    origin: str | None
-    approvals_from: int | None
-    kept_runs: int | None  # bound the state to this many runs (None: the reader cannot look others up)
-
-    def run(self, progress: Callable[[int], object] | None = None) -> VerifyResult:
-        result = verify_log(self.reader, self.notes, self.keys, origin=self.origin, allow_unsigned_tail=True,
-                            approvals_from=self.approvals_from, progress=progress)
-        if result.state is not None and self.kept_runs is not None:
-            result.state.chains.trim(self.kept_runs)
-        return result
-
-
-def _full_round_worker(args: FullRound, send: Connection) -> None:
-    """A full round in a spawned process: its result (or what stopped it) down ``send``."""
-    try:
-        got: VerifyResult | BaseException = args.run()
-    except Exception as e:  # the parent raises it as this round's failure
-        got = e if isinstance(e, TachographError) else TachographError(f"{type(e).__name__}: {e}")
-    send.send(got)
-    send.close()

@@ -101,3 +101,42 @@ def test_a_failed_isolated_round_reports_what_failed(tmp_path) -> None:
     b = LogVerifier(ledger, FakeClock(), Metrics(), isolate_from=None).step()
     assert a is not None and b is not None and not a.result.ok
     assert (a.result.position, a.result.reason) == (b.result.position, b.result.reason) == (4, b.result.reason)
+
+
+def test_an_isolated_round_is_abandoned_and_its_process_killed_when_the_verifier_stops(tmp_path) -> None:
+    import pytest
+
+    from domain.errors import TachographError
+    from domain.verify_round import FullRound
+
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items(workload_events(runs=3)))
+    args = FullRound(ledger.store.range_reader(), [c.note for c in ledger.store.checkpoints()],
+                     [ledger.signer.vkey], None, None, 2)
+    with pytest.raises(TachographError, match="stopped"):
+        args.run_apart(lambda: True, poll_s=0.01)  # the child needs far longer than 10 ms to start
+    assert args.run_apart(lambda: False).ok
+
+
+def test_a_script_with_no_main_guard_is_not_run_again_by_an_isolated_round(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "serve_it.py"
+    script.write_text(
+        "import time\n"
+        "from pathlib import Path\n"
+        "from api.log_verifier import LogVerifier\n"
+        "from api.metrics import Metrics\n"
+        "from tests.factories import items, make_ledger, workload_events\n"
+        f"ledger = make_ledger(Path({str(tmp_path / 'l.db')!r}))\n"
+        "ledger.append(items(workload_events(runs=3)))\n"
+        "status = LogVerifier(ledger, time.time, Metrics(), isolate_from=1).step()\n"
+        "print('ran', status.result.ok)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["ran True"]
