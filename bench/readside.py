@@ -85,6 +85,41 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+class ChildPeak:
+    """Samples the peak resident memory of the server's isolated verification process
+    (``python -m domain.verify_round``, a child of ``pid``) while it runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_mb = 0.0
+        self.seen = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    if b"domain.verify_round" not in (proc / "cmdline").read_bytes():
+                        continue
+                    status = (proc / "status").read_text()
+                except OSError:
+                    continue
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                if int(fields["PPid"].strip()) == self.pid:
+                    self.seen = True
+                    self.peak_mb = max(self.peak_mb, int(fields["VmHWM"].split()[0]) / 1024)
+            self._stop.wait(0.05)
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak_mb) if self.seen else None
+
+
 @contextmanager
 def serve(data: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, float]]:
     """``tacho serve`` over ``data``: (process, url, when it was spawned)."""
@@ -247,14 +282,23 @@ def start_figures(data: Path, auditor: str, run_path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label in ("first_start", "restart"):
         with serve(data) as (proc, url, spawned):
+            child = ChildPeak(proc.pid)
             health = first_answer(url, proc, spawned, "/healthz", {})
             rss_health, _ = rss_mb(proc.pid)
             timeline = first_answer(url, proc, spawned, run_path, headers)
             listed = first_answer(url, proc, spawned, "/v1/runs?limit=1", headers)
             rss, peak = rss_mb(proc.pid)
+            # the server's first verification round (the whole ledger, in a process of its own)
+            # leaves its bounded state behind: memory once it is done is the steady figure
+            wait_verified(url, headers)
+            verified = time.perf_counter() - spawned
+            rss_verified, peak_verified = rss_mb(proc.pid)
             out[label] = {"healthz_s": round(health, 2), "first_timeline_s": round(timeline, 2),
                           "first_list_s": round(listed, 2), "rss_at_healthz_mb": round(rss_health),
-                          "rss_mb": round(rss), "peak_rss_mb": round(peak)}
+                          "rss_mb": round(rss), "peak_rss_mb": round(peak),
+                          "verified_s": round(verified, 2), "rss_after_verification_mb": round(rss_verified),
+                          "peak_rss_after_verification_mb": round(peak_verified),
+                          "verification_process_peak_mb": child.stop()}
     first, again = out["first_start"], out["restart"]
     out["restart_list_over_first"] = round(again["first_list_s"] / first["first_list_s"], 3)
     out["restart_list_after_healthz_s"] = round(again["first_list_s"] - again["healthz_s"], 3)
@@ -296,7 +340,14 @@ def main() -> None:
             results["timeline"] = paced(url, runs, {"Authorization": f"Bearer {aud}"}, args.rate, args.seconds)
             results["healthz_same_rate"] = paced(url, ["/healthz"], {}, args.rate, args.seconds)
             results["lag"] = lag_under_load(url, data, pub, args.load, args.load_seconds)
-        for key in ("timeline", "healthz_same_rate", "lag"):
+        with serve(data) as (proc, url, spawned):  # timelines while the first (full) round runs
+            first_answer(url, proc, spawned, "/v1/runs?limit=1", {"Authorization": f"Bearer {aud}"})
+            runs = [f"/v1/runs/run-{n:07d}-s1/timeline" for n in range(0, 4000, 37)]
+            auth = {"Authorization": f"Bearer {aud}"}
+            results["timeline_during_first_round"] = paced(url, runs, auth, args.rate, min(args.seconds, 4))
+            status = httpx.get(url + "/v1/log/verification", headers=auth, timeout=600).json()
+            results["timeline_during_first_round"]["round_took_ms"] = status.get("took_ms")
+        for key in ("timeline", "healthz_same_rate", "lag", "timeline_during_first_round"):
             print(key, results.get(key), flush=True)
         with serve(data) as (proc, url, spawned):  # a fresh server: its first round is a full one
             first_answer(url, proc, spawned, "/healthz", {})
