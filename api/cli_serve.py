@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from api.cli_ledger import JsonOpt
 from api.keys_store import ROLES, KeyStore, parse_expiry
-from api.output import console, print_json
+from api.output import JsonOpt, console, print_json
 from api.settings import Settings
 
 SHUTDOWN_GRACE_S = 5
