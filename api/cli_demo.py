@@ -13,8 +13,8 @@ from rich.rule import Rule
 
 from api import demo_steps
 from api.bootstrap import build_ledger
-from api.cli_ledger import JsonOpt, verify_store
-from api.output import console, print_json
+from api.cli_ledger import verify_store
+from api.output import JsonOpt, console, print_json
 from api.settings import Settings
 from domain.errors import ConfigError
 from domain.evidence import build_evidence, verify_evidence

@@ -14,8 +14,7 @@ from rich.live import Live
 from rich.text import Text
 
 from api.bootstrap import build_ledger, witness_pusher
-from api.cli_ledger import JsonOpt
-from api.output import console, err_console, print_json
+from api.output import JsonOpt, console, err_console, print_json
 from api.settings import Settings
 from domain.errors import ConfigError
 from domain.ledger import AppendReport

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from api.auditor_state import note_size, read_state, save_state
 from api.bootstrap import build_ledger, load_signer, open_store, witness_pusher, write_secret
-from api.output import console, err_console, print_json
+from api.output import JsonOpt, console, err_console, print_json
 from api.settings import Settings
 from api.witness_check import verify_witnesses
 from domain import merkle
@@ -32,8 +32,6 @@ from domain.workload import Workload
 from ingest.jsonl import import_jsonl
 from tachograph.contract.canonical import dumps
 from tachograph.contract.events import json_schema
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
 
 
 def progress_bar(total: int | None, what: str) -> Progress:

@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 import typer
 
-from api.cli_ledger import JsonOpt
-from api.output import console, print_json
+from api.output import JsonOpt, console, print_json
 from api.settings import Settings
 from domain.errors import TachographError
 from ingest.policies import MAX_FILES, MAX_POLICY_BYTES

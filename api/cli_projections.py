@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from api.bootstrap import open_store
-from api.cli_ledger import JsonOpt, progress_bar
-from api.output import console, err_console, print_json
+from api.cli_ledger import progress_bar
+from api.output import JsonOpt, console, err_console, print_json
 from api.settings import Settings
 from domain.origins import ALL, ORIGINS, OriginSelection
 from projections.demo import analytics_path

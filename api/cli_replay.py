@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from api.bootstrap import build_ledger
-from api.cli_ledger import JsonOpt, progress_bar
+from api.cli_ledger import progress_bar
 from api.cli_policy_replay import policy_gate, policy_replay
 from api.model_config import (
     CandidateOptions,
@@ -23,7 +23,7 @@ from api.model_config import (
     response_cache,
     with_candidate,
 )
-from api.output import console, err_console, print_json
+from api.output import JsonOpt, console, err_console, print_json
 from api.read_side import run_index
 from api.settings import Settings
 from domain.ledger import Ledger, iso

@@ -19,14 +19,14 @@ from api.log_verifier import LogVerifier
 from api.metrics import Metrics
 from api.policies import PolicyService
 from api.settings import Settings
-from api.witness_pusher import WitnessPusher
 from domain.ledger import Ledger
 from projections.run_index import RunIndex
 from projections.tracking import ReadModel
 from tachograph.prices import PriceTable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # both are built by the app; importing them here would cost the server's start
     from api.replay_jobs import ReplayJobs
+    from api.witness_pusher import WitnessPusher
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.model_config import model_registry
 from api.policies import PolicyService
@@ -31,7 +31,6 @@ from domain.ports import LedgerStore
 from ingest.policies import Revision
 from projections.run_index import RunIndex
 from replay.cache import ReplayAnswers, ResponseCache
-from replay.engine import ReplayConfig, run_replay
 from replay.errors import (
     AgentLoadError,
     PolicyReplayError,
@@ -39,18 +38,19 @@ from replay.errors import (
     ReplayNotFoundError,
     UnknownModelError,
 )
-from replay.history import RecordedRun, event_of, load_runs
-from replay.opa_build import configured as configured_opa
-from replay.policy_replay import PolicyGate, Threshold
-from replay.report import Gate
-from replay.revision_replay import candidate_of, what_if_revision
-from replay.selection import Selection, select_runs
-from replay.steps import StepConfig, run_step_replay
 from replay.store import ReplayReports
-from tachograph.agents import AgentSpec, load_agent
 from tachograph.contract.canonical import loads
 from tachograph.models import HttpModelConfig, ModelRegistry
 from tachograph.prices import PriceTable
+
+if TYPE_CHECKING:  # the replay machinery is imported when a replay is asked for, not at start
+    from replay.engine import ReplayConfig
+    from replay.history import RecordedRun
+    from replay.policy_replay import PolicyGate
+    from replay.report import Gate
+    from replay.selection import Selection
+    from replay.steps import StepConfig
+    from tachograph.agents import AgentSpec
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED = 1000
@@ -124,6 +124,8 @@ def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str],
                   finished_only: bool = True) -> list[RecordedRun]:
     """The given runs of one workspace, finished ones only unless ``finished_only`` is False
     (404 for a run missing or in another workspace)."""
+    from replay.history import RecordedRun, event_of
+
     out: list[RecordedRun] = []
     for run_id in run_ids:
         rows = store.run_entries(workspace, run_id)
@@ -140,6 +142,8 @@ def recorded_runs(store: LedgerStore, workspace: str, run_ids: Sequence[str],
 
 def _policy_gate(req: ReplayStart) -> PolicyGate:
     """The gate of ``max_new_denials`` / ``max_new_approvals`` (422 naming a bad threshold)."""
+    from replay.policy_replay import PolicyGate, Threshold
+
     try:
         return PolicyGate(*(None if v is None else Threshold.parse(str(v), name) for name, v in (
             ("max_new_denials", req.max_new_denials), ("max_new_approvals", req.max_new_approvals))))
@@ -149,6 +153,8 @@ def _policy_gate(req: ReplayStart) -> PolicyGate:
 
 def _server_opa() -> str:
     """The opa this server runs policy replays with (503 when it has none)."""
+    from replay.opa_build import configured as configured_opa
+
     try:
         found = configured_opa()
     except PolicyReplayError as e:
@@ -191,6 +197,8 @@ class ReplayJobs:
         self._pool: ThreadPoolExecutor | None = None
 
     def _agent(self, ref: str, prompts: dict[str, str]) -> AgentSpec:
+        from tachograph.agents import load_agent
+
         if ref not in self.agents:
             raise BadParameter(
                 f"agent {ref!r} is not on this server's replay allow-list; allowed: "
@@ -224,6 +232,9 @@ class ReplayJobs:
 
     def submit(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
         """Check a request and queue its replay (raises 4xx errors before anything runs)."""
+        from replay.engine import ReplayConfig
+        from replay.report import Gate
+
         if req.mode == "policy":
             return self._submit_policy(workspace, key_id, req)
         given = [n for n, v in (("policy_revision", req.policy_revision), ("max_new_denials", req.max_new_denials),
@@ -255,6 +266,8 @@ class ReplayJobs:
 
     def _submit_steps(self, workspace: str, key_id: str, req: ReplayStart, gate: Gate) -> ReplayJob:
         """Queue a step replay: no agent code, the recorded requests sent to ``model``."""
+        from replay.steps import StepConfig
+
         if req.model is None:
             raise BadParameter("a step replay needs the candidate `model`")
         if req.agent is not None or req.prompts:
@@ -273,6 +286,8 @@ class ReplayJobs:
     def _submit_policy(self, workspace: str, key_id: str, req: ReplayStart) -> ReplayJob:
         """Queue a what-if policy replay: every recorded action of the runs asked of a stored
         revision of the workspace (404 if it has none by that id; 503 if this server has no opa)."""
+        from replay.revision_replay import candidate_of
+
         if req.policy_revision is None:
             raise BadParameter("a policy replay needs `policy_revision`: a revision of the workspace's "
                                "policy (GET /v1/policy/revisions), e.g. 3-5f2a9c1e0b7d")
@@ -325,12 +340,17 @@ class ReplayJobs:
     def _load(self, workspace: str, workflow: str | None, req: ReplayStart,
               finished_only: bool = True) -> list[RecordedRun]:
         """The workspace's production runs of ``workflow`` (``since``), oldest first."""
+        from replay.history import load_runs
+
         return [r for r in load_runs(self.ledger.store, workflow=workflow, since=req.since,
                                      finished_only=finished_only, index=self.runs, workspace=workspace)
                 if r.workspace == workspace]
 
     def _run(self, job: ReplayJob, spec: AgentSpec, models: ModelRegistry, config: ReplayConfig,
              workflow: str | None, req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
+        from replay.engine import run_replay
+        from replay.selection import select_runs
+
         def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
             given = chosen if chosen is not None else self._load(job.workspace, workflow, req)
             selection = select_runs(given, spec, req.limit)
@@ -351,6 +371,9 @@ class ReplayJobs:
 
     def _run_steps(self, job: ReplayJob, models: ModelRegistry, config: StepConfig, req: ReplayStart,
                    chosen: list[RecordedRun] | None) -> None:
+        from replay.selection import select_runs
+        from replay.steps import run_step_replay
+
         def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
             given = chosen if chosen is not None else self._load(job.workspace, req.workflow, req, False)
             selection = select_runs(given, None, req.limit)
@@ -370,6 +393,8 @@ class ReplayJobs:
 
     def _run_policy(self, job: ReplayJob, rev: Revision, binary: str, gate: PolicyGate,
                     req: ReplayStart, chosen: list[RecordedRun] | None) -> None:
+        from replay.revision_replay import what_if_revision
+
         def work() -> tuple[dict[str, Any], ReplayAnswers | None]:
             given = chosen if chosen is not None else self._load(job.workspace, req.workflow, req)
             given = given[: req.limit] if req.limit else given

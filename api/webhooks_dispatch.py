@@ -16,9 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from api.settings import Settings
 from api.webhooks import (
@@ -39,6 +38,9 @@ from api.webhooks import (
 from api.webhooks_store import Delivery, Endpoint, Outgoing, WebhookStore
 from domain.ports import LedgerStore
 from tachograph.contract.canonical import loads
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("tachograph.webhooks")
 
@@ -87,10 +89,22 @@ class WebhookDispatcher:
         self._pool: ThreadPoolExecutor | None = None
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
-        timeout = httpx.Timeout(policy.timeout_s)
-        limits = httpx.Limits(max_connections=policy.workers * 2, max_keepalive_connections=policy.workers)
-        self._http = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False,
-                                  headers={"User-Agent": USER_AGENT})
+        self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        """The HTTP client, built on the first delivery: building it (httpcore, trio, the CA
+        bundle) costs a fifth of a second that ``tacho serve`` need not pay before it answers."""
+        with self._http_lock:
+            if self._http is None:
+                import httpx
+
+                timeout = httpx.Timeout(self.policy.timeout_s)
+                limits = httpx.Limits(max_connections=self.policy.workers * 2,
+                                      max_keepalive_connections=self.policy.workers)
+                self._http = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False,
+                                          headers={"User-Agent": USER_AGENT})
+            return self._http
 
     def start(self) -> WebhookDispatcher:
         """Start the follower thread and the sender pool."""
@@ -105,7 +119,10 @@ class WebhookDispatcher:
             self._thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._http.close()
+        with self._http_lock:
+            if self._http is not None:  # built only once something was sent
+                self._http.close()
+                self._http = None
 
     def follow(self) -> tuple[int, bool]:
         """Enqueue the notifications of ledger entries past the position; (added, caught up)."""
@@ -199,8 +216,10 @@ class WebhookDispatcher:
             headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(ts),
                        SIGNATURE_HEADER: signature(out.secret, ts, out.body),
                        ID_HEADER: out.notification_id, ATTEMPT_HEADER: str(out.attempts + 1)}
+            import httpx  # loaded by _client() already; here for the exceptions
+
             try:
-                with self._http.stream("POST", out.url, content=out.body, headers=headers) as resp:
+                with self._client().stream("POST", out.url, content=out.body, headers=headers) as resp:
                     code = resp.status_code  # the receiver's body is never read
             except (httpx.HTTPError, httpx.InvalidURL, OSError) as e:
                 error = f"{type(e).__name__}: {e}"[:500] or type(e).__name__

@@ -29,19 +29,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from domain.errors import ContractError
 from ingest.otlp_messages import exchange
 from tachograph.builder import envelope, rfc3339
 from tachograph.prices import PriceTable
+
+if TYPE_CHECKING:  # protobuf is imported by the first request decoded (the API server imports this
+    # module to start, and the OPA decision logs' mapping uses its RunCursor)
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 MODEL_OPS = {"chat", "text_completion", "generate_content", "embeddings"}
 TOOL_OPS = {"execute_tool"}
@@ -128,6 +128,10 @@ def _hex_ids_to_base64(node: Any) -> Any:
 
 def decode_request(body: bytes, json: bool) -> ExportTraceServiceRequest:
     """Parse an OTLP/HTTP trace export body; raises ContractError naming the problem."""
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
     req = ExportTraceServiceRequest()
     if json:
         try:
@@ -150,6 +154,8 @@ def decode_request(body: bytes, json: bool) -> ExportTraceServiceRequest:
 
 def spans_of(req: ExportTraceServiceRequest) -> list[SpanView]:
     """Every span of a request, with its resource's attributes."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
     out: list[SpanView] = []
     for rs in req.resource_spans:
         resource = _attrs(rs.resource.attributes)

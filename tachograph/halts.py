@@ -5,8 +5,9 @@ answer at most ``max_age_s`` (1 s) and then revalidates it with ``If-None-Match`
 the server one indexed read). The embedded mode reads the ledger's records instead
 (``ingest/halts.py``); both hand out a :class:`HaltSet`.
 
-This module imports only the standard library and httpx, so the agent runtime can take it as
-it is: no DuckDB, FastAPI or ledger code comes with it.
+This module imports only the standard library and httpx (only when an ``HttpHalts`` is built:
+the API server folds halts with this module's types and never calls out), so the agent runtime
+can take it as it is: no DuckDB, FastAPI or ledger code comes with it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-import httpx
-
 from tachograph.errors import HaltsUnavailableError as HaltsUnavailableError
+
+if TYPE_CHECKING:
+    import httpx
 
 SCOPES = ("workspace", "workflow", "agent", "run")
 """What a halt stops, broadest first: a whole workspace, one workflow, one agent (its id), one run."""
@@ -133,6 +135,9 @@ class HttpHalts:
             raise ValueError(f"max_age_s must be between 0 and {MAX_AGE_S} s, not {max_age_s}")
         self.max_age_s = max_age_s
         self.monotonic = monotonic
+        import httpx  # here, not at the top: the API server uses this module's types only
+
+        self._httpx = httpx
         self._client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._lock = threading.Lock()
@@ -163,7 +168,7 @@ class HttpHalts:
         self.requests += 1
         try:
             resp = self._client.get("/v1/halts", headers=headers)
-        except httpx.HTTPError as e:
+        except self._httpx.HTTPError as e:
             raise HaltsUnavailableError(f"cannot read the halts: {type(e).__name__}: {e}") from e
         if resp.status_code == 304 and cached is not None:
             self.not_modified += 1

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tachograph.contract.canonical import dumps, loads
 from tachograph.errors import (
@@ -33,6 +31,9 @@ from tachograph.errors import (
 from tachograph.prices import DEFAULT_PRICES as DEFAULT_PRICES  # moved; old imports keep working
 from tachograph.prices import Price as Price
 from tachograph.prices import PriceTable as PriceTable
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ class OpenAIChatModel:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        import httpx  # here, not at the top: the API server imports this module and never calls out
+
         self._client = httpx.Client(timeout=timeout_s, transport=transport)
 
     def __repr__(self) -> str:
@@ -215,6 +218,8 @@ class OpenAIChatModel:
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         """Call the endpoint (with retries) and parse the first choice and the usage."""
+        import httpx  # loaded by __init__ already
+
         body = dumps(self.request_body(request))
         headers = self._headers()
         url = f"{self.base_url}/chat/completions"

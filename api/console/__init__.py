@@ -28,7 +28,6 @@ def mount_console(app: FastAPI, services: Services,
                   wait_s=services.settings.read_wait_s)
     services.extra_read_models.append(board)
     state = ConsoleState(
-        templates=ConsoleState.make_templates(),
         sessions=Sessions(services.keys, services.clock),
         board=board,
         revert_hooks=load_revert_hooks() if revert_hooks is None else revert_hooks,

@@ -10,8 +10,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from api.deps import Limits, Publisher, ServicesDep
 from api.keys_store import ApiKey
@@ -261,6 +259,10 @@ def _otlp_events(services: ServicesDep, key: ApiKey, spans: list[otlp.SpanView])
 
 def _traces(services: ServicesDep, key: ApiKey, body: bytes, encoding: str | None, as_json: bool) -> Response:
     """Decode, map and append one OTLP export (off the event loop); the export response."""
+    # protobuf is imported by the first trace export, not at the server's start
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
     body = decompress(body, encoding, services.limits)
     req = otlp.decode_request(body, json=as_json)
     spans = otlp.spans_of(req)
