@@ -34,6 +34,7 @@ from api.routes import analytics, approvals, audit, halts, ingest, log, opa, ops
 from api.routes import keys as key_routes
 from api.routes import webhooks as webhook_routes
 from api.routes.errors import BadBody, BadParameter, BodyTooLarge, Unavailable, UnsupportedMedia
+from api.routing import include_routes
 from api.settings import Settings
 from api.webhooks_dispatch import Webhooks
 from domain.approvals import ApprovalConflict
@@ -259,8 +260,8 @@ def create_app(
     _install_metrics(app, services.metrics)
     for module in (ingest, opa, audit, approvals, log, analytics, replays, halts, policies, key_routes,
                    ops):
-        app.include_router(module.router)
-    app.include_router(webhook_routes.router)
+        include_routes(app, module.router)
+    include_routes(app, webhook_routes.router)
     _install_docs(app)
     from api.console import mount_console  # the operator console (issue 7)
 

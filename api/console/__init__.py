@@ -14,6 +14,7 @@ from api.console.session import Sessions
 from api.console.state import ConsoleState
 from api.deps import Services
 from api.read_side import open_view
+from api.routing import include_routes
 
 
 def mount_console(app: FastAPI, services: Services,
@@ -33,9 +34,7 @@ def mount_console(app: FastAPI, services: Services,
         revert_hooks=load_revert_hooks() if revert_hooks is None else revert_hooks,
     )
     app.state.console = state
-    app.include_router(router)
-    app.include_router(kill_switch_router)
-    app.include_router(policies_router)
+    include_routes(app, router, kill_switch_router, policies_router)
     app.mount("/console/static", StaticFiles(directory=str(files("api.console") / "static")),
               name="console-static")
     return state
