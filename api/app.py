@@ -243,7 +243,8 @@ def create_app(
         policies=policy_service,
         prices=prices,
     )
-    services.verification = LogVerifier(ledger, clock, services.metrics, settings.verify_interval_s)
+    services.verification = LogVerifier(ledger, clock, services.metrics, settings.verify_interval_s,
+                                        full_every_s=settings.verify_full_every_s or None)
 
     app = FastAPI(
         title="Tachograph API",

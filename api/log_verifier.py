@@ -5,11 +5,14 @@ The first round verifies the whole ledger (``verify_log``, as ``tacho verify`` d
 signed, since the last verified point (``verify_tail``). Under ``tacho serve`` the rounds run on a
 background thread and a request only reads the latest result; without it (an app whose lifespan
 never ran, as in tests) the request brings the result up to date itself, one caller at a time.
-A round that fails drops the verified state: the next change is verified in full again.
+A round that fails drops the verified state: the next change is verified in full again. Every
+``full_every_s`` (``TACHO_VERIFY_FULL_EVERY_S``, a day by default) a round verifies the whole
+ledger again, so that a rewrite of an entry verified long ago, which the incremental rounds do
+not read, is found within that time even on a server that never restarts.
 
 A full round over a large ledger (``isolate_from`` entries or more, and a store that can be
-opened again by another process) runs in a process of its own (``domain/verify_round.py``): it neither holds this process's
-interpreter lock while the server starts and answers (on two cores it takes the other one) nor
+opened again by another process) runs in a process of its own (``domain/verify_round.py``): it
+neither holds this process's interpreter lock while the server starts and answers (on two cores it takes the other one) nor
 leaves its peak memory behind (every run's last entry while it scans, some 400 MB at ten million
 entries). It hands back the verified state, bounded to the runs verified most recently
 (``domain/verify_chains.py``): later rounds read any other run back from the store.
@@ -64,7 +67,7 @@ class LogVerifier:
 
     def __init__(self, ledger: Ledger, clock: Callable[[], float], metrics: Metrics,
                  interval_s: float = 1.0, max_round: int = 1 << 20, isolate_from: int | None = ISOLATE_FROM,
-                 kept_runs: int = KEPT_RUNS) -> None:
+                 kept_runs: int = KEPT_RUNS, full_every_s: float | None = None) -> None:
         self.ledger = ledger
         self.clock = clock
         self.metrics = metrics
@@ -73,6 +76,8 @@ class LogVerifier:
         self.isolate_from = isolate_from  # None: every round in this process
         self.kept_runs = kept_runs  # runs the state holds in memory when the store can look others up
         self.isolated_rounds = 0  # full rounds run in a process of their own
+        self.full_every_s = full_every_s  # verify the whole ledger again this often (None: never)
+        self._full_at: float | None = None  # when the last full round ended (the app's clock)
         self.status: Status | None = None
         self.state: VerifyState | None = None
         self.running = False
@@ -147,7 +152,11 @@ class LogVerifier:
         size = reader.size()
         latest = store.latest_checkpoint()
         seen = (size, latest.note if latest is not None else None)
-        if seen == self._seen:
+        full_due = (self.full_every_s is not None and self._full_at is not None
+                    and self.clock() - self._full_at >= self.full_every_s)
+        if full_due:
+            self.state = None  # re-read every entry: the rounds since read none verified before
+        elif seen == self._seen:
             return self.status
         self._set_running(True)
         began = time.perf_counter()
@@ -167,6 +176,8 @@ class LogVerifier:
         finally:
             self._set_running(False)
         took = time.perf_counter() - began
+        if kind == "full":
+            self._full_at = self.clock()
         self.state = result.state
         # what the next round compares with: a round cut short (max_round) is not done
         self._seen = (self.state.position, seen[1]) if self.state is not None else seen

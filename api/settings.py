@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="tacho serve: how often the verification status catches up with the ledger "
         "(only what was appended and signed since the last round is verified)",
     )
+    verify_full_every_s: float = Field(
+        86400.0, ge=0, le=30 * 86400,
+        description="tacho serve: how often the verification status verifies the whole ledger again "
+        "(0: only when the server starts); the rounds between verify only what is new and read no "
+        "verified entry again",
+    )
     max_held: int = Field(10_000, ge=0, description="events held while waiting for a seq gap")
     held_timeout_s: float = Field(60.0, gt=0, description="quarantine held events after T seconds")
     max_held_per_workspace: int = Field(

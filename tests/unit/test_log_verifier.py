@@ -140,3 +140,21 @@ def test_a_script_with_no_main_guard_is_not_run_again_by_an_isolated_round(tmp_p
                          cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["ran True"]
+
+
+def test_the_whole_ledger_is_verified_again_every_full_every_s_and_an_old_rewrite_is_found(tmp_path) -> None:
+    import sqlite3
+
+    clock = FakeClock()
+    ledger = make_ledger(tmp_path / "l.db")
+    ledger.append(items(workload_events(runs=4)))
+    verifier = LogVerifier(ledger, clock, Metrics(), full_every_s=3600)
+    first = verifier.step()
+    assert first is not None and first.kind == "full" and first.result.ok
+    sqlite3.connect(ledger.store.path, isolation_level=None).execute(  # an old entry, rewritten
+        "UPDATE entries SET data = CAST(replace(CAST(data AS TEXT), '\"seq\":', '\"seq\": ') AS BLOB) WHERE idx = 3")
+    clock.advance(3599)
+    assert verifier.step() is first  # nothing new, no full round due: the rewrite is not read
+    clock.advance(1)
+    again = verifier.step()
+    assert again is not None and again.kind == "full" and not again.result.ok and again.result.position == 3
