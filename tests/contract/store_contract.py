@@ -926,6 +926,21 @@ class PersistentStoreContract:
         assert tail.ok, tail.reason
         assert (tail.runs, full.state.chains.looked_up) == (2, 1)
 
+    def test_a_full_round_in_a_process_of_its_own_reads_this_store_and_its_state_goes_on_here(self, store):
+        from domain.verify_round import FullRound
+
+        ledger = make_ledger(store=store)
+        events = workload_events(runs=6)
+        ledger.append(items(events[: len(events) // 2]))
+        notes = lambda: [c.note for c in store.checkpoints()]  # noqa: E731
+        apart = FullRound(store.range_reader(), notes(), [ledger.signer.vkey], None, None, 1).run_apart(lambda: False)
+        here = verify_log(store.range_reader(), notes(), [ledger.signer.vkey], allow_unsigned_tail=True)
+        assert apart.ok and (apart.entries, apart.root, apart.runs) == (here.entries, here.root, here.runs)
+        assert apart.state is not None and len(apart.state.chains) == 1
+        ledger.append(items(events[len(events) // 2:]))
+        tail = verify_tail(apart.state, store.range_reader(), notes(), store.node, allow_unsigned_tail=True)
+        assert tail.ok and tail.root == ledger.root(store.size()).hex(), tail.reason
+
     def test_reopening_the_store_keeps_everything_and_schema_creation_is_idempotent(
         self, open_store: OpenStore
     ):
