@@ -17,6 +17,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,29 +49,43 @@ class FullRound:
         """Verify in a child process; killed, and ``TachographError`` raised, once ``stop()``."""
         proc = subprocess.Popen([sys.executable, "-m", "domain.verify_round"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
-        payload: bytes | None = pickle.dumps(self)
-        out = b""
+        out: list[bytes] = []
+        # written and read on a thread of its own (the round reads all of it before it answers):
+        # ``communicate`` with a timeout sends nothing more of its input once retried, so a round
+        # larger than a pipe's buffer (many checkpoints) would wait for the rest for ever
+        talker = threading.Thread(target=_talk, args=(proc, pickle.dumps(self), out), daemon=True,
+                                  name="tacho-verification-pipe")
+        talker.start()
         try:
-            while True:
-                try:
-                    out, _ = proc.communicate(payload, timeout=poll_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    payload = None  # sent (communicate keeps what is left of it)
-                    if stop():
-                        raise TachographError("the verification round was stopped") from None
+            while talker.is_alive():
+                talker.join(poll_s)
+                if talker.is_alive() and stop():
+                    raise TachographError("the verification round was stopped")
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
-        if proc.returncode != 0 or not out:
+            proc.wait()
+            talker.join()
+        if proc.returncode != 0 or not out or not out[0]:
             raise TachographError(f"the verification process ended (exit code {proc.returncode}) without its result")
-        got = pickle.loads(out)
+        got = pickle.loads(out[0])
         if isinstance(got, BaseException):
             raise got
         if not isinstance(got, VerifyResult):
             raise TachographError(f"the verification process sent a {type(got).__name__}, not a result")
         return got
+
+
+def _talk(proc: subprocess.Popen[bytes], payload: bytes, out: list[bytes]) -> None:
+    """Send the round to the child and read its answer (until the child closes its stdout)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.close()
+    except BrokenPipeError:  # the child died first: its exit code says so
+        pass
+    out.append(proc.stdout.read())
+    proc.stdout.close()
 
 
 def main() -> None:

@@ -158,3 +158,17 @@ def test_the_whole_ledger_is_verified_again_every_full_every_s_and_an_old_rewrit
     clock.advance(1)
     again = verifier.step()
     assert again is not None and again.kind == "full" and not again.result.ok and again.result.position == 3
+
+
+def test_a_round_larger_than_a_pipes_buffer_reaches_its_process(tmp_path) -> None:
+    """Hundreds of checkpoints make the pickled round larger than 64 KiB (a pipe's buffer)."""
+    from domain.verify_round import FullRound
+
+    ledger = make_ledger(tmp_path / "l.db", checkpoint_every=1)
+    for ev in workload_events(runs=40)[:400]:
+        ledger.append(items([ev]))
+    notes = [c.note for c in ledger.store.checkpoints()]
+    args = FullRound(ledger.store.range_reader(), notes, [ledger.signer.vkey], None, None, 2)
+    assert len(__import__("pickle").dumps(args)) > 1 << 16
+    result = args.run_apart(lambda: False)
+    assert result.ok and result.entries == ledger.store.size() and result.checkpoint_size == ledger.store.size()
