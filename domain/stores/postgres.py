@@ -320,6 +320,8 @@ _SEQUENCE = "UPDATE sequencer SET next = next + %(n)s WHERE id = 1 RETURNING nex
 # void every pending assignment (a new epoch, handing out positions again from the integrated
 # size), if the head is still at the size seen, in the epoch seen: the head row lock makes it
 # wait for an integration in progress, and only the first of several voiders changes anything
+VOID_WAIT_S = 1.0
+"""Seconds a writer waits for the head row to void stale positions before its batch is redone."""
 _VOID = (
     "WITH h AS (SELECT size FROM head WHERE id = 1 FOR UPDATE) "
     "UPDATE sequencer s SET next = h.size, epoch = s.epoch + 1 FROM h "
@@ -446,7 +448,27 @@ class PostgresTx(LedgerTx):
                     continue  # it integrated: look again
             # a hole at ``size`` (its holder ended without integrating), or positions handed
             # out below what is integrated (a sequencer behind the head): start a new epoch
-            self.store._sequencer_conn().execute(_VOID, (epoch, size))
+            self._void(epoch, size)
+
+    def _void(self, epoch: int, size: int) -> None:
+        """Void the pending assignments (``_VOID``) on the sequencer connection, waiting at most
+        ``VOID_WAIT_S`` for the head row.
+
+        That wait is one PostgreSQL cannot see the whole of: while this process waits on its
+        sequencer connection, its writer transaction keeps the locks it holds (its assignment,
+        its runs), and a writer holding the head row may be waiting for one of them. PostgreSQL
+        finds no cycle, and both would wait out the lock timeout. A short wait, then this batch
+        undone and redone (nothing of it is written yet), breaks such a cycle at once.
+        """
+        assert self.store is not None
+        conn = self.store._sequencer_conn()
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {int(VOID_WAIT_S * 1000)}")
+                conn.execute(_VOID, (epoch, size))
+        except psycopg.errors.LockNotAvailable as e:
+            raise StoreRetryError("voiding stale ledger positions waited too long for the head; "
+                                  "this batch is redone") from e
 
     def lock_runs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         if self.serial or not keys:

@@ -385,3 +385,33 @@ def test_a_batch_holds_no_ledger_wide_lock_while_it_writes_its_entries(postgres_
         raise Done
     for store in (writing, other, serial):
         store.close()
+
+
+def test_voiding_stale_positions_waits_briefly_for_the_head_then_redoes_the_batch(postgres_dsn_factory):
+    """The void runs on the sequencer connection while the writer's transaction keeps its locks: a
+    writer holding the head row may be waiting for one of them, a cycle PostgreSQL cannot see.
+    The void gives up after VOID_WAIT_S and the batch is redone instead of waiting out the lock
+    timeout; appends go on once the head is free."""
+    from domain.errors import StoreRetryError
+    from domain.stores.postgres import VOID_WAIT_S
+
+    dsn = postgres_dsn_factory()
+    store = PostgresStore(dsn, lock_timeout_s=30)
+    ledger = Ledger(store, signer(), LedgerConfig(origin=ORIGIN), time.time)
+    events = list(Workload(seed=5, runs=2, workspaces=("ws",)).events())
+    ledger.append([Incoming(dumps(e), Source("test")) for e in events[:3]])
+    try:
+        with psycopg.connect(dsn) as holder:
+            holder.execute("SELECT 1 FROM head WHERE id = 1 FOR UPDATE")  # as a writer in its turn would
+            with store.append_transaction() as tx:
+                tx.sequence(1)
+                began = time.monotonic()
+                with pytest.raises(StoreRetryError, match="redone"):
+                    tx._void(0, tx.first + 1)  # type: ignore[attr-defined]
+                waited = time.monotonic() - began
+            assert VOID_WAIT_S * 0.9 <= waited < VOID_WAIT_S + 5
+        report = ledger.append([Incoming(dumps(e), Source("test")) for e in events[3:]])
+        assert report.accepted == len(events) - 3
+        assert store.size() == len(events)
+    finally:
+        store.close()
