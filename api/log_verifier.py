@@ -12,10 +12,11 @@ not read, is found within that time even on a server that never restarts.
 
 A full round over a large ledger (``isolate_from`` entries or more, and a store that can be
 opened again by another process) runs in a process of its own (``domain/verify_round.py``): it
-neither holds this process's interpreter lock while the server starts and answers (on two cores it takes the other one) nor
-leaves its peak memory behind (every run's last entry while it scans, some 400 MB at ten million
-entries). It hands back the verified state, bounded to the runs verified most recently
-(``domain/verify_chains.py``): later rounds read any other run back from the store.
+neither holds this process's interpreter lock while the server starts and answers (on two cores
+it takes the other one) nor leaves its peak memory behind (every run's last entry while it
+scans, some 400 MB at ten million entries). It hands back the verified state, bounded to the
+runs verified most recently (``domain/verify_chains.py``): later rounds read any other run back
+from the store.
 """
 
 from __future__ import annotations
@@ -242,4 +243,3 @@ class LogVerifier:
             if not self.behind:
                 self._wake.wait(self.interval_s)
                 self._wake.clear()
-
